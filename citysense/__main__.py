@@ -1,0 +1,3 @@
+from citysense.cli import console
+
+console()

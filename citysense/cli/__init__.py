@@ -1,0 +1,163 @@
+"""The ``citysense`` command: the composition root.
+
+This package alone imports the services (``edge``, ``ingest``, ``dashboard_api``,
+``simulators``); each subcommand names the function that runs it, ``run(settings) -> int``,
+imported only when that subcommand runs. Options come from :mod:`citysense.config`.
+
+Exit codes: 0 success, 2 bad usage or configuration (one-line reason), 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from citysense import __version__
+from citysense.config import (
+    COMMANDS,
+    EDGE_PROBE,
+    Settings,
+    load_settings,
+    options_for,
+)
+from citysense.errors import CitysenseError, ConfigError
+
+log = logging.getLogger("citysense")
+
+#: subcommand -> "module:function"; the function takes Settings and returns an exit code.
+ENTRY_POINTS: dict[str, str] = {
+    "demo": "citysense.cli.demo:run",
+    "edge": "edge.cli:run",
+    "edge probe": "edge.cli:probe",
+    "ingest": "ingest.cli:run",
+    "ingest dead-letters": "ingest.cli:dead_letters",
+    "api": "dashboard_api.cli:run",
+    "simulate fleet": "simulators.cli:fleet",
+    "simulate module": "simulators.cli:module",
+    "fleet generate": "simulators.cli:generate",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "demo": "the whole city on one machine with embedded defaults",
+    "edge": "a gateway: CoAP server, serial modules, outbox, MQTT uplink",
+    "edge probe": "identify an attached NB-IoT module and print its radio figures",
+    "ingest": "an ingestor: MQTT (shared subscription) -> storage",
+    "ingest dead-letters": "list rejected input with its reason and raw payload",
+    "api": "the operator API and dashboard",
+    "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
+    "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
+    "fleet generate": "write a device registry (CSV) for a simulated city",
+}
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    for option in options_for(command):
+        kwargs: dict[str, object] = {
+            "dest": option.name,
+            "default": None,
+            "help": f"{option.help} [env {option.env}; default {option.default!r}]",
+        }
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+        if option.choices:
+            kwargs["choices"] = option.choices
+        if option.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.kind == "list":
+            kwargs["action"] = "append"
+        parser.add_argument(option.flag, **kwargs)  # type: ignore[arg-type]
+    if command == EDGE_PROBE:
+        parser.add_argument(
+            "--serial",
+            dest="serial_device",
+            default=None,
+            metavar="DEV",
+            help="serial device of the module (alias of --serial-device)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citysense",
+        description="citysense: NB-IoT city sensor readings from the street to the operators.",
+    )
+    parser.add_argument("--version", action="version", version=f"citysense {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for command in COMMANDS:
+        words = command.split()
+        if len(words) == 1 and command not in ("simulate", "fleet"):
+            sub = subs.add_parser(
+                command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command]
+            )
+            sub.set_defaults(_command=command)
+            _add_options(sub, command)
+            if command in ("edge", "ingest"):
+                groups[command] = sub.add_subparsers(dest="action", metavar="ACTION")
+            continue
+        head, tail = words
+        if head not in groups:
+            top = subs.add_parser(head, help=f"{head} commands")
+            top.set_defaults(_command=None, _group=top)
+            groups[head] = top.add_subparsers(dest="action", metavar="ACTION")
+        sub = groups[head].add_parser(
+            tail, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command]
+        )
+        sub.set_defaults(_command=command)
+        _add_options(sub, command)
+    return parser
+
+
+def resolve_entry(command: str) -> Callable[[Settings], int]:
+    """The function that runs ``command``; :class:`ConfigError` if it is not available."""
+    module_name, func_name = ENTRY_POINTS[command].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"'citysense {command}' is not available yet") from exc
+        raise
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise ConfigError(f"'citysense {command}' is not available yet")
+    return func  # type: ignore[no-any-return,unused-ignore]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "_command", None)
+    if command is None:
+        group = getattr(args, "_group", parser)
+        group.print_help(sys.stderr)
+        return 2
+    raw = {
+        k: v
+        for k, v in vars(args).items()
+        if not k.startswith("_") and k not in ("command", "action")
+    }
+    try:
+        settings = load_settings(command, raw)
+        logging.basicConfig(
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        run = resolve_entry(command)
+        return run(settings)
+    except ConfigError as exc:
+        print(f"citysense: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except CitysenseError as exc:
+        print(f"citysense: {exc}", file=sys.stderr)
+        return 1
+
+
+def console() -> None:
+    """The console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""Configuration: one table of options, read once at start and passed down.
+
+:class:`Settings` *is* the table: each field carries its help text, the subcommands that take
+it and how to parse it. The command line (``--name``), the environment (``CITYSENSE_NAME``)
+and a TOML file (``--config FILE``, the same keys, ``-`` or ``_`` alike) all fill the same
+fields; precedence is defaults < file < environment < command line. :func:`load_settings`
+validates everything and raises :class:`~citysense.errors.ConfigError` with a one-line
+reason, which the command turns into exit code 2.
+
+To add an option, add one field here: the CLI, environment and file pick it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from citysense.errors import ConfigError
+from citysense.model import GATEWAY_ID_RE
+
+ENV_PREFIX = "CITYSENSE_"
+
+# Subcommand names, as typed on the command line.
+DEMO = "demo"
+EDGE = "edge"
+EDGE_PROBE = "edge probe"
+INGEST = "ingest"
+DEAD_LETTERS = "ingest dead-letters"
+API = "api"
+SIM_FLEET = "simulate fleet"
+SIM_MODULE = "simulate module"
+FLEET_GENERATE = "fleet generate"
+COMMANDS: tuple[str, ...] = (
+    DEMO,
+    EDGE,
+    EDGE_PROBE,
+    INGEST,
+    DEAD_LETTERS,
+    API,
+    SIM_FLEET,
+    SIM_MODULE,
+    FLEET_GENERATE,
+)
+_SERVICES = frozenset({DEMO, EDGE, INGEST, API})
+_ALL = frozenset(COMMANDS)
+_STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API})
+
+
+def _opt(
+    default: Any,
+    help: str,
+    commands: frozenset[str] | set[str],
+    kind: str = "str",
+    *,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    """A settings field with its option metadata (see :class:`Option`)."""
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "commands": frozenset(commands),
+            "kind": kind,
+            "choices": choices,
+            "secret": secret,
+            "metavar": metavar,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every option of every subcommand, with its default."""
+
+    # --- shared by the services
+    config: str | None = _opt(None, "TOML file holding any of these options", _ALL, metavar="FILE")
+    log_level: str = _opt("INFO", "log level", _ALL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    mqtt: str | None = _opt(
+        None,
+        "MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://... "
+        "(default: mqtt://127.0.0.1:1883; demo: an embedded broker)",
+        {DEMO, EDGE, INGEST, SIM_FLEET},
+        metavar="URL",
+    )
+    influx: str | None = _opt(
+        None,
+        "InfluxDB, http(s)://[user:pass@]host:port (default: the embedded SQLite store)",
+        _STORAGE,
+        metavar="URL",
+    )
+    influx_api: str = _opt("auto", "InfluxDB API generation", _STORAGE, choices=("auto", "1", "2"))
+    influx_db: str = _opt("citysense", "InfluxDB 1.x database", _STORAGE)
+    influx_token: str | None = _opt(None, "InfluxDB 2.x token", _STORAGE, secret=True)
+    influx_org: str | None = _opt(None, "InfluxDB 2.x organisation", _STORAGE)
+    influx_bucket: str = _opt("citysense", "InfluxDB 2.x bucket", _STORAGE)
+    influx_gzip: bool = _opt(False, "gzip writes to InfluxDB", _STORAGE, "bool")
+    influx_timeout: float = _opt(10.0, "InfluxDB request timeout, seconds", _STORAGE, "float")
+    state_dir: str = _opt(
+        "citysense-state",
+        "folder for the outbox, dead letters and the embedded store",
+        _SERVICES | {DEAD_LETTERS},
+        metavar="DIR",
+    )
+    registry: str | None = _opt(
+        None, "device registry CSV", {DEMO, EDGE, API, SIM_FLEET}, metavar="FILE"
+    )
+    metrics_bind: str | None = _opt(
+        None,
+        "HOST:PORT of the local /metrics endpoint (edge default 127.0.0.1:9101, "
+        "ingest 127.0.0.1:9102; 'off' disables it)",
+        {EDGE, INGEST},
+        metavar="HOST:PORT",
+    )
+    # --- edge
+    gateway: str = _opt("gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET}, metavar="ID")
+    coap: str = _opt("0.0.0.0:5683", "CoAP listen address", {EDGE, SIM_FLEET}, metavar="HOST:PORT")
+    serial: tuple[str, ...] = _opt(
+        (),
+        "an NB-IoT module on a serial port, DEV:DIALECT (repeatable)",
+        {EDGE},
+        "list",
+        metavar="DEV:DIALECT",
+    )
+    max_uplink_bytes: int = _opt(1024, "largest CoAP uplink accepted, bytes", {EDGE}, "int")
+    max_age: float = _opt(
+        7 * 24 * 3600.0, "oldest reading accepted, seconds", {DEMO, EDGE, INGEST}, "float"
+    )
+    outbox_quota_mb: float = _opt(256.0, "outbox disk quota, MiB", {EDGE}, "float")
+    outbox_policy: str = _opt(
+        "refuse",
+        "when the outbox is full: refuse new uplinks (5.03) or evict the oldest readings",
+        {EDGE},
+        choices=("refuse", "evict-oldest"),
+    )
+    batch_max_readings: int = _opt(500, "readings per published batch, at most", {EDGE}, "int")
+    batch_max_delay: float = _opt(
+        0.5, "longest a reading waits before its batch is published, seconds", {EDGE}, "float"
+    )
+    resend_interval: float = _opt(
+        60.0, "re-send a batch not confirmed on .../stored after this many seconds", {EDGE}, "float"
+    )
+    max_inflight_batches: int = _opt(
+        50, "published batches awaiting confirmation, at most", {EDGE}, "int"
+    )
+    # --- ingest
+    client_id: str | None = _opt(
+        None,
+        "MQTT client id (fixed, for a persistent session; default citysense-ingest-1 / "
+        "citysense-edge-<gateway>)",
+        {EDGE, INGEST},
+        metavar="ID",
+    )
+    receive_maximum: int = _opt(
+        2000, "unacknowledged MQTT messages the ingestor accepts at once", {INGEST}, "int"
+    )
+    write_batch_points: int = _opt(5000, "points per storage write, at most", {INGEST}, "int")
+    write_max_delay: float = _opt(
+        0.2, "longest a message waits before its write, seconds", {INGEST}, "float"
+    )
+    retry_max_delay: float = _opt(
+        30.0, "cap of the back-off between storage retries, seconds", {EDGE, INGEST}, "float"
+    )
+    limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
+    # --- api
+    bind: str = _opt("127.0.0.1:8000", "HTTP listen address", {DEMO, API}, metavar="HOST:PORT")
+    api_keys: tuple[str, ...] = _opt(
+        (),
+        "API keys with their roles, KEY:ROLE,... (roles: operator, viewer)",
+        {DEMO, API},
+        "list",
+        secret=True,
+        metavar="KEY:ROLE,...",
+    )
+    point_limit: int = _opt(
+        20000, "largest number of points one query may return", {DEMO, API}, "int"
+    )
+    rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API}, "int")
+    # --- simulators
+    devices: int = _opt(
+        300, "number of simulated devices", {DEMO, SIM_FLEET, FLEET_GENERATE}, "int"
+    )
+    seed: int = _opt(1, "random seed", {DEMO, SIM_FLEET, SIM_MODULE, FLEET_GENERATE}, "int")
+    gateways: int = _opt(1, "number of gateways devices are assigned to", {FLEET_GENERATE}, "int")
+    output: str | None = _opt(
+        None, "output file (default: standard output)", {FLEET_GENERATE}, metavar="FILE"
+    )
+    time_scale: float = _opt(
+        60.0, "simulated seconds per wall-clock second", {DEMO, SIM_FLEET}, "float"
+    )
+    duration: float = _opt(
+        0.0, "stop after this many seconds (0: run until stopped)", {DEMO, SIM_FLEET}, "float"
+    )
+    faults: tuple[str, ...] = _opt(
+        (),
+        "faults to inject, NAME[=RATE],...",
+        {SIM_FLEET, SIM_MODULE},
+        "list",
+        metavar="NAME[=RATE],...",
+    )
+    dialect: str = _opt(
+        "bc95",
+        "NB-IoT module dialect",
+        {SIM_MODULE, EDGE_PROBE},
+        choices=("bc95", "sim7020", "bc66"),
+    )
+    serial_device: str | None = _opt(
+        None, "serial device of the module", {EDGE_PROBE}, metavar="DEV"
+    )
+    backfill_hours: float = _opt(24.0, "hours of history generated at start", {DEMO}, "float")
+
+    def secret_free(self) -> dict[str, object]:
+        """The settings as a dict with secrets masked, for logs."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One row of the options table, derived from a :class:`Settings` field."""
+
+    name: str
+    help: str
+    commands: frozenset[str]
+    kind: str
+    default: object
+    choices: tuple[str, ...] | None
+    secret: bool
+    metavar: str | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(
+        f.name,
+        f.metadata["help"],
+        f.metadata["commands"],
+        f.metadata["kind"],
+        f.default,
+        f.metadata["choices"],
+        f.metadata["secret"],
+        f.metadata["metavar"],
+    )
+    for f in dataclasses.fields(Settings)
+)
+OPTIONS_BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def options_for(command: str) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if command in o.commands)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+def _parse_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        items = [str(value)]
+    out: list[str] = []
+    for item in items:
+        out.extend(p.strip() for p in item.split(",") if p.strip())
+    return tuple(out)
+
+
+_PARSERS: Mapping[str, Callable[[Any], object]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
+    "list": _parse_list,
+}
+
+
+def _convert(option: Option, raw: object, source: str) -> object:
+    if option.kind in ("int", "float") and isinstance(raw, bool):
+        raise ConfigError(f"{source}: {option.name} must be a number")
+    try:
+        value = _PARSERS[option.kind](raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {option.name}: {exc}") from exc
+    if option.choices and value not in option.choices:
+        raise ConfigError(
+            f"{source}: {option.name} must be one of {', '.join(option.choices)}, not {value!r}"
+        )
+    return value
+
+
+def _read_file(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in OPTIONS_BY_NAME or name == "config":
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        out[name] = value
+    return out
+
+
+def load_settings(
+    command: str,
+    cli: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, file, environment and command line for ``command``; validate."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    config_path = cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        for name, raw in _read_file(str(config_path)).items():
+            values[name] = _convert(OPTIONS_BY_NAME[name], raw, f"config file {config_path}")
+        values["config"] = str(config_path)
+    for option in OPTIONS:
+        if option.env in env and option.name != "config":
+            values[option.name] = _convert(option, env[option.env], option.env)
+    for name, raw in cli.items():
+        known = OPTIONS_BY_NAME.get(name)
+        if known is not None:
+            values[name] = _convert(known, raw, known.flag)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    validate(settings, command)
+    return settings
+
+
+# --------------------------------------------------------------------------- validation
+
+_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+ROLES = ("operator", "viewer")
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) -> (host, port); raises :class:`ConfigError`."""
+    m = _HOSTPORT_RE.match(text.strip())
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_mqtt_url(url: str) -> BrokerUrl:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            f"--mqtt must be mqtt://[user:pass@]host[:port] or mqtts://..., not {mask_url(url)!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--mqtt has a bad port: {mask_url(url)!r}") from exc
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(
+        parts.hostname, port or (8883 if tls else 1883), tls, parts.username, parts.password
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def parse_api_keys(items: tuple[str, ...]) -> dict[str, str]:
+    """``KEY:ROLE`` items -> {key: role}; raises :class:`ConfigError`."""
+    keys: dict[str, str] = {}
+    for item in items:
+        key, sep, role = item.rpartition(":")
+        if not sep or not key or role not in ROLES:
+            raise ConfigError(
+                f"--api-keys entries must be KEY:ROLE with ROLE in {', '.join(ROLES)}"
+            )
+        if len(key) < 8:
+            raise ConfigError("--api-keys: each key needs at least 8 characters")
+        keys[key] = role
+    return keys
+
+
+def parse_serial(item: str) -> tuple[str, str]:
+    """``/dev/ttyUSB0:bc95`` -> (device, dialect)."""
+    dev, sep, dialect = item.rpartition(":")
+    if not sep or not dev or dialect not in ("bc95", "sim7020", "bc66"):
+        raise ConfigError(
+            f"--serial must be DEV:DIALECT with DIALECT in bc95, sim7020, bc66, not {item!r}"
+        )
+    return dev, dialect
+
+
+def validate(s: Settings, command: str) -> None:
+    """Cross-check settings for ``command``; raises :class:`ConfigError`."""
+    if s.mqtt is not None:
+        parse_mqtt_url(s.mqtt)
+    if s.influx is not None:
+        parts = urlsplit(s.influx)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"--influx must be http(s)://[user:pass@]host:port, not {mask_url(s.influx)!r}"
+            )
+    if not GATEWAY_ID_RE.fullmatch(s.gateway):
+        raise ConfigError(f"--gateway {s.gateway!r} must match [a-z0-9][a-z0-9-]{{0,47}}")
+    parse_hostport(s.bind, "--bind")
+    parse_hostport(s.coap, "--coap")
+    if s.metrics_bind not in (None, "off"):
+        parse_hostport(s.metrics_bind, "--metrics-bind")
+    parse_api_keys(s.api_keys)
+    for item in s.serial:
+        parse_serial(item)
+    positive = {
+        "max_uplink_bytes": s.max_uplink_bytes,
+        "max_age": s.max_age,
+        "outbox_quota_mb": s.outbox_quota_mb,
+        "batch_max_readings": s.batch_max_readings,
+        "resend_interval": s.resend_interval,
+        "max_inflight_batches": s.max_inflight_batches,
+        "receive_maximum": s.receive_maximum,
+        "write_batch_points": s.write_batch_points,
+        "point_limit": s.point_limit,
+        "rate_limit": s.rate_limit,
+        "influx_timeout": s.influx_timeout,
+        "time_scale": s.time_scale,
+        "gateways": s.gateways,
+        "limit": s.limit,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} must be positive, not {value}")
+    non_negative = {
+        "batch_max_delay": s.batch_max_delay,
+        "write_max_delay": s.write_max_delay,
+        "duration": s.duration,
+        "backfill_hours": s.backfill_hours,
+        "devices": s.devices,
+        "retry_max_delay": s.retry_max_delay,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} must not be negative, not {value}")
+    if s.receive_maximum > 65535:
+        raise ConfigError("--receive-maximum must be at most 65535 (MQTT's limit)")
+    if s.registry is not None and command in (EDGE, API, DEMO) and not Path(s.registry).is_file():
+        raise ConfigError(f"--registry {s.registry}: no such file")
+    if command == EDGE_PROBE and not s.serial_device:
+        raise ConfigError("edge probe needs --serial-device DEV (or --serial DEV)")

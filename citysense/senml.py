@@ -1,0 +1,425 @@
+"""SenML codec (RFC 8428) for JSON (Content-Format 110) and CBOR (112). Pure, no I/O.
+
+:func:`decode_senml` turns a payload into *resolved* records (base fields applied, times
+absolute in seconds) under strict limits; every malformed or oversized input raises
+:class:`~citysense.errors.SenmlError` -- never another exception type, never a
+RecursionError: the CBOR reader is iterative and accepts only SenML's shape (an array of
+maps of scalars), and JSON nesting is bounded before it is parsed.
+
+:func:`to_samples` groups resolved records by device and time, which is how the gateway
+turns an uplink into readings. :func:`encode_senml` writes packs (used by simulators and
+the downlink path).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import cbor2
+
+from citysense.errors import SenmlError
+
+CF_SENML_JSON = 110
+CF_SENML_CBOR = 112
+
+#: Resolved times below 2**28 are relative to now (RFC 8428 section 4.5.3).
+RELATIVE_TIME_LIMIT = 2**28
+
+#: CBOR labels of the SenML fields (RFC 8428 section 6).
+CBOR_LABELS: Mapping[int, str] = {
+    -1: "bver",
+    -2: "bn",
+    -3: "bt",
+    -4: "bu",
+    -5: "bv",
+    -6: "bs",
+    0: "n",
+    1: "u",
+    2: "v",
+    3: "vs",
+    4: "vb",
+    5: "s",
+    6: "t",
+    7: "ut",
+    8: "vd",
+}
+_JSON_TO_CBOR = {name: label for label, name in CBOR_LABELS.items()}
+
+_NUMBER_FIELDS = frozenset({"bt", "bv", "bs", "v", "s", "t", "ut"})
+_STRING_FIELDS = frozenset({"bn", "bu", "n", "u", "vs", "vd"})
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
+
+Scalar = float | bool | str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SenmlLimits:
+    """Hard limits applied while decoding; anything beyond them is a :class:`SenmlError`."""
+
+    max_bytes: int = 65536
+    max_records: int = 512
+    max_string: int = 256  #: names and units
+    max_value_string: int = 1024  #: ``vs`` and ``vd``
+
+
+DEFAULT_LIMITS = SenmlLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class SenmlRecord:
+    """A resolved record: full name, absolute time (s), one value, optional unit and sum."""
+
+    name: str
+    time: float
+    value: Scalar | None
+    unit: str | None = None
+    sum: float | None = None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_senml(
+    payload: bytes,
+    content_format: int,
+    now: float,
+    limits: SenmlLimits = DEFAULT_LIMITS,
+) -> list[SenmlRecord]:
+    """Decode and resolve a SenML pack; ``now`` (Unix seconds) anchors relative times."""
+    if len(payload) > limits.max_bytes:
+        raise SenmlError(f"payload of {len(payload)} bytes exceeds {limits.max_bytes}", "too_large")
+    if content_format == CF_SENML_JSON:
+        raw = _read_json(payload, limits)
+    elif content_format == CF_SENML_CBOR:
+        raw = _read_cbor(payload, limits)
+    else:
+        raise SenmlError(f"unsupported content format {content_format}", "unsupported_format")
+    return resolve(raw, now, limits)
+
+
+def _reject_constant(name: str) -> float:
+    raise SenmlError(f"{name} is not a valid SenML number", "malformed")
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SenmlError(f"duplicate field {key!r}", "malformed")
+        out[key] = value
+    return out
+
+
+def _read_json(payload: bytes, limits: SenmlLimits) -> list[dict[str, object]]:
+    # SenML JSON is an array of flat objects: any deeper nesting is refused before parsing,
+    # which keeps the parser far from the interpreter's recursion limit.
+    depth = 0
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > 2:
+                raise SenmlError("SenML JSON nests deeper than an array of objects", "malformed")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        text = payload.decode("utf-8")
+        data = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except SenmlError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SenmlError(f"not valid JSON: {exc}", "malformed") from exc
+    if not isinstance(data, list):
+        raise SenmlError("a SenML pack is a JSON array", "malformed")
+    if len(data) > limits.max_records:
+        raise SenmlError(f"{len(data)} records exceed {limits.max_records}", "too_many_records")
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise SenmlError(f"record {i} is not an object", "malformed")
+    return data
+
+
+class _CborReader:
+    """An iterative reader for SenML's CBOR shape: array of maps of scalars."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def _take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise SenmlError("truncated CBOR", "malformed")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def head(self) -> tuple[int, int, int | None]:
+        """(major type, additional info, argument); argument ``None`` means indefinite."""
+        initial = self._take(1)[0]
+        major, info = initial >> 5, initial & 0x1F
+        if info < 24:
+            return major, info, info
+        if info == 24:
+            return major, info, self._take(1)[0]
+        if info == 25:
+            return major, info, int.from_bytes(self._take(2), "big")
+        if info == 26:
+            return major, info, int.from_bytes(self._take(4), "big")
+        if info == 27:
+            return major, info, int.from_bytes(self._take(8), "big")
+        if info == 31 and major in (2, 3, 4, 5, 7):
+            return major, info, None
+        raise SenmlError(f"invalid CBOR additional information {info}", "malformed")
+
+    def at_break(self) -> bool:
+        if self.pos >= len(self.data):
+            raise SenmlError("indefinite-length CBOR item without a break", "malformed")
+        if self.data[self.pos] == 0xFF:
+            self.pos += 1
+            return True
+        return False
+
+    def scalar(self, limits: SenmlLimits) -> Scalar | int:
+        major, info, arg = self.head()
+        if major == 0:
+            assert arg is not None
+            return arg
+        if major == 1:
+            assert arg is not None
+            return -1 - arg
+        if major in (2, 3):
+            if arg is None:
+                raise SenmlError("indefinite-length CBOR strings are not supported", "malformed")
+            if arg > limits.max_value_string:
+                raise SenmlError(f"CBOR string of {arg} bytes is too long", "too_large")
+            raw = self._take(arg)
+            if major == 2:
+                return raw
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SenmlError("CBOR text is not UTF-8", "malformed") from exc
+        if major == 7:
+            if info == 20:
+                return False
+            if info == 21:
+                return True
+            if info == 25:
+                return float(struct.unpack(">e", (arg or 0).to_bytes(2, "big"))[0])
+            if info == 26:
+                return float(struct.unpack(">f", (arg or 0).to_bytes(4, "big"))[0])
+            if info == 27:
+                return float(struct.unpack(">d", (arg or 0).to_bytes(8, "big"))[0])
+            raise SenmlError(f"CBOR simple value {info} is not allowed in SenML", "malformed")
+        if major in (4, 5):
+            raise SenmlError("SenML CBOR nests deeper than an array of maps", "malformed")
+        raise SenmlError("CBOR tags are not allowed in SenML", "malformed")
+
+
+def _read_cbor(payload: bytes, limits: SenmlLimits) -> list[dict[str, object]]:
+    reader = _CborReader(payload)
+    major, _, count = reader.head()
+    if major != 4:
+        raise SenmlError("a SenML pack is a CBOR array", "malformed")
+    records: list[dict[str, object]] = []
+    while count is None or len(records) < count:
+        if count is None and reader.at_break():
+            break
+        if len(records) >= limits.max_records:
+            raise SenmlError(f"more than {limits.max_records} records", "too_many_records")
+        m_major, _, pairs = reader.head()
+        if m_major != 5:
+            raise SenmlError(f"record {len(records)} is not a CBOR map", "malformed")
+        rec: dict[str, object] = {}
+        n = 0
+        while pairs is None or n < pairs:
+            if pairs is None and reader.at_break():
+                break
+            key = reader.scalar(limits)
+            value = reader.scalar(limits)
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise SenmlError("CBOR map keys must be labels", "malformed")
+            name = CBOR_LABELS.get(key, str(key)) if isinstance(key, int) else key
+            if name in rec:
+                raise SenmlError(f"duplicate field {name!r}", "malformed")
+            rec[name] = value
+            n += 1
+            if n > 64:
+                raise SenmlError("too many fields in a record", "malformed")
+        records.append(rec)
+    if reader.pos != len(payload):
+        raise SenmlError("trailing bytes after the SenML pack", "malformed")
+    return records
+
+
+def _number(rec: Mapping[str, object], key: str, i: int) -> float | None:
+    value = rec.get(key)
+    if value is None:
+        return None
+    if type(value) is bool or not isinstance(value, int | float):
+        raise SenmlError(f"record {i}: {key} must be a number", "malformed")
+    f = float(value)
+    if not math.isfinite(f):
+        raise SenmlError(f"record {i}: {key} is not finite", "not_finite")
+    return f
+
+
+def _string(rec: Mapping[str, object], key: str, i: int, limit: int) -> str | None:
+    value = rec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SenmlError(f"record {i}: {key} must be a string", "malformed")
+    if len(value) > limit:
+        raise SenmlError(f"record {i}: {key} longer than {limit} characters", "too_large")
+    return value
+
+
+def resolve(
+    raw: Iterable[Mapping[str, object]], now: float, limits: SenmlLimits = DEFAULT_LIMITS
+) -> list[SenmlRecord]:
+    """Apply base fields and relative times (RFC 8428 section 4.6) to raw records."""
+    bn, bu = "", None
+    bt = bv = bs = 0.0
+    out: list[SenmlRecord] = []
+    for i, rec in enumerate(raw):
+        for key in rec:
+            if key.endswith("_"):
+                raise SenmlError(f"record {i}: must-understand field {key!r}", "malformed")
+        bver = rec.get("bver")
+        if bver is not None and (type(bver) is not int or bver < 1 or bver > 64):
+            raise SenmlError(f"record {i}: bver must be a positive integer", "malformed")
+        if (b := _string(rec, "bn", i, limits.max_string)) is not None:
+            bn = b
+        if (b := _string(rec, "bu", i, limits.max_string)) is not None:
+            bu = b
+        bt = v if (v := _number(rec, "bt", i)) is not None else bt
+        bv = v if (v := _number(rec, "bv", i)) is not None else bv
+        bs = v if (v := _number(rec, "bs", i)) is not None else bs
+        n = _string(rec, "n", i, limits.max_string) or ""
+        name = bn + n
+        if not name or len(name) > limits.max_string or not _NAME_RE.fullmatch(name):
+            raise SenmlError(f"record {i}: invalid name {name!r}", "bad_name")
+        t = _number(rec, "t", i) or 0.0
+        time = bt + t
+        if time < RELATIVE_TIME_LIMIT:
+            time += now
+        unit = _string(rec, "u", i, limits.max_string) or bu
+        present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
+        if len(present) > 1:
+            raise SenmlError(f"record {i}: more than one value field", "malformed")
+        value: Scalar | None
+        if present == ["v"]:
+            v = _number(rec, "v", i)
+            assert v is not None
+            value = bv + v
+        elif present == ["vb"]:
+            if type(rec["vb"]) is not bool:
+                raise SenmlError(f"record {i}: vb must be a boolean", "malformed")
+            value = bool(rec["vb"])
+        elif present == ["vs"]:
+            value = _string(rec, "vs", i, limits.max_value_string)
+        elif present == ["vd"]:
+            raw_vd = rec["vd"]
+            if isinstance(raw_vd, bytes):
+                value = raw_vd
+            else:
+                text = _string(rec, "vd", i, limits.max_value_string) or ""
+                try:
+                    value = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+                except ValueError as exc:
+                    raise SenmlError(f"record {i}: vd is not base64url", "malformed") from exc
+        else:
+            value = None
+        s = _number(rec, "s", i)
+        total = bs + s if s is not None else None
+        if value is None and total is None:
+            if "bv" in rec or bv:
+                value = bv
+            else:
+                raise SenmlError(f"record {i}: no value", "malformed")
+        out.append(SenmlRecord(name, time, value, unit, total))
+    return out
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``urn:imei:4901...:pm25`` -> (``urn:imei:4901...``, ``pm25``)."""
+    device, sep, metric = name.rpartition(":")
+    if not sep or not device or not metric:
+        raise SenmlError(f"name {name!r} is not <device>:<metric>", "bad_name")
+    return device, metric
+
+
+def to_samples(records: Iterable[SenmlRecord]) -> dict[tuple[str, int], dict[str, Scalar]]:
+    """Group resolved records into ``{(device, t_ms): {metric: value}}``.
+
+    A metric given twice for the same device and time is refused: the pack is ambiguous.
+    """
+    out: dict[tuple[str, int], dict[str, Scalar]] = {}
+    for rec in records:
+        device, metric = split_name(rec.name)
+        if rec.value is None:
+            raise SenmlError(f"{rec.name}: sum-only records are not readings", "malformed")
+        key = (device, round(rec.time * 1000))
+        values = out.setdefault(key, {})
+        if metric in values:
+            raise SenmlError(f"{rec.name} given twice for one time", "malformed")
+        values[metric] = rec.value
+    return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_senml(records: Iterable[Mapping[str, object]], content_format: int) -> bytes:
+    """Encode raw records (JSON field names) as SenML JSON or CBOR."""
+    pack = list(records)
+    if content_format == CF_SENML_JSON:
+        return json.dumps(pack, separators=(",", ":"), allow_nan=False).encode()
+    if content_format == CF_SENML_CBOR:
+        return cbor2.dumps([{_JSON_TO_CBOR[k]: v for k, v in rec.items()} for rec in pack])
+    raise SenmlError(f"unsupported content format {content_format}", "unsupported_format")
+
+
+def encode_values(
+    device: str,
+    t_ms: int,
+    values: Mapping[str, float | bool],
+    content_format: int,
+    units: Mapping[str, str | None] | None = None,
+) -> bytes:
+    """One device's values at one time as a pack with base name and base time."""
+    records: list[dict[str, object]] = []
+    for i, (metric, value) in enumerate(values.items()):
+        rec: dict[str, object] = {}
+        if i == 0:
+            rec["bn"] = f"{device}:"
+            rec["bt"] = t_ms / 1000
+        rec["n"] = metric
+        unit = units.get(metric) if units else None
+        if unit:
+            rec["u"] = unit
+        rec["vb" if isinstance(value, bool) else "v"] = value
+        records.append(rec)
+    return encode_senml(records, content_format)
