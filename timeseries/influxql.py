@@ -1,0 +1,315 @@
+"""InfluxQL reader over the 1.x HTTP API (``GET /query``), for InfluxDB 1.x, 2.x and 3.x.
+
+2.x and 3.x are read through their 1.x compatibility ``/query`` endpoint (token auth, the
+bucket as the database).
+
+Invariants:
+
+* query text is built only from catalog identifiers (measurement = domain, field = metric,
+  tag keys from :data:`~timeseries.schema.TAG_KEYS`), integers this module formats itself
+  (times in ms, bucket widths) and ``$name`` placeholders; every value from outside is sent
+  in the ``params`` JSON object, which InfluxDB binds (1.6.7 included) -- it is never pasted
+  into the text, so neither a quote nor a ``;`` in a value can change the query;
+* every ``SELECT`` is bounded in time (``time >= start AND time < end``);
+* the reader builds no writing statement. (1.6.7 *does* run a ``DROP`` sent with
+  ``GET /query``, with a deprecation warning: keeping values out of the text is what stops
+  it, and the API's InfluxDB user should only be granted ``READ``.)
+* HTTP and server errors are translated: unreachable / 5xx / 429 -> RetryableError, anything
+  else -> PermanentError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from citysense.catalog import METRICS
+from citysense.errors import PermanentError, RetryableError
+from timeseries.connection import InfluxTarget
+from timeseries.query import (
+    LatestValue,
+    SeriesGroup,
+    SeriesQuery,
+    check_filters,
+    check_metric,
+    check_range,
+)
+from timeseries.schema import TAG_KEYS
+
+log = logging.getLogger(__name__)
+
+_LATEST_TAGS = ("device", "kind", "district", "site")
+
+
+def quote_ident(name: str) -> str:
+    """``"name"`` with InfluxQL identifier escaping (names come from the catalog anyway)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_string(value: str) -> str:
+    """An InfluxQL string literal: ``'`` and ``\\`` escaped (for text that cannot be bound)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def time_clause(start_ms: int, end_ms: int) -> str:
+    return f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms"
+
+
+def where_filters(filters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """``AND "tag" = $tag ...`` and the params binding each value."""
+    checked = check_filters(filters)
+    text = "".join(f" AND {quote_ident(k)} = ${k}" for k in checked)
+    return text, dict(checked)
+
+
+def build_latest(metric: str, filters: Mapping[str, str], start_ms: int, end_ms: int) -> str:
+    m = METRICS[check_metric(metric)]
+    where, _ = where_filters(filters)
+    tags = ", ".join(quote_ident(t) for t in _LATEST_TAGS)
+    return (
+        f"SELECT last({quote_ident(m.name)}) AS value FROM {quote_ident(m.domain)} "
+        f"WHERE {time_clause(start_ms, end_ms)}{where} GROUP BY {tags}"
+    )
+
+
+def _select(q: SeriesQuery, func: str, extra_where: str = "") -> str:
+    where, _ = where_filters(q.filters)
+    group = f"time({int(q.every_ms)}ms)"
+    if q.group_by is not None:
+        group += f", {quote_ident(q.group_by)}"
+    return (
+        f"SELECT {func}({quote_ident(q.metric)}) AS value FROM {quote_ident(q.measurement)} "
+        f"WHERE {time_clause(q.start_ms, q.end_ms)}{where}{extra_where} "
+        f"GROUP BY {group} fill(none)"
+    )
+
+
+def build_series(q: SeriesQuery) -> list[str]:
+    """The statements answering ``q``: one, or two for a boolean metric aggregated
+    numerically (InfluxQL has no mean/sum/min/max of booleans: count the true values and
+    all values, and combine them per bucket)."""
+    if q.is_bool and q.agg not in ("count", "last"):
+        return [
+            _select(q, "count", f" AND {quote_ident(q.metric)} = true"),
+            _select(q, "count"),
+        ]
+    return [_select(q, q.agg)]
+
+
+def build_count(q: SeriesQuery) -> str:
+    inner = _select(q, "count" if q.is_bool else q.agg)
+    return f"SELECT count(value) FROM ({inner})"
+
+
+def _combine_bool(agg: str, trues: float, total: float) -> float:
+    if agg == "sum":
+        return trues
+    if agg == "mean":
+        return trues / total
+    if agg == "max":
+        return 1.0 if trues > 0 else 0.0
+    return 1.0 if trues >= total else 0.0  # min
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return float(value)
+
+
+class InfluxQLReader:
+    """:class:`~timeseries.query.Reader` over InfluxQL ``/query``."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json"}
+        auth: httpx.BasicAuth | None = None
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        elif username is not None:
+            auth = httpx.BasicAuth(username, password or "")
+        self._url = url
+        self._db = database
+        self._client = httpx.AsyncClient(
+            base_url=url, headers=headers, auth=auth, timeout=timeout, transport=transport
+        )
+
+    @classmethod
+    def from_target(cls, target: InfluxTarget, api: str) -> InfluxQLReader:
+        database = target.database if api == "1" else target.bucket
+        return cls(
+            target.url,
+            database,
+            username=target.username,
+            password=target.password,
+            token=target.token if api != "1" else None,
+            timeout=target.timeout,
+        )
+
+    @property
+    def description(self) -> str:
+        return f"influxdb {self._url} db={self._db}"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            response = await self._client.get("/ping")
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB at {self._url} is unreachable: {exc}") from exc
+        if response.status_code >= 300:
+            raise RetryableError(f"InfluxDB /ping answered {response.status_code}")
+
+    async def _query(
+        self, statements: list[str], params: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Run statements (built here, never from outside text) and return their results."""
+        query = ";\n".join(statements)
+        request_params = {"db": self._db, "q": query, "epoch": "ms"}
+        if params:
+            request_params["params"] = json.dumps(dict(params))
+        log.debug("influxql %s params=%s", query, params)
+        try:
+            response = await self._client.get("/query", params=request_params)
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"InfluxDB query timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB at {self._url} is unreachable: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            retry = response.headers.get("Retry-After")
+            raise RetryableError(
+                f"InfluxDB answered {response.status_code}",
+                float(retry) if retry and retry.isdigit() else None,
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise PermanentError(f"InfluxDB answered {response.status_code}, not JSON") from exc
+        if response.status_code >= 400 or "error" in body:
+            raise PermanentError(f"InfluxDB refused the query: {body.get('error', body)}")
+        results: list[dict[str, Any]] = body.get("results", [])
+        for result in results:
+            if "error" in result:
+                if "database not found" in str(result["error"]):
+                    return [{} for _ in statements]
+                raise PermanentError(f"InfluxDB refused the query: {result['error']}")
+        if len(results) != len(statements):
+            raise PermanentError(
+                f"InfluxDB answered {len(results)} results for {len(statements)} statements"
+            )
+        return results
+
+    async def latest(
+        self,
+        metrics: tuple[str, ...],
+        filters: Mapping[str, str],
+        start_ms: int,
+        end_ms: int,
+    ) -> list[LatestValue]:
+        check_range(start_ms, end_ms)
+        if not metrics:
+            return []
+        _, params = where_filters(filters)
+        statements = [build_latest(m, filters, start_ms, end_ms) for m in metrics]
+        results = await self._query(statements, params)
+        # a device whose tags changed appears once per tag set: keep its newest value
+        newest: dict[tuple[str, str], LatestValue] = {}
+        for metric, result in zip(metrics, results, strict=True):
+            for series in result.get("series", []):
+                tags = series.get("tags", {})
+                for t, value in series.get("values", []):
+                    v = _num(value)
+                    if v is None:
+                        continue
+                    row = LatestValue(
+                        tags.get("device", ""),
+                        tags.get("kind", ""),
+                        tags.get("district", ""),
+                        tags.get("site", ""),
+                        metric,
+                        int(t),
+                        v,
+                    )
+                    key = (row.device, metric)
+                    if key not in newest or newest[key].t < row.t:
+                        newest[key] = row
+        return sorted(newest.values(), key=lambda r: (r.device, r.metric))
+
+    async def series(self, query: SeriesQuery) -> list[SeriesGroup]:
+        _, params = where_filters(query.filters)
+        statements = build_series(query)
+        results = await self._query(statements, params)
+        groups = _parse_groups(results[0], query.group_by)
+        if len(statements) == 2:
+            totals = _parse_groups(results[1], query.group_by)
+            trues = {k: dict(points) for k, points in groups.items()}
+            groups = {
+                key: [
+                    (t, _combine_bool(query.agg, trues.get(key, {}).get(t, 0.0), n))
+                    for t, n in points
+                ]
+                for key, points in totals.items()
+            }
+        key_name = query.group_by
+        return [
+            SeriesGroup({key_name: key} if key_name else {}, points)
+            for key, points in sorted(groups.items())
+        ]
+
+    async def count_series(self, query: SeriesQuery) -> int:
+        _, params = where_filters(query.filters)
+        results = await self._query([build_count(query)], params)
+        total = 0
+        for series in results[0].get("series", []):
+            for _, value in series.get("values", []):
+                total += int(value or 0)
+        return total
+
+    async def tag_values(self, key: str, metric: str, filters: Mapping[str, str]) -> list[str]:
+        if key not in TAG_KEYS:
+            raise PermanentError(f"unknown tag key {key!r}")
+        m = METRICS[check_metric(metric)]
+        checked = check_filters(filters)
+        where = " AND ".join(f"{quote_ident(k)} = ${k}" for k in checked)
+        statement = (
+            f"SHOW TAG VALUES FROM {quote_ident(m.domain)} WITH KEY = {quote_ident(key)}"
+            + (f" WHERE {where}" if where else "")
+        )
+        results = await self._query([statement], checked)
+        values: set[str] = set()
+        for series in results[0].get("series", []):
+            for row in series.get("values", []):
+                values.add(str(row[1]))
+        return sorted(values)
+
+
+def _parse_groups(
+    result: dict[str, Any], group_by: str | None
+) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for series in result.get("series", []):
+        key = series.get("tags", {}).get(group_by, "") if group_by else ""
+        points = out.setdefault(key, [])
+        for t, value in series.get("values", []):
+            v = _num(value)
+            if v is not None:
+                points.append((int(t), v))
+    for points in out.values():
+        points.sort()
+    return out
