@@ -216,6 +216,18 @@ class Settings:
         None, "serial device of the module", {EDGE_PROBE}, metavar="DEV"
     )
     backfill_hours: float = _opt(24.0, "hours of history generated at start", {DEMO}, "float")
+    senml_format: str = _opt(
+        "mixed",
+        "SenML encoding of simulated uplinks (mixed: each device picks JSON or CBOR)",
+        {DEMO, SIM_FLEET},
+        choices=("json", "cbor", "mixed"),
+    )
+    report_interval: float = _opt(
+        0.0,
+        "simulated seconds between a device's uplinks (0: each kind's catalog interval)",
+        {DEMO, SIM_FLEET},
+        "float",
+    )
 
     def secret_free(self) -> dict[str, object]:
         """The settings as a dict with secrets masked, for logs."""
