@@ -624,7 +624,8 @@ class CityModel:
         )
         slot = t // 60_000
         n = _hash(salt, 81, slot)
-        rsrp = np.clip(median + 2.0 * _normal(n), -140.0, -50.0)
+        # devices report whole dBm; the coverage level follows the reported figure
+        rsrp: FloatArray = np.rint(np.clip(median + 2.0 * _normal(n), -140.0, -50.0))
         ecl = np.where(rsrp >= -105.0, 0.0, np.where(rsrp >= -115.0, 1.0, 2.0))
         snr = np.clip(0.45 * (rsrp + 112.0) + 1.5 * _normal(n >> np.uint64(5)), -10.0, 25.0)
         installed = self._installed(salt)
@@ -644,7 +645,9 @@ class CityModel:
             per_battery = np.floor(100.0 / per_uplink)
             since_change = uplinks - per_battery * np.floor(uplinks / per_battery)
             battery = 100.0 - per_uplink * since_change
-            voltage = 3.28 + 0.39 * np.maximum(battery, 0.0) ** 0.25 / 100.0**0.25
+            voltage = np.asarray(
+                3.28 + 0.39 * np.power(np.maximum(battery, 0.0) / 100.0, 0.25), dtype=np.float64
+            )
         return {
             "battery": battery,
             "battery_voltage": voltage,
