@@ -1,0 +1,125 @@
+"""The CoAP site (aiocoap): ``POST /up`` and ``GET /.well-known/core``.
+
+A thin adapter: the resource hands the payload and Content-Format to an ``accept`` callable
+(the gateway's intake pipeline) and turns its :class:`Answer` into a CoAP response. The
+answer codes are those of INTERFACES.md section 3; every refusal carries a short text
+diagnostic. Deduplication of retransmitted CONs by (endpoint, MID) is aiocoap's; a
+retransmission it misses is absorbed by the outbox's idempotency.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiocoap
+import aiocoap.resource
+from aiocoap.numbers.codes import Code
+
+log = logging.getLogger(__name__)
+
+CHANGED = "2.04"
+BAD_REQUEST = "4.00"
+FORBIDDEN = "4.03"
+TOO_LARGE = "4.13"
+UNSUPPORTED_FORMAT = "4.15"
+UNAVAILABLE = "5.03"
+
+_CODES = {
+    CHANGED: Code.CHANGED,
+    BAD_REQUEST: Code.BAD_REQUEST,
+    FORBIDDEN: Code.FORBIDDEN,
+    TOO_LARGE: Code.REQUEST_ENTITY_TOO_LARGE,
+    UNSUPPORTED_FORMAT: Code.UNSUPPORTED_CONTENT_FORMAT,
+    UNAVAILABLE: Code.SERVICE_UNAVAILABLE,
+}
+
+#: Content-Format of a refusal's diagnostic payload (text/plain; charset=utf-8).
+CF_TEXT = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to tell the device: a code from above, a payload, and its options."""
+
+    code: str
+    payload: bytes = b""
+    content_format: int | None = None
+    max_age: int | None = None  #: seconds, for 5.03
+    size1: int | None = None  #: the size limit, for 4.13
+
+
+Accept = Callable[[bytes, int | None, str], Awaitable[Answer]]
+
+
+class UplinkResource(aiocoap.resource.Resource):
+    """``/up``: one uplink per POST."""
+
+    ct = "110 112"
+    rt = "citysense.up"
+
+    def __init__(self, accept: Accept) -> None:
+        super().__init__()
+        self._accept = accept
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        answer = await self._accept(
+            request.payload, request.opt.content_format, str(request.remote.hostinfo)
+        )
+        response = aiocoap.Message(code=_CODES[answer.code], payload=answer.payload)
+        if answer.content_format is not None:
+            response.opt.content_format = answer.content_format
+        elif answer.payload:
+            response.opt.content_format = CF_TEXT
+        if answer.max_age is not None:
+            response.opt.max_age = answer.max_age
+        if answer.size1 is not None:
+            response.opt.size1 = answer.size1
+        return response
+
+
+def build_site(accept: Accept) -> aiocoap.resource.Site:
+    site = aiocoap.resource.Site()
+    site.add_resource(
+        [".well-known", "core"],
+        aiocoap.resource.WKCResource(site.get_resources_as_linkheader, impl_info=None),
+    )
+    site.add_resource(["up"], UplinkResource(accept))
+    return site
+
+
+def raise_receive_buffer(context: aiocoap.Context, size: int) -> int | None:
+    """Raise ``SO_RCVBUF`` of the server's UDP socket(s); returns the size granted.
+
+    The kernel default holds about 166 datagrams: a burst beyond that would be dropped before
+    aiocoap sees it. As root ``SO_RCVBUFFORCE`` passes ``net.core.rmem_max``.
+    """
+    granted: int | None = None
+    for sock in _udp_sockets(context):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            except OSError as exc:
+                log.warning("cannot raise the CoAP receive buffer: %s", exc)
+                continue
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
+
+
+def _udp_sockets(context: aiocoap.Context) -> list[socket.socket]:
+    # aiocoap keeps its transports behind token and message managers; walk to the sockets.
+    found: list[socket.socket] = []
+    for tokenman in getattr(context, "request_interfaces", []):
+        msgman = getattr(tokenman, "token_interface", None)
+        iface = getattr(msgman, "message_interface", None)
+        transport = getattr(iface, "transport", None)
+        if transport is None:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.type == socket.SOCK_DGRAM:
+            found.append(sock)
+    return found

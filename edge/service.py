@@ -1,0 +1,436 @@
+"""The gateway service: CoAP site + serial sources -> intake -> outbox -> MQTT uplink.
+
+:func:`serve` runs until cancelled. Invariants:
+
+* An uplink is answered ``2.04`` only after :meth:`SqliteOutbox.add` committed its readings;
+  a failing or full outbox answers ``5.03`` with Max-Age, never a false ``2.04``.
+* Handlers produce readings; only the outbox and the uplink decide when data is safe.
+* On cancellation (SIGTERM): intake stops first, then whatever is unpublished is published and
+  confirmations are awaited for a bounded time, then the broker sees a clean ``offline``,
+  and the outbox closes. Anything left is still in the outbox for the next start.
+
+Registry: without ``--registry`` the gateway starts with an empty registry and logs a warning;
+every uplink is then answered ``4.03`` (a device not in the registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+
+from citysense.catalog import DEFAULT_MAX_AGE_MS
+from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
+from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.model import topic_root
+from citysense.registry import Device, Registry, load_registry
+from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
+from edge import coap_site
+from edge.coap_site import Answer
+from edge.downlink import ack_payload, command_ref, parse_command, response_payload
+from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
+from edge.metrics import Labels, Metrics, serve_metrics
+from edge.outbox import EVICT_OLDEST, OutboxFullError, SqliteOutbox
+from edge.uplink import MqttLink, Uplink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
+DEFAULT_METRICS_BIND = "127.0.0.1:9101"
+#: Receive buffer asked for the CoAP socket (the kernel default holds ~166 datagrams).
+COAP_RCVBUF = 4 * 1024 * 1024
+#: Max-Age of a 5.03 answer when the outbox is full or failing, seconds.
+FULL_MAX_AGE = 30
+FAILING_MAX_AGE = 10
+DRAIN_TIMEOUT = 3.0
+EXPIRY_TICK = 1.0
+
+_REFUSAL_CODES = {
+    FORBIDDEN: coap_site.FORBIDDEN,
+    TOO_LARGE: coap_site.TOO_LARGE,
+    UNSUPPORTED_FORMAT: coap_site.UNSUPPORTED_FORMAT,
+}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def content_format_of(payload: bytes) -> int | None:
+    """SenML JSON (first non-space byte ``[``) or CBOR (major type 4) of a serial datagram."""
+    stripped = payload.lstrip()
+    if stripped[:1] == b"[":
+        return CF_SENML_JSON
+    if payload[:1] and payload[0] >> 5 == 4:
+        return CF_SENML_CBOR
+    return None
+
+
+class Gateway:
+    """The intake pipeline and the message handlers, shared by every source."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Mapping[str, Device],
+        outbox: SqliteOutbox,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.outbox = outbox
+        self.metrics = metrics
+        self.intake = Intake(
+            registry,
+            max_age_ms=int(settings.max_age * 1000) if settings.max_age else DEFAULT_MAX_AGE_MS,
+            max_bytes=settings.max_uplink_bytes,
+        )
+        self.uplink = Uplink(
+            outbox,
+            settings.gateway,
+            metrics=metrics,
+            batch_max_readings=settings.batch_max_readings,
+            batch_max_delay=settings.batch_max_delay,
+            resend_interval=settings.resend_interval,
+            max_inflight=settings.max_inflight_batches,
+        )
+        self.root = topic_root(settings.gateway)
+        self.link: MqttLink | None = None
+        self.accepting = True
+        self.commands: dict[str, int] = {}  # device -> queued commands
+        self.unknown_modules: set[str] = set()
+        self.serial_health: dict[str, dict[str, object]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ uplinks
+
+    async def accept(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+        """One uplink from any source: validate, store durably, answer."""
+        answer = await self._accept(payload, content_format, source)
+        self.metrics.inc("citysense_edge_uplinks_total", code=answer.code)
+        return answer
+
+    async def _accept(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+        if not self.accepting:
+            return Answer(coap_site.UNAVAILABLE, b"gateway stopping", max_age=FAILING_MAX_AGE)
+        now = _now_ms()
+        try:
+            readings = self.intake.readings_of_uplink(payload, content_format, now)
+        except UplinkRefused as exc:
+            self.metrics.inc("citysense_edge_rejected_total", reason=exc.reason)
+            log.debug("uplink from %s refused: %s", source, exc)
+            code = _REFUSAL_CODES.get(exc.answer, coap_site.BAD_REQUEST)
+            return Answer(
+                code,
+                str(exc)[:120].encode(),
+                size1=self.settings.max_uplink_bytes if code == coap_site.TOO_LARGE else None,
+            )
+        try:
+            await self.outbox.add(readings)
+        except OutboxFullError:
+            return Answer(coap_site.UNAVAILABLE, b"outbox full", max_age=FULL_MAX_AGE)
+        except RetryableError as exc:
+            log.error("outbox cannot store an uplink: %s", exc)
+            return Answer(coap_site.UNAVAILABLE, b"outbox unavailable", max_age=FAILING_MAX_AGE)
+        self.metrics.inc("citysense_edge_readings_accepted_total", len(readings))
+        self.uplink.notify(len(readings))
+        for device in {r.device for r in readings}:
+            if self.commands.get(device):
+                body = await self._deliver(device, now)
+                if body:
+                    return Answer(coap_site.CHANGED, body, content_format=CF_SENML_JSON)
+        return Answer(coap_site.CHANGED)
+
+    # ------------------------------------------------------------------ downlink
+
+    async def load_commands(self) -> None:
+        self.commands.update(await self.outbox.command_devices())
+
+    async def _deliver(self, device: str, now: int) -> bytes:
+        try:
+            cmd, left = await self.outbox.take_command(device, now)
+        except CitysenseError as exc:
+            log.error("cannot read the downlink queue: %s", exc)
+            return b""
+        if left:
+            self.commands[device] = left
+        else:
+            self.commands.pop(device, None)
+        if cmd is None:
+            return b""
+        self._ack(cmd.id, device, "delivered")
+        return response_payload(cmd)
+
+    def _ack(self, cid: str, device: str, state: str) -> None:
+        self.metrics.inc("citysense_edge_downlinks_total", state=state)
+        if self.link is not None:
+            self.link.publish(f"{self.root}/ack", ack_payload(cid, device, state, _now_ms()))
+
+    async def on_down(self, payload: bytes) -> None:
+        now = _now_ms()
+        try:
+            cmd = parse_command(payload)
+        except InputError as exc:
+            cid, device = command_ref(payload)
+            log.warning("downlink command refused: %s", exc)
+            self._ack(cid, device, "rejected")
+            return
+        if cmd.device not in self.registry:
+            log.warning("downlink command %s for unknown device %s", cmd.id, cmd.device)
+            self._ack(cmd.id, cmd.device, "rejected")
+            return
+        if cmd.expires <= now:
+            self._ack(cmd.id, cmd.device, "expired")
+            return
+        if await self.outbox.queue_command(cmd, now):
+            self.commands[cmd.device] = self.commands.get(cmd.device, 0) + 1
+            self._ack(cmd.id, cmd.device, "queued")
+
+    async def expire_commands(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_TICK)  # a periodic sweep, not a wait for an event
+            try:
+                expired = await self.outbox.expire_commands(_now_ms())
+            except CitysenseError as exc:
+                log.error("cannot sweep expired downlinks: %s", exc)
+                continue
+            for cmd in expired:
+                self._ack(cmd.id, cmd.device, "expired")
+
+    # ------------------------------------------------------------------ MQTT in
+
+    def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        """Called on the loop for every message on ``.../stored`` and ``.../down``."""
+        task = asyncio.get_running_loop().create_task(self._handle(topic, payload, mid, qos))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        try:
+            if topic == f"{self.root}/stored":
+                seqs = _parse_stored(payload)
+                if seqs is None:
+                    log.warning("malformed confirmation on %s: %r", topic, payload[:100])
+                else:
+                    await self.uplink.confirmed(seqs)
+            elif topic == f"{self.root}/down":
+                await self.on_down(payload)
+        except CitysenseError as exc:
+            # not acknowledged: the broker redelivers it on the next session
+            log.error("cannot handle a message on %s: %s", topic, exc)
+            return
+        if self.link is not None:
+            self.link.ack(mid, qos)
+
+    # ------------------------------------------------------------------ serial
+
+    async def on_datagram(self, datagram: Any) -> None:
+        payload: bytes = datagram.payload
+        answer = await self._accept(
+            payload, content_format_of(payload), f"serial:{datagram.module_imei}"
+        )
+        self.metrics.inc("citysense_edge_serial_datagrams_total", code=answer.code)
+        if answer.code != coap_site.CHANGED:
+            log.warning(
+                "datagram via module %s from %s refused: %s %s",
+                datagram.module_imei,
+                datagram.remote,
+                answer.code,
+                answer.payload.decode(errors="replace"),
+            )
+
+    async def on_radio(self, report: Any) -> None:
+        imei: str = report.imei
+        device_id = next(
+            (d for d in (f"urn:imei:{imei}", imei) if d in self.registry), f"urn:imei:{imei}"
+        )
+        try:
+            reading = self.intake.health_reading(device_id, report.t_ms, report.values, _now_ms())
+        except UplinkRefused:
+            self.metrics.inc("citysense_edge_unknown_modules_total")
+            if imei not in self.unknown_modules:
+                self.unknown_modules.add(imei)
+                log.warning("module IMEI %s is not in the registry: radio figures dropped", imei)
+            return
+        if reading is None:
+            return
+        try:
+            await self.outbox.add([reading])
+        except RetryableError as exc:
+            log.error("cannot store radio figures of %s: %s", imei, exc)
+            return
+        self.uplink.notify(1)
+
+    # ------------------------------------------------------------------ metrics
+
+    async def gauges(self) -> Mapping[str, Mapping[Labels, float]]:
+        out: dict[str, dict[Labels, float]] = {
+            "citysense_edge_inflight_batches": {(): len(self.uplink.inflight)},
+            "citysense_edge_mqtt_connected": {
+                (): 1.0 if self.link is not None and self.link.connected.is_set() else 0.0
+            },
+        }
+        try:
+            stats = await self.outbox.stats()
+        except CitysenseError:
+            return out
+        out["citysense_edge_outbox_depth"] = {(): stats.depth}
+        out["citysense_edge_outbox_bytes"] = {(): stats.used_bytes}
+        age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
+        out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
+        out["citysense_edge_serial_module_up"] = {
+            (("device", dev),): 1.0 if health.get("ok", health.get("up")) else 0.0
+            for dev, health in self.serial_health.items()
+        }
+        return out
+
+
+def _parse_stored(payload: bytes) -> list[int] | None:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    seqs = data.get("seq") if isinstance(data, dict) else None
+    if not isinstance(seqs, list) or not all(type(s) is int for s in seqs):
+        return None
+    return seqs
+
+
+def open_registry(settings: Settings) -> Registry:
+    if settings.registry is None:
+        log.warning("no --registry given: every device is unknown and is answered 4.03")
+        return Registry()
+    try:
+        return load_registry(settings.registry)
+    except InputError as exc:
+        raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+
+
+async def _run_serial(gw: Gateway, item: str) -> None:
+    """Run one serial module, restarting it (with back-off) when it fails."""
+    device, dialect = parse_serial(item)
+    source_mod = importlib.import_module("firmware_bridge.source")
+    delay = 1.0
+    while True:
+        source = source_mod.SerialSource(device, dialect)
+        gw.serial_health[device] = source.health
+        try:
+            await source.run(gw.on_datagram, gw.on_radio)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("serial module on %s failed: %s; restarting in %.0f s", device, exc, delay)
+        gw.serial_health[device] = {"up": False}
+        await asyncio.sleep(delay)  # back-off before reopening the port
+        delay = min(delay * 2, max(1.0, gw.settings.retry_max_delay))
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
+    registry = open_registry(settings)
+    coap_host, coap_port = parse_hostport(settings.coap, "--coap")
+    broker = parse_mqtt_url(settings.mqtt or DEFAULT_MQTT)
+    if settings.serial:
+        try:
+            importlib.import_module("firmware_bridge.source")
+        except ImportError as exc:
+            raise ConfigError(f"--serial: serial sources are not available: {exc}") from exc
+    metrics = Metrics()
+    state_dir = Path(settings.state_dir)
+    async with AsyncExitStack() as stack:
+        outbox = SqliteOutbox(
+            state_dir / "outbox.db",
+            quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
+            policy=settings.outbox_policy,
+            on_evicted=lambda n: metrics.inc("citysense_edge_outbox_evicted_total", n),
+        )
+        await stack.enter_async_context(outbox)
+        gw = Gateway(settings, registry, outbox, metrics)
+        await gw.load_commands()
+        log.info(
+            "gateway %s: %d registered devices, outbox %s (policy %s, %.0f MiB), next seq %d",
+            settings.gateway,
+            len(registry),
+            outbox.path,
+            settings.outbox_policy,
+            settings.outbox_quota_mb,
+            await outbox.next_seq(),
+        )
+        if settings.outbox_policy == EVICT_OLDEST:
+            log.warning("outbox policy evict-oldest: the oldest readings go when the quota is hit")
+
+        link = MqttLink(
+            broker,
+            settings.gateway,
+            settings.client_id or f"citysense-edge-{settings.gateway}",
+            on_message=gw.on_message,
+            on_connected=gw.uplink.on_connected,
+            retry_max_delay=settings.retry_max_delay,
+            max_inflight=settings.max_inflight_batches,
+            metrics=metrics,
+        )
+        gw.link = link
+        link.start()
+        stack.push_async_callback(link.stop)
+        stack.push_async_callback(_drain, gw)
+
+        metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND
+        if metrics_bind != "off":
+            host, port = parse_hostport(metrics_bind, "--metrics-bind")
+            try:
+                server = await serve_metrics(metrics, gw.gauges, host, port)
+            except OSError as exc:
+                raise ConfigError(f"--metrics-bind {metrics_bind}: {exc.strerror}") from exc
+            stack.push_async_callback(_close_server, server)
+
+        try:
+            context = await aiocoap.Context.create_server_context(
+                coap_site.build_site(gw.accept), bind=(coap_host, coap_port)
+            )
+        except OSError as exc:
+            raise ConfigError(f"--coap {settings.coap}: {exc.strerror or exc}") from exc
+        stack.push_async_callback(_stop_intake, gw, context)
+        granted = coap_site.raise_receive_buffer(context, COAP_RCVBUF)
+        log.info("CoAP on %s:%d (receive buffer %s bytes)", coap_host, coap_port, granted)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(gw.uplink.run(link))
+            tg.create_task(gw.expire_commands())
+            for item in settings.serial:
+                tg.create_task(_run_serial(gw, item))
+            if ready is not None:
+                ready.set()
+
+
+async def _stop_intake(gw: Gateway, context: aiocoap.Context) -> None:
+    gw.accepting = False
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(context.shutdown(), 5)
+
+
+async def _drain(gw: Gateway) -> None:
+    """Publish what is left and wait (bounded) for its confirmation."""
+    try:
+        await asyncio.wait_for(gw.uplink.drain(), DRAIN_TIMEOUT)
+    except (TimeoutError, CitysenseError):
+        pass
+    held = len(gw.uplink.inflight)
+    if held:
+        log.info("%d batches unconfirmed at stop; they stay in the outbox", held)
+    for task in list(gw.tasks):
+        task.cancel()
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 2)
