@@ -78,7 +78,7 @@ def build_latest(metric: str, filters: Mapping[str, str], start_ms: int, end_ms:
 
 def _select(q: SeriesQuery, func: str, extra_where: str = "") -> str:
     where, _ = where_filters(q.filters)
-    group = f"time({int(q.every_ms)}ms)"
+    group = f"time({int(q.every_ms)}ms, {int(q.offset_ms)}ms)"
     if q.group_by is not None:
         group += f", {quote_ident(q.group_by)}"
     return (

@@ -11,8 +11,8 @@ Invariants:
   :data:`~timeseries.schema.TAG_KEYS`, checked here by :func:`check_filters` and the
   ``Query`` constructors; every value is bound or escaped by the reader;
 * every query is bounded in time (``start <= t < end``, epoch milliseconds);
-* buckets are aligned to the Unix epoch (as InfluxQL's ``GROUP BY time()``), labelled by their
-  start, and a bucket without data is absent;
+* buckets are aligned to the Unix epoch plus an optional offset (as InfluxQL's
+  ``GROUP BY time(every, offset)``), labelled by their start; a bucket without data is absent;
 * readers only read: nothing here writes to storage.
 """
 
@@ -90,12 +90,15 @@ class SeriesQuery:
     agg: Agg
     filters: Mapping[str, str] = field(default_factory=dict)
     group_by: GroupKey | None = None
+    offset_ms: int = 0  #: buckets start at ``offset + k * every`` (0: aligned to the epoch)
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
         check_range(self.start_ms, self.end_ms)
         if self.every_ms < 1:
             raise QueryError("every must be positive", "every")
+        if not 0 <= self.offset_ms < self.every_ms:
+            raise QueryError("offset must be in [0, every)", "every")
         if self.agg not in AGGS:
             raise QueryError(f"agg must be one of {', '.join(AGGS)}", "agg")
         if self.group_by is not None and self.group_by not in GROUP_KEYS:
@@ -112,7 +115,8 @@ class SeriesQuery:
 
     @property
     def first_bucket_ms(self) -> int:
-        return (self.start_ms // self.every_ms) * self.every_ms
+        e, o = self.every_ms, self.offset_ms
+        return (self.start_ms - o) // e * e + o
 
     @property
     def bucket_count(self) -> int:

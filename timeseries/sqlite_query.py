@@ -5,7 +5,7 @@ Invariants:
 * the database is opened read-only (``mode=ro``): this reader cannot write;
 * SQL text holds only column names from :data:`~timeseries.schema.TAG_KEYS`, aggregate
   names from a fixed table and ``?`` placeholders; every value is bound;
-* buckets are ``(t // every) * every`` -- aligned to the epoch like InfluxQL's;
+* buckets are ``(t - offset) // every * every + offset`` -- as InfluxQL's ``time(every, offset)``;
 * a store that does not exist yet reads as empty (the ingestor creates it on first write);
 * queries run in a worker thread, one at a time per reader, so the event loop never blocks.
 """
@@ -43,7 +43,7 @@ def build_series_sql(q: SeriesQuery) -> tuple[str, list[object]]:
     """SQL and parameters answering ``q``: rows ``(group, bucket, value)``."""
     where, args = _where(q.filters)
     group = q.group_by if q.group_by is not None else "''"
-    bucket = "(t / ?) * ?"
+    bucket = "((t - ?) / ?) * ? + ?"
     if q.agg == "last":
         # SQLite's bare-column rule: with MAX(t), ``value`` comes from the newest row.
         select = f"SELECT {group} AS g, {bucket} AS b, value, MAX(t)"
@@ -53,7 +53,8 @@ def build_series_sql(q: SeriesQuery) -> tuple[str, list[object]]:
         f"{select} FROM samples WHERE metric = ? AND t >= ? AND t < ?{where} "
         "GROUP BY g, b ORDER BY g, b"
     )
-    return sql, [q.every_ms, q.every_ms, q.metric, q.start_ms, q.end_ms, *args]
+    e, o = q.every_ms, q.offset_ms
+    return sql, [o, e, e, o, q.metric, q.start_ms, q.end_ms, *args]
 
 
 class SqliteReader:

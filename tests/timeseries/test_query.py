@@ -60,7 +60,8 @@ def expected_buckets(samples: list[Sample], q: SeriesQuery) -> dict[str, list[tu
         if any(getattr(s, k) != v for k, v in q.filters.items()):
             continue
         key = getattr(s, q.group_by) if q.group_by else ""
-        groups[key][s.t // q.every_ms * q.every_ms].append((s.t, s.value))
+        o = q.offset_ms
+        groups[key][(s.t - o) // q.every_ms * q.every_ms + o].append((s.t, s.value))
     out: dict[str, list[tuple[int, float]]] = {}
     for key, buckets in groups.items():
         points = []
@@ -137,6 +138,28 @@ def test_ungrouped_series_has_one_group(reader_factory: Callable[[], Reader]) ->
     groups = with_reader(reader_factory, lambda r: r.series(q))
     assert len(groups) == 1 and groups[0].group == {}
     assert groups[0].points == expected_buckets(SAMPLES, q)[""]
+
+
+def test_offset_buckets_end_at_any_time(reader_factory: Callable[[], Reader]) -> None:
+    end = END - 17 * MINUTE
+    q = SeriesQuery(
+        "occupancy", end - 3 * HOUR, end, HOUR, "mean", {}, "site", offset_ms=end % HOUR
+    )
+    groups = with_reader(reader_factory, lambda r: r.series(q))
+    expected = expected_buckets(SAMPLES, q)
+    assert {g.group["site"]: g.points for g in groups} == expected
+    assert all(len(p) == 3 and p[-1][0] == end - HOUR for p in expected.values())
+    one = SeriesQuery(
+        "vehicle_count",
+        end - 30 * MINUTE,
+        end,
+        30 * MINUTE,
+        "sum",
+        {"device": "tc-j1"},
+        offset_ms=end % (30 * MINUTE),
+    )
+    (g,) = with_reader(reader_factory, lambda r: r.series(one))
+    assert g.points == [(end - 30 * MINUTE, 40.0 * 3)]
 
 
 def test_tag_values(reader_factory: Callable[[], Reader]) -> None:
