@@ -1,0 +1,186 @@
+"""Pure tests of the embedded broker's codec, topic rules and session logic (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from citysense.broker import (
+    CONNACK,
+    MALFORMED_PACKET,
+    MQTT_5,
+    MQTT_311,
+    PACKET_TOO_LARGE,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    TOPIC_FILTER_INVALID,
+    BrokerConfig,
+    BrokerCore,
+    PacketFramer,
+    ProtocolError,
+    Publish,
+    decode_packet,
+    encode_publish,
+    encode_varint,
+    split_shared,
+    topic_matches,
+    validate_topic_filter,
+)
+
+
+@pytest.mark.parametrize(
+    ("flt", "topic", "expected"),
+    [
+        ("a/b/c", "a/b/c", True),
+        ("a/+/c", "a/b/c", True),
+        ("a/+/c", "a/b/d", False),
+        ("a/#", "a", True),
+        ("a/#", "a/b/c", True),
+        ("#", "a/b", True),
+        ("+", "a/b", False),
+        ("+/+", "/b", True),
+        ("citysense/v1/+/up", "citysense/v1/gw-01/up", True),
+        ("citysense/v1/+/up", "citysense/v1/gw-01/stored", False),
+        ("#", "$SYS/x", False),
+        ("+/x", "$SYS/x", False),
+        ("$SYS/#", "$SYS/x", True),
+        ("a/b", "a/b/c", False),
+    ],
+)
+def test_topic_matching(flt: str, topic: str, expected: bool) -> None:
+    assert topic_matches(tuple(flt.split("/")), topic.split("/")) is expected
+
+
+@pytest.mark.parametrize("flt", ["", "a/#/b", "a#", "a/b+", "+a"])
+def test_bad_topic_filters(flt: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_topic_filter(flt)
+    assert info.value.reason_code == TOPIC_FILTER_INVALID
+
+
+def test_shared_subscription_split() -> None:
+    assert split_shared("$share/citysense-ingest/citysense/v1/+/up") == (
+        "citysense-ingest",
+        "citysense/v1/+/up",
+    )
+    assert split_shared("a/b") == (None, "a/b")
+    for bad in ("$share/", "$share/g", "$share//a", "$share/g+/a"):
+        with pytest.raises(ProtocolError):
+            split_shared(bad)
+
+
+def test_publish_round_trip() -> None:
+    data = encode_publish(MQTT_5, "a/b", b"xyz", 1, True, True, 7, {0x03: "text/plain"})
+    frames = PacketFramer(1 << 20).feed(data)
+    assert len(frames) == 1
+    first, body = frames[0]
+    pkt = decode_packet(first, body, MQTT_5)
+    assert pkt == Publish("a/b", b"xyz", 1, True, True, 7, {0x03: "text/plain"})
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.data())
+def test_framer_reassembles_every_split(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(
+        encode_publish(MQTT_311, f"t/{i}", p, 1, False, False, i + 1)
+        for i, p in enumerate(payloads)
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    framer = PacketFramer(1 << 20)
+    frames = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        frames += framer.feed(stream[last:cut])
+        last = cut
+    decoded = [decode_packet(f, b, MQTT_311) for f, b in frames]
+    assert [p.payload for p in decoded if isinstance(p, Publish)] == payloads
+
+
+def test_framer_limits() -> None:
+    with pytest.raises(ProtocolError) as info:
+        PacketFramer(100).feed(bytes([PUBLISH << 4]) + encode_varint(1000))
+    assert info.value.reason_code == PACKET_TOO_LARGE
+    with pytest.raises(ProtocolError) as info:
+        PacketFramer(1 << 20).feed(b"\x30\xff\xff\xff\xff\x01")
+    assert info.value.reason_code == MALFORMED_PACKET
+
+
+class _Wire:
+    """A sans-I/O peer: what the core writes, and whether it closed us."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.framer = PacketFramer(1 << 24)
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def packets(self) -> list[tuple[int, bytes]]:
+        frames = self.framer.feed(bytes(self.out))
+        self.out.clear()
+        return frames
+
+
+def _connect_v311(client_id: str, clean: bool = True) -> bytes:
+    var = b"\x00\x04MQTT\x04" + bytes([0x02 if clean else 0]) + b"\x00\x3c"
+    payload = len(client_id).to_bytes(2, "big") + client_id.encode()
+    body = var + payload
+    return bytes([0x10]) + encode_varint(len(body)) + body
+
+
+def _subscribe_v311(pid: int, flt: str, qos: int) -> bytes:
+    body = pid.to_bytes(2, "big") + len(flt).to_bytes(2, "big") + flt.encode() + bytes([qos])
+    return bytes([0x82]) + encode_varint(len(body)) + body
+
+
+def test_core_window_and_redelivery_without_sockets() -> None:
+    """A 3.1.1 session with a window of 3: 3 in flight, the rest queued; resumed with DUP."""
+    core = BrokerCore(BrokerConfig(default_receive_maximum=3))
+    sub = _Wire()
+    conn = core.open(sub.send, sub.close, "sub")
+    conn.receive(_connect_v311("s", clean=False) + _subscribe_v311(1, "t/#", 1))
+    kinds = [f >> 4 for f, _ in sub.packets()]
+    assert kinds == [CONNACK, SUBACK]
+    pub = _Wire()
+    pconn = core.open(pub.send, pub.close, "pub")
+    pconn.receive(_connect_v311("p"))
+    for i in range(10):
+        pconn.receive(encode_publish(MQTT_311, "t/x", str(i).encode(), 1, False, False, i + 1))
+    assert [f >> 4 for f, _ in pub.packets()] == [CONNACK] + [PUBACK] * 10
+    got = [decode_packet(f, b, MQTT_311) for f, b in sub.packets()]
+    assert [p.payload for p in got if isinstance(p, Publish)] == [b"0", b"1", b"2"]
+    # Acknowledge the first; exactly one more is released.
+    first = got[0]
+    assert isinstance(first, Publish)
+    conn.receive(bytes([PUBACK << 4, 2]) + first.packet_id.to_bytes(2, "big"))
+    more = [decode_packet(f, b, MQTT_311) for f, b in sub.packets()]
+    assert [p.payload for p in more if isinstance(p, Publish)] == [b"3"]
+    # The connection drops; the session keeps 3 in flight and 6 queued.
+    core.connection_lost(conn)
+    sub2 = _Wire()
+    conn2 = core.open(sub2.send, sub2.close, "sub")
+    conn2.receive(_connect_v311("s", clean=False))
+    frames = sub2.packets()
+    assert frames[0] == (CONNACK << 4, b"\x01\x00")  # session present
+    resent = [decode_packet(f, b, MQTT_311) for f, b in frames[1:]]
+    assert [(p.payload, p.dup) for p in resent if isinstance(p, Publish)] == [
+        (b"1", True),
+        (b"2", True),
+        (b"3", True),
+    ]
+
+
+def test_core_garbage_closes_only_that_connection() -> None:
+    core = BrokerCore()
+    good, bad = _Wire(), _Wire()
+    gconn = core.open(good.send, good.close, "good")
+    gconn.receive(_connect_v311("g"))
+    bconn = core.open(bad.send, bad.close, "bad")
+    bconn.receive(b"\x30\x03\x00\x01a")  # PUBLISH before CONNECT
+    assert bad.closed and not good.closed
+    assert core.stats.protocol_errors == 1
