@@ -1545,8 +1545,14 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn is not None:
+        if self.conn is None:
+            return
+        try:
             self.conn.receive(data)
+        except Exception:
+            # A bug of ours must cost one connection, never the broker.
+            log.exception("%r: internal error; closing its connection", self.conn)
+            self.conn.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:

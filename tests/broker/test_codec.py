@@ -184,3 +184,32 @@ def test_core_garbage_closes_only_that_connection() -> None:
     bconn.receive(b"\x30\x03\x00\x01a")  # PUBLISH before CONNECT
     assert bad.closed and not good.closed
     assert core.stats.protocol_errors == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_core_keepalive_timeout_and_session_expiry() -> None:
+    clock = _Clock()
+    core = BrokerCore(clock=clock)
+    silent = _Wire()
+    conn = core.open(silent.send, silent.close, "silent")
+    conn.receive(_connect_v311("s", clean=False))  # keep-alive 60 s, never expires
+    clock.now += 89
+    core.tick()
+    assert not silent.closed
+    clock.now += 2  # past 1.5 x keep-alive
+    core.tick()
+    assert silent.closed
+    core.connection_lost(conn)
+    assert "s" in core.sessions  # clean session 0 in 3.1.1: kept
+    idle = _Wire()
+    core.open(idle.send, idle.close, "idle")
+    clock.now += BrokerConfig().connect_timeout + 1
+    core.tick()
+    assert idle.closed  # never sent CONNECT
