@@ -1,0 +1,1 @@
+"""citysense benchmarks: ``python -m bench`` (``make bench``); never part of the tests."""
