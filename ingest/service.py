@@ -1,0 +1,309 @@
+"""The ingestor service: MQTT messages in, storage writes, acknowledgements after storage.
+
+Delivery guarantee, kept here and nowhere else: a message is acknowledged to the broker only
+after every reading it carries is stored (or dead-lettered with a reason), and its batch is
+confirmed on ``citysense/v1/{gateway}/stored`` at the same moment. Anything not acknowledged
+when the process dies is delivered again by the broker (persistent session) or re-sent by the
+gateway; writes are idempotent, so redelivery never duplicates.
+
+Shape: paho's thread queues messages; the *collector* decodes them (pure pipeline) into a
+batch of up to ``write_batch_points`` points, cut early after ``write_max_delay`` or when a
+quarter of the receive window is waiting; batches are stored by up to two concurrent writer
+tasks that retry retryable errors with capped back-off, never giving up; the *acker* takes
+finished batches strictly in order, publishes confirmations and acknowledges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import paho.mqtt.client as mqtt
+
+from citysense.config import Settings, parse_hostport, parse_mqtt_url
+from citysense.errors import RetryableError
+from citysense.model import topic_root
+from ingest.consumer import Message, MqttConsumer
+from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
+from ingest.deadletters import DeadLetterStore
+from ingest.metrics import IngestMetrics, start_metrics_server
+from ingest.pipeline import DeadLetter, SeqTracker, process_message
+from timeseries.factory import open_writer
+from timeseries.lineprotocol import LineSerializer
+from timeseries.schema import Point
+from timeseries.writer import Writer, WriteResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
+DEFAULT_CLIENT_ID = "citysense-ingest-1"
+DEFAULT_METRICS_BIND = "127.0.0.1:9102"
+WRITE_CONCURRENCY = 2
+SHUTDOWN_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Messages whose points are written together and acknowledged together."""
+
+    messages: list[Message] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    readings: int = 0
+    #: gateway -> seqs to confirm, with each batch's payload digest
+    confirm: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Ingestor:
+    """One ingestor: consumer, pipeline, writer, dead letters, acks (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        writer: Writer,
+        dead_letters: DeadLetterStore,
+        metrics: IngestMetrics,
+        *,
+        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+    ) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.protocol = protocol
+        self.tracker = SeqTracker()
+        self._wake = asyncio.Event()
+        self._unacked = 0
+        self._max_points = settings.write_batch_points
+        self._flush_messages = max(1, settings.receive_maximum // 4)
+        self._max_age_ms = int(settings.max_age * 1000)
+        self._slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+        self._submitted = asyncio.Event()
+        #: batches being stored, oldest first: acknowledged strictly in this order
+        self._inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
+        self._serializer = LineSerializer()
+        self.consumer: MqttConsumer | None = None
+        metrics.seq_gaps = lambda: self.tracker.gaps
+        metrics.seq_repeats = lambda: self.tracker.repeats
+        metrics.in_flight = lambda: self._unacked + (self.consumer.queued if self.consumer else 0)
+
+    # ------------------------------------------------------------------ running
+
+    def _new_consumer(self, protocol: mqtt.MQTTProtocolVersion) -> MqttConsumer:
+        broker = parse_mqtt_url(self.settings.mqtt or DEFAULT_MQTT)
+        return MqttConsumer(
+            broker,
+            self.settings.client_id or DEFAULT_CLIENT_ID,
+            self.settings.receive_maximum,
+            asyncio.get_running_loop(),
+            self._wake.set,
+            protocol=protocol,
+        )
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Consume until cancelled; on cancellation finish in-flight writes (bounded)."""
+        self.consumer = self._new_consumer(self.protocol)
+        self.consumer.start()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch_connection(ready))
+                tasks.create_task(self._collect())
+                tasks.create_task(self._ack_in_order())
+        finally:
+            await self._shutdown()
+
+    async def _watch_connection(self, ready: asyncio.Event | None) -> None:
+        while True:
+            consumer = self.consumer
+            assert consumer is not None
+            if consumer.unsupported_v5.is_set() and consumer.protocol == mqtt.MQTTv5:
+                log.warning("falling back to MQTT 3.1.1")
+                await asyncio.to_thread(consumer.stop, 2.0)
+                self.consumer = self._new_consumer(mqtt.MQTTv311)
+                self.consumer.start()
+                continue
+            if ready is not None and not ready.is_set() and consumer.subscribed.is_set():
+                log.info("ingestor ready: subscribed to %s", consumer.subscription)
+                ready.set()
+            await asyncio.sleep(0.05 if ready is not None and not ready.is_set() else 1.0)
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch = _Batch()
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            if not self._wake.is_set():
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                # that arrives as the inner wait completes.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            self._wake.clear()
+            assert self.consumer is not None
+            now_ms = int(time.time() * 1000)
+            for message in self.consumer.drain():
+                self._add(batch, message, now_ms)
+                if len(batch.points) >= self._max_points:
+                    await self._submit(batch)
+                    batch, deadline = _Batch(), None
+            if batch.messages:
+                if deadline is None:
+                    deadline = loop.time() + self.settings.write_max_delay
+                if loop.time() >= deadline or len(batch.messages) >= self._flush_messages:
+                    await self._submit(batch)
+                    batch, deadline = _Batch(), None
+
+    def _add(self, batch: _Batch, message: Message, now_ms: int) -> None:
+        self.metrics.messages += 1
+        self._unacked += 1
+        batch.messages.append(message)
+        result = process_message(message.topic, message.payload, now_ms, self._max_age_ms)
+        batch.dead.extend(result.dead)
+        if result.seq is None or result.topic_gateway is None:
+            return
+        digest = hash(message.payload)
+        if self.tracker.observe(result.topic_gateway, result.seq, digest):
+            self.metrics.repeats_skipped += 1  # stored already: confirm and ack, write nothing
+            batch.confirm[result.topic_gateway].append((result.seq, digest))
+            return
+        batch.points.extend(result.points)
+        batch.readings += result.readings
+        batch.confirm[result.topic_gateway].append((result.seq, digest))
+
+    async def _submit(self, batch: _Batch) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._store(batch))
+        task.add_done_callback(lambda _: self._slots.release())
+        self._inflight.append((batch, task))
+        self._submitted.set()
+
+    async def _store(self, batch: _Batch) -> None:
+        """Write the batch's points and keep its dead letters; retry until both are done."""
+        dead = list(batch.dead)
+        if batch.points:
+            result = await self._retrying(self._write, batch.points)
+            for rejected in result.rejected:
+                dead.append(
+                    DeadLetter(
+                        rejected.reason,
+                        rejected.message,
+                        "storage",
+                        self._serializer.line(rejected.point).encode(),
+                        rejected.point.tags[4],
+                    )
+                )
+            self.metrics.points_written += result.written
+        if dead:
+            at_ms = int(time.time() * 1000)
+            await self._retrying(self._keep_dead, dead, at_ms)
+            for letter in dead:
+                self.metrics.dead_letters[letter.reason] += 1
+            log.warning(
+                "dead-lettered %d item(s): %s",
+                len(dead),
+                ", ".join(sorted({d.reason for d in dead})),
+            )
+
+    async def _write(self, points: list[Point]) -> WriteResult:
+        started = time.perf_counter()
+        result = await self.writer.write(points)
+        self.metrics.observe_write(time.perf_counter() - started)
+        self.metrics.writes += 1
+        return result
+
+    async def _keep_dead(self, dead: list[DeadLetter], at_ms: int) -> int:
+        return await asyncio.to_thread(self.dead_letters.add, dead, at_ms)
+
+    async def _retrying(self, op: Callable[..., Awaitable[T]], *args: object) -> T:
+        delay = 0.2
+        cap = max(self.settings.retry_max_delay, 0.2)
+        while True:
+            try:
+                return await op(*args)
+            except RetryableError as exc:
+                self.metrics.retries += 1
+                wait = min(delay, cap) * (0.5 + random.random() / 2)
+                if exc.retry_after is not None:
+                    wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
+                log.info("storage not available (%s); retrying in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, cap)
+
+    async def _ack_in_order(self) -> None:
+        while True:
+            if not self._inflight:
+                self._submitted.clear()
+                await self._submitted.wait()
+                continue
+            batch, task = self._inflight[0]
+            await asyncio.shield(task)
+            self._inflight.popleft()
+            self._finish(batch)
+
+    def _finish(self, batch: _Batch) -> None:
+        """The batch is stored: confirm its seqs, acknowledge its messages."""
+        consumer = self.consumer
+        assert consumer is not None
+        for gateway, seqs in batch.confirm.items():
+            for seq, digest in seqs:
+                self.tracker.stored(gateway, seq, digest)
+            body = json.dumps({"seq": sorted({s for s, _ in seqs})}, separators=(",", ":"))
+            consumer.publish(f"{topic_root(gateway)}/stored", body.encode())
+        consumer.ack(batch.messages)
+        self._unacked -= len(batch.messages)
+        self.metrics.readings_written += batch.readings
+
+    async def _shutdown(self) -> None:
+        """Finish the writes in flight (bounded), acknowledge them in order, disconnect."""
+        tasks = [task for _, task in self._inflight]
+        if tasks:
+            _, not_done = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+            for task in not_done:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            while self._inflight:
+                batch, task = self._inflight.popleft()
+                if task.cancelled() or task.exception() is not None:
+                    break  # the rest stays unacknowledged: the broker delivers it again
+                self._finish(batch)
+            self._inflight.clear()
+        if self.consumer is not None:
+            await asyncio.to_thread(self.consumer.stop)
+
+
+async def serve(
+    settings: Settings,
+    ready: asyncio.Event | None = None,
+    *,
+    protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+) -> None:
+    """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
+    metrics = IngestMetrics()
+    async with AsyncExitStack() as stack:
+        writer = await stack.enter_async_context(open_writer(settings))
+        store = await asyncio.to_thread(
+            DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
+        )
+        stack.callback(store.close)
+        bind = settings.metrics_bind or DEFAULT_METRICS_BIND
+        if bind != "off":
+            host, port = parse_hostport(bind, "--metrics-bind")
+            server = await start_metrics_server(metrics.render, host, port)
+            if server is not None:
+                stack.push_async_callback(server.wait_closed)
+                stack.callback(server.close)
+        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
+        await ingestor.run(ready)

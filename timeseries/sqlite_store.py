@@ -1,0 +1,72 @@
+"""The embedded store: points kept in SQLite, long form, one row per value.
+
+Same semantics as InfluxDB: a repeated (metric, device, t) overwrites (:data:`SQLITE_UPSERT`),
+so redelivery never duplicates. A write is one transaction, committed with
+``synchronous=FULL`` in WAL mode before :meth:`SqliteWriter.write` returns, so an acknowledged
+point survives a crash; readers (the API) see only committed batches. Booleans are stored as
+0.0/1.0; their type is the catalog's. ``database is locked`` and disk errors are retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from citysense.errors import RetryableError
+from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
+from timeseries.writer import WriteResult
+
+
+def _rows(points: Sequence[Point]) -> Iterator[tuple[object, ...]]:
+    for p in points:
+        device, kind, district, site, gateway = p.tags
+        m, t = p.measurement, p.t
+        for metric, value in p.fields.items():
+            yield (metric, device, t, float(value), m, kind, district, site, gateway)
+
+
+class SqliteWriter:
+    """Writes points to the embedded SQLite store at ``path`` (created if missing)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SQLITE_SCHEMA)
+
+    def write_blocking(self, points: Sequence[Point]) -> WriteResult:
+        """Store ``points`` in one transaction (blocking; for threads and scripts)."""
+        with self._lock:
+            db = self._db
+            if db is None:
+                raise RetryableError("the embedded store is closed")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(SQLITE_UPSERT, _rows(points))
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+                raise RetryableError(f"embedded store {self.path}: {exc}") from exc
+        return WriteResult(len(points))
+
+    async def write(self, points: Sequence[Point]) -> WriteResult:
+        if not points:
+            return WriteResult(0)
+        return await asyncio.to_thread(self.write_blocking, points)
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
