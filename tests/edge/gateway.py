@@ -246,6 +246,7 @@ class RawCoap:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self._mid = random.randrange(65536)
+        self.answered = 0  #: answers received so far (read by other threads)
 
     def close(self) -> None:
         self.sock.close()
@@ -284,6 +285,7 @@ class RawCoap:
                 entry = waiting.pop(msg.mid, None)
                 if entry is not None and msg.code != Code.EMPTY:
                     answers[entry[0]] = msg.code.dotted
+                    self.answered += 1
                 elif entry is not None:  # empty ACK: the answer comes separately
                     waiting[msg.mid] = entry
                 elif msg.mtype == Type.CON:  # a separate response
@@ -293,6 +295,7 @@ class RawCoap:
                     sep = waiting.pop(token_mid, None)
                     if sep is not None:
                         answers[sep[0]] = msg.code.dotted
+                        self.answered += 1
             now = time.monotonic()
             for mid, (index, datagram, sent) in list(waiting.items()):
                 if now - sent > self.ack_timeout:
