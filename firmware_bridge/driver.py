@@ -1,0 +1,532 @@
+"""The async module driver: an :class:`~firmware_bridge.at.AtSession` over a byte stream.
+
+:class:`ModuleDriver` owns one :class:`~firmware_bridge.transport.ByteStream`: a reader task
+feeds the session and routes its events -- a response completes the command in flight,
+URCs and boot lines go to :attr:`ModuleDriver.urcs` (a queue the caller consumes), garbage is
+counted. :meth:`ModuleDriver.command` sends one command at a time with its own timeout and
+raises :class:`CommandError`, :class:`CommandTimeoutError`, :class:`ModuleRebootedError` or
+:class:`~firmware_bridge.transport.TransportError`.
+
+On top of it sit the module operations a gateway needs, each driven by the dialect table:
+identify, wait for registration, attach, read radio figures, PSM/eDRX, and a UDP socket
+(open, read datagrams, send, close).
+
+Invariants: one command in flight; a boot line during a command aborts that command (a reboot
+is never mistaken for a response); a datagram line is consumed exactly once, even when it
+arrives late, outside the read that asked for it (it is recovered from stray lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Self
+
+from citysense.errors import CitysenseError
+from firmware_bridge.at import (
+    Aborted,
+    AtSession,
+    Echo,
+    Event,
+    Garbage,
+    Prompt,
+    Response,
+    Stray,
+    Timeout,
+    Urc,
+)
+from firmware_bridge.dialects import Dialect
+from firmware_bridge.radio import RadioFigures, edrx_code, encode_t3324, encode_t3412, parse_radio
+from firmware_bridge.transport import ByteStream, TransportError
+
+log = logging.getLogger(__name__)
+
+
+class ModuleError(CitysenseError):
+    """The module misbehaved or refused."""
+
+
+class CommandError(ModuleError):
+    """The module answered ``ERROR``, ``+CME ERROR: n`` or ``SEND FAIL``."""
+
+    def __init__(self, command: str, final: str, code: int | None = None) -> None:
+        super().__init__(f"{command}: {final}")
+        self.command = command
+        self.final = final
+        self.code = code
+
+
+class CommandTimeoutError(ModuleError):
+    """No final result in time; ``lines`` holds what did arrive."""
+
+    def __init__(self, command: str, timeout: float, lines: tuple[str, ...]) -> None:
+        super().__init__(f"{command}: no final result within {timeout:g} s")
+        self.command = command
+        self.lines = lines
+
+
+class ModuleRebootedError(ModuleError):
+    """The module rebooted (a boot banner, or the echo came back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rebooted:
+    """Queued on :attr:`ModuleDriver.urcs` when a reboot is seen; ``episode`` counts them."""
+
+    episode: int
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """Queued on :attr:`ModuleDriver.urcs` when the byte stream failed."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DriverTimings:
+    """Timeouts and intervals, seconds (PROTOCOLS.md section 6)."""
+
+    command: float = 5.0
+    attach: float = 85.0
+    boot: float = 30.0
+    registration: float = 600.0
+    registration_poll: float = 2.0
+    socket_open: float = 60.0
+    sync_tries: int = 5
+    sync_pause: float = 0.5  #: between unanswered ``AT`` tries
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    imei: str
+    iccid: str
+    imsi: str
+    product: str
+    firmware: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A datagram as the module handed it over."""
+
+    payload: bytes
+    remote: str
+
+
+_DIGITS = re.compile(r"\d{6,20}")
+
+
+class ModuleDriver:
+    """One module over one byte stream (see the module docstring)."""
+
+    def __init__(
+        self, stream: ByteStream, dialect: Dialect, timings: DriverTimings | None = None
+    ) -> None:
+        self.stream = stream
+        self.dialect = dialect
+        self.timings = timings or DriverTimings()
+        self._session = AtSession(boot_prefixes=dialect.boot_prefixes, raw_after=dialect.raw_after)
+        self._lock = asyncio.Lock()
+        self._pending: asyncio.Future[Event] | None = None
+        self._prompt_data: bytes | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._waiters: list[tuple[re.Pattern[str], asyncio.Future[Urc]]] = []
+        self.urcs: asyncio.Queue[Urc | Stray | Rebooted | Disconnected] = asyncio.Queue()
+        self.booting = False
+        self.boot_done = asyncio.Event()
+        self.echo_expected = True
+        self.counters: dict[str, int] = {
+            "garbage_lines": 0,
+            "stray_lines": 0,
+            "urcs": 0,
+            "timeouts": 0,
+            "echoes": 0,
+            "boot_episodes": 0,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._reader = asyncio.create_task(self._read_loop(), name="at-reader")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, TransportError):
+                pass
+            self._reader = None
+
+    @property
+    def boot_episodes(self) -> int:
+        return self.counters["boot_episodes"]
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.stream.read()
+                for event in self._session.receive(data):
+                    await self._dispatch(event)
+        except TransportError as exc:
+            self._failure = exc
+            if self._pending is not None and not self._pending.done():
+                self._pending.set_exception(exc)
+            await self.urcs.put(Disconnected(str(exc)))
+            raise
+
+    async def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Response | Aborted):
+            if self._pending is not None and not self._pending.done():
+                self._pending.set_result(event)
+        elif isinstance(event, Urc):
+            self.counters["urcs"] += 1
+            if event.kind == "boot":
+                self._boot_line(event.line)
+                return
+            for pattern, fut in list(self._waiters):
+                if not fut.done() and pattern.match(event.line):
+                    fut.set_result(event)
+                    self._waiters.remove((pattern, fut))
+                    return
+            await self.urcs.put(event)
+        elif isinstance(event, Stray):
+            self.counters["stray_lines"] += 1
+            if self.dialect.read_re is not None and self.dialect.read_re.fullmatch(event.line):
+                await self.urcs.put(event)
+        elif isinstance(event, Garbage):
+            self.counters["garbage_lines"] += 1
+            log.debug("garbage from module (%s): %r", event.reason, event.data[:64])
+        elif isinstance(event, Prompt):
+            if self._prompt_data is not None:
+                data, self._prompt_data = self._prompt_data, None
+                await self.stream.write(data)
+        elif isinstance(event, Echo):
+            self.counters["echoes"] += 1
+            if not self.echo_expected:
+                # echo is back on: the module went through a reset we did not see
+                self._boot_line("echo returned")
+                self.boot_done.set()
+                self.booting = False
+
+    def _boot_line(self, line: str) -> None:
+        if not self.booting:
+            self.booting = True
+            self.boot_done.clear()
+            self.counters["boot_episodes"] += 1
+            log.info("module reboot seen: %s", line)
+            self.urcs.put_nowait(Rebooted(self.boot_episodes, line))
+        if line.startswith(self.dialect.boot_done):
+            self.boot_done.set()
+
+    def settled(self) -> None:
+        """The caller finished re-initialising: later boot lines start a new episode."""
+        self.booting = False
+
+    # ------------------------------------------------------------------ commands
+
+    async def command(
+        self,
+        command: str,
+        within: float | None = None,
+        *,
+        await_send_result: bool = False,
+        expect_reboot: bool = False,
+        data: bytes | None = None,
+    ) -> Response:
+        """Send ``command`` and wait for its final result (see the module docstring)."""
+        timeout = self.timings.command if within is None else within
+        async with self._lock:
+            if self._failure is not None:
+                raise TransportError(str(self._failure))
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[Event] = loop.create_future()
+            self._pending = fut
+            self._prompt_data = data
+            out = self._session.send(
+                command,
+                loop.time(),
+                timeout,
+                await_send_result=await_send_result,
+                expect_reboot=expect_reboot,
+            )
+            log.debug("-> %s", command)
+            try:
+                await self.stream.write(out)
+                event = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                events = self._session.poll(math.inf)
+                lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
+                self.counters["timeouts"] += 1
+                await self._recover(command, lines)
+                raise CommandTimeoutError(command, timeout, lines) from None
+            finally:
+                self._pending = None
+                self._prompt_data = None
+                if self._session.command == command and not fut.done():
+                    self._session.cancel()
+            if isinstance(event, Aborted):
+                raise ModuleRebootedError(f"{command}: {event.reason}")
+            assert isinstance(event, Response)
+            log.debug("<- %s %s", event.lines, event.final.text)
+            if not event.final.ok:
+                await self._recover(command, event.lines)
+                raise CommandError(command, event.final.text, event.final.code)
+            return event
+
+    async def _recover(self, command: str, lines: Iterable[str]) -> None:
+        """Hand datagram lines caught in another command's answer back as strays."""
+        read_re = self.dialect.read_re
+        if read_re is None:
+            return
+        for line in lines:
+            if read_re.fullmatch(line):
+                await self.urcs.put(Stray(line))
+
+    async def ok(self, command: str, within: float | None = None) -> tuple[str, ...]:
+        """The intermediate lines of a successful command."""
+        return (await self.command(command, within)).lines
+
+    async def sync(self) -> None:
+        """``AT`` until ``OK`` (the module may be booting or asleep: first bytes lost)."""
+        tries = self.timings.sync_tries
+        deadline = asyncio.get_running_loop().time() + self.timings.boot
+        last: Exception | None = None
+        while True:
+            try:
+                await self.command("AT", min(self.timings.command, 2.0), expect_reboot=True)
+                return
+            except (CommandError, CommandTimeoutError, ModuleRebootedError) as exc:
+                last = exc
+            tries -= 1
+            if tries <= 0 and asyncio.get_running_loop().time() >= deadline:
+                raise ModuleError(f"module does not answer AT: {last}")
+            remaining = max(0.01, deadline - asyncio.get_running_loop().time())
+            if self.booting and not self.boot_done.is_set():
+                try:
+                    await asyncio.wait_for(self.boot_done.wait(), remaining)
+                except TimeoutError:
+                    pass
+            else:
+                # a retry pause, not a wait for an event
+                await asyncio.sleep(min(remaining, self.timings.sync_pause))
+
+    async def wait_urc(self, pattern: re.Pattern[str], within: float) -> Urc:
+        fut: asyncio.Future[Urc] = asyncio.get_running_loop().create_future()
+        entry = (pattern, fut)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(fut, within)
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    # ------------------------------------------------------------------ operations
+
+    async def initialise(self) -> None:
+        """After power-on or a reboot: sync, echo off, error codes on, URCs on."""
+        if self.booting and not self.boot_done.is_set():
+            try:
+                await asyncio.wait_for(self.boot_done.wait(), self.timings.boot)
+            except TimeoutError:
+                log.info("boot banner did not finish; trying AT anyway")
+        await self.sync()
+        for command in self.dialect.init:
+            try:
+                await self.command(command)
+            except (CommandError, CommandTimeoutError) as exc:
+                if command == "ATE0":
+                    raise
+                log.info("init command %s failed: %s", command, exc)
+            if command == "ATE0":
+                self.echo_expected = False
+
+    async def identify(self) -> Identity:
+        imei_lines = await self.ok("AT+CGSN=1")
+        imei = _first_match(_DIGITS, imei_lines)
+        imsi = _first_match(_DIGITS, await self.ok("AT+CIMI"))
+        iccid = ""
+        for line in await self.ok(self.dialect.iccid):
+            m = self.dialect.iccid_re.search(line)
+            if m:
+                iccid = m.group("iccid")
+                break
+        product = " ".join(await self.ok(self.dialect.product))
+        firmware = " ".join(await self.ok(self.dialect.firmware))
+        if not imei:
+            raise ModuleError(f"no IMEI in {imei_lines!r}")
+        return Identity(imei, iccid, imsi, product, firmware)
+
+    async def registration(self) -> int:
+        """``<stat>`` of ``AT+CEREG?`` (1 home, 5 roaming, 2 searching, ...)."""
+        for line in await self.ok("AT+CEREG?"):
+            if line.startswith("+CEREG"):
+                fields = line.partition(":")[2].split(",")
+                if len(fields) >= 2 and fields[1].strip().isdigit():
+                    return int(fields[1])
+        raise ModuleError("no +CEREG in the answer")
+
+    async def wait_registered(self, within: float | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timings.registration if within is None else within)
+        while True:
+            stat = await self.registration()
+            if stat in (1, 5):
+                return stat
+            if loop.time() >= deadline:
+                raise ModuleError(f"not registered (CEREG stat {stat})")
+            try:
+                await self.wait_urc(re.compile(r"\+CEREG"), self.timings.registration_poll)
+            except TimeoutError:
+                pass
+
+    async def attach(self) -> None:
+        lines = await self.ok("AT+CGATT?")
+        if any(line.replace(" ", "").endswith(":1") for line in lines):
+            return
+        await self.command("AT+CGATT=1", self.timings.attach)
+
+    async def radio(self) -> RadioFigures:
+        lines: list[str] = []
+        for command in self.dialect.radio:
+            lines.extend(await self.ok(command))
+        return parse_radio(self.dialect.radio_parser, lines)
+
+    async def configure_psm(self, tau_s: float | None, active_s: float | None) -> None:
+        """``AT+CPSMS=1,,,"<T3412>","<T3324>"``; both ``None`` disables PSM."""
+        if tau_s is None and active_s is None:
+            await self.command("AT+CPSMS=0")
+            return
+        await self.command(f'AT+CPSMS=1,,,"{encode_t3412(tau_s)}","{encode_t3324(active_s)}"')
+
+    async def configure_edrx(self, cycle_s: float | None) -> None:
+        if cycle_s is None:
+            await self.command("AT+CEDRXS=0")
+        else:
+            await self.command(f'AT+CEDRXS=1,5,"{edrx_code(cycle_s)}"')
+
+    async def open_socket(self, port: int) -> int:
+        d = self.dialect
+        if d.open_socket_by_urc:
+            waiter = asyncio.ensure_future(
+                self.wait_urc(d.open_socket_re, self.timings.socket_open)
+            )
+            try:
+                await self.command(d.open_socket.format(port=port))
+                urc = await waiter
+            finally:
+                waiter.cancel()
+            m = d.open_socket_re.match(urc.line)
+            assert m is not None
+            if m.group("err") != "0":
+                raise ModuleError(f"socket open failed: {urc.line}")
+            return int(m.group("sock"))
+        lines = await self.ok(d.open_socket.format(port=port))
+        for line in lines:
+            m = d.open_socket_re.fullmatch(line)
+            if m:
+                sock = int(m.group("sock"))
+                if d.bind_socket is not None:
+                    await self.command(d.bind_socket.format(sock=sock, port=port))
+                return sock
+        raise ModuleError(f"no socket id in {lines!r}")
+
+    async def close_socket(self, sock: int) -> None:
+        await self.command(self.dialect.close_socket.format(sock=sock))
+
+    async def read_datagram(
+        self, sock: int, limit: int | None = None
+    ) -> tuple[list[Received], int]:
+        """One read (``read`` dialects): the datagrams in the answer and the bytes remaining."""
+        d = self.dialect
+        assert d.read is not None and d.read_re is not None
+        command = d.read.format(sock=sock, max=limit or d.max_datagram)
+        try:
+            lines = (await self.command(command)).lines
+        except CommandTimeoutError as exc:
+            lines = exc.lines
+            if not lines:
+                raise
+        out: list[Received] = []
+        remaining = 0
+        for line in lines:
+            got = self.parse_read_line(line)
+            if got is not None:
+                out.append(got[0])
+                remaining = got[1]
+        return out, remaining
+
+    def parse_read_line(self, line: str) -> tuple[Received, int] | None:
+        """A read-response line -> (datagram, remaining), or ``None`` if it is not one."""
+        read_re = self.dialect.read_re
+        m = read_re.fullmatch(line) if read_re is not None else None
+        if m is None:
+            return None
+        hexdata = m.group("hex")
+        if len(hexdata) != 2 * int(m.group("len")):
+            self.counters["garbage_lines"] += 1
+            return None
+        payload = bytes.fromhex(hexdata)
+        return Received(payload, f"{m.group('ip')}:{m.group('port')}"), int(m.group("remaining"))
+
+    def datagram_of(self, urc: Urc) -> Received | None:
+        """The datagram a push URC carries (``hex``/``raw`` dialects), or ``None``."""
+        d = self.dialect
+        if d.downlink_urc is not None:
+            m = d.downlink_urc.fullmatch(urc.line)
+            if m:
+                data = m.group("hex")
+                if len(data) != 2 * int(m.group("len")):
+                    self.counters["garbage_lines"] += 1
+                    return None
+                return Received(bytes.fromhex(data), "cdp")
+        m = d.data_urc.match(urc.line)
+        if m is None:
+            return None
+        if d.recv_mode == "hex":
+            data = m.group("hex")
+            if len(data) != int(m.group("len")) or len(data) % 2:
+                self.counters["garbage_lines"] += 1
+                return None
+            return Received(bytes.fromhex(data), "unknown")
+        if d.recv_mode == "raw":
+            if urc.payload is None or len(urc.payload) != int(m.group("len")):
+                self.counters["garbage_lines"] += 1
+                return None
+            return Received(urc.payload, "unknown")
+        return None
+
+    def is_data_announcement(self, urc: Urc) -> bool:
+        return self.dialect.recv_mode == "read" and bool(self.dialect.data_urc.match(urc.line))
+
+    async def send_datagram(self, sock: int, remote: str, payload: bytes) -> None:
+        d = self.dialect
+        if len(payload) > d.max_datagram:
+            raise ModuleError(f"datagram of {len(payload)} bytes exceeds {d.max_datagram}")
+        ip, _, port = remote.rpartition(":")
+        hexdata = payload.hex().upper()
+        length = len(hexdata) if d.send_len_unit == "hex" else len(payload)
+        if d.send_connect is not None:
+            await self.command(d.send_connect.format(sock=sock, ip=ip, port=port))
+        command = d.send.format(sock=sock, ip=ip, port=port, len=length, hex=hexdata)
+        await self.command(
+            command,
+            self.timings.command if not d.send_result else self.timings.socket_open,
+            await_send_result=d.send_result,
+        )
+
+
+def _first_match(pattern: re.Pattern[str], lines: Iterable[str]) -> str:
+    for line in lines:
+        m = pattern.search(line)
+        if m:
+            return m.group(0)
+    return ""
