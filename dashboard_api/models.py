@@ -1,0 +1,208 @@
+"""Response models of the operator API (INTERFACES.md section 7): pydantic at the edge only.
+
+Times are RFC 3339 UTC strings (``2026-03-10T12:00:00Z``); values are numbers (booleans as
+0/1, their catalog type says so).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what is wrong, naming the parameter")
+
+
+class LimitErrorBody(ErrorBody):
+    points: int = Field(description="points the query would have returned")
+    limit: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    storage: str
+    version: str
+    detail: str | None = None
+
+
+class MetricDoc(BaseModel):
+    name: str
+    unit: str
+    senml_unit: str | None
+    type: Literal["float", "bool"]
+    min: float | None
+    max: float | None
+    integer: bool
+    cumulative: bool
+    description: str
+
+
+class KindDoc(BaseModel):
+    description: str
+    report_interval_s: int
+    metrics: list[str]
+
+
+class DomainDoc(BaseModel):
+    kinds: dict[str, KindDoc]
+    metrics: dict[str, MetricDoc]
+
+
+class Catalog(BaseModel):
+    domains: dict[str, DomainDoc]
+
+
+class IaqiOut(BaseModel):
+    pollutant: str
+    averaging: Literal["1h", "8h", "24h"]
+    concentration: float = Field(description="measured mean, µg/m³ (CO mg/m³)")
+    unit: str = Field(description="unit of table_concentration")
+    table_concentration: float
+    iaqi: int | None = Field(description="null: not used, see note")
+    c_lo: float | None
+    c_hi: float | None
+    i_lo: int | None
+    i_hi: int | None
+    note: str
+
+
+class DistrictAqi(BaseModel):
+    district: str
+    aqi: int | None
+    level: str | None
+    category: str | None
+    category_zh: str | None
+    colour: str | None
+    primary_pollutants: list[str]
+    iaqi: list[IaqiOut]
+    hours: dict[str, int] = Field(description="hourly means available per pollutant (of 24)")
+
+
+class AqiResponse(BaseModel):
+    standard: Literal["hj633-2012", "hj633-2026", "us-epa"]
+    at: str
+    hour_start: str = Field(description="start of the newest hourly mean")
+    districts: list[DistrictAqi]
+
+
+class AqiBrief(BaseModel):
+    aqi: int | None
+    category: str | None
+    colour: str | None
+    primary_pollutants: list[str]
+
+
+class District(BaseModel):
+    district: str
+    devices: dict[str, int] = Field(description="device count by kind")
+    device_count: int
+    lat: float | None = Field(description="centre of its devices (registry only)")
+    lon: float | None
+    aqi: AqiBrief | None
+
+
+class DistrictList(BaseModel):
+    at: str
+    standard: str
+    districts: list[District]
+
+
+class Device(BaseModel):
+    device: str
+    kind: str
+    district: str
+    site: str
+    lat: float | None
+    lon: float | None
+    last_seen: str | None
+    age_s: float | None
+    status: Literal["online", "stale", "offline"]
+    battery: float | None
+    rsrp: float | None
+    snr: float | None
+    ecl: float | None
+    registered: bool
+
+
+class DeviceList(BaseModel):
+    at: str
+    devices: list[Device]
+    counts: dict[str, int] = Field(description="devices per status")
+
+
+class TimedValue(BaseModel):
+    time: str
+    value: float
+
+
+class DeviceLatest(BaseModel):
+    device: str
+    kind: str
+    district: str
+    site: str
+    values: dict[str, TimedValue]
+
+
+class LatestResponse(BaseModel):
+    domain: str
+    start: str
+    end: str
+    devices: list[DeviceLatest]
+
+
+class SeriesGroupOut(BaseModel):
+    group: dict[str, str]
+    points: list[tuple[str, float]]
+
+
+class SeriesResponse(BaseModel):
+    metric: str
+    agg: str
+    every: str
+    start: str
+    end: str
+    unit: str
+    series: list[SeriesGroupOut]
+
+
+class CongestionOut(BaseModel):
+    district: str
+    site: str | None
+    index: float | None = Field(description="0 (free) to 10 (severe)")
+    level: str | None
+    speed: float | None = Field(description="mean km/h over the window")
+    free_flow: float | None
+    free_flow_source: str
+    occupancy: float | None
+    speed_index: float | None
+    occupancy_index: float | None
+    vehicles: float
+    devices: int
+
+
+class CongestionResponse(BaseModel):
+    at: str
+    window: str
+    districts: list[CongestionOut]
+    sites: list[CongestionOut]
+
+
+class LeakOut(BaseModel):
+    device: str
+    district: str
+    site: str
+    leak_flags: int
+    min_night_flow: float | None
+    reasons: list[str]
+
+
+class LeaksResponse(BaseModel):
+    at: str
+    flag_window_start: str
+    night_start: str
+    night_end: str
+    threshold: float
+    meters_checked: int
+    leaks: list[LeakOut]

@@ -1,0 +1,683 @@
+"""The operator API's endpoints (INTERFACES.md section 7).
+
+Each route declares its role (:func:`dashboard_api.auth.role`), reads through the
+:class:`~timeseries.query.Reader` in ``app.state.reader`` and hands plain values to the pure
+analytics. Parameters are validated at the edge: identifiers against the catalog (enums),
+ids against their patterns, times and durations by :mod:`dashboard_api.parameters`.
+
+Limits: a series query is first sized from its bucket count times its group count; if that
+bound is over the point limit the exact count is asked for, and a query still over it is
+refused with 400 and that count -- never truncated. Every query is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+
+from citysense import __version__
+from citysense.catalog import (
+    DEFAULT_MAX_AGE_MS,
+    KINDS,
+    MAX_FUTURE_SKEW_MS,
+    METRICS,
+    catalog_document,
+)
+from citysense.errors import RetryableError
+from citysense.registry import Device, Registry
+from dashboard_api import models
+from dashboard_api.analytics.aqi import POLLUTANTS, AqiResult, Standard, compute_aqi, window_means
+from dashboard_api.analytics.congestion import (
+    CounterWindow,
+    district_congestion,
+    site_congestion,
+)
+from dashboard_api.analytics.leaks import (
+    DEFAULT_NIGHT_FLOW_THRESHOLD,
+    MeterEvidence,
+    last_night_window,
+    suspected_leaks,
+)
+from dashboard_api.analytics.status import device_status
+from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.parameters import (
+    ParameterError,
+    format_duration,
+    parse_duration,
+    parse_time,
+    rfc3339,
+)
+from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+MAX_RANGE_MS = 366 * DAY
+HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+
+Domain = Literal["environment", "traffic", "utility", "device_health"]
+if TYPE_CHECKING:
+    MetricName = str
+    KindName = str
+else:  # enums in OpenAPI, built from the catalog
+    MetricName = Literal[tuple(METRICS)]
+    KindName = Literal[tuple(KINDS)]
+AggName = Literal["mean", "min", "max", "sum", "count", "last"]
+GroupName = Literal["district", "device", "site"]
+StandardName = Literal["hj633-2012", "hj633-2026", "us-epa"]
+StatusName = Literal["online", "stale", "offline"]
+
+_PLACE = r"^[a-z0-9_-]{1,48}$"
+_DEVICE = r"^[A-Za-z0-9:._-]{1,96}$"
+DistrictQ = Annotated[str | None, Query(pattern=_PLACE, description="district id")]
+SiteQ = Annotated[str | None, Query(pattern=_PLACE, description="site id")]
+DeviceQ = Annotated[str | None, Query(pattern=_DEVICE, description="device id (operators only)")]
+KindQ = Annotated[KindName | None, Query(description="device kind")]
+TimeQ = Annotated[
+    str | None,
+    Query(max_length=40, description="RFC 3339 time or epoch milliseconds (default: now)"),
+]
+
+_ERR = {"model": models.ErrorBody}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": models.LimitErrorBody, "description": "bad parameter or over the point limit"},
+    401: {**_ERR, "description": "no or unknown API key"},
+    403: {**_ERR, "description": "the role does not allow this"},
+    422: {**_ERR, "description": "a parameter of the wrong form"},
+    429: {**_ERR, "description": "rate limit exceeded (see Retry-After)"},
+    503: {**_ERR, "description": "storage unreachable"},
+}
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """What the routes need, built once by :func:`dashboard_api.app.create_app`."""
+
+    reader: Reader
+    registry: Registry | None
+    point_limit: int
+    clock: Callable[[], float]  #: seconds since the epoch
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+class PointLimitError(Exception):
+    def __init__(self, points: int, limit: int) -> None:
+        super().__init__(
+            f"the query would return {points} points, over the limit of {limit}: "
+            "narrow the time range, widen every or filter"
+        )
+        self.points = points
+        self.limit = limit
+
+
+def _filters(**kw: str | None) -> dict[str, str]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _at(ctx: ApiContext, at: str | None, name: str = "at") -> int:
+    return ctx.now_ms() if at is None else parse_time(at, name)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+@router.get(
+    "/api/v1/health",
+    response_model=models.Health,
+    openapi_extra=role("public"),
+    responses={503: {"model": models.Health, "description": "storage unreachable"}},
+    summary="service and storage health",
+)
+async def health(request: Request, response: Response) -> models.Health:
+    ctx = context(request)
+    try:
+        await asyncio.wait_for(ctx.reader.ping(), timeout=5.0)
+    except (RetryableError, TimeoutError) as exc:
+        response.status_code = 503
+        return models.Health(
+            status="degraded",
+            storage=ctx.reader.description,
+            version=__version__,
+            detail=str(exc) or "storage did not answer in time",
+        )
+    return models.Health(status="ok", storage=ctx.reader.description, version=__version__)
+
+
+@router.get(
+    "/api/v1/catalog",
+    response_model=models.Catalog,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="the metric catalog: domains, kinds, metrics with unit, type and range",
+)
+async def catalog(principal: CurrentPrincipal) -> dict[str, object]:
+    return catalog_document()
+
+
+# --------------------------------------------------------------------------- latest / series
+
+
+@router.get(
+    "/api/v1/{domain}/latest",
+    response_model=models.LatestResponse,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="latest value of each metric per device",
+)
+async def latest(
+    request: Request,
+    principal: CurrentPrincipal,
+    domain: Annotated[Domain, PathParam()],
+    district: DistrictQ = None,
+    kind: KindQ = None,
+    metric: Annotated[MetricName | None, Query(description="one metric of the domain")] = None,
+    device: DeviceQ = None,
+    site: SiteQ = None,
+    at: TimeQ = None,
+    window: Annotated[
+        str, Query(max_length=20, description="how far back to look (at most 7d)")
+    ] = "24h",
+) -> models.LatestResponse:
+    ctx = context(request)
+    if device is not None:
+        principal.require_operator("device=")
+    end = _at(ctx, at)
+    span = parse_duration(window, "window", min_ms=1000, max_ms=7 * DAY)
+    if metric is not None and METRICS[metric].domain != domain:
+        raise ParameterError("metric", f"{metric} is not a metric of {domain}")
+    metrics = (
+        (metric,)
+        if metric is not None
+        else tuple(m for m, spec in METRICS.items() if spec.domain == domain)
+    )
+    filters = _filters(district=district, kind=kind, device=device, site=site)
+    rows = await ctx.reader.latest(metrics, filters, end - span, end)
+    if len(rows) > ctx.point_limit:
+        raise PointLimitError(len(rows), ctx.point_limit)
+    devices: dict[str, models.DeviceLatest] = {}
+    for r in rows:
+        entry = devices.get(r.device)
+        if entry is None:
+            entry = devices[r.device] = models.DeviceLatest(
+                device=r.device, kind=r.kind, district=r.district, site=r.site, values={}
+            )
+        entry.values[r.metric] = models.TimedValue(time=rfc3339(r.t), value=r.value)
+    return models.LatestResponse(
+        domain=domain,
+        start=rfc3339(end - span),
+        end=rfc3339(end),
+        devices=sorted(devices.values(), key=lambda d: d.device),
+    )
+
+
+_AUTO_EVERY = (60_000, 300_000, 900_000, HOUR, 6 * HOUR, DAY, 7 * DAY)
+
+
+async def run_series(ctx: ApiContext, q: SeriesQuery) -> list[SeriesGroup]:
+    """Size the query, refuse it over the point limit, else run it."""
+    groups = 1
+    if q.group_by is not None:
+        groups = len(await ctx.reader.tag_values(q.group_by, q.metric, q.filters))
+    if groups * q.bucket_count > ctx.point_limit:
+        exact = await ctx.reader.count_series(q)
+        if exact > ctx.point_limit:
+            raise PointLimitError(exact, ctx.point_limit)
+    return await ctx.reader.series(q)
+
+
+@router.get(
+    "/api/v1/{domain}/series",
+    response_model=models.SeriesResponse,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="time buckets of one metric, aggregated and optionally grouped",
+)
+async def series(
+    request: Request,
+    principal: CurrentPrincipal,
+    domain: Annotated[Domain, PathParam()],
+    metric: Annotated[MetricName, Query(description="a metric of the domain")],
+    start: TimeQ = None,
+    end: TimeQ = None,
+    every: Annotated[
+        str | None, Query(max_length=20, description="bucket width like 5m, 1h, 1d (>= 1s)")
+    ] = None,
+    agg: AggName = "mean",
+    group_by: GroupName | None = None,
+    district: DistrictQ = None,
+    device: DeviceQ = None,
+    site: SiteQ = None,
+    kind: KindQ = None,
+) -> models.SeriesResponse:
+    ctx = context(request)
+    if device is not None:
+        principal.require_operator("device=")
+    if group_by == "device":
+        principal.require_operator("group_by=device")
+    if METRICS[metric].domain != domain:
+        raise ParameterError("metric", f"{metric} is not a metric of {domain}")
+    end_ms = _at(ctx, end, "end")
+    start_ms = parse_time(start, "start") if start is not None else end_ms - DAY
+    if start_ms >= end_ms:
+        raise ParameterError("start", "must be before end")
+    if end_ms - start_ms > MAX_RANGE_MS:
+        raise ParameterError("start", "the range may span at most 366 days")
+    if every is None:
+        span = end_ms - start_ms
+        every_ms = next((e for e in _AUTO_EVERY if span // e <= 500), _AUTO_EVERY[-1])
+    else:
+        every_ms = parse_duration(every, "every", min_ms=1000, max_ms=MAX_RANGE_MS)
+    q = SeriesQuery(
+        metric,
+        start_ms,
+        end_ms,
+        every_ms,
+        agg,
+        _filters(district=district, device=device, site=site, kind=kind),
+        group_by,
+    )
+    groups = await run_series(ctx, q)
+    return models.SeriesResponse(
+        metric=metric,
+        agg=agg,
+        every=format_duration(every_ms),
+        start=rfc3339(start_ms),
+        end=rfc3339(end_ms),
+        unit=METRICS[metric].unit,
+        series=[
+            models.SeriesGroupOut(group=g.group, points=[(rfc3339(t), v) for t, v in g.points])
+            for g in groups
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- AQI
+
+
+def _aqi_out(district: str, r: AqiResult, hours: dict[str, int]) -> models.DistrictAqi:
+    return models.DistrictAqi(
+        district=district,
+        aqi=r.aqi,
+        level=r.level,
+        category=r.category,
+        category_zh=r.category_zh,
+        colour=r.colour,
+        primary_pollutants=list(r.primary_pollutants),
+        iaqi=[models.IaqiOut(**asdict(i)) for i in r.iaqi],
+        hours=hours,
+    )
+
+
+async def district_aqi(
+    ctx: ApiContext, at_ms: int, standard: Standard, district: str | None
+) -> list[models.DistrictAqi]:
+    """AQI per district from hourly means of the 24 hours ending at ``at`` (newest first)."""
+    filters = _filters(district=district)
+    queries = [
+        SeriesQuery(p, at_ms - DAY, at_ms, HOUR, "mean", filters, "district", at_ms % HOUR)
+        for p in POLLUTANTS
+    ]
+    results = await asyncio.gather(*(ctx.reader.series(q) for q in queries))
+    newest = at_ms - HOUR
+    hourly: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
+    for pollutant, groups in zip(POLLUTANTS, results, strict=True):
+        for g in groups:
+            values: list[float | None] = [None] * 24
+            for t, v in g.points:
+                k = (newest - t) // HOUR
+                if 0 <= k < 24:
+                    values[k] = v
+            hourly[g.group["district"]][pollutant] = values
+    out = []
+    for name in sorted(hourly):
+        conc = {p: window_means(v) for p, v in hourly[name].items()}
+        hours = {p: sum(x is not None for x in v) for p, v in hourly[name].items()}
+        out.append(_aqi_out(name, compute_aqi(conc, standard), hours))
+    return out
+
+
+@router.get(
+    "/api/v1/environment/aqi",
+    response_model=models.AqiResponse,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="AQI per district with each pollutant's IAQI and the table band behind it",
+)
+async def aqi(
+    request: Request,
+    principal: CurrentPrincipal,
+    district: DistrictQ = None,
+    at: TimeQ = None,
+    standard: StandardName = "hj633-2012",
+) -> models.AqiResponse:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    districts = await district_aqi(ctx, at_ms, standard, district)
+    return models.AqiResponse(
+        standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts
+    )
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass(slots=True)
+class _Seen:
+    kind: str
+    district: str
+    site: str
+    last_seen: int
+    values: dict[str, float]
+
+
+async def seen_devices(ctx: ApiContext, filters: dict[str, str], at_ms: int) -> dict[str, _Seen]:
+    """Devices with a health reading in the last 7 days, with their newest values."""
+    rows: list[LatestValue] = await ctx.reader.latest(
+        HEALTH_SHOWN, filters, at_ms - DEFAULT_MAX_AGE_MS, at_ms + MAX_FUTURE_SKEW_MS
+    )
+    seen: dict[str, _Seen] = {}
+    for r in rows:
+        s = seen.get(r.device)
+        if s is None:
+            s = seen[r.device] = _Seen(r.kind, r.district, r.site, r.t, {})
+        s.last_seen = max(s.last_seen, r.t)
+        s.values[r.metric] = r.value
+    return seen
+
+
+_STATUS_ORDER = {"offline": 0, "stale": 1, "online": 2}
+
+
+@router.get(
+    "/api/v1/devices",
+    response_model=models.DeviceList,
+    openapi_extra=role("operator"),
+    responses=ERRORS,
+    summary="devices with last seen time, status and radio health (offline first)",
+)
+async def devices(
+    request: Request,
+    principal: CurrentPrincipal,
+    district: DistrictQ = None,
+    kind: KindQ = None,
+    status: StatusName | None = None,
+    at: TimeQ = None,
+) -> models.DeviceList:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms)
+    out: list[models.Device] = []
+    registry: Mapping[str, Device] = ctx.registry or {}
+    for dev_id in sorted(set(seen) | set(registry)):
+        reg = registry.get(dev_id)
+        s = seen.get(dev_id)
+        dev_kind = reg.kind if reg else s.kind if s else ""
+        dev_district = reg.district if reg else s.district if s else ""
+        if (kind and dev_kind != kind) or (district and dev_district != district):
+            continue
+        last = s.last_seen if s else None
+        st = device_status(dev_kind, last, at_ms)
+        if status and st != status:
+            continue
+        values = s.values if s else {}
+        out.append(
+            models.Device(
+                device=dev_id,
+                kind=dev_kind,
+                district=dev_district,
+                site=reg.site if reg else s.site if s else "",
+                lat=reg.lat if reg else None,
+                lon=reg.lon if reg else None,
+                last_seen=rfc3339(last) if last is not None else None,
+                age_s=(at_ms - last) / 1000 if last is not None else None,
+                status=st,
+                battery=values.get("battery"),
+                rsrp=values.get("rsrp"),
+                snr=values.get("snr"),
+                ecl=values.get("ecl"),
+                registered=reg is not None,
+            )
+        )
+    out.sort(key=lambda d: (_STATUS_ORDER[d.status], d.device))
+    counts = {k: 0 for k in _STATUS_ORDER}
+    for d in out:
+        counts[d.status] += 1
+    return models.DeviceList(at=rfc3339(at_ms), devices=out, counts=counts)
+
+
+@router.get(
+    "/api/v1/districts",
+    response_model=models.DistrictList,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="every district with device counts by kind and its current AQI",
+)
+async def districts(
+    request: Request,
+    principal: CurrentPrincipal,
+    at: TimeQ = None,
+    standard: StandardName = "hj633-2012",
+) -> models.DistrictList:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    seen, aqis = await asyncio.gather(
+        seen_devices(ctx, {}, at_ms), district_aqi(ctx, at_ms, standard, None)
+    )
+    kinds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    places: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    registry: Mapping[str, Device] = ctx.registry or {}
+    for d in registry.values():
+        kinds[d.district][d.kind] += 1
+        places[d.district].append((d.lat, d.lon))
+    for dev_id, s in seen.items():
+        if dev_id not in registry:
+            kinds[s.district][s.kind] += 1
+    by_name = {a.district: a for a in aqis}
+    out = []
+    for name in sorted(set(kinds) | set(by_name)):
+        pts = places.get(name)
+        a = by_name.get(name)
+        out.append(
+            models.District(
+                district=name,
+                devices=dict(sorted(kinds[name].items())),
+                device_count=sum(kinds[name].values()),
+                lat=sum(p[0] for p in pts) / len(pts) if pts else None,
+                lon=sum(p[1] for p in pts) / len(pts) if pts else None,
+                aqi=models.AqiBrief(
+                    aqi=a.aqi,
+                    category=a.category,
+                    colour=a.colour,
+                    primary_pollutants=a.primary_pollutants,
+                )
+                if a
+                else None,
+            )
+        )
+    return models.DistrictList(at=rfc3339(at_ms), standard=standard, districts=out)
+
+
+# --------------------------------------------------------------------------- traffic, water
+
+
+@router.get(
+    "/api/v1/traffic/congestion",
+    response_model=models.CongestionResponse,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="congestion index (0-10) per district and site from speed and occupancy",
+)
+async def congestion(
+    request: Request,
+    principal: CurrentPrincipal,
+    district: DistrictQ = None,
+    at: TimeQ = None,
+    window: Annotated[str, Query(max_length=20, description="recent window (1m to 1d)")] = "30m",
+    free_flow: Annotated[
+        float | None,
+        Query(gt=0, le=250, description="free-flow speed km/h (default: from the past week)"),
+    ] = None,
+) -> models.CongestionResponse:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    win = parse_duration(window, "window", min_ms=60_000, max_ms=DAY)
+    f = _filters(district=district)
+
+    def recent(metric: str, agg: Literal["mean", "sum"]) -> SeriesQuery:
+        return SeriesQuery(metric, at_ms - win, at_ms, win, agg, f, "device", at_ms % win)
+
+    history = SeriesQuery(
+        "avg_speed", at_ms - 7 * DAY, at_ms, HOUR, "mean", f, "device", at_ms % HOUR
+    )
+    speed, occ, veh, hist, tags = await asyncio.gather(
+        ctx.reader.series(recent("avg_speed", "mean")),
+        ctx.reader.series(recent("occupancy", "mean")),
+        ctx.reader.series(recent("vehicle_count", "sum")),
+        ctx.reader.series(history) if free_flow is None else _no_groups(),
+        ctx.reader.latest(("avg_speed", "occupancy"), f, at_ms - win, at_ms),
+    )
+
+    def last_of(groups: list[SeriesGroup]) -> dict[str, float]:
+        return {g.group["device"]: g.points[-1][1] for g in groups if g.points}
+
+    speeds, occs, vehs = last_of(speed), last_of(occ), last_of(veh)
+    hist_by = {g.group["device"]: tuple(v for _, v in g.points) for g in hist}
+    places = {r.device: (r.district, r.site) for r in tags}
+    counters = [
+        CounterWindow(
+            dev,
+            dist,
+            site,
+            speeds.get(dev),
+            occs.get(dev),
+            vehs.get(dev),
+            hist_by.get(dev, ()),
+        )
+        for dev, (dist, site) in sorted(places.items())
+    ]
+    sites = site_congestion(counters, free_flow)
+    return models.CongestionResponse(
+        at=rfc3339(at_ms),
+        window=format_duration(win),
+        districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
+        sites=[models.CongestionOut(**asdict(c)) for c in sites],
+    )
+
+
+async def _no_groups() -> list[SeriesGroup]:
+    return []
+
+
+@router.get(
+    "/api/v1/utility/leaks",
+    response_model=models.LeaksResponse,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="water meters suspected of a leak, with the evidence",
+)
+async def leaks(
+    request: Request,
+    principal: CurrentPrincipal,
+    district: DistrictQ = None,
+    at: TimeQ = None,
+    tz: Annotated[
+        str, Query(max_length=64, description="IANA time zone of the night window")
+    ] = "UTC",
+    threshold: Annotated[
+        float, Query(ge=0, le=1000, description="minimum night flow that is suspicious, m³/h")
+    ] = DEFAULT_NIGHT_FLOW_THRESHOLD,
+) -> models.LeaksResponse:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ParameterError("tz", f"{tz[:64]!r} is not a known IANA time zone") from None
+    night_start, night_end = last_night_window(at_ms, tz)
+    night = night_end - night_start
+    f = _filters(district=district)
+    flags_q = SeriesQuery("leak", at_ms - DAY, at_ms, DAY, "sum", f, "device", at_ms % DAY)
+    night_q = SeriesQuery(
+        "water_flow", night_start, night_end, night, "min", f, "device", night_start % night
+    )
+    first = min(night_start, at_ms - DAY)
+    flags, nights, tags = await asyncio.gather(
+        ctx.reader.series(flags_q),
+        ctx.reader.series(night_q),
+        ctx.reader.latest(("water_flow", "leak"), f, first, at_ms),
+    )
+    flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}
+    night_by = {g.group["device"]: min(v for _, v in g.points) for g in nights if g.points}
+    places = {r.device: (r.district, r.site) for r in tags}
+    meters = [
+        MeterEvidence(dev, dist, site, flag_by.get(dev, 0), night_by.get(dev))
+        for dev, (dist, site) in sorted(places.items())
+    ]
+    verdicts = suspected_leaks(meters, threshold)
+    return models.LeaksResponse(
+        at=rfc3339(at_ms),
+        flag_window_start=rfc3339(at_ms - DAY),
+        night_start=rfc3339(night_start),
+        night_end=rfc3339(night_end),
+        threshold=threshold,
+        meters_checked=len(meters),
+        leaks=[
+            models.LeakOut(
+                device=v.evidence.device,
+                district=v.evidence.district,
+                site=v.evidence.site,
+                leak_flags=v.evidence.leak_flags,
+                min_night_flow=v.evidence.min_night_flow,
+                reasons=list(v.reasons),
+            )
+            for v in verdicts
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- page, metrics
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    openapi_extra=role("operator"),
+    responses=ERRORS,
+    summary="Prometheus exposition of the service's own counters and latencies",
+)
+async def metrics(request: Request, principal: CurrentPrincipal) -> PlainTextResponse:
+    text = cast(str, request.app.state.metrics.exposition())
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@router.get("/", response_class=HTMLResponse, openapi_extra=role("public"), include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    return HTMLResponse(await asyncio.to_thread((STATIC / "index.html").read_text, "utf-8"))
+
+
+@router.get("/static/{name}", openapi_extra=role("public"), include_in_schema=False)
+async def static(name: str) -> Response:
+    media = STATIC_FILES.get(name)
+    if media is None:
+        raise HTTPException(404, "no such file")
+    body = await asyncio.to_thread((STATIC / name).read_bytes)
+    return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,63 @@
+"""Runs the operator API with uvicorn inside the caller's event loop.
+
+:func:`serve` runs until cancelled (``citysense demo`` runs every service in one loop this
+way); it sets ``ready`` once the socket accepts connections and, on cancellation, asks
+uvicorn to finish in-flight requests and shut down, waiting at most :data:`SHUTDOWN_TIMEOUT`.
+uvicorn's own signal handling is switched off: the caller owns signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Generator
+
+import uvicorn
+from fastapi import FastAPI
+
+from citysense.config import Settings, parse_hostport
+from dashboard_api.app import create_app
+
+log = logging.getLogger(__name__)
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals belong to the caller (the CLI or the demo)
+
+
+async def serve(
+    settings: Settings, ready: asyncio.Event | None = None, *, app: FastAPI | None = None
+) -> None:
+    """Serve the API on ``settings.bind`` until cancelled."""
+    host, port = parse_hostport(settings.bind, "--bind")
+    config = uvicorn.Config(
+        app if app is not None else create_app(settings),
+        host=host,
+        port=port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT / 2),
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(), name="api-uvicorn")
+    try:
+        while not server.started:
+            if task.done():
+                await task  # raises what stopped it
+                raise RuntimeError(f"the API could not start on {settings.bind}")
+            await asyncio.wait({task}, timeout=0.02)
+        log.info("operator API on http://%s:%d", host, port)
+        if ready is not None:
+            ready.set()
+        await asyncio.shield(task)
+        raise RuntimeError("the API server stopped by itself")
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, SHUTDOWN_TIMEOUT)
+        raise
