@@ -385,3 +385,18 @@ def ingestor(url: str, **kw: Any) -> Iterator[Ingestor]:
         yield ing
     finally:
         ing.close()
+
+
+def post_uplink(port: int, payload: bytes, timeout: float = 20) -> aiocoap.Message:
+    """One CON POST /up from a fresh socket (a device waking up); the decoded answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        mid = random.randrange(65536)
+        sock.sendto(con_post(mid, b"\x07", payload), ("127.0.0.1", port))
+        while True:
+            msg = aiocoap.Message.decode(sock.recvfrom(2048)[0])
+            if msg.code != Code.EMPTY:
+                if msg.mtype == Type.CON:
+                    ack = aiocoap.Message(_mtype=Type.ACK, code=Code.EMPTY, _mid=msg.mid)
+                    sock.sendto(bytes(ack.encode()), ("127.0.0.1", port))
+                return msg
