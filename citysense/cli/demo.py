@@ -1,0 +1,502 @@
+"""``citysense demo``: the whole city on one machine, every part in one event loop.
+
+This is the composition root: it imports every package and starts, in order,
+
+1. the MQTT broker -- the embedded one (:mod:`citysense.broker`) on a free loopback port, or
+   the server named by ``--mqtt``;
+2. the ingestor (``ingest.service.serve``) writing to the embedded SQLite store in the state
+   directory, or to the InfluxDB named by ``--influx``;
+3. the gateway (``edge.service.serve``) with CoAP on a free loopback UDP port;
+4. the API and dashboard (``dashboard_api.service.serve``) on ``--bind``;
+5. ``--backfill-hours`` of history written straight to storage, so charts are not empty;
+6. the simulated fleet (``simulators.fleet.run_fleet``) sending CoAP uplinks to the gateway.
+
+Each service is started through its ``serve(settings, ready)`` and waited for on its ready
+event (bounded); settings are derived from the demo's with :func:`dataclasses.replace`. It
+prints the dashboard URL, then a status line (on a terminal rewritten in place, otherwise a
+line every few seconds).
+
+Invariants: SIGINT, SIGTERM or ``--duration`` stop everything in this order -- fleet, gateway
+(which flushes its outbox), ingestor, API, broker -- each bounded by :data:`STOP_TIMEOUT`,
+and the command exits 0. A service that fails to start stops what was started and its error
+is the command's (a :class:`~citysense.errors.ConfigError` exits 2); a service that dies while
+running stops the demo with exit code 1. A service whose package is missing is reported and
+left out; the rest still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from citysense.broker import Broker
+from citysense.config import Settings, mask_url, parse_hostport
+from citysense.errors import CitysenseError, ConfigError, RetryableError
+from citysense.model import Reading
+from citysense.registry import Device, format_registry, load_registry
+
+log = logging.getLogger(__name__)
+
+#: How long one service may take to become ready, seconds.
+START_TIMEOUT = 60.0
+#: How long one service may take to stop, seconds.
+STOP_TIMEOUT = 15.0
+#: Seconds between status lines when the output is not a terminal.
+STATUS_EVERY = 5.0
+#: Seconds between updates of the status line on a terminal.
+STATUS_EVERY_TTY = 1.0
+#: How long a service's /metrics may take to answer, seconds.
+SCRAPE_TIMEOUT = 2.0
+REGISTRY_FILE = "demo-registry.csv"
+
+#: Stop order (the start order is broker, ingest, gateway, api, fleet).
+STOP_ORDER = ("fleet", "gateway", "ingest", "api", "broker")
+
+
+class _Stopped(Exception):
+    """Stop was asked for while the demo was still starting."""
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """``name{labels} value`` lines -> {name: sum of values}; comments ignored."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name = head.split("{", 1)[0].strip()
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+async def scrape(host: str, port: int) -> dict[str, float]:
+    """GET ``/metrics`` of one of our own services; empty when it does not answer."""
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(
+                    f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                await writer.drain()
+                data = await reader.read()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return {}
+    _, _, body = data.partition(b"\r\n\r\n")
+    return parse_prometheus(body.decode("utf-8", "replace"))
+
+
+def _optional(module: str) -> Any | None:
+    """``module`` imported, or ``None`` when that part of citysense is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+class Status:
+    """The live counts line."""
+
+    def __init__(self, out: TextIO, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self._open_line = False
+        self._last_line = -STATUS_EVERY
+
+    def show(self, text: str) -> None:
+        """On a terminal, rewrite the line; elsewhere print one at most every few seconds."""
+        if self.tty:
+            self.out.write("\r\x1b[2K" + text)
+            self._open_line = True
+        else:
+            now = time.monotonic()
+            if now - self._last_line < STATUS_EVERY * 0.9:
+                return
+            self._last_line = now
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def say(self, text: str) -> None:
+        """A line of its own (ends any status line being rewritten)."""
+        self.end()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def end(self) -> None:
+        if self._open_line:
+            self.out.write("\n")
+            self.out.flush()
+            self._open_line = False
+
+
+class Demo:
+    """One run of the demo: its services, in one event loop."""
+
+    def __init__(self, settings: Settings, out: TextIO | None = None) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.status = Status(self.out, bool(getattr(self.out, "isatty", lambda: False)()))
+        self.state_dir = Path(settings.state_dir)
+        self.tasks: dict[str, asyncio.Task[object]] = {}
+        self.missing: list[str] = []
+        self.broker: Broker | None = None
+        self.fleet_stop = asyncio.Event()
+        self.fleet_counters: Any = None
+        self.edge_metrics: tuple[str, int] | None = None
+        self.ingest_metrics: tuple[str, int] | None = None
+        self.backfilled = 0
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ composition
+
+    def _registry(self) -> tuple[list[Device], str]:
+        """The fleet's devices and the registry file every service reads."""
+        s = self.settings
+        if s.registry is not None:
+            return list(load_registry(s.registry).values()), s.registry
+        from simulators.city import generate_fleet
+
+        devices = generate_fleet(s.devices, s.seed, [s.gateway])
+        path = self.state_dir / REGISTRY_FILE
+        path.write_text(format_registry(devices), encoding="utf-8")
+        return devices, str(path)
+
+    async def _start(
+        self,
+        name: str,
+        serve: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+        stop: asyncio.Event,
+    ) -> None:
+        """Start one service and wait (bounded) until it is ready, fails, or stop is asked."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(ready), name=f"demo-{name}")
+        self.tasks[name] = task
+        ready_wait = asyncio.create_task(ready.wait())
+        stop_wait = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, ready_wait, stop_wait},
+                timeout=START_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ready_wait.cancel()
+            stop_wait.cancel()
+        if ready.is_set():
+            return
+        if task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+            raise CitysenseError(f"{name} stopped while starting")
+        if stop.is_set():
+            raise _Stopped
+        raise CitysenseError(f"{name} did not become ready within {START_TIMEOUT:.0f} s")
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Start everything, show status until ``stop``, stop everything; exit code."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return await self._run(stop)
+        except _Stopped:
+            return 0
+        finally:
+            self.status.end()
+            await self._stop_all()
+            self.status.say(self._summary())
+
+    async def _run(self, stop: asyncio.Event) -> int:
+        s = self.settings
+        devices, registry_path = self._registry()
+        base = dataclasses.replace(s, registry=registry_path)
+        say = self.status.say
+
+        # 1. broker
+        if s.mqtt is None:
+            broker = self.broker = Broker("127.0.0.1", 0)
+            await self._start("broker", lambda ready: broker.serve(ready=ready), stop)
+            mqtt_url = broker.url
+            say(f"MQTT      embedded broker on {mqtt_url}")
+        else:
+            mqtt_url = s.mqtt
+            say(f"MQTT      {mask_url(mqtt_url)}")
+        base = dataclasses.replace(base, mqtt=mqtt_url)
+
+        # 2. ingestor
+        ingest = _optional("ingest.service")
+        if ingest is None:
+            self.missing.append("ingestor (ingest.service)")
+        else:
+            port = free_tcp_port()
+            self.ingest_metrics = ("127.0.0.1", port)
+            ingest_settings = dataclasses.replace(
+                base, metrics_bind=f"127.0.0.1:{port}", client_id=None
+            )
+            await self._start("ingest", lambda r: ingest.serve(ingest_settings, r), stop)
+            where = (
+                mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
+            )
+            say(f"storage   {where}")
+
+        # 3. gateway
+        edge = _optional("edge.service")
+        coap_port = free_udp_port()
+        if edge is None:
+            self.missing.append("gateway (edge.service)")
+        else:
+            port = free_tcp_port()
+            self.edge_metrics = ("127.0.0.1", port)
+            edge_settings = dataclasses.replace(
+                base,
+                coap=f"127.0.0.1:{coap_port}",
+                metrics_bind=f"127.0.0.1:{port}",
+                client_id=None,
+            )
+            await self._start("gateway", lambda r: edge.serve(edge_settings, r), stop)
+            say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
+
+        # 4. API and dashboard
+        api = _optional("dashboard_api.service")
+        if api is None:
+            self.missing.append("API and dashboard (dashboard_api.service)")
+        else:
+            await self._start("api", lambda r: api.serve(base, r), stop)
+            host, port = parse_hostport(s.bind, "--bind")
+            say(f"dashboard http://{host}:{port}/")
+
+        # 5. history
+        if s.backfill_hours > 0:
+            await self._backfill(devices, base, stop)
+        if stop.is_set():
+            return 0
+
+        # 6. fleet
+        fleet = _optional("simulators.fleet")
+        if fleet is None:
+            self.missing.append("simulated fleet (simulators.fleet)")
+        elif edge is not None:
+            # the demo decides when the fleet stops: no --duration of its own
+            fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
+            registry = fleet.load_fleet_registry(fleet_settings)
+            self.fleet_counters = fleet.Counters()
+            counters = self.fleet_counters
+            await self._start(
+                "fleet",
+                lambda r: fleet.run_fleet(
+                    fleet_settings,
+                    registry,
+                    stop_event=self.fleet_stop,
+                    counters=counters,
+                    ready=r,
+                ),
+                stop,
+            )
+            say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
+        for part in self.missing:
+            say(f"missing   {part}: not available in this installation, left out")
+        say("Ctrl-C stops everything.")
+        return await self._watch(stop)
+
+    async def _watch(self, stop: asyncio.Event) -> int:
+        """Show the status line until stop is asked or a service dies."""
+        every = STATUS_EVERY_TTY if self.status.tty else STATUS_EVERY
+        stop_wait = asyncio.create_task(stop.wait())
+        fleet_reported = False
+        try:
+            while True:
+                await self._show_status()
+                running = {t for t in self.tasks.values() if not t.done()}
+                dead = [n for n, t in self.tasks.items() if t.done() and n != "fleet"]
+                if dead:
+                    self.status.end()
+                    for name in dead:
+                        task = self.tasks[name]
+                        exc = None if task.cancelled() else task.exception()
+                        log.error("%s stopped unexpectedly: %r", name, exc)
+                    return 1
+                fleet = self.tasks.get("fleet")
+                if fleet is not None and fleet.done() and not fleet_reported:
+                    fleet_reported = True
+                    exc = None if fleet.cancelled() else fleet.exception()
+                    if exc is not None:
+                        self.status.end()
+                        log.error("the simulated fleet failed: %r", exc)
+                done, _ = await asyncio.wait(
+                    {stop_wait, *running}, timeout=every, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stop_wait in done:
+                    return 0
+        finally:
+            stop_wait.cancel()
+
+    async def _counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        c = self.fleet_counters
+        if c is not None:
+            for key, names in (
+                ("sent", ("sent", "uplinks_sent", "readings_sent")),
+                ("acked", ("acked", "acknowledged", "ok", "changed")),
+            ):
+                for n in names:
+                    value = getattr(c, n, None)
+                    if isinstance(value, int | float):
+                        counts[key] = float(value)
+                        break
+        if self.edge_metrics is not None:
+            m = await scrape(*self.edge_metrics)
+            if "citysense_edge_readings_accepted_total" in m:
+                counts["accepted"] = m["citysense_edge_readings_accepted_total"]
+        if self.ingest_metrics is not None:
+            m = await scrape(*self.ingest_metrics)
+            if "citysense_ingest_readings_written_total" in m:
+                counts["stored"] = m["citysense_ingest_readings_written_total"]
+        if self.broker is not None:
+            counts["mqtt"] = float(self.broker.metrics()["mqtt_broker_messages_received"])
+        return counts
+
+    async def _show_status(self) -> None:
+        counts = await self._counts()
+        parts = [f"{time.monotonic() - self.started:6.0f} s"]
+        labels = (
+            ("sent", "uplinks sent"),
+            ("acked", "acknowledged"),
+            ("accepted", "readings at the gateway"),
+            ("stored", "stored"),
+            ("mqtt", "MQTT messages"),
+        )
+        for key, label in labels:
+            if key in counts:
+                parts.append(f"{label} {counts[key]:,.0f}")
+        self.status.show(" | ".join(parts))
+
+    def _summary(self) -> str:
+        stopped = ", ".join(self.tasks) or "nothing"
+        return f"demo stopped ({stopped}); history backfilled: {self.backfilled:,} readings"
+
+    # ------------------------------------------------------------------ backfill
+
+    async def _backfill(
+        self, devices: Sequence[Device], settings: Settings, stop: asyncio.Event
+    ) -> None:
+        """Write ``backfill_hours`` of history for ``devices`` straight to storage."""
+        from simulators.backfill import backfill
+        from timeseries.factory import open_writer
+        from timeseries.schema import reading_to_points
+
+        hours = self.settings.backfill_hours
+        gateway_of = {d.device: d.gateway for d in devices}
+        end_ms = int(time.time() * 1000)
+        start_ms = end_ms - int(hours * 3600 * 1000)
+        batches = backfill(devices, start_ms, end_ms, self.settings.seed)
+        rejected = 0
+        self.status.show(f"history   writing {hours:g} h of history ...")
+        async with open_writer(settings) as writer:
+            while not stop.is_set():
+                batch = await asyncio.to_thread(_next_or_none, batches)
+                if batch is None:
+                    break
+                points = [
+                    p
+                    for r in batch
+                    for p in reading_to_points(r, gateway_of.get(r.device, settings.gateway))
+                ]
+                try:
+                    result = await writer.write(points)
+                except RetryableError as exc:
+                    self.status.say(f"history   storage unavailable ({exc}); history left out")
+                    return
+                rejected += len(result.rejected)
+                self.backfilled += len(batch)
+                done = (max(r.t for r in batch) - start_ms) / max(end_ms - start_ms, 1)
+                self.status.show(
+                    f"history   writing {hours:g} h of history: {min(done, 1.0):4.0%}, "
+                    f"{self.backfilled:,} readings"
+                )
+        note = f", {rejected} points refused by storage" if rejected else ""
+        self.status.say(f"history   {hours:g} h written: {self.backfilled:,} readings{note}")
+
+    # ------------------------------------------------------------------ stopping
+
+    async def _stop_all(self) -> None:
+        """Stop every started service in :data:`STOP_ORDER`, each bounded."""
+        self.fleet_stop.set()
+        for name in STOP_ORDER:
+            task = self.tasks.get(name)
+            if task is None or task.done():
+                continue
+            if name != "fleet":
+                task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not done and name == "fleet":
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not done:
+                log.error("%s did not stop within %.0f s; left behind", name, STOP_TIMEOUT)
+        for name, task in self.tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.debug("%s ended with %r", name, task.exception())
+
+
+def _next_or_none(it: Iterator[list[Reading]]) -> list[Reading] | None:
+    return next(it, None)
+
+
+async def main(settings: Settings, out: TextIO | None = None) -> int:
+    """The demo in the running loop; SIGINT/SIGTERM and ``--duration`` stop it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    timer = loop.call_later(settings.duration, stop.set) if settings.duration > 0 else None
+    try:
+        return await Demo(settings, out).run(stop)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def run(settings: Settings) -> int:
+    """``citysense demo``: blocking; 0 after a clean stop, 2 on bad configuration."""
+    try:
+        return asyncio.run(main(settings))
+    except ConfigError:
+        raise
+    except KeyboardInterrupt:
+        return 0
