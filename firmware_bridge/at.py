@@ -10,7 +10,8 @@ on bad input.
 deadline (the caller passes ``now``; there is no clock here). Lines are routed so that URCs --
 which may arrive anywhere, even between a command's echo and its final result -- are never
 mistaken for response lines: a ``+NAME:`` line belongs to the command in flight only when
-``NAME`` is that command's own name; boot-banner lines are URCs of kind ``boot`` and abort the
+``NAME`` is that command's own name (and, for ``+CEREG``/``+CSCON``, the line has the read
+answer's shape, not the URC's -- :data:`URC_FORMS`); boot-banner lines are URCs of kind ``boot`` and abort the
 command in flight (unless it asked for the reboot).
 
 Invariant: for a given starting state, every split of the same byte stream yields the same
@@ -30,6 +31,14 @@ DEFAULT_MAX_LINE = 2048
 
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")
 _TERMINATORS = re.compile(rb"[\r\n]")
+
+#: URCs that share their name with a read command, told apart by shape (3GPP TS 27.007):
+#: the read answer starts ``<n>,<stat>``; the URC ``<stat>`` alone or ``<stat>,"<tac>",...``.
+URC_FORMS: dict[str, re.Pattern[str]] = {
+    "+CEREG": re.compile(r'\s*\d+\s*(,\s*".*)?'),
+    "+CGREG": re.compile(r'\s*\d+\s*(,\s*".*)?'),
+    "+CSCON": re.compile(r"\s*\d+\s*"),
+}
 
 FinalKind = Literal["ok", "error", "cme_error", "send_ok", "send_fail"]
 
@@ -381,7 +390,9 @@ class AtSession:
         if line.startswith("+"):
             name, sep, args = line.partition(":")
             name = name.strip().upper()
-            if cmd is not None and sep and name == cmd.name:
+            form = URC_FORMS.get(name)
+            is_urc_form = form is not None and form.fullmatch(args) is not None
+            if cmd is not None and sep and name == cmd.name and not is_urc_form:
                 cmd.lines.append(line)
                 return
             urc = Urc(line, name, args.strip())
