@@ -5,6 +5,9 @@ Each route declares its role (:func:`dashboard_api.auth.role`), reads through th
 analytics. Parameters are validated at the edge: identifiers against the catalog (enums),
 ids against their patterns, times and durations by :mod:`dashboard_api.parameters`.
 
+Series buckets start at ``start`` (``start``, ``start + every``, ...; the last may be
+partial), each labelled by its start.
+
 Limits: a series query is first sized from its bucket count times its group count; if that
 bound is over the point limit the exact count is asked for, and a query still over it is
 refused with 400 and that count -- never truncated. Every query is bounded in time.
@@ -294,6 +297,7 @@ async def series(
         agg,
         _filters(district=district, device=device, site=site, kind=kind),
         group_by,
+        start_ms % every_ms,  # buckets start at ``start``
     )
     groups = await run_series(ctx, q)
     return models.SeriesResponse(
