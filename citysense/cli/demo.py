@@ -79,6 +79,22 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def check_bind(bind: str) -> None:
+    """Refuse (:class:`ConfigError`) a ``--bind`` address that is taken, before anything starts."""
+    host, port = parse_hostport(bind, "--bind")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--bind {bind}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
+
+
 def parse_prometheus(text: str) -> dict[str, float]:
     """``name{labels} value`` lines -> {name: sum of values}; comments ignored."""
     out: dict[str, float] = {}
@@ -239,6 +255,8 @@ class Demo:
 
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
+        if _optional("dashboard_api.service") is not None:
+            check_bind(s.bind)
         devices, registry_path = self._registry()
         base = dataclasses.replace(s, registry=registry_path)
         say = self.status.say
