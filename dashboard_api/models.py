@@ -15,9 +15,11 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="what is wrong, naming the parameter")
 
 
-class LimitErrorBody(ErrorBody):
-    points: int = Field(description="points the query would have returned")
-    limit: int
+class BadRequestBody(ErrorBody):
+    """A 400: a bad parameter, or a query over the point limit (then with the counts)."""
+
+    points: int | None = Field(None, description="points the query would have returned")
+    limit: int | None = Field(None, description="the point limit")
 
 
 class Health(BaseModel):

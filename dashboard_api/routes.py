@@ -93,7 +93,7 @@ TimeQ = Annotated[
 
 _ERR = {"model": models.ErrorBody}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": models.LimitErrorBody, "description": "bad parameter or over the point limit"},
+    400: {"model": models.BadRequestBody, "description": "bad parameter or over the point limit"},
     401: {**_ERR, "description": "no or unknown API key"},
     403: {**_ERR, "description": "the role does not allow this"},
     422: {**_ERR, "description": "a parameter of the wrong form"},
