@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench soak clean
+.PHONY: demo test lint typecheck pytest system-deps bench soak reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ pytest: $(STAMP)
 bench: $(STAMP) system-deps
 	$(PY) -m bench
 
+# The end-to-end suite at full size (60 s InfluxDB outage, 2 min partition); not in CI.
 soak: $(STAMP) system-deps
-	CITYSENSE_SOAK=1 $(VENV)/bin/pytest tests/e2e -m slow
+	CITYSENSE_SOAK=1 CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
+
+# Regenerates docs/reliability.md from the CI-sized end-to-end suite.
+reliability: $(STAMP) system-deps
+	CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
