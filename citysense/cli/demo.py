@@ -63,6 +63,15 @@ REGISTRY_FILE = "demo-registry.csv"
 STOP_ORDER = ("fleet", "gateway", "ingest", "api", "broker")
 
 
+_LABELS = (
+    ("sent", "uplinks sent"),
+    ("acked", "acknowledged"),
+    ("accepted", "readings at the gateway"),
+    ("stored", "stored"),
+    ("mqtt", "MQTT messages"),
+)
+
+
 class _Stopped(Exception):
     """Stop was asked for while the demo was still starting."""
 
@@ -193,6 +202,7 @@ class Demo:
         self.edge_metrics: tuple[str, int] | None = None
         self.ingest_metrics: tuple[str, int] | None = None
         self.backfilled = 0
+        self.last_counts: dict[str, float] = {}
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ composition
@@ -383,15 +393,8 @@ class Demo:
         counts: dict[str, float] = {}
         c = self.fleet_counters
         if c is not None:
-            for key, names in (
-                ("sent", ("sent", "uplinks_sent", "readings_sent")),
-                ("acked", ("acked", "acknowledged", "ok", "changed")),
-            ):
-                for n in names:
-                    value = getattr(c, n, None)
-                    if isinstance(value, int | float):
-                        counts[key] = float(value)
-                        break
+            counts["sent"] = float(c.sent)
+            counts["acked"] = float(c.acknowledged)
         if self.edge_metrics is not None:
             m = await scrape(*self.edge_metrics)
             if "citysense_edge_readings_accepted_total" in m:
@@ -405,23 +408,20 @@ class Demo:
         return counts
 
     async def _show_status(self) -> None:
-        counts = await self._counts()
+        self.last_counts = counts = await self._counts()
         parts = [f"{time.monotonic() - self.started:6.0f} s"]
-        labels = (
-            ("sent", "uplinks sent"),
-            ("acked", "acknowledged"),
-            ("accepted", "readings at the gateway"),
-            ("stored", "stored"),
-            ("mqtt", "MQTT messages"),
-        )
-        for key, label in labels:
+        for key, label in _LABELS:
             if key in counts:
                 parts.append(f"{label} {counts[key]:,.0f}")
         self.status.show(" | ".join(parts))
 
     def _summary(self) -> str:
         stopped = ", ".join(self.tasks) or "nothing"
-        return f"demo stopped ({stopped}); history backfilled: {self.backfilled:,} readings"
+        counts = self.last_counts
+        figures = "".join(
+            f", {label} {counts[key]:,.0f}" for key, label in _LABELS if key in counts
+        )
+        return f"demo stopped ({stopped}): history {self.backfilled:,} readings{figures}"
 
     # ------------------------------------------------------------------ backfill
 
@@ -482,6 +482,9 @@ class Demo:
                 done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
             if not done:
                 log.error("%s did not stop within %.0f s; left behind", name, STOP_TIMEOUT)
+            if name in ("fleet", "gateway"):
+                # final figures of what is still running, for the summary
+                self.last_counts.update(await self._counts())
         for name, task in self.tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.debug("%s ended with %r", name, task.exception())
