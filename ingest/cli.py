@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ PAYLOAD_SHOWN = 2000
 
 def run(settings: Settings) -> int:
     """Run an ingestor until SIGTERM/SIGINT; 0 on a clean stop."""
+
+    # One line per HTTP request is DEBUG-level traffic, not INFO.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

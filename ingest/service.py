@@ -125,6 +125,7 @@ class Ingestor:
             await self._shutdown()
 
     async def _watch_connection(self, ready: asyncio.Event | None) -> None:
+        announced = False
         while True:
             consumer = self.consumer
             assert consumer is not None
@@ -134,10 +135,12 @@ class Ingestor:
                 self.consumer = self._new_consumer(mqtt.MQTTv311)
                 self.consumer.start()
                 continue
-            if ready is not None and not ready.is_set() and consumer.subscribed.is_set():
+            if not announced and consumer.subscribed.is_set():
                 log.info("ingestor ready: subscribed to %s", consumer.subscription)
-                ready.set()
-            await asyncio.sleep(0.05 if ready is not None and not ready.is_set() else 1.0)
+                announced = True
+                if ready is not None:
+                    ready.set()
+            await asyncio.sleep(1.0 if announced else 0.05)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()

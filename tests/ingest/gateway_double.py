@@ -23,6 +23,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from citysense.config import Settings
 from citysense.envelope import encode_batch
@@ -57,6 +59,7 @@ class GatewayDouble:
         self.gateway = gateway
         self.confirmed: set[int] = set()
         self.sent: dict[int, bytes] = {}
+        self.resent = 0
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
@@ -69,7 +72,9 @@ class GatewayDouble:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600  # confirmations wait for us across a broker restart
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("gateway double did not subscribe")
@@ -98,6 +103,7 @@ class GatewayDouble:
 
     def resend_unconfirmed(self) -> int:
         seqs = self.unconfirmed()
+        self.resent += len(seqs)
         for seq in seqs:
             self.publish_raw(self.sent[seq])
         return len(seqs)
@@ -244,3 +250,70 @@ def wait_for_count(influx: InfluxServer, n: int, timeout: float) -> None:
         return bool(series) and int(series[0]["values"][0][1]) >= n
 
     wait_until(enough, timeout, f"{n} points in influxd")
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> None:
+    """Wait until an ingestor process logs that it is subscribed."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"ingestor exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        return log_path.exists() and "ingestor ready" in log_path.read_text(errors="replace")
+
+    try:
+        wait_until(ready, timeout, "the ingestor process to subscribe")
+    except TimeoutError:
+        text = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "no log"
+        raise TimeoutError(f"ingestor not ready; its log:\n{text}") from None
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM and wait; returns the exit code (kills it if it hangs, and fails)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError("ingestor did not stop on SIGTERM") from None
+    return int(proc.returncode)
+
+
+class Publisher:
+    """Publishes batches from a thread, at most ``rate`` per second, until done or stopped."""
+
+    def __init__(self, gw: GatewayDouble, batches: list[Batch], rate: float = 200.0) -> None:
+        self.gw = gw
+        self.batches = batches
+        self.rate = rate
+        self.published = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            start = time.monotonic()
+            for i, batch in enumerate(self.batches):
+                if self._stop.is_set():
+                    return
+                ahead = start + i / self.rate - time.monotonic()
+                if ahead > 0:
+                    self._stop.wait(ahead)
+                self.gw.publish(batch)
+                self.published += 1
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = 120.0) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "publisher did not finish"
+        if self.error is not None:
+            raise self.error
