@@ -4,7 +4,8 @@ Within 60 s of starting, the API answers with data for every domain -- history f
 backfill, and live readings that went fleet -> CoAP -> gateway -> broker -> ingestor ->
 store -- and the dashboard renders with data in headless Chromium (a screenshot is saved
 next to the test's files). Ctrl-C (SIGINT to the process group, as a terminal sends it) then
-stops everything: exit code 0 and no process left in the group. The same runs with real
+stops everything: exit code 0 and no process left in the group. The screenshot is also
+copied to tests/artifacts/demo-dashboard.png. The same runs with real
 Mosquitto and influxd in place of the embedded broker and store (``--mqtt``/``--influx``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,12 +27,13 @@ from pathlib import Path
 
 from citysense.catalog import DOMAINS
 from tests.browser import dump_dom, screenshot
-from tests.servers import InfluxServer, MosquittoServer, free_port, wait_until
+from tests.servers import ROOT, InfluxServer, MosquittoServer, free_port, wait_until
 
 START_WITHIN = 60.0
 STOP_WITHIN = 60.0
 LIVE_STORED = re.compile(r"stored ([\d,]+)")
 TIME_KEYS = ("time", "t", "last_seen", "at")
+ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def _get(url: str) -> object:
@@ -174,6 +177,8 @@ def test_demo_runs_the_whole_city_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
         shot = screenshot(f"{demo.base}/", tmp_path / "dashboard.png", tmp_path / "profile-1")
         assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copyfile(shot, ARTIFACTS / "demo-dashboard.png")
         dom = dump_dom(f"{demo.base}/", tmp_path / "profile-2")
         names = [str(d.get("district")) for d in _rows(_get(f"{demo.base}/api/v1/districts"))]
         assert names

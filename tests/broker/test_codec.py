@@ -213,3 +213,18 @@ def test_core_keepalive_timeout_and_session_expiry() -> None:
     clock.now += BrokerConfig().connect_timeout + 1
     core.tick()
     assert idle.closed  # never sent CONNECT
+
+
+@given(st.binary(max_size=400), st.booleans())
+def test_core_survives_any_bytes(garbage: bytes, connect_first: bool) -> None:
+    """Whatever a peer sends, the broker answers or closes that connection; it never raises."""
+    core = BrokerCore()
+    wire = _Wire()
+    conn = core.open(wire.send, wire.close, "fuzz")
+    if connect_first:
+        conn.receive(_connect_v311("fuzz"))
+    conn.receive(garbage)
+    core.tick()
+    if wire.closed:
+        core.connection_lost(conn)
+        assert conn not in core.connections

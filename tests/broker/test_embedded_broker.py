@@ -295,3 +295,23 @@ def test_same_result_as_mosquitto(embedded: BrokerThread, mosquitto: MosquittoSe
     assert ours["first_window"] == [0, 1, 2, 3, 4]
     assert ours["after_reconnect"] == list(range(20))
     assert ours["status"] == [(b"online", True), (b"offline", False)]
+
+
+def test_shared_messages_of_an_ended_session_go_to_another_member(
+    embedded: BrokerThread, peers: Callable[..., Peer]
+) -> None:
+    """A member whose session ends holding unacknowledged messages: the group gets them back."""
+    group = "$share/workers/jobs/#"
+    lazy = Peer(embedded.port, "lazy", manual_ack=True, receive_maximum=3)  # never acks
+    lazy.subscribe(group)
+    busy = peers(embedded.port, "busy")
+    busy.subscribe(group)
+    pub = peers(embedded.port)
+    for i in range(20):
+        pub.publish("jobs/x", str(i).encode())
+    wait_until(lambda: len(lazy.messages()) + len(busy.messages()) >= 20, TIMEOUT, "20 deliveries")
+    held = sorted(int(p) for p in lazy.payloads())
+    assert held  # the lazy member got its turn
+    lazy.close()  # session expiry 0: the session ends with its messages unacknowledged
+    busy.wait_for(20)
+    assert sorted(int(p) for p in busy.payloads()) == list(range(20))
