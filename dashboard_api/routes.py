@@ -340,7 +340,7 @@ async def district_aqi(
         SeriesQuery(p, at_ms - DAY, at_ms, HOUR, "mean", filters, "district", at_ms % HOUR)
         for p in POLLUTANTS
     ]
-    results = await asyncio.gather(*(ctx.reader.series(q) for q in queries))
+    results = await ctx.reader.series_many(queries)
     newest = at_ms - HOUR
     hourly: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
     for pollutant, groups in zip(POLLUTANTS, results, strict=True):
@@ -552,13 +552,16 @@ async def congestion(
     history = SeriesQuery(
         "avg_speed", at_ms - 7 * DAY, at_ms, HOUR, "mean", f, "device", at_ms % HOUR
     )
-    speed, occ, veh, hist, tags = await asyncio.gather(
-        ctx.reader.series(recent("avg_speed", "mean")),
-        ctx.reader.series(recent("occupancy", "mean")),
-        ctx.reader.series(recent("vehicle_count", "sum")),
-        ctx.reader.series(history) if free_flow is None else _no_groups(),
+    queries = [recent("avg_speed", "mean"), recent("occupancy", "mean")]
+    queries += [recent("vehicle_count", "sum")]
+    if free_flow is None:
+        queries.append(history)
+    answers, tags = await asyncio.gather(
+        ctx.reader.series_many(queries),
         ctx.reader.latest(("avg_speed", "occupancy"), f, at_ms - win, at_ms),
     )
+    speed, occ, veh = answers[:3]
+    hist = answers[3] if free_flow is None else []
 
     def last_of(groups: list[SeriesGroup]) -> dict[str, float]:
         return {g.group["device"]: g.points[-1][1] for g in groups if g.points}
@@ -585,10 +588,6 @@ async def congestion(
         districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
         sites=[models.CongestionOut(**asdict(c)) for c in sites],
     )
-
-
-async def _no_groups() -> list[SeriesGroup]:
-    return []
 
 
 @router.get(
@@ -624,9 +623,8 @@ async def leaks(
         "water_flow", night_start, night_end, night, "min", f, "device", night_start % night
     )
     first = min(night_start, at_ms - DAY)
-    flags, nights, tags = await asyncio.gather(
-        ctx.reader.series(flags_q),
-        ctx.reader.series(night_q),
+    (flags, nights), tags = await asyncio.gather(
+        ctx.reader.series_many([flags_q, night_q]),
         ctx.reader.latest(("water_flow", "leak"), f, first, at_ms),
     )
     flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}

@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -252,11 +253,32 @@ class InfluxQLReader:
         return sorted(newest.values(), key=lambda r: (r.device, r.metric))
 
     async def series(self, query: SeriesQuery) -> list[SeriesGroup]:
-        _, params = where_filters(query.filters)
-        statements = build_series(query)
-        results = await self._query(statements, params)
+        return (await self.series_many([query]))[0]
+
+    async def series_many(self, queries: list[SeriesQuery]) -> list[list[SeriesGroup]]:
+        """Queries with the same filters go in one request (their statements joined, one
+        ``params`` object); others in a request each, concurrently."""
+        batches: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for i, q in enumerate(queries):
+            batches.setdefault(tuple(sorted(q.filters.items())), []).append(i)
+        out: list[list[SeriesGroup]] = [[] for _ in queries]
+
+        async def run(indexes: list[int]) -> None:
+            _, params = where_filters(queries[indexes[0]].filters)
+            statements = [build_series(queries[i]) for i in indexes]
+            flat = [s for group in statements for s in group]
+            results = await self._query(flat, params)
+            k = 0
+            for i, group in zip(indexes, statements, strict=True):
+                out[i] = self._series_of(queries[i], results[k : k + len(group)])
+                k += len(group)
+
+        await asyncio.gather(*(run(ix) for ix in batches.values()))
+        return out
+
+    def _series_of(self, query: SeriesQuery, results: list[dict[str, Any]]) -> list[SeriesGroup]:
         groups = _parse_groups(results[0], query.group_by)
-        if len(statements) == 2:
+        if len(results) == 2:
             totals = _parse_groups(results[1], query.group_by)
             trues = {k: dict(points) for k, points in groups.items()}
             groups = {

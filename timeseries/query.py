@@ -172,6 +172,10 @@ class Reader(Protocol):
         """Aggregated buckets per group, groups sorted by their tag value, points by time."""
         ...
 
+    async def series_many(self, queries: list[SeriesQuery]) -> list[list[SeriesGroup]]:
+        """:meth:`series` of each query, in one round trip where the storage allows."""
+        ...
+
     async def count_series(self, query: SeriesQuery) -> int:
         """Exactly how many points :meth:`series` would return for ``query``."""
         ...

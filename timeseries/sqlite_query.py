@@ -158,6 +158,9 @@ class SqliteReader:
         key = query.group_by
         return [SeriesGroup({key: g} if key else {}, points) for g, points in groups.items()]
 
+    async def series_many(self, queries: list[SeriesQuery]) -> list[list[SeriesGroup]]:
+        return [await self.series(q) for q in queries]
+
     async def count_series(self, query: SeriesQuery) -> int:
         sql, args = build_series_sql(query)
         rows = await self._fetch(f"SELECT COUNT(*) FROM ({sql})", args)

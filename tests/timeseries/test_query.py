@@ -18,12 +18,13 @@ from tests.dashboard_api.citydata import HOUR, MINUTE, Sample, city_samples, lin
 from tests.dashboard_api.citydata import write_sqlite as write_city_sqlite
 from tests.servers import InfluxServer
 from timeseries.influxql import InfluxQLReader, build_latest, build_series, where_filters
-from timeseries.query import QueryError, Reader, SeriesQuery
+from timeseries.query import QueryError, Reader, SeriesGroup, SeriesQuery
 from timeseries.sqlite_query import SqliteReader
 
 T = TypeVar("T")
 END = 1_780_000_000_000 // HOUR * HOUR
 START = END - 24 * HOUR
+DAY = 24 * HOUR
 SAMPLES = city_samples(END)
 
 
@@ -281,3 +282,28 @@ def test_sqlite_reader_on_a_missing_store_reads_empty(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert not (tmp_path / "none.sqlite3").exists()
+
+
+def test_series_many_answers_each_query_as_series_would(
+    reader_factory: Callable[[], Reader],
+) -> None:
+    queries = [
+        SeriesQuery("pm25", START, END, 6 * HOUR, "mean", {"district": "jinshui"}, "site"),
+        SeriesQuery("leak", START, END, DAY, "sum", {"district": "jinshui"}, "device"),
+        SeriesQuery("o3", START, END, HOUR, "max", {}, "district"),
+        SeriesQuery("water_flow", START, END, 12 * HOUR, "min", {"site": "s3"}),
+    ]
+
+    async def both(r: Reader) -> tuple[list[list[SeriesGroup]], list[list[SeriesGroup]]]:
+        return await r.series_many(queries), [await r.series(q) for q in queries]
+
+    many, one_by_one = with_reader(reader_factory, both)
+    assert many == one_by_one
+    for q, groups in zip(queries, many, strict=True):
+        key = q.group_by
+        got = {g.group[key] if key else "": g.points for g in groups}
+        want = expected_buckets(SAMPLES, q)
+        assert got.keys() == want.keys()
+        for k, points in got.items():
+            assert [t for t, _ in points] == [t for t, _ in want[k]]
+            assert all(math.isclose(v, w) for (_, v), (_, w) in zip(points, want[k], strict=True))
