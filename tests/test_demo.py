@@ -253,3 +253,20 @@ def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
         )
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"citysense: --bind 127.0.0.1:{port}" in result.stderr
+
+
+def test_status_figures_come_from_prometheus_text() -> None:
+    from citysense.cli.demo import parse_prometheus
+
+    text = (
+        "# HELP citysense_ingest_readings_written_total readings stored\n"
+        "# TYPE citysense_ingest_readings_written_total counter\n"
+        "citysense_ingest_readings_written_total 42\n"
+        'citysense_edge_uplinks_total{code="2.04"} 7\n'
+        'citysense_edge_uplinks_total{code="4.00"} 2\n'
+        "garbage line\n"
+    )
+    assert parse_prometheus(text) == {
+        "citysense_ingest_readings_written_total": 42.0,
+        "citysense_edge_uplinks_total": 9.0,
+    }

@@ -224,6 +224,7 @@ class Demo:
         name: str,
         serve: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
         stop: asyncio.Event,
+        needs: str = "",
     ) -> None:
         """Start one service and wait (bounded) until it is ready, fails, or stop is asked."""
         ready = asyncio.Event()
@@ -249,7 +250,8 @@ class Demo:
             raise CitysenseError(f"{name} stopped while starting")
         if stop.is_set():
             raise _Stopped
-        raise CitysenseError(f"{name} did not become ready within {START_TIMEOUT:.0f} s")
+        hint = f" (is {needs} reachable?)" if needs else ""
+        raise CitysenseError(f"{name} did not become ready within {START_TIMEOUT:.0f} s{hint}")
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start everything, show status until ``stop``, stop everything; exit code."""
@@ -292,7 +294,8 @@ class Demo:
             ingest_settings = dataclasses.replace(
                 base, metrics_bind=f"127.0.0.1:{port}", client_id=None
             )
-            await self._start("ingest", lambda r: ingest.serve(ingest_settings, r), stop)
+            needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
+            await self._start("ingest", lambda r: ingest.serve(ingest_settings, r), stop, needs)
             where = (
                 mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
             )
@@ -312,7 +315,12 @@ class Demo:
                 metrics_bind=f"127.0.0.1:{port}",
                 client_id=None,
             )
-            await self._start("gateway", lambda r: edge.serve(edge_settings, r), stop)
+            await self._start(
+                "gateway",
+                lambda r: edge.serve(edge_settings, r),
+                stop,
+                mask_url(s.mqtt) if s.mqtt else "",
+            )
             say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
 
         # 4. API and dashboard
