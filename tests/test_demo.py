@@ -69,6 +69,33 @@ def _times_ms(row: object, key: str = "") -> list[int]:
     return []
 
 
+def _table_rows(dom: str, table_id: str) -> list[list[str]]:
+    """The cell texts of each body row of the table with id ``table_id``."""
+    m = re.search(rf'<table[^>]*id="{table_id}".*?<tbody>(.*?)</tbody>', dom, re.S)
+    if m is None:
+        return []
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", m.group(1), re.S)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in rows]
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in row] for row in cells]
+
+
+def _dashboard_content(dom: str) -> dict[str, object]:
+    """What the dashboard shows, from its DOM after its scripts ran."""
+    status = re.search(r'id="status"[^>]*>([^<]*)<', dom)
+    chart = re.search(r'<svg[^>]*id="chart".*?</svg>', dom, re.S)
+    series = re.findall(r'<path[^>]*class="series"[^>]*>', chart.group(0)) if chart else []
+    return {
+        "loaded": re.search(r'<body[^>]*data-loaded="1"', dom) is not None,
+        "status": status.group(1) if status else "",
+        "aqi_districts": [row[0] for row in _table_rows(dom, "aqi-table") if row],
+        "chart_points": max(
+            (len(re.findall(r"[ML]", d)) for p in series for d in re.findall(r' d="([^"]*)"', p)),
+            default=0,
+        ),
+        "device_status": {row[0] for row in _table_rows(dom, "device-table") if row},
+    }
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -180,10 +207,13 @@ def test_demo_runs_the_whole_city_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copyfile(shot, ARTIFACTS / "demo-dashboard.png")
         dom = dump_dom(f"{demo.base}/", tmp_path / "profile-2")
-        names = [str(d.get("district")) for d in _rows(_get(f"{demo.base}/api/v1/districts"))]
-        assert names
-        # Filled in by the page's scripts from the API: the districts it shows.
-        assert any(name in dom for name in names), dom[-3000:]
+        page = _dashboard_content(dom)
+        names = {str(d.get("district")) for d in _rows(_get(f"{demo.base}/api/v1/districts"))}
+        # Filled in by the page's scripts from the API.
+        assert page["loaded"] and page["status"].startswith("updated"), page
+        assert set(page["aqi_districts"]) == names, page
+        assert page["chart_points"] > 20, page
+        assert "online" in page["device_status"], page
     finally:
         code = demo.ctrl_c()
     demo.assert_stopped_cleanly(code)
