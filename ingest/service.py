@@ -33,16 +33,16 @@ import paho.mqtt.client as mqtt
 
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
 from citysense.errors import RetryableError
-from citysense.model import topic_root
+from citysense.model import gateway_of_topic, topic_root
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
 from ingest.metrics import IngestMetrics, start_metrics_server
-from ingest.pipeline import DeadLetter, SeqTracker, process_message
+from ingest.pipeline import DeadLetter, LineFastPath, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineSerializer
 from timeseries.schema import Point
-from timeseries.writer import Writer, WriteResult
+from timeseries.writer import LineWriter, Writer, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +59,8 @@ class _Batch:
     """Messages whose points are written together and acknowledged together."""
 
     messages: list[Message] = field(default_factory=list)
-    points: list[Point] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)  #: for the embedded store
+    lines: list[str] = field(default_factory=list)  #: for InfluxDB, serialised once
     dead: list[DeadLetter] = field(default_factory=list)
     readings: int = 0
     #: gateway -> seqs to confirm, with each batch's payload digest
@@ -94,6 +95,11 @@ class Ingestor:
         #: batches being stored, oldest first: acknowledged strictly in this order
         self._inflight: collections.deque[tuple[_Batch, asyncio.Task[None]]] = collections.deque()
         self._serializer = LineSerializer()
+        # InfluxDB writers take line protocol: valid messages go straight to lines.
+        self._line_writer: LineWriter | None = (
+            writer if callable(getattr(writer, "write_lines", None)) else None  # type: ignore[assignment]
+        )
+        self._fast = LineFastPath(self._max_age_ms) if self._line_writer is not None else None
         self.consumer: MqttConsumer | None = None
         metrics.seq_gaps = lambda: self.tracker.gaps
         metrics.seq_repeats = lambda: self.tracker.repeats
@@ -159,7 +165,7 @@ class Ingestor:
             now_ms = int(time.time() * 1000)
             for message in self.consumer.drain():
                 self._add(batch, message, now_ms)
-                if len(batch.points) >= self._max_points:
+                if len(batch.points) + len(batch.lines) >= self._max_points:
                     await self._submit(batch)
                     batch, deadline = _Batch(), None
             if batch.messages:
@@ -173,18 +179,35 @@ class Ingestor:
         self.metrics.messages += 1
         self._unacked += 1
         batch.messages.append(message)
+        gateway = gateway_of_topic(message.topic)
+        if self._fast is not None and gateway is not None:
+            fast = self._fast.lines(gateway, message.payload, now_ms)
+            if fast is not None:
+                seq, readings, lines = fast
+                if not self._seen(batch, gateway, seq, message.payload):
+                    batch.lines.extend(lines)
+                    batch.readings += readings
+                return
         result = process_message(message.topic, message.payload, now_ms, self._max_age_ms)
         batch.dead.extend(result.dead)
         if result.seq is None or result.topic_gateway is None:
             return
-        digest = hash(message.payload)
-        if self.tracker.observe(result.topic_gateway, result.seq, digest):
-            self.metrics.repeats_skipped += 1  # stored already: confirm and ack, write nothing
-            batch.confirm[result.topic_gateway].append((result.seq, digest))
+        if self._seen(batch, result.topic_gateway, result.seq, message.payload):
             return
-        batch.points.extend(result.points)
+        if self._fast is not None:
+            batch.lines.extend(self._serializer.line(p) for p in result.points)
+        else:
+            batch.points.extend(result.points)
         batch.readings += result.readings
-        batch.confirm[result.topic_gateway].append((result.seq, digest))
+
+    def _seen(self, batch: _Batch, gateway: str, seq: int, payload: bytes) -> bool:
+        """Note the batch for confirmation; ``True`` if it is known stored (write nothing)."""
+        digest = hash(payload)
+        batch.confirm[gateway].append((seq, digest))
+        if self.tracker.observe(gateway, seq, digest):
+            self.metrics.repeats_skipped += 1
+            return True
+        return False
 
     async def _submit(self, batch: _Batch) -> None:
         await self._slots.acquire()
@@ -196,17 +219,18 @@ class Ingestor:
     async def _store(self, batch: _Batch) -> None:
         """Write the batch's points and keep its dead letters; retry until both are done."""
         dead = list(batch.dead)
-        if batch.points:
-            result = await self._retrying(self._write, batch.points)
+        for items in (batch.lines, batch.points):
+            if not items:
+                continue
+            result = await self._retrying(self._write, items)
             for rejected in result.rejected:
+                point = rejected.point
+                if isinstance(point, str):
+                    payload, gateway = point.encode(), None
+                else:
+                    payload, gateway = self._serializer.line(point).encode(), point.tags[4]
                 dead.append(
-                    DeadLetter(
-                        rejected.reason,
-                        rejected.message,
-                        "storage",
-                        self._serializer.line(rejected.point).encode(),
-                        rejected.point.tags[4],
-                    )
+                    DeadLetter(rejected.reason, rejected.message, "storage", payload, gateway)
                 )
             self.metrics.points_written += result.written
         if dead:
@@ -220,9 +244,13 @@ class Ingestor:
                 ", ".join(sorted({d.reason for d in dead})),
             )
 
-    async def _write(self, points: list[Point]) -> WriteResult:
+    async def _write(self, items: list[str] | list[Point]) -> WriteResult:
         started = time.perf_counter()
-        result = await self.writer.write(points)
+        if items and isinstance(items[0], str):
+            assert self._line_writer is not None
+            result = await self._line_writer.write_lines(items)
+        else:
+            result = await self.writer.write(items)  # type: ignore[arg-type]
         self.metrics.observe_write(time.perf_counter() - started)
         self.metrics.writes += 1
         return result

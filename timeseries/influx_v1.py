@@ -47,6 +47,11 @@ class InfluxV1Writer:
             return WriteResult(0)
         return await write_isolating(self._send, points)
 
+    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
+        if not lines:
+            return WriteResult(0)
+        return await write_isolating(self._send_lines, lines)
+
     async def write_body(self, body: bytes) -> None:
         """Send pre-serialised line protocol as one request (no isolation)."""
         headers = {"Content-Type": "text/plain; charset=utf-8"}
@@ -65,6 +70,9 @@ class InfluxV1Writer:
 
     async def _send(self, points: Sequence[Point]) -> None:
         await self.write_body(self._serializer.lines(points).encode())
+
+    async def _send_lines(self, lines: Sequence[str]) -> None:
+        await self.write_body("\n".join(lines).encode())
 
     async def close(self) -> None:
         await self._client.aclose()

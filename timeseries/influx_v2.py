@@ -62,6 +62,11 @@ class InfluxV2Writer:
             return WriteResult(0)
         return await write_isolating(self._send, points)
 
+    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
+        if not lines:
+            return WriteResult(0)
+        return await write_isolating(self._send_lines, lines)
+
     def _send_blocking(self, body: str) -> None:
         try:
             self._api.write(
@@ -82,6 +87,9 @@ class InfluxV2Writer:
     async def _send(self, points: Sequence[Point]) -> None:
         body = self._serializer.lines(points)
         await asyncio.to_thread(self._send_blocking, body)
+
+    async def _send_lines(self, lines: Sequence[str]) -> None:
+        await asyncio.to_thread(self._send_blocking, "\n".join(lines))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_blocking)

@@ -20,17 +20,19 @@ import email.utils
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from citysense.errors import PermanentError, RetryableError
 from timeseries.schema import Point
 
+P = TypeVar("P", Point, str)
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A point that storage refused for good, with why."""
+    """A point (or a line of line protocol) that storage refused for good, with why."""
 
-    point: Point
+    point: Point | str
     reason: str
     message: str
 
@@ -52,6 +54,14 @@ class Writer(Protocol):
 
     async def close(self) -> None:
         """Release connections; idempotent."""
+        ...
+
+
+class LineWriter(Writer, Protocol):
+    """A writer that also takes line protocol serialised by the caller (InfluxDB writers)."""
+
+    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
+        """Store lines (one point each, ``precision=ms``); same answers as :meth:`write`."""
         ...
 
 
@@ -110,7 +120,7 @@ def raise_for_write_status(status: int, body: str, retry_after: str | None) -> N
 
 
 async def write_isolating(
-    send: Callable[[Sequence[Point]], Awaitable[None]], points: Sequence[Point]
+    send: Callable[[Sequence[P]], Awaitable[None]], points: Sequence[P]
 ) -> WriteResult:
     """Write with ``send``, splitting the batch on 400/413 until the bad points are alone.
 
@@ -120,7 +130,7 @@ async def write_isolating(
     """
     rejected: list[Rejected] = []
 
-    async def attempt(chunk: Sequence[Point]) -> None:
+    async def attempt(chunk: Sequence[P]) -> None:
         if not chunk:
             return
         try:
