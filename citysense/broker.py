@@ -13,10 +13,10 @@ its MQTT server. It is small but keeps to the protocol where citysense's clients
   in their window; a group with no such member keeps the message in the group's own queue
   until a member can take it. Messages of a shared subscription still held by a session that
   ends are handed to the group again.
-* Retained messages, Last Will (published at once on an abnormal disconnect or takeover; a
-  Will Delay Interval is not honoured), session takeover, persistent sessions in memory
-  (subscriptions, queued and unacknowledged QoS 1 messages; unacknowledged ones are re-sent
-  with DUP on resumption), Message Expiry Interval.
+* Retained messages; Last Will (on an abnormal disconnect, after its Will Delay Interval or
+  when the session ends, whichever is first; not sent if the client is back in time); session
+  takeover; persistent sessions in memory (subscriptions, queued and unacknowledged QoS 1
+  messages; unacknowledged ones are re-sent with DUP on resumption); Message Expiry Interval.
 * Flow control: at most Receive Maximum (v5) or ``default_receive_maximum`` (3.1.1)
   unacknowledged QoS 1 messages per client; per-session queues bounded by
   ``max_queued_messages``, overflow dropped, counted and logged as one aggregated warning.
@@ -866,6 +866,7 @@ class Connection:
         "session",
         "version",
         "will",
+        "will_delay",
     )
 
     def __init__(
@@ -887,6 +888,7 @@ class Connection:
         self.client_id: str | None = None
         self.session: Session | None = None
         self.will: Message | None = None
+        self.will_delay = 0
         self.keepalive = 0
         self.deadline: float | None = core.clock() + core.config.connect_timeout
         self.receive_maximum = core.config.default_receive_maximum
@@ -935,6 +937,8 @@ class BrokerCore:
         self.groups: dict[tuple[str, str], SharedGroup] = {}
         self.retained: dict[str, Message] = {}
         self.connections: set[Connection] = set()
+        #: client id -> (when, Will) of Wills waiting out their Will Delay Interval
+        self.delayed_wills: dict[str, tuple[float, Message]] = {}
         self._drops_logged = 0
 
     # ---- connections
@@ -955,10 +959,22 @@ class BrokerCore:
         """The transport is gone (closed by either side)."""
         self.connections.discard(conn)
         conn.closing = True
-        if conn.will is not None and not conn.clean:
-            self._publish_will(conn)
         session = conn.session
         conn.session = None
+        if conn.will is not None and not conn.clean:
+            if (
+                conn.will_delay
+                and session is not None
+                and session.conn is conn
+                and session.expiry
+                and conn.client_id is not None
+            ):
+                # published when the delay or the session ends, unless the client is back
+                due = self.clock() + conn.will_delay
+                self.delayed_wills[conn.client_id] = (due, conn.will)
+                conn.will = None
+            else:
+                self._publish_will(conn)
         if session is None or session.conn is not conn:
             return
         session.conn = None
@@ -1019,6 +1035,10 @@ class BrokerCore:
             ):
                 log.debug("session %s expired", session.client_id)
                 self._end_session(session)
+        for client_id, (due, will) in list(self.delayed_wills.items()):
+            if now >= due:
+                del self.delayed_wills[client_id]
+                self._publish_delayed_will(client_id, will)
         self._log_drops()
 
     def shutdown(self) -> None:
@@ -1026,6 +1046,7 @@ class BrokerCore:
         for conn in list(self.connections):
             conn.will = None
             self.disconnect(conn, SERVER_SHUTTING_DOWN, "server shutting down")
+        self.delayed_wills.clear()
         self._log_drops()
 
     # ---- CONNECT
@@ -1098,10 +1119,11 @@ class BrokerCore:
             conn.will = self._message(
                 w.topic, w.payload, w.qos, w.retain, w.properties, client_id, now
             )
+            conn.will_delay = w.properties.get(WILL_DELAY_INTERVAL, 0)
 
         session = self.sessions.get(client_id)
         if session is not None and session.conn is not None:
-            self._take_over(session.conn)
+            self._take_over(session.conn, resumed=not pkt.clean_start)
         if (
             session is not None
             and session.conn is None
@@ -1113,6 +1135,8 @@ class BrokerCore:
         if session is not None and pkt.clean_start:
             self._end_session(session)
             session = None
+        # back before its delayed Will was due: the Will is not sent (MQTT 3.1.3.2.2)
+        self.delayed_wills.pop(client_id, None)
         present = session is not None
         if session is None:
             session = Session(client_id, expiry)
@@ -1146,11 +1170,12 @@ class BrokerCore:
             self._transmit(session, conn, delivery, pid, dup=True)
         self._pump(session)
 
-    def _take_over(self, old: Connection) -> None:
+    def _take_over(self, old: Connection, resumed: bool) -> None:
         self.stats.takeovers += 1
         log.info("%r: session taken over by a new connection", old)
-        if old.will is not None:
+        if old.will is not None and not (old.will_delay and resumed):
             self._publish_will(old)
+        old.will = None
         if old.session is not None:
             old.session.conn = None
         old.session = None
@@ -1248,6 +1273,11 @@ class BrokerCore:
             self.stats.wills_published += 1
             log.debug("%r: publishing its Will on %s", conn, will.topic)
             self.publish_message(will)
+
+    def _publish_delayed_will(self, client_id: str, will: Message) -> None:
+        self.stats.wills_published += 1
+        log.debug("client %s: publishing its delayed Will on %s", client_id, will.topic)
+        self.publish_message(will)
 
     def publish_message(self, msg: Message) -> None:
         """Store (if retained) and route one application message to every subscriber."""
@@ -1387,6 +1417,9 @@ class BrokerCore:
         """Forget a session; its shared-subscription messages go back to their groups."""
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+        delayed = self.delayed_wills.pop(session.client_id, None)
+        if delayed is not None:
+            self._publish_delayed_will(session.client_id, delayed[1])
         for sub in session.subscriptions.values():
             if sub.group is not None:
                 self._leave_group(session.client_id, sub)

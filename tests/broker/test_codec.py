@@ -14,14 +14,18 @@ from citysense.broker import (
     PACKET_TOO_LARGE,
     PUBACK,
     PUBLISH,
+    SESSION_EXPIRY_INTERVAL,
     SUBACK,
     TOPIC_FILTER_INVALID,
+    WILL_DELAY_INTERVAL,
     BrokerConfig,
     BrokerCore,
+    Connection,
     PacketFramer,
     ProtocolError,
     Publish,
     decode_packet,
+    encode_properties,
     encode_publish,
     encode_varint,
     split_shared,
@@ -228,3 +232,69 @@ def test_core_survives_any_bytes(garbage: bytes, connect_first: bool) -> None:
     if wire.closed:
         core.connection_lost(conn)
         assert conn not in core.connections
+
+
+def _connect_v5(
+    client_id: str, clean: bool, expiry: int, will: tuple[str, bytes, int] | None = None
+) -> bytes:
+    flags = (0x02 if clean else 0) | (0x04 if will else 0)
+    var = b"\x00\x04MQTT\x05" + bytes([flags]) + b"\x00\x3c"
+    var += encode_properties({SESSION_EXPIRY_INTERVAL: expiry})
+    payload = len(client_id).to_bytes(2, "big") + client_id.encode()
+    if will is not None:
+        topic, message, delay = will
+        payload += encode_properties({WILL_DELAY_INTERVAL: delay} if delay else {})
+        payload += len(topic).to_bytes(2, "big") + topic.encode()
+        payload += len(message).to_bytes(2, "big") + message
+    body = var + payload
+    return bytes([0x10]) + encode_varint(len(body)) + body
+
+
+def _published(wire: _Wire) -> list[bytes]:
+    return [
+        p.payload
+        for f, b in wire.packets()
+        if f >> 4 == PUBLISH
+        for p in [decode_packet(f, b, MQTT_311)]
+        if isinstance(p, Publish)
+    ]
+
+
+def test_core_will_delay_interval() -> None:
+    clock = _Clock()
+    core = BrokerCore(clock=clock)
+    watcher = _Wire()
+    core.open(watcher.send, watcher.close, "watcher").receive(
+        _connect_v311("watcher") + _subscribe_v311(1, "w/#", 1)
+    )
+    watcher.packets()
+
+    def connect(will: tuple[str, bytes, int], expiry: int = 100) -> Connection:
+        wire = _Wire()
+        conn = core.open(wire.send, wire.close, "gw")
+        conn.receive(_connect_v5("gw", clean=False, expiry=expiry, will=will))
+        return conn
+
+    # Dropped, back within the delay: no Will.
+    core.connection_lost(connect(("w/gw", b"late", 10)))
+    clock.now += 5
+    core.tick()
+    assert _published(watcher) == []
+    conn = connect(("w/gw", b"late", 10))
+    clock.now += 20
+    core.tick()
+    assert _published(watcher) == []
+    # Dropped for good: the Will goes out once the delay has passed.
+    core.connection_lost(conn)
+    clock.now += 9
+    core.tick()
+    assert _published(watcher) == []
+    clock.now += 2
+    core.tick()
+    assert _published(watcher) == [b"late"]
+    # A session that ends before the delay: the Will goes out when it ends.
+    core.connection_lost(connect(("w/gw", b"ended", 50), expiry=5))
+    clock.now += 6
+    core.tick()
+    assert _published(watcher) == [b"ended"]
+    assert "gw" not in core.sessions
