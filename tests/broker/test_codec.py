@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from citysense.broker import (
     CONNACK,
     MALFORMED_PACKET,
+    MESSAGE_EXPIRY_INTERVAL,
     MQTT_5,
     MQTT_311,
     PACKET_TOO_LARGE,
@@ -298,3 +299,24 @@ def test_core_will_delay_interval() -> None:
     core.tick()
     assert _published(watcher) == [b"ended"]
     assert "gw" not in core.sessions
+
+
+def test_core_message_expiry_for_an_offline_session() -> None:
+    clock = _Clock()
+    core = BrokerCore(clock=clock)
+    sub = _Wire()
+    conn = core.open(sub.send, sub.close, "sub")
+    conn.receive(_connect_v311("sub", clean=False) + _subscribe_v311(1, "t/#", 1))
+    core.connection_lost(conn)
+    pub = _Wire()
+    pconn = core.open(pub.send, pub.close, "pub")
+    pconn.receive(_connect_v5("pub", clean=True, expiry=0))
+    pconn.receive(
+        encode_publish(MQTT_5, "t/a", b"short", 1, False, False, 1, {MESSAGE_EXPIRY_INTERVAL: 10})
+    )
+    pconn.receive(encode_publish(MQTT_5, "t/a", b"lasting", 1, False, False, 2))
+    clock.now += 11
+    back = _Wire()
+    core.open(back.send, back.close, "sub").receive(_connect_v311("sub", clean=False))
+    assert _published(back) == [b"lasting"]
+    assert core.stats.dropped_expired == 1
