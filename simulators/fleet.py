@@ -36,7 +36,7 @@ import numpy as np
 
 from citysense.catalog import KINDS, METRICS
 from citysense.config import Settings, parse_hostport
-from citysense.errors import ConfigError
+from citysense.errors import ConfigError, RegistryError
 from citysense.registry import Device, Registry, load_registry
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, encode_values
 from simulators import coap
@@ -234,7 +234,10 @@ def load_fleet_registry(settings: Settings) -> list[Device]:
     generated fleet of ``--devices`` on ``--gateway``."""
     if settings.registry is None:
         return generate_fleet(settings.devices, settings.seed, [settings.gateway])
-    registry = load_registry(settings.registry)
+    try:
+        registry = load_registry(settings.registry)
+    except RegistryError as exc:
+        raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
     mine = registry.of_gateway(settings.gateway)
     chosen = mine if len(mine) else registry
     if not len(mine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiocoap
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from citysense.errors import ConfigError
@@ -53,6 +53,7 @@ def test_a_piggybacked_answer_from_aiocoap_decodes() -> None:
     assert msg.payload == b"full"
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=64))
 def test_decode_raises_only_coap_error(data: bytes) -> None:
     try:
