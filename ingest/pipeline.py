@@ -171,6 +171,7 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
 #: metric -> (domain, is_bool, lo, hi, integer, "name="), for the fast path.
 _SPECS: dict[str, tuple[str, bool, float, float, bool, str]] = {
     name: (
@@ -236,8 +237,8 @@ class LineFastPath:
         if len(payload) > MAX_ENVELOPE_BYTES:
             return None
         try:
-            data = json.loads(payload, parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
+            data = _DECODE(payload.decode())
+        except (ValueError, RecursionError):  # also UnicodeDecodeError: the general path decides
             return None
         if type(data) is not dict:
             return None
