@@ -34,10 +34,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 
-from bench.harness import WORK_DIR, InfluxServer, Result, Section, free_port, now_utc, write_results
+from bench.harness import (
+    RESULTS_PATH,
+    WORK_DIR,
+    InfluxServer,
+    Result,
+    Section,
+    free_port,
+    now_utc,
+    write_results,
+)
 from citysense.config import Settings
 from dashboard_api.app import create_app
 from dashboard_api.service import serve
@@ -181,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--interval", type=int, default=10, help="minutes between uplinks")
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_PATH, help="markdown file to merge results into"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.quick:
         args.devices, args.days, args.requests = 200, 2.0, 20
     work = WORK_DIR / f"api-{int(time.time())}"
@@ -327,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         section.commands = [
             "python -m bench.bench_api" + (" --quick" if args.quick else ""),
         ]
-        write_results([section])
+        write_results([section], path=args.results)
         print(section.to_markdown())
     finally:
         influx.stop()

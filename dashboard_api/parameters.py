@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -83,6 +84,7 @@ def format_duration(ms: int) -> str:
     return f"{ms}ms"
 
 
+@functools.lru_cache(maxsize=65536)
 def rfc3339(ms: int) -> str:
     dt = datetime.fromtimestamp(ms / 1000, UTC)
     if ms % 1000:

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from citysense import __version__
 from citysense.catalog import (
@@ -199,7 +199,7 @@ async def latest(
     window: Annotated[
         str, Query(max_length=20, description="how far back to look (at most 7d)")
     ] = "24h",
-) -> models.LatestResponse:
+) -> JSONResponse:
     ctx = context(request)
     if device is not None:
         principal.require_operator("device=")
@@ -216,19 +216,27 @@ async def latest(
     rows = await ctx.reader.latest(metrics, filters, end - span, end)
     if len(rows) > ctx.point_limit:
         raise PointLimitError(len(rows), ctx.point_limit)
-    devices: dict[str, models.DeviceLatest] = {}
+    # Built as plain data (thousands of values): the shape is LatestResponse, checked by
+    # the OpenAPI conformance tests.
+    devices: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = devices.get(r.device)
         if entry is None:
-            entry = devices[r.device] = models.DeviceLatest(
-                device=r.device, kind=r.kind, district=r.district, site=r.site, values={}
-            )
-        entry.values[r.metric] = models.TimedValue(time=rfc3339(r.t), value=r.value)
-    return models.LatestResponse(
-        domain=domain,
-        start=rfc3339(end - span),
-        end=rfc3339(end),
-        devices=sorted(devices.values(), key=lambda d: d.device),
+            entry = devices[r.device] = {
+                "device": r.device,
+                "kind": r.kind,
+                "district": r.district,
+                "site": r.site,
+                "values": {},
+            }
+        entry["values"][r.metric] = {"time": rfc3339(r.t), "value": r.value}
+    return JSONResponse(
+        {
+            "domain": domain,
+            "start": rfc3339(end - span),
+            "end": rfc3339(end),
+            "devices": [devices[k] for k in sorted(devices)],
+        }
     )
 
 
@@ -270,7 +278,7 @@ async def series(
     device: DeviceQ = None,
     site: SiteQ = None,
     kind: KindQ = None,
-) -> models.SeriesResponse:
+) -> JSONResponse:
     ctx = context(request)
     if device is not None:
         principal.require_operator("device=")
@@ -300,17 +308,18 @@ async def series(
         start_ms % every_ms,  # buckets start at ``start``
     )
     groups = await run_series(ctx, q)
-    return models.SeriesResponse(
-        metric=metric,
-        agg=agg,
-        every=format_duration(every_ms),
-        start=rfc3339(start_ms),
-        end=rfc3339(end_ms),
-        unit=METRICS[metric].unit,
-        series=[
-            models.SeriesGroupOut(group=g.group, points=[(rfc3339(t), v) for t, v in g.points])
-            for g in groups
-        ],
+    return JSONResponse(  # plain data (up to the point limit): the shape is SeriesResponse
+        {
+            "metric": metric,
+            "agg": agg,
+            "every": format_duration(every_ms),
+            "start": rfc3339(start_ms),
+            "end": rfc3339(end_ms),
+            "unit": METRICS[metric].unit,
+            "series": [
+                {"group": g.group, "points": [[rfc3339(t), v] for t, v in g.points]} for g in groups
+            ],
+        }
     )
 
 

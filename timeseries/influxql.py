@@ -77,6 +77,23 @@ def build_latest(metric: str, filters: Mapping[str, str], start_ms: int, end_ms:
     )
 
 
+def build_newest_rows(
+    metrics: list[str], filters: Mapping[str, str], start_ms: int, end_ms: int
+) -> str:
+    """The newest point of each device in one measurement, with ``metrics`` as columns."""
+    domains = {METRICS[check_metric(m)].domain for m in metrics}
+    if len(domains) != 1:
+        raise PermanentError("build_newest_rows takes metrics of one measurement")
+    where, _ = where_filters(filters)
+    fields = ", ".join(quote_ident(m) for m in metrics)
+    tags = ", ".join(quote_ident(t) for t in _LATEST_TAGS)
+    return (
+        f"SELECT {fields} FROM {quote_ident(domains.pop())} "
+        f"WHERE {time_clause(start_ms, end_ms)}{where} GROUP BY {tags} "
+        "ORDER BY time DESC LIMIT 1"
+    )
+
+
 def _select(q: SeriesQuery, func: str, extra_where: str = "") -> str:
     where, _ = where_filters(q.filters)
     group = f"time({int(q.every_ms)}ms, {int(q.offset_ms)}ms)"
@@ -223,33 +240,63 @@ class InfluxQLReader:
         start_ms: int,
         end_ms: int,
     ) -> list[LatestValue]:
+        """Newest row per device and measurement (one statement per measurement, read from
+        the end of each series); a metric missing from a device's newest row is then asked
+        for with ``last()``, so a partial reading never hides an older value."""
         check_range(start_ms, end_ms)
         if not metrics:
             return []
         _, params = where_filters(filters)
-        statements = [build_latest(m, filters, start_ms, end_ms) for m in metrics]
+        by_domain: dict[str, list[str]] = {}
+        for m in metrics:
+            by_domain.setdefault(METRICS[check_metric(m)].domain, []).append(m)
+        domains = list(by_domain)
+        statements = [build_newest_rows(by_domain[d], filters, start_ms, end_ms) for d in domains]
         results = await self._query(statements, params)
         # a device whose tags changed appears once per tag set: keep its newest value
         newest: dict[tuple[str, str], LatestValue] = {}
-        for metric, result in zip(metrics, results, strict=True):
+        seen_devices: dict[str, tuple[str, str, str]] = {}
+
+        def keep(tags: Mapping[str, str], metric: str, t: int, value: Any) -> None:
+            v = _num(value)
+            if v is None:
+                return
+            row = LatestValue(
+                tags.get("device", ""),
+                tags.get("kind", ""),
+                tags.get("district", ""),
+                tags.get("site", ""),
+                metric,
+                t,
+                v,
+            )
+            key = (row.device, metric)
+            if key not in newest or newest[key].t < row.t:
+                newest[key] = row
+
+        for result in results:
             for series in result.get("series", []):
                 tags = series.get("tags", {})
-                for t, value in series.get("values", []):
-                    v = _num(value)
-                    if v is None:
-                        continue
-                    row = LatestValue(
-                        tags.get("device", ""),
-                        tags.get("kind", ""),
-                        tags.get("district", ""),
-                        tags.get("site", ""),
-                        metric,
-                        int(t),
-                        v,
-                    )
-                    key = (row.device, metric)
-                    if key not in newest or newest[key].t < row.t:
-                        newest[key] = row
+                columns = series.get("columns", [])
+                seen_devices[tags.get("device", "")] = (
+                    tags.get("kind", ""),
+                    tags.get("district", ""),
+                    tags.get("site", ""),
+                )
+                for row in series.get("values", []):
+                    t = int(row[0])
+                    for name, value in zip(columns[1:], row[1:], strict=False):
+                        keep(tags, name, t, value)
+        missing = [m for m in metrics if any((d, m) not in newest for d in seen_devices)]
+        if missing:
+            answers = await self._query(
+                [build_latest(m, filters, start_ms, end_ms) for m in missing], params
+            )
+            for metric, result in zip(missing, answers, strict=True):
+                for series in result.get("series", []):
+                    tags = series.get("tags", {})
+                    for t, value in series.get("values", []):
+                        keep(tags, metric, int(t), value)
         return sorted(newest.values(), key=lambda r: (r.device, r.metric))
 
     async def series(self, query: SeriesQuery) -> list[SeriesGroup]:

@@ -17,7 +17,13 @@ import pytest
 from tests.dashboard_api.citydata import HOUR, MINUTE, Sample, city_samples, line_protocol
 from tests.dashboard_api.citydata import write_sqlite as write_city_sqlite
 from tests.servers import InfluxServer
-from timeseries.influxql import InfluxQLReader, build_latest, build_series, where_filters
+from timeseries.influxql import (
+    InfluxQLReader,
+    build_latest,
+    build_newest_rows,
+    build_series,
+    where_filters,
+)
 from timeseries.query import QueryError, Reader, SeriesGroup, SeriesQuery
 from timeseries.sqlite_query import SqliteReader
 
@@ -211,7 +217,11 @@ def test_hostile_filter_values_are_refused_before_any_query(
 
 def test_query_text_never_contains_values() -> None:
     q = SeriesQuery("pm25", START, END, HOUR, "mean", {"district": "jinshui", "site": "s1"})
-    for text in [*build_series(q), build_latest("pm25", {"device": "aq-j1"}, START, END)]:
+    for text in [
+        *build_series(q),
+        build_latest("pm25", {"device": "aq-j1"}, START, END),
+        build_newest_rows(["pm25", "no2"], {"district": "jinshui"}, START, END),
+    ]:
         assert "jinshui" not in text and "aq-j1" not in text and "s1" not in text
         assert ";" not in text
         assert f"time >= {START}ms AND time < {END}ms" in text
@@ -307,3 +317,24 @@ def test_series_many_answers_each_query_as_series_would(
         for k, points in got.items():
             assert [t for t, _ in points] == [t for t, _ in want[k]]
             assert all(math.isclose(v, w) for (_, v), (_, w) in zip(points, want[k], strict=True))
+
+
+def test_latest_sees_past_a_newest_reading_that_lacks_the_metric(
+    reader_factory: Callable[[], Reader], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """aq-j1's newest point carries only a temperature: its pm25 is the one before."""
+    partial = Sample("temperature", "aq-j1", END - MINUTE, 21.5, "air_station", "jinshui", "s1")
+    if request.node.callspec.params["reader_factory"] == "influxql":
+        db: InfluxServer = request.getfixturevalue("influx_db")
+        db.write(line_protocol([partial]))
+    else:
+        write_city_sqlite(tmp_path / "timeseries.sqlite3", [partial])
+    rows = with_reader(
+        reader_factory,
+        lambda r: r.latest(("pm25", "temperature"), {"device": "aq-j1"}, START, END),
+    )
+    got = {r.metric: (r.t, r.value) for r in rows}
+    last_pm25 = max(
+        (s for s in SAMPLES if s.device == "aq-j1" and s.metric == "pm25"), key=lambda s: s.t
+    )
+    assert got == {"pm25": (last_pm25.t, last_pm25.value), "temperature": (END - MINUTE, 21.5)}
