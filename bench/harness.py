@@ -296,6 +296,16 @@ def _first_line(cmd: Sequence[str]) -> str:
     return text.splitlines()[0].strip() if text else "not found"
 
 
+def _version_in(cmd: Sequence[str]) -> str:
+    """The first ``version X`` in a command's output (``not found`` when absent)."""
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    m = re.search(r"version (\S+)", out.stdout + out.stderr)
+    return m.group(1).rstrip(".") if m else "not found"
+
+
 def machine_info() -> dict[str, str]:
     """nproc, memory, CPU model, kernel and the load average when asked."""
     cpu = "unknown"
@@ -345,9 +355,7 @@ def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "mosquitto": mosq.removeprefix("mosquitto version ").strip(),
-        "mosquitto-clients": _first_line(["mosquitto_pub", "--help"]).removeprefix(
-            "mosquitto_pub version "
-        ),
+        "mosquitto-clients": _version_in(["mosquitto_pub", "--help"]),
         "influxd": _first_line([influxd, "version"]),
         "paho-mqtt": _pkg_version("paho-mqtt"),
         "aiocoap": _pkg_version("aiocoap"),

@@ -431,9 +431,27 @@ def summarize_profile(path: Path, top: int = 15) -> str:
     for func, n in self_counts.most_common(top):
         lines.append(f"| {n / total:.1%} | `{func}` |")
     lines += ["", "| inclusive | function |", "|---|---|"]
-    for func, n in incl_counts.most_common(top + 10):
+    # The entry chains (CLI, asyncio.run, the event loop, thread start-up) hold every sample
+    # of their thread: leave them out.
+    shown = [(f, n) for f, n in incl_counts.most_common() if not f.startswith(_ENTRY)]
+    for func, n in shown[: top + 5]:
         lines.append(f"| {n / total:.1%} | `{func}` |")
     return "\n".join(lines)
+
+
+_ENTRY = (
+    "<module> ",
+    "console (",
+    "main (cli/",
+    "run (ingest/cli.py",
+    "run (asyncio/",
+    "Runner.run ",
+    "BaseEventLoop.",
+    "Handle._run ",
+    "Thread.",
+    "Client.loop_forever ",
+    "Client._thread_main ",
+)
 
 
 def _short(frame: str) -> str:
