@@ -168,7 +168,13 @@ class InfluxQLReader:
         )
 
     @classmethod
-    def from_target(cls, target: InfluxTarget, api: str) -> InfluxQLReader:
+    def from_target(
+        cls,
+        target: InfluxTarget,
+        api: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> InfluxQLReader:
+        """1.x: user/password, the database; 2.x/3.x: token, the bucket (as database)."""
         database = target.database if api == "1" else target.bucket
         return cls(
             target.url,
@@ -177,6 +183,7 @@ class InfluxQLReader:
             password=target.password,
             token=target.token if api != "1" else None,
             timeout=target.timeout,
+            transport=transport,
         )
 
     @property
