@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,6 +262,8 @@ def measure(
     db = "bench_" + tag.replace("-", "_")
     work = WORK_DIR / f"peer-{tag}"
     offered = messages * per_message
+    # Nothing of a previous run may carry over: broker persistence, ingest state, flows.
+    shutil.rmtree(work, ignore_errors=True)
     influx.query(f'DROP DATABASE "{db}"', method="POST")
     influx.query(f'CREATE DATABASE "{db}"', method="POST")
     broker = MosquittoServer(work / "mosquitto")
