@@ -125,9 +125,11 @@ class Peer:
         self.connect_reason: Any = None
         self.session_present = False
         self._subacks: dict[int, list[Any]] = {}
+        self._unsubacks: set[int] = set()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         if will is not None:
             self.client.will_set(*will)
         props = None
@@ -167,6 +169,17 @@ class Peer:
     ) -> None:
         with self._lock:
             self._subacks[mid] = reasons
+
+    def _on_unsubscribe(
+        self, client: Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        with self._lock:
+            self._unsubacks.add(mid)
+
+    def unsubscribe(self, topic: str) -> None:
+        result, mid = self.client.unsubscribe(topic)
+        assert result == 0, result
+        wait_until(lambda: mid in self._unsubacks, TIMEOUT, f"UNSUBACK for {topic}")
 
     def messages(self, topic: str | None = None) -> list[Received]:
         with self._lock:

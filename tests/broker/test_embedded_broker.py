@@ -315,3 +315,26 @@ def test_shared_messages_of_an_ended_session_go_to_another_member(
     lazy.close()  # session expiry 0: the session ends with its messages unacknowledged
     busy.wait_for(20)
     assert sorted(int(p) for p in busy.payloads()) == list(range(20))
+
+
+def test_unsubscribe_stops_delivery(embedded: BrokerThread, peers: Callable[..., Peer]) -> None:
+    sub = peers(embedded.port)
+    sub.subscribe("u/#")
+    sub.subscribe("$share/g/u/#")
+    pub = peers(embedded.port)
+    pub.publish("u/1", b"both")
+    sub.wait_for(2)  # once per subscription: the plain one and the group's
+    sub.unsubscribe("u/#")
+    sub.unsubscribe("$share/g/u/#")
+    pub.publish("u/1", b"after")
+    sub.subscribe("sync", 0)
+    pub.publish("sync", b"", qos=0)
+    sub.wait_for(1, "sync", "sync")
+    assert sub.payloads("u/1") == [b"both", b"both"]
+
+
+def test_mqtt_311_empty_client_id_needs_a_clean_session(embedded: BrokerThread) -> None:
+    with socket.create_connection(("127.0.0.1", embedded.port), timeout=TIMEOUT) as raw:
+        body = b"\x00\x04MQTT\x04\x00\x00\x3c\x00\x00"  # clean session 0, client id ""
+        raw.sendall(bytes([0x10, len(body)]) + body)
+        assert raw.recv(4) == b"\x20\x02\x00\x02"  # identifier rejected
