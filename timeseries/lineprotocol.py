@@ -29,12 +29,17 @@ _SERIES_CACHE_LIMIT = 200_000
 
 def escape_measurement(name: str) -> str:
     """A measurement name with commas, spaces and newlines escaped."""
-    return name.translate(_MEASUREMENT_ESCAPES)
+    if "," in name or " " in name or "\n" in name:
+        return name.translate(_MEASUREMENT_ESCAPES)
+    return name
 
 
 def escape_key(text: str) -> str:
     """A tag key, tag value or field key with commas, equals signs and spaces escaped."""
-    return text.translate(_KEY_ESCAPES)
+    # str.translate costs about a microsecond even when nothing changes; ids rarely need it.
+    if "," in text or "=" in text or " " in text or "\n" in text:
+        return text.translate(_KEY_ESCAPES)
+    return text
 
 
 def format_value(value: float | bool) -> str:
