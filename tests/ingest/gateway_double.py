@@ -128,8 +128,9 @@ class GatewayDouble:
 class IngestorThread:
     """``serve(settings)`` on an event loop of its own thread; stop() cancels it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **serve_kw: object) -> None:
         self.settings = settings
+        self.serve_kw = serve_kw
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,7 +143,7 @@ class IngestorThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             ready = asyncio.Event()
-            self._task = asyncio.create_task(serve(self.settings, ready))
+            self._task = asyncio.create_task(serve(self.settings, ready, **self.serve_kw))  # type: ignore[arg-type]
             waiter = asyncio.create_task(ready.wait())
             done, _ = await asyncio.wait({self._task, waiter}, return_when="FIRST_COMPLETED")
             if waiter in done:
@@ -194,8 +195,8 @@ def ingest_settings(
 
 
 @contextmanager
-def ingestor_thread(settings: Settings) -> Iterator[IngestorThread]:
-    ingestor = IngestorThread(settings).start()
+def ingestor_thread(settings: Settings, **serve_kw: object) -> Iterator[IngestorThread]:
+    ingestor = IngestorThread(settings, **serve_kw).start()
     try:
         yield ingestor
     finally:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import urllib.request
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+import pytest
+
+from citysense.config import Settings
 from citysense.envelope import encode_batch
 from citysense.model import Batch, Reading
+from ingest.cli import dead_letters
 from ingest.deadletters import FILENAME, DeadLetterStore
+from ingest.pipeline import DeadLetter
 from tests.ingest.gateway_double import (
     BASE_T,
     GatewayDouble,
@@ -17,7 +25,8 @@ from tests.ingest.gateway_double import (
     make_batch,
     stored_readings,
 )
-from tests.servers import InfluxServer, MosquittoServer, wait_until
+from tests.servers import InfluxServer, MosquittoServer, free_port, wait_until
+from timeseries.schema import SQLITE_FILENAME
 
 
 def test_envelopes_become_exact_points(
@@ -150,3 +159,91 @@ def test_poison_messages_are_dead_lettered_and_do_not_block(
     assert wrong["seq"] == 100 and wrong["reading"]["values"]["vehicle_count"] is True
     # The batch with two bad readings is confirmed: each reading is stored or dead-lettered.
     assert 100 in gw.confirmed
+
+
+def test_embedded_store_and_metrics(mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    """Without --influx the readings go to the embedded SQLite store (the general path)."""
+    port = free_port()
+    settings = ingest_settings(
+        mosquitto.url, None, tmp_path / "state", metrics_bind=f"127.0.0.1:{port}"
+    )
+    batches = [make_batch("gw-test-01", seq, 5) for seq in range(1, 11)]
+    gw = GatewayDouble(mosquitto.port)
+    try:
+        with ingestor_thread(settings):
+            for b in batches:
+                gw.publish(b)
+            gw.publish_raw(b"garbage")
+            gw.wait_all_confirmed(30)
+            wait_until(
+                lambda: (
+                    "malformed" in _scrape(port)
+                    and "citysense_ingest_in_flight_messages 0" in _scrape(port)
+                ),
+                30,
+                "the dead letter counted and every message acknowledged",
+            )
+            metrics = _scrape(port)
+    finally:
+        gw.close()
+    db = sqlite3.connect(tmp_path / "state" / SQLITE_FILENAME)
+    try:
+        rows = db.execute(
+            "SELECT device, t, value FROM samples WHERE metric = 'vehicle_count' ORDER BY device, t"
+        ).fetchall()
+    finally:
+        db.close()
+    assert sorted(rows) == expected_readings(batches)
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["citysense_ingest_messages_total"] == 11
+    assert values["citysense_ingest_readings_written_total"] == 50
+    assert values['citysense_ingest_dead_letters_total{reason="malformed"}'] == 1
+    assert values["citysense_ingest_write_seconds_count"] >= 1
+    assert values["citysense_ingest_in_flight_messages"] == 0
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return str(r.read().decode())
+
+
+def test_mqtt_311_session(
+    mosquitto: MosquittoServer, influx_db: InfluxServer, tmp_path: Path
+) -> None:
+    """The MQTT 3.1.1 fallback: persistent session, manual acks, the broker's window."""
+    settings = ingest_settings(mosquitto.url, influx_db, tmp_path / "state")
+    batches = [make_batch("gw-test-01", seq, 5) for seq in range(1, 51)]
+    gw = GatewayDouble(mosquitto.port)
+    try:
+        with ingestor_thread(settings, protocol=mqtt.MQTTv311):
+            for b in batches:
+                gw.publish(b)
+            gw.wait_all_confirmed(30)
+    finally:
+        gw.close()
+    assert sorted(stored_readings(influx_db)) == expected_readings(batches)
+
+
+def test_dead_letters_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = DeadLetterStore(tmp_path / FILENAME)
+    try:
+        store.add([DeadLetter("malformed", "not valid JSON", "citysense/v1/gw-1/up", b"{x")], 1000)
+        store.add(
+            [DeadLetter("out_of_range", "pm25: 5000", "citysense/v1/gw-1/up", b"{}", "gw-1", 7)],
+            2000,
+        )
+    finally:
+        store.close()
+    assert dead_letters(Settings(state_dir=str(tmp_path), limit=1)) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "2 dead letter(s): malformed 1, out_of_range 1"
+    assert "out_of_range  citysense/v1/gw-1/up gateway=gw-1 seq=7" in out
+    assert "1970-01-01T00:00:02.000Z" in out
+    assert "malformed  citysense" not in out  # --limit 1: the newest only
+    assert dead_letters(Settings(state_dir=str(tmp_path / "none"))) == 0
+    assert "no dead letters" in capsys.readouterr().out
