@@ -166,6 +166,14 @@ class ApiThread:
         self._thread.join(30)
 
 
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     p50 = statistics.median(ordered)
@@ -334,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(generated in {gen_s:.0f} s, written in {write_s:.0f} s with /write, 5,000 lines "
             f"per request, 2 writers). {args.requests} sequential requests per figure after 3 "
             "warm-up requests, over HTTP to uvicorn on loopback; *vs baseline* is the API ÷ the "
-            "same InfluxQL sent straight to influxd in the same run (the API's own cost: HTTP, "
-            "auth, parsing, JSON). The machine is shared and loaded: read the ratios."
+            "plain InfluxQL for the same answer sent straight to influxd in the same run: "
+            "for `series` and `aqi` the very statements the API sends (so the ratio is the "
+            "API's own cost: HTTP, auth, parsing, JSON); for `latest` the usual `last()` per "
+            "metric, which the API replaces with one newest-row statement per measurement "
+            "(`ORDER BY time DESC LIMIT 1`, `last()` only for metrics missing from that row). "
+            f"Load average at the end: {_loadavg()}. The machine is shared: read the ratios."
             + (" Quick run: a smaller city than the goal's." if args.quick else "")
         )
         section.commands = [

@@ -3,7 +3,8 @@
 :func:`serve` runs until cancelled (``citysense demo`` runs every service in one loop this
 way); it sets ``ready`` once the socket accepts connections and, on cancellation, asks
 uvicorn to finish in-flight requests and shut down, waiting at most :data:`SHUTDOWN_TIMEOUT`.
-uvicorn's own signal handling is switched off: the caller owns signals.
+uvicorn's own signal handling is switched off: the caller owns signals. The listening socket
+is opened here, so a taken ``--bind`` is a :class:`~citysense.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
 from citysense.config import Settings, parse_hostport
+from citysense.errors import ConfigError
 from dashboard_api.app import create_app
 
 log = logging.getLogger(__name__)
@@ -43,12 +46,16 @@ async def serve(
         access_log=False,
         timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT / 2),
     )
+    sock = listen_socket(host, port, settings.bind)
     server = _Server(config)
-    task = asyncio.create_task(server.serve(), name="api-uvicorn")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
     try:
         while not server.started:
             if task.done():
-                await task  # raises what stopped it
+                try:
+                    await task  # raises what stopped it
+                except SystemExit as exc:  # uvicorn's way of saying startup failed
+                    raise RuntimeError(f"the API could not start on {settings.bind}") from exc
                 raise RuntimeError(f"the API could not start on {settings.bind}")
             await asyncio.wait({task}, timeout=0.02)
         log.info("operator API on http://%s:%d", host, port)
@@ -61,3 +68,25 @@ async def serve(
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(task, SHUTDOWN_TIMEOUT)
         raise
+    finally:
+        sock.close()
+
+
+def listen_socket(host: str, port: int, bind: str) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a taken or bad address is a ConfigError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
+    return sock
