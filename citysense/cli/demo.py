@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 from citysense.broker import Broker
 from citysense.config import Settings, mask_url, parse_hostport
-from citysense.errors import CitysenseError, ConfigError, RetryableError
+from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.model import Reading
 from citysense.registry import Device, format_registry, load_registry
 
@@ -212,7 +212,10 @@ class Demo:
         """The fleet's devices and the registry file every service reads."""
         s = self.settings
         if s.registry is not None:
-            return list(load_registry(s.registry).values()), s.registry
+            try:
+                return list(load_registry(s.registry).values()), s.registry
+            except InputError as exc:
+                raise ConfigError(f"--registry {s.registry}: {exc}") from exc
         from simulators.city import generate_fleet
 
         devices = generate_fleet(s.devices, s.seed, [s.gateway])
@@ -245,7 +248,7 @@ class Demo:
         if ready.is_set():
             return
         if task in done:
-            exc = task.exception()
+            exc = None if task.cancelled() else task.exception()
             if exc is not None:
                 raise exc
             raise CitysenseError(f"{name} stopped while starting")
@@ -264,7 +267,8 @@ class Demo:
         finally:
             self.status.end()
             await self._stop_all()
-            self.status.say(self._summary())
+            if self.tasks:
+                self.status.say(self._summary())
 
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
@@ -425,7 +429,7 @@ class Demo:
         self.status.show(" | ".join(parts), paced=True)
 
     def _summary(self) -> str:
-        stopped = ", ".join(self.tasks) or "nothing"
+        stopped = ", ".join(self.tasks)
         counts = self.last_counts
         figures = "".join(
             f", {label} {counts[key]:,.0f}" for key, label in _LABELS if key in counts
