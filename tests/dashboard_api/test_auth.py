@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -175,7 +177,7 @@ def test_rate_limit_429_and_health_stays_up(make_api: MakeApi) -> None:
 
     def hammer(_: int) -> None:
         with api.client(VIEWER_KEY) as c:
-            for _ in range(10):
+            for _ in range(20):
                 r = c.get("/api/v1/catalog")
                 with lock:
                     statuses.append(r.status_code)
@@ -186,12 +188,17 @@ def test_rate_limit_429_and_health_stays_up(make_api: MakeApi) -> None:
         with api.client(None) as c:
             return c.get("/api/v1/health").status_code
 
+    started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         loads = [pool.submit(hammer, i) for i in range(3)]
         checks = list(pool.map(health, range(10)))
         for f in loads:
             f.result()
-    assert statuses.count(429) >= 5 and statuses.count(200) <= 21
+    elapsed = time.monotonic() - started
+    # a burst of 20, then one more every 3 s (however slow the machine made this run)
+    allowed = 20 + math.ceil(elapsed / 3) + 1
+    assert statuses.count(200) <= allowed
+    assert statuses.count(429) >= 60 - allowed and statuses.count(429) > 0
     assert checks == [200] * 10
     # another key has its own budget
     with api.client(OPERATOR_KEY) as c:
