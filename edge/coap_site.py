@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiocoap
 import aiocoap.resource
@@ -51,7 +52,7 @@ class Answer:
     size1: int | None = None  #: the size limit, for 4.13
 
 
-Accept = Callable[[bytes, int | None, str], Awaitable[Answer]]
+Accept = Callable[[bytes, int | None, object], Awaitable[Answer]]
 
 
 class UplinkResource(aiocoap.resource.Resource):
@@ -64,10 +65,15 @@ class UplinkResource(aiocoap.resource.Resource):
         super().__init__()
         self._accept = accept
 
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        # Only an uplink that arrives in Block1 pieces needs reassembly; answers are small
+        # (a diagnostic or one downlink command), so Block2 slicing never applies. Skipping
+        # aiocoap's block caches saves a deep copy of every request.
+        return request.opt.block1 is not None
+
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        answer = await self._accept(
-            request.payload, request.opt.content_format, str(request.remote.hostinfo)
-        )
+        # the remote is formatted only if a log line needs it: hostinfo parses addresses
+        answer = await self._accept(request.payload, request.opt.content_format, request.remote)
         response = aiocoap.Message(code=_CODES[answer.code], payload=answer.payload)
         if answer.content_format is not None:
             response.opt.content_format = answer.content_format
@@ -80,13 +86,37 @@ class UplinkResource(aiocoap.resource.Resource):
         return response
 
 
+UP_PATH = ("up",)
+
+
+class GatewaySite(aiocoap.resource.Site):
+    """A site with a direct route to ``/up``.
+
+    aiocoap's ``Site`` computes the full request URI and deep-copies the request to strip
+    its path before handing it to a resource; on the uplink path that is a large share of
+    the cost of a request. ``/up`` takes the request as it is; every other path goes through
+    the ordinary lookup (``/.well-known/core``, 4.04 for unknown paths).
+    """
+
+    def __init__(self, up: UplinkResource) -> None:
+        super().__init__()
+        self._up = up
+        self.add_resource(list(UP_PATH), up)
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        if request.opt.uri_path == UP_PATH and request.opt.uri_path_abbrev is None:
+            await self._up.render_to_pipe(pipe)
+            return
+        await super().render_to_pipe(pipe)
+
+
 def build_site(accept: Accept) -> aiocoap.resource.Site:
-    site = aiocoap.resource.Site()
+    site = GatewaySite(UplinkResource(accept))
     site.add_resource(
         [".well-known", "core"],
         aiocoap.resource.WKCResource(site.get_resources_as_linkheader, impl_info=None),
     )
-    site.add_resource(["up"], UplinkResource(accept))
     return site
 
 

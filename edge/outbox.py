@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
 from citysense.errors import RetryableError
-from citysense.model import Batch, Reading
+from citysense.model import ENVELOPE_VERSION, Batch, Reading
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,24 @@ CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
 
 # A (device, t) seen again merges its values; when that adds or changes a value, the row
 # leaves the batch it was in (a confirmation of that batch must not delete the new value).
+# The whole group goes in as one JSON array through one statement: one sqlite3_step, so the
+# worker thread gives up and takes back the GIL a handful of times per commit instead of
+# twice per row (a convoy with the event loop thread that costs milliseconds each time).
 _INSERT = """
 INSERT INTO reading (device, t, kind, district, site, vals, received)
-VALUES (?, ?, ?, ?, ?, json(?), ?)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value -> 5, value ->> 6
+FROM json_each(?) WHERE true
 ON CONFLICT (device, t) DO UPDATE SET
     batch = CASE WHEN json_patch(vals, excluded.vals) = vals THEN batch ELSE 0 END,
     vals = json_patch(vals, excluded.vals)
 """
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+# Bytes of envelope per reading besides its strings (keys, punctuation, time), and the room
+# left for readings in an envelope.
+_READING_OVERHEAD = 80
+_ENVELOPE_BUDGET = MAX_ENVELOPE_BYTES - 256
 
 
 class OutboxUnavailableError(RetryableError):
@@ -115,6 +125,8 @@ class Outbox(Protocol):
 
     async def add(self, readings: Sequence[Reading]) -> None: ...
     async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None: ...
+    async def form_batch(self, max_readings: int, now_ms: int) -> int | None: ...
+    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None: ...
     async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None: ...
     async def unconfirmed(self) -> list[int]: ...
     async def confirm(self, seqs: Iterable[int]) -> int: ...
@@ -225,13 +237,13 @@ class SqliteOutbox:
             group, self._pending = self._pending, []
             now = int(time.time() * 1000)
             rows = [
-                (r.device, r.t, r.kind, r.district, r.site, _dumps(r.values), now)
+                (r.device, r.t, r.kind, r.district, r.site, r.values, now)
                 for readings, _ in group
                 for r in readings
             ]
             error: BaseException | None = None
             try:
-                await self._run(self._insert, rows)
+                await self._run(self._insert, _dumps(rows), len(rows))
             except RetryableError as exc:
                 error = exc
             except Exception as exc:  # an own failure: refuse, never a false yes
@@ -246,11 +258,13 @@ class SqliteOutbox:
                     future.set_exception(error)
 
     def _used_bytes(self, db: sqlite3.Connection) -> int:
-        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
-        free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
-        return (pages - free) * self._page_size
+        used = db.execute(
+            "SELECT p.page_count - f.freelist_count FROM pragma_page_count() AS p, "
+            "pragma_freelist_count() AS f"
+        ).fetchone()[0]
+        return int(used) * self._page_size
 
-    def _insert(self, rows: list[tuple[object, ...]]) -> None:
+    def _insert(self, rows: str, count: int) -> None:
         def work(db: sqlite3.Connection) -> int:
             evicted = 0
             if self._used_bytes(db) >= self.quota_bytes:
@@ -258,15 +272,15 @@ class SqliteOutbox:
                     raise OutboxFullError("outbox quota reached", retry_after=30)
                 evicted = db.execute(
                     "DELETE FROM reading WHERE id IN (SELECT id FROM reading ORDER BY id LIMIT ?)",
-                    (max(2 * len(rows), 64),),
+                    (max(2 * count, 64),),
                 ).rowcount
-            db.executemany(_INSERT, rows)
+            db.execute(_INSERT, (rows,))
             return evicted
 
         try:
             evicted = self._write(work)
         except OutboxFullError:
-            self._quota_event(len(rows), refused=True)
+            self._quota_event(count, refused=True)
             raise
         self.committed_groups += 1
         if evicted:
@@ -296,26 +310,58 @@ class SqliteOutbox:
 
     async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None:
         """Assign the oldest unbatched readings to a new ``seq`` (committed); ``None`` if none."""
-        seq = await self._run(self._form_batch, max_readings, now_ms)
+        seq = await self.form_batch(max_readings, now_ms)
         if seq is None:
             return None
         return await self.batch(gateway, seq, now_ms)
+
+    async def form_batch(self, max_readings: int, now_ms: int) -> int | None:
+        """Assign the oldest unbatched readings to a new ``seq`` (committed); its ``seq``."""
+        return await self._run(self._form_batch, max_readings, now_ms)
 
     def _form_batch(self, max_readings: int, now_ms: int) -> int | None:
         def work(db: sqlite3.Connection) -> int | None:
             if db.execute("SELECT 1 FROM reading WHERE batch = 0 LIMIT 1").fetchone() is None:
                 return None
             seq = int(db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+            # at most max_readings, and never more bytes than an envelope may hold
             db.execute(
-                "UPDATE reading SET batch = ? WHERE id IN "
-                "(SELECT id FROM reading WHERE batch = 0 ORDER BY id LIMIT ?)",
-                (seq, max_readings),
+                "UPDATE reading SET batch = ? WHERE id IN (SELECT id FROM "
+                "(SELECT id, sum(length(device) + length(kind) + length(district) "
+                "+ length(site) + length(vals) + ?) OVER (ORDER BY id) AS size "
+                "FROM reading WHERE batch = 0 ORDER BY id LIMIT ?) "
+                "WHERE size <= ? OR id = (SELECT min(id) FROM reading WHERE batch = 0))",
+                (seq, _READING_OVERHEAD, max(1, min(max_readings, MAX_READINGS)), _ENVELOPE_BUDGET),
             )
             db.execute("INSERT INTO batch (seq, created) VALUES (?, ?)", (seq, now_ms))
             db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             return seq
 
         return self._write(work)
+
+    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None:
+        """The envelope of batch ``seq`` (INTERFACES.md section 5), built by SQLite.
+
+        The same document :func:`citysense.envelope.encode_batch` writes, assembled in the
+        worker thread so the event loop does not parse and re-encode every reading.
+        """
+        readings = await self._run(self._batch_json, seq)
+        if readings is None:
+            return None
+        head = f'{{"v":{ENVELOPE_VERSION},"gateway":"{gateway}","seq":{seq},"sent":{now_ms},'
+        return (head + '"readings":' + readings + "}").encode()
+
+    def _batch_json(self, seq: int) -> str | None:
+        try:
+            count, readings = self.db.execute(
+                "SELECT count(*), json_group_array(json_object('device', device, 'kind', kind, "
+                "'district', district, 'site', site, 't', t, 'values', json(vals))) "
+                "FROM (SELECT * FROM reading WHERE batch = ? ORDER BY id)",
+                (seq,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
+        return str(readings) if count else None
 
     async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None:
         """The batch ``seq`` as it stands now (for publishing or re-sending)."""

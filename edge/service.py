@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+from aiocoap.numbers.constants import TransportTuning
 
 from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
@@ -52,6 +53,17 @@ COAP_RCVBUF = 4 * 1024 * 1024
 FULL_MAX_AGE = 30
 FAILING_MAX_AGE = 10
 DRAIN_TIMEOUT = 3.0
+#: How long an answer may wait for the outbox commit and still ride on the ACK, seconds.
+#: aiocoap's default (0.1 s) turns answers that queue behind a commit under load into
+#: separate responses, which doubles the datagrams per uplink; below the device's ACK_TIMEOUT
+#: (2 s) a piggybacked answer never makes the device retransmit.
+PIGGYBACK_WINDOW = 1.0
+#: How long aiocoap keeps each answer to recognise a retransmitted CON, seconds. RFC 7252's
+#: EXCHANGE_LIFETIME (247 s) adds a 100 s worst-case network latency each way to the 45 s a
+#: device spends retransmitting; aiocoap holds every answer (with its request) that long, which
+#: at thousands of uplinks per second is most of the process's memory. 60 s covers a device's
+#: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
+DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
 
 _REFUSAL_CODES = {
@@ -113,13 +125,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ uplinks
 
-    async def accept(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+    async def accept(self, payload: bytes, content_format: int | None, source: object) -> Answer:
         """One uplink from any source: validate, store durably, answer."""
         answer = await self._accept(payload, content_format, source)
         self.metrics.inc("citysense_edge_uplinks_total", code=answer.code)
         return answer
 
-    async def _accept(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+    async def _accept(self, payload: bytes, content_format: int | None, source: object) -> Answer:
         if not self.accepting:
             return Answer(coap_site.UNAVAILABLE, b"gateway stopping", max_age=FAILING_MAX_AGE)
         now = _now_ms()
@@ -344,6 +356,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             importlib.import_module("firmware_bridge.source")
         except ImportError as exc:
             raise ConfigError(f"--serial: serial sources are not available: {exc}") from exc
+    # aiocoap reads these per incoming message from its default transport tuning (process-wide)
+    TransportTuning.EMPTY_ACK_DELAY = PIGGYBACK_WINDOW
+    TransportTuning.EXCHANGE_LIFETIME = DEDUP_WINDOW
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:

@@ -33,7 +33,6 @@ from paho.mqtt.properties import Properties
 
 from citysense import __version__
 from citysense.config import BrokerUrl
-from citysense.envelope import encode_batch
 from citysense.errors import CitysenseError
 from citysense.model import topic_root
 from edge.metrics import Metrics
@@ -244,11 +243,12 @@ class Uplink:
         link = self.link
         if link is None or not link.connected.is_set():
             return
-        while (
-            batch := await self.outbox.next_batch(self.gateway, self.batch_max_readings, _now_ms())
-        ) is not None:
-            self.inflight[batch.seq] = time.monotonic()
-            link.publish(self.topic, encode_batch(batch))
+        while (seq := await self.outbox.form_batch(self.batch_max_readings, _now_ms())) is not None:
+            payload = await self._payload(seq)
+            if payload is None:
+                continue
+            self.inflight[seq] = time.monotonic()
+            link.publish(self.topic, payload)
             self.metrics.inc("citysense_edge_batches_sent_total")
         while self.inflight:
             self._settled.clear()
@@ -263,6 +263,9 @@ class Uplink:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._batch_loop())
             tg.create_task(self._resend_loop())
+
+    async def _payload(self, seq: int) -> bytes | None:
+        return await self.outbox.batch_payload(self.gateway, seq, _now_ms())
 
     async def _batch_loop(self) -> None:
         assert self.link is not None
@@ -280,19 +283,20 @@ class Uplink:
                     self._slot.clear()
                     await self._slot.wait()
                 try:
-                    batch = await self.outbox.next_batch(
-                        self.gateway, self.batch_max_readings, _now_ms()
-                    )
+                    seq = await self.outbox.form_batch(self.batch_max_readings, _now_ms())
+                    payload = None if seq is None else await self._payload(seq)
                 except CitysenseError as exc:
                     log.error("cannot form a batch: %s", exc)
                     await asyncio.sleep(1)  # back off on a failing disk
                     continue
-                if batch is None:
+                if seq is None:
                     break
-                self.inflight[batch.seq] = time.monotonic()
-                self.link.publish(self.topic, encode_batch(batch))
+                if payload is None:
+                    continue
+                self.inflight[seq] = time.monotonic()
+                self.link.publish(self.topic, payload)
                 self.metrics.inc("citysense_edge_batches_sent_total")
-                log.debug("batch %d published, %d readings", batch.seq, len(batch.readings))
+                log.debug("batch %d published", seq)
 
     async def _resend_loop(self) -> None:
         assert self.link is not None
@@ -306,17 +310,17 @@ class Uplink:
             due = time.monotonic() - self.resend_interval
             for seq in [s for s, at in self.inflight.items() if at <= due]:
                 try:
-                    batch = await self.outbox.batch(self.gateway, seq, _now_ms())
+                    payload = await self._payload(seq)
                 except CitysenseError as exc:
                     log.error("cannot read batch %d: %s", seq, exc)
                     break
                 if seq not in self.inflight:
                     continue  # confirmed meanwhile
-                if batch is None:  # every reading moved on to a later batch
+                if payload is None:  # every reading moved on to a later batch
                     del self.inflight[seq]
                     self._slot.set()
                     continue
                 self.inflight[seq] = time.monotonic()
-                self.link.publish(self.topic, encode_batch(batch))
+                self.link.publish(self.topic, payload)
                 self.metrics.inc("citysense_edge_batches_resent_total")
                 log.info("batch %d re-sent (not confirmed yet)", seq)

@@ -129,3 +129,24 @@ def test_downlink_queue(tmp_path: Path) -> None:
             assert await ob.take_command("dev-1", NOW + 200) == (None, 0)
 
     asyncio.run(main())
+
+
+def test_envelope_built_by_sqlite_is_the_contract(tmp_path: Path) -> None:
+    import json
+
+    from citysense.envelope import decode_batch, encode_batch
+
+    async def main() -> None:
+        async with SqliteOutbox(tmp_path / "o.db") as ob:
+            await ob.add([reading(1, pm25=12.5, pm10=3.0), reading(2, pm25=1e-5)])
+            await ob.add([Reading("w-1", "water_meter", "d", "s", NOW, {"leak": True})])
+            seq = await ob.form_batch(100, NOW)
+            assert seq == 1
+            payload = await ob.batch_payload("gw-1", 1, NOW + 7)
+            batch = await ob.batch("gw-1", 1, NOW + 7)
+            assert payload is not None and batch is not None
+            assert decode_batch(payload) == decode_batch(encode_batch(batch))
+            assert json.loads(payload) == json.loads(encode_batch(batch))
+            assert await ob.batch_payload("gw-1", 2, NOW) is None
+
+    asyncio.run(main())
