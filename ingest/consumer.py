@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import struct
 import threading
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 PUBACK = 0x40
+#: Connection generations, unique across consumers of the process (a fallback makes a new one).
+_GENERATIONS = itertools.count(1)
 _PUBACK = struct.Struct("!BBH")
 #: CONNACK reason codes meaning "this broker does not speak MQTT v5".
 _UNSUPPORTED_VERSION = (132, 1)
@@ -84,7 +87,7 @@ class MqttConsumer:
         self._wake = wake
         self._pending: collections.deque[Message] = collections.deque()
         self._lock = threading.Lock()
-        self._generation = 0
+        self._generation = next(_GENERATIONS)
         self.subscribed = threading.Event()
         self.disconnected = threading.Event()
         self.unsupported_v5 = threading.Event()
@@ -129,7 +132,7 @@ class MqttConsumer:
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued (acks, confirmations), disconnect, stop the thread."""
         with self._lock:
-            self._generation += 1  # nothing received so far may be acknowledged any more
+            self._generation = next(_GENERATIONS)  # nothing received so far may be acked now
         self.disconnected.clear()
         rc = self._client.disconnect()
         if rc == mqtt.MQTT_ERR_SUCCESS:
@@ -185,7 +188,7 @@ class MqttConsumer:
         properties: Properties | None,
     ) -> None:
         with self._lock:
-            self._generation += 1
+            self._generation = next(_GENERATIONS)
         self.disconnected.set()
         if reason.is_failure:
             log.info("disconnected from the broker (%s); reconnecting", reason)
