@@ -33,7 +33,10 @@ HELP: Mapping[str, str] = {
     "citysense_edge_outbox_bytes": "bytes used by the outbox database",
     "citysense_edge_inflight_batches": "batches published and awaiting confirmation",
     "citysense_edge_mqtt_connected": "1 while connected to the broker",
-    "citysense_edge_serial_module_up": "1 while a serial module is healthy",
+    "citysense_edge_serial_module_up": "1 while a serial module is attached and ready",
+    "citysense_edge_serial_module_reconnects": "times a serial module's port was reopened",
+    "citysense_edge_serial_module_reboots": "module reboots seen",
+    "citysense_edge_serial_module_garbage_lines": "unparseable lines from a module",
 }
 
 

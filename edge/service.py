@@ -300,10 +300,19 @@ class Gateway:
         age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
         out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
         out["citysense_edge_serial_module_up"] = {
-            (("device", dev),): 1.0 if health.get("ok", health.get("up")) else 0.0
+            (("device", dev),): 1.0 if health.get("state") == "ready" else 0.0
             for dev, health in self.serial_health.items()
         }
+        for key in ("reconnects", "reboots", "garbage_lines"):
+            out[f"citysense_edge_serial_module_{key}"] = {
+                (("device", dev),): float(_number(health.get(key)))
+                for dev, health in self.serial_health.items()
+            }
         return out
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _parse_stored(payload: bytes) -> list[int] | None:
@@ -341,7 +350,7 @@ async def _run_serial(gw: Gateway, item: str) -> None:
             raise
         except Exception as exc:
             log.error("serial module on %s failed: %s; restarting in %.0f s", device, exc, delay)
-        gw.serial_health[device] = {"up": False}
+        gw.serial_health[device] = {"state": "failed"}
         await asyncio.sleep(delay)  # back-off before reopening the port
         delay = min(delay * 2, max(1.0, gw.settings.retry_max_delay))
 
