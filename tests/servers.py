@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,18 +53,39 @@ def ensure_binary(name: str) -> str:
     )
 
 
+#: Ports the tests pick come from below the kernel's ephemeral range (32768-60999 here), so
+#: that no client socket of any process can take one between the pick and the bind.
+_PICK_RANGE = (20000, 32000)
+_picked: set[int] = set()
+_rng = random.Random()
+
+
+def _pick(kind: int) -> int:
+    for _ in range(1000):
+        port = _rng.randrange(*_PICK_RANGE)
+        if port in _picked:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+            if kind == socket.SOCK_STREAM:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _picked.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PICK_RANGE}")
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1, outside the ephemeral range, not handed out before."""
+    return _pick(socket.SOCK_STREAM)
 
 
 def free_udp_port() -> int:
-    """A UDP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A UDP port free on 127.0.0.1, outside the ephemeral range, not handed out before."""
+    return _pick(socket.SOCK_DGRAM)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
