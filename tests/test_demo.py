@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -142,23 +141,23 @@ class DemoProcess:
         )
 
     def wait(self, predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        last_error: list[str] = []
+
         def check() -> bool:
             self._alive()
-            return bool(predicate())
+            try:
+                return bool(predicate())
+            except (OSError, ValueError) as exc:  # not up yet, or a failed request: retried
+                last_error[:] = [repr(exc)]
+                return False
 
         try:
             wait_until(check, START_WITHIN, what, 0.5)
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.log_tail()}") from exc
+            raise AssertionError(f"{exc} (last error: {last_error})\n{self.log_tail()}") from exc
 
     def every_domain_has_data(self) -> bool:
-        for domain in DOMAINS:
-            try:
-                if not _rows(_get(f"{self.base}/api/v1/{domain}/latest")):
-                    return False
-            except (OSError, urllib.error.URLError, ValueError):
-                return False
-        return True
+        return all(_rows(_get(f"{self.base}/api/v1/{d}/latest")) for d in DOMAINS)
 
     def live_readings_stored(self) -> bool:
         """The status line's count of readings the ingestor stored is above zero."""
@@ -207,6 +206,7 @@ def test_demo_runs_the_whole_city_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copyfile(shot, ARTIFACTS / "demo-dashboard.png")
         dom = dump_dom(f"{demo.base}/", tmp_path / "profile-2")
+        (tmp_path / "dashboard.html").write_text(dom)
         page = _dashboard_content(dom)
         names = {str(d.get("district")) for d in _rows(_get(f"{demo.base}/api/v1/districts"))}
         # Filled in by the page's scripts from the API.
