@@ -33,6 +33,7 @@ from citysense.errors import PermanentError, RetryableError
 from timeseries.connection import InfluxTarget
 from timeseries.query import (
     LatestValue,
+    QueryError,
     SeriesGroup,
     SeriesQuery,
     check_filters,
@@ -52,8 +53,13 @@ def quote_ident(name: str) -> str:
 
 
 def quote_string(value: str) -> str:
-    """An InfluxQL string literal: ``'`` and ``\\`` escaped (for text that cannot be bound)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """An InfluxQL string literal (for text that cannot be bound): ``\\``, ``'`` and newline
+    escaped. InfluxQL's scanner reads NUL as the end of the query and CR as a newline, so text
+    holding either cannot be written as a literal and is refused."""
+    if "\x00" in value or "\r" in value:
+        raise QueryError("text with NUL or CR cannot be an InfluxQL string", "value")
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return "'" + escaped + "'"
 
 
 def time_clause(start_ms: int, end_ms: int) -> str:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.dashboard_api.citydata import HOUR, MINUTE, Sample, city_samples, line_protocol
 from tests.dashboard_api.citydata import write_sqlite as write_city_sqlite
@@ -22,6 +25,7 @@ from timeseries.influxql import (
     build_latest,
     build_newest_rows,
     build_series,
+    quote_string,
     where_filters,
 )
 from timeseries.query import QueryError, Reader, SeriesGroup, SeriesQuery
@@ -338,3 +342,34 @@ def test_latest_sees_past_a_newest_reading_that_lacks_the_metric(
         (s for s in SAMPLES if s.device == "aq-j1" and s.metric == "pm25"), key=lambda s: s.t
     )
     assert got == {"pm25": (last_pm25.t, last_pm25.value), "temperature": (END - MINUTE, 21.5)}
+
+
+@pytest.fixture(scope="module")
+def escape_db(influxd: InfluxServer) -> Iterator[str]:
+    """A database of this module's own on the session influxd, holding the known city."""
+    name = "t_escape_" + uuid.uuid4().hex[:8]
+    influxd.query(f'CREATE DATABASE "{name}"', method="POST")
+    influxd.write(line_protocol(SAMPLES), db=name)
+    yield name
+    influxd.query(f'DROP DATABASE "{name}"', method="POST")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(min_size=1, max_size=30))
+def test_escaped_literals_never_leak_rows_on_real_influxd(
+    influxd: InfluxServer, escape_db: str, value: str
+) -> None:
+    """The escaping path (for text that cannot be bound): any string compared as a quoted
+    literal matches only itself -- no quote or backslash breaks out of it."""
+    db = escape_db
+    if "\x00" in value or "\r" in value:
+        with pytest.raises(QueryError):
+            quote_string(value)
+        return
+    statement = (
+        f'SELECT count("pm25") FROM "environment" WHERE time >= {START}ms AND time < {END}ms '
+        f'AND "district" = {quote_string(value)}'
+    )
+    result = influxd.query(statement, db=db)["results"][0]
+    assert "error" not in result, (value, result)
+    assert "series" not in result or value in ("jinshui", "zhengdong")
