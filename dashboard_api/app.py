@@ -119,6 +119,9 @@ def create_app(
         description="City sensor readings, analytics and device health (INTERFACES.md 7).",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        # Swagger UI and ReDoc load their scripts from a CDN: not served, the document is.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.keys = KeyStore(keys)
     app.state.limiter = RateLimiter(settings.rate_limit)
