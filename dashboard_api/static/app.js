@@ -293,7 +293,13 @@ async function refresh() {
       section("leak-card", "/api/v1/utility/leaks", renderLeaks),
       chartSection(),
     ]);
-    await section("device-card", "/api/v1/devices", renderDevices);
+    if (!state.devicesForbidden) {
+      const shown = await section("device-card", "/api/v1/devices", renderDevices);
+      // a viewer key may not list devices: ask once, not at every refresh
+      if (!shown && document.querySelector("#device-card .error").textContent.startsWith("needs")) {
+        state.devicesForbidden = true;
+      }
+    }
     const ok = results.every(Boolean);
     document.getElementById("status").textContent =
       (ok ? "updated " : "partly updated ") + new Date().toISOString().slice(11, 19) + " UTC";
@@ -310,6 +316,7 @@ document.getElementById("keyform").addEventListener("submit", e => {
   e.preventDefault();
   try { window.localStorage.setItem("citysense-key", document.getElementById("key").value); } catch (err) { /* private mode */ }
   document.getElementById("keyform").hidden = true;
+  state.devicesForbidden = false;
   refresh();
 });
 refresh();

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard_api.conftest import MakeApi
+from tests.dashboard_api.conftest import VIEWER_KEY, MakeApi
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -219,5 +219,35 @@ def test_dashboard_asks_for_a_key_when_keys_are_configured(make_api: MakeApi) ->
             "document.getElementById('keyform') && !document.getElementById('keyform').hidden", 60
         )
         assert "cannot reach" in browser.evaluate("document.getElementById('status').textContent")
+    finally:
+        browser.close()
+
+
+def test_dashboard_with_a_viewer_key_shows_the_city_but_not_devices(make_api: MakeApi) -> None:
+    api = make_api("sqlite")
+    browser = Browser()
+    try:
+        browser.open_page()
+        browser.call("Page.navigate", url=api.url + "/static/style.css")  # same origin
+        browser.wait_for("document.readyState === 'complete'", 30)
+        browser.evaluate(f"localStorage.setItem('citysense-key', '{VIEWER_KEY}')")
+        browser.call("Page.navigate", url=api.url + "/")
+        browser.wait_for("document.body && document.body.dataset.loaded === '1'", timeout=60)
+        seen = browser.evaluate(
+            """({
+              aqiRows: document.querySelectorAll('#aqi-table tbody tr').length,
+              chartLines: document.querySelectorAll('#chart path.series').length,
+              deviceRows: document.querySelectorAll('#device-table tbody tr').length,
+              deviceNote: (document.querySelector('#device-card .error') || {}).textContent,
+              keyFormHidden: document.getElementById('keyform').hidden,
+            })"""
+        )
+        assert seen == {
+            "aqiRows": 2,
+            "chartLines": 2,
+            "deviceRows": 0,
+            "deviceNote": "needs an operator key",
+            "keyFormHidden": True,
+        }
     finally:
         browser.close()
