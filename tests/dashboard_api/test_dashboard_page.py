@@ -216,9 +216,11 @@ def test_dashboard_asks_for_a_key_when_keys_are_configured(make_api: MakeApi) ->
         browser.open_page()
         browser.call("Page.navigate", url=api.url + "/")
         browser.wait_for(
-            "document.getElementById('keyform') && !document.getElementById('keyform').hidden", 60
+            "document.getElementById('keyform') && !document.getElementById('keyform').hidden"
+            " && document.getElementById('status').textContent.startsWith('cannot reach')",
+            60,
         )
-        assert "cannot reach" in browser.evaluate("document.getElementById('status').textContent")
+        assert "Bearer" in browser.evaluate("document.getElementById('status').textContent")
     finally:
         browser.close()
 
