@@ -113,6 +113,7 @@ class MqttConsumer:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     # ------------------------------------------------------------------ lifecycle
@@ -165,6 +166,9 @@ class MqttConsumer:
             flags.session_present,
         )
         client.subscribe(self.subscription, qos=1)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        log.info("cannot reach the broker at %s:%s; retrying", self.broker.host, self.broker.port)
 
     def _on_subscribe(
         self,
