@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from citysense.errors import InputError
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_MS = 0  #: 1970-01-01
 MAX_MS = 7_258_118_400_000  #: 2200-01-01
 _DURATION_RE = re.compile(r"(\d{1,12})(ns|us|µs|ms|s|m|h|d|w)")
@@ -51,7 +52,7 @@ def parse_time(text: str, name: str) -> int:
             ) from None
         if dt.tzinfo is None:
             raise ParameterError(name, "an RFC 3339 time needs an offset, e.g. Z")
-        ms = int(dt.timestamp() * 1000)
+        ms = (dt - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
     if not MIN_MS <= ms < MAX_MS:
         raise ParameterError(name, "time out of range (1970 to 2200)")
     return ms
@@ -86,7 +87,7 @@ def format_duration(ms: int) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def rfc3339(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    dt = _EPOCH + timedelta(milliseconds=ms)
     if ms % 1000:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
