@@ -152,7 +152,8 @@ function renderChart(resp) {
   for (let i = 0; i <= 6; i++) {
     const t = t0 + (t1 - t0) * i / 6;
     const label = new Date(t).toISOString().slice(11, 16);
-    chart.append(svg("text", { x: x(t), y: H - 8, "text-anchor": "middle", class: "tick" }, label));
+    const anchor = i === 0 ? "start" : i === 6 ? "end" : "middle";
+    chart.append(svg("text", { x: x(t), y: H - 8, "text-anchor": anchor, class: "tick" }, label));
   }
   chart.append(svg("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
   chart.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
