@@ -16,6 +16,7 @@ from timeseries.factory import open_writer
 from timeseries.influx_v1 import InfluxV1Writer
 from timeseries.lineprotocol import LineSerializer
 from timeseries.schema import Point
+from timeseries.writer import WriteResult
 
 T0 = 1764000000000
 
@@ -146,3 +147,23 @@ def test_missing_database_is_retryable_not_dropped(influx_db: InfluxServer) -> N
             await writer.close()
 
     asyncio.run(main())
+
+
+def test_lines_partial_write_isolates_the_bad_lines(influx_db: InfluxServer) -> None:
+    influx_db.write(f"traffic,device=other avg_speed=true {T0 - 1}")
+    serializer = LineSerializer()
+    good = [serializer.line(p) for p in _points(30)]
+    good = [line.replace(",avg_speed=40.0", "") for line in good]  # vehicle_count only
+    bad = [serializer.line(p) for p in _points(1, T0 + 500)]  # avg_speed as a float: conflict
+
+    async def main() -> WriteResult:
+        writer = InfluxV1Writer(_target(influx_db))
+        try:
+            return await writer.write_lines([*good[:7], *bad, *good[7:]])
+        finally:
+            await writer.close()
+
+    result = asyncio.run(main())
+    assert result.written == 30
+    assert [(r.point, r.reason) for r in result.rejected] == [(bad[0], "field_type_conflict")]
+    assert influx_db.rows('SELECT count("vehicle_count") FROM "traffic"')[0][1] == 30
