@@ -359,6 +359,13 @@ class Ingestor:
         if self.confirm:
             client.publish(f"{self.root}/stored", json.dumps({"seq": [data["seq"]]}), qos=1)
 
+    def wait_online(self, timeout: float = 30) -> None:
+        """Until the gateway announced itself: it subscribed to .../down and .../stored
+        before it published that status, so a command sent now is not lost."""
+        wait_until(
+            lambda: any(s["state"] == "online" for s in self.status), timeout, "gateway online"
+        )
+
     def confirm_seqs(self, seqs: list[int]) -> None:
         self.client.publish(f"{self.root}/stored", json.dumps({"seq": seqs}), qos=1)
 

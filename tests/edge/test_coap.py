@@ -203,3 +203,22 @@ def test_payload_formats_decode_alike(tmp_path: Path, cf: int) -> None:
         assert asyncio.run(aiocoap_post(coap_port(settings), payload, cf)).code == Code.CHANGED
         depth = outbox_depth(gw.settings)
     assert depth == 1
+
+
+def test_unknown_path_is_404_and_the_site_still_serves(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+
+    async def post(path: str) -> aiocoap.Message:
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            uri = f"coap://127.0.0.1:{coap_port(settings)}/{path}"
+            req = aiocoap.Message(code=Code.POST, uri=uri, payload=b"[]")
+            req.opt.content_format = CF_SENML_JSON
+            return await ctx.request(req).response
+        finally:
+            await ctx.shutdown()
+
+    with GatewayThread(settings):
+        assert asyncio.run(post("down")).code == Code.NOT_FOUND
+        assert asyncio.run(post("up/x")).code == Code.NOT_FOUND
+        assert asyncio.run(post("up")).code == Code.BAD_REQUEST

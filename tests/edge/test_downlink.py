@@ -41,6 +41,7 @@ def test_command_reaches_a_sleeping_device_in_its_next_response(
     with ingestor(mosquitto.url) as ing:
         with GatewayThread(settings):
             port = coap_port(settings)
+            ing.wait_online()
             ing.send_down(
                 {
                     "id": "c-1",
@@ -84,6 +85,7 @@ def test_expired_and_rejected_commands_are_reported(
     settings = edge_settings(tmp_path, mqtt_url=mosquitto.url)
     with ingestor(mosquitto.url) as ing, GatewayThread(settings):
         port = coap_port(settings)
+        ing.wait_online()
         ing.send_down(
             {"id": "soon", "device": devices[2], "command": "ping", "expires": now_ms() + 1500}
         )
