@@ -280,7 +280,6 @@ class Fleet:
         self.counters = counters if counters is not None else Counters()
         self.model = model if model is not None else CityModel(self.devices, seed)
         self.max_uplink_bytes = max_uplink_bytes
-        self.rng = random.Random(f"citysense-fleet-run-{seed}")
         n = len(self.devices)
         self.counters.devices = n
         kinds = list(KINDS)
