@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -388,6 +389,7 @@ def measure(quick: bool) -> Section:
             )
     finally:
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
     best_bare = max(bare, key=lambda x: x["rate"])
     best_gw = max(gw, key=lambda x: x["rate"])
     section = Section("gateway", "Gateway: CoAP uplinks accepted durably", measured_at=now_utc())
