@@ -137,6 +137,10 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
+# one decoder for every call: json.loads with options builds a new one each time
+_plain_decoder = json.JSONDecoder(object_pairs_hook=list, parse_constant=_reject_constant)
+
+
 def fast_json_records(
     payload: bytes, now: float, limits: SenmlLimits = DEFAULT_LIMITS
 ) -> list[SenmlRecord] | None:
@@ -150,9 +154,7 @@ def fast_json_records(
     ``None``, and the full decoder accepts it or explains the refusal.
     """
     try:
-        data = json.loads(
-            payload.decode("utf-8"), object_pairs_hook=list, parse_constant=_reject_constant
-        )
+        data = _plain_decoder.decode(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
     if type(data) is not list or len(data) > limits.max_records:

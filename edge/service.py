@@ -417,7 +417,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             stack.push_async_callback(_close_server, server)
 
         try:
-            context = await aiocoap.Context.create_server_context(
+            context = await coap_site.GatewayContext.create_server_context(
                 coap_site.build_site(gw.accept), bind=(coap_host, coap_port)
             )
         except OSError as exc:
