@@ -215,6 +215,9 @@ class Ingestor:
         task.add_done_callback(lambda _: self._slots.release())
         self._inflight.append((batch, task))
         self._submitted.set()
+        # Let the write go out now, while the next batch is decoded (and let the rest of the
+        # event loop run: a drain can hold thousands of messages).
+        await asyncio.sleep(0)
 
     async def _store(self, batch: _Batch) -> None:
         """Write the batch's points and keep its dead letters; retry until both are done."""
