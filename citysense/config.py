@@ -16,6 +16,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,12 @@ class Settings:
         20000, "largest number of points one query may return", {DEMO, API}, "int"
     )
     rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API}, "int")
+    timezone: str = _opt(
+        "UTC",
+        "the city's IANA time zone, for local-time analytics such as the 02:00-04:00 night flow",
+        {DEMO, API},
+        metavar="ZONE",
+    )
     # --- simulators
     devices: int = _opt(
         300, "number of simulated devices", {DEMO, SIM_FLEET, FLEET_GENERATE}, "int"
@@ -495,6 +502,10 @@ def validate(s: Settings, command: str) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} must not be negative, not {value}")
+    try:
+        zoneinfo.ZoneInfo(s.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {s.timezone!r} is not a known IANA time zone") from None
     if s.receive_maximum > 65535:
         raise ConfigError("--receive-maximum must be at most 65535 (MQTT's limit)")
     if s.registry is not None and command in (EDGE, API, DEMO) and not Path(s.registry).is_file():

@@ -107,7 +107,9 @@ def create_app(
             used = reader
             if used is None:
                 used = await stack.enter_async_context(open_reader(settings))
-            app.state.context = ApiContext(used, registry, settings.point_limit, clock)
+            app.state.context = ApiContext(
+                used, registry, settings.point_limit, clock, settings.timezone
+            )
             if not keys:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)

@@ -112,6 +112,7 @@ class ApiContext:
     registry: Registry | None
     point_limit: int
     clock: Callable[[], float]  #: seconds since the epoch
+    timezone: str = "UTC"  #: the city's time zone (local-time analytics)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -612,14 +613,20 @@ async def leaks(
     district: DistrictQ = None,
     at: TimeQ = None,
     tz: Annotated[
-        str, Query(max_length=64, description="IANA time zone of the night window")
-    ] = "UTC",
+        str | None,
+        Query(
+            max_length=64,
+            description="IANA time zone of the night window (default: the configured city time zone)",
+        ),
+    ] = None,
     threshold: Annotated[
         float, Query(ge=0, le=1000, description="minimum night flow that is suspicious, m³/h")
     ] = DEFAULT_NIGHT_FLOW_THRESHOLD,
 ) -> models.LeaksResponse:
     ctx = context(request)
     at_ms = _at(ctx, at)
+    if tz is None:
+        tz = ctx.timezone
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):

@@ -44,7 +44,8 @@ Column = FloatArray | BoolArray
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-#: China Standard Time, the city's local time.
+#: The simulated city's time zone (China Standard Time, no daylight saving) and its offset.
+CITY_TIMEZONE = "Asia/Shanghai"
 LOCAL_OFFSET_MS = 8 * HOUR_MS
 _W = 2 * math.pi / 24.0  # radians per hour of a daily cycle
 _YEAR_H = 365.2425 * 24.0

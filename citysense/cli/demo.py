@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import random
 import signal
 import socket
 import sys
@@ -76,16 +77,43 @@ class _Stopped(Exception):
     """Stop was asked for while the demo was still starting."""
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _city_timezone() -> str:
+    models = _optional("simulators.models")
+    return str(getattr(models, "CITY_TIMEZONE", "UTC")) if models is not None else "UTC"
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_port(kind: int, host: str) -> int:
+    """A free port below the kernel's ephemeral range: no client socket of any process can
+    take it between this check and the service's bind (a port from ``bind(0)`` can be)."""
+    high = max(_ephemeral_low(), 20001)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, high)
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    return _free_port(socket.SOCK_STREAM, host)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return _free_port(socket.SOCK_DGRAM, host)
 
 
 def check_bind(bind: str) -> None:
@@ -275,7 +303,10 @@ class Demo:
         if _optional("dashboard_api.service") is not None:
             check_bind(s.bind)
         devices, registry_path = self._registry()
-        base = dataclasses.replace(s, registry=registry_path)
+        # The simulated city keeps China Standard Time: local-time analytics follow it
+        # unless another zone was asked for.
+        zone = s.timezone if s.timezone != "UTC" else _city_timezone()
+        base = dataclasses.replace(s, registry=registry_path, timezone=zone)
         say = self.status.say
 
         # 1. broker

@@ -66,7 +66,7 @@ function textColour(bg) {
 }
 
 function badge(aqi) {
-  const b = el("span", { class: "badge" }, aqi && aqi.aqi !== null ? aqi.aqi : "–");
+  const b = el("span", { class: "badge" }, aqi && aqi.aqi != null ? aqi.aqi : "–");
   if (aqi && aqi.colour) { b.style.background = aqi.colour; b.style.color = textColour(aqi.colour); }
   return b;
 }
@@ -91,13 +91,31 @@ function renderMap(districts) {
     note.textContent = "no device registry: districts shown without positions";
   }
   map.append(svg("rect", { x: 0, y: 0, width: 400, height: 260, fill: "#eef3f7", rx: 6 }));
-  for (const { d, x, y } of points) {
+  for (const p of points) p.r = 16 + Math.min(14, Math.sqrt(p.d.device_count) * 2);
+  // Districts close together would hide each other: push overlapping circles apart a little.
+  for (let step = 0; step < 60; step++) {
+    for (let i = 0; i < points.length; i++) {
+      for (let j = i + 1; j < points.length; j++) {
+        const a = points[i], b = points[j];
+        let dx = b.x - a.x, dy = b.y - a.y;
+        const dist = Math.hypot(dx, dy) || 0.01, need = a.r + b.r + 18;
+        if (dist >= need) continue;
+        if (dist === 0.01) { dx = 1; dy = 0; }
+        const push = (need - dist) / 2 / dist;
+        a.x -= dx * push; a.y -= dy * push; b.x += dx * push; b.y += dy * push;
+      }
+    }
+    for (const p of points) {
+      p.x = Math.min(400 - p.r - 4, Math.max(p.r + 4, p.x));
+      p.y = Math.min(260 - p.r - 18, Math.max(p.r + 4, p.y));
+    }
+  }
+  for (const { d, x, y, r } of points) {
     const colour = (d.aqi && d.aqi.colour) || "#c8d0d8";
-    const r = 16 + Math.min(14, Math.sqrt(d.device_count) * 2);
     const g = svg("g", { class: "district" });
-    g.append(svg("title", {}, d.district + ": AQI " + (d.aqi && d.aqi.aqi !== null ? d.aqi.aqi : "n/a")));
+    g.append(svg("title", {}, d.district + ": AQI " + (d.aqi && d.aqi.aqi != null ? d.aqi.aqi : "n/a")));
     g.append(svg("circle", { cx: x, cy: y, r, fill: colour, stroke: "#33475b", "stroke-width": 1.5, "fill-opacity": 0.85 }));
-    g.append(svg("text", { x, y: y + 5, "text-anchor": "middle", "font-size": 14, "font-weight": 700, fill: textColour(colour) }, d.aqi && d.aqi.aqi !== null ? d.aqi.aqi : "–"));
+    g.append(svg("text", { x, y: y + 5, "text-anchor": "middle", "font-size": 14, "font-weight": 700, fill: textColour(colour) }, d.aqi && d.aqi.aqi != null ? d.aqi.aqi : "–"));
     g.append(svg("text", { x, y: y + r + 14, "text-anchor": "middle", "font-size": 12, fill: "#1d2733" }, d.district));
     map.append(g);
   }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -236,6 +237,17 @@ def test_leaks(api: ApiServer) -> None:
     assert body["meters_checked"] == 3
     strict = get(api, "/api/v1/utility/leaks", threshold="0.5", district="jinshui")
     assert [m["device"] for m in strict["leaks"]] == ["wm-j1"]
+
+
+def test_leak_night_window_follows_the_city_time_zone(make_api: MakeApi) -> None:
+    utc = get(make_api("sqlite"), "/api/v1/utility/leaks")
+    local = get(make_api("sqlite", timezone="Asia/Shanghai"), "/api/v1/utility/leaks")
+    start_utc = datetime.fromisoformat(utc["night_start"].replace("Z", "+00:00"))
+    start_local = datetime.fromisoformat(local["night_start"].replace("Z", "+00:00"))
+    assert start_utc.hour == 2
+    assert start_local.hour == 18  # 02:00 in UTC+8
+    explicit = get(make_api("sqlite", timezone="Asia/Shanghai"), "/api/v1/utility/leaks", tz="UTC")
+    assert explicit["night_start"] == utc["night_start"]
 
 
 def test_metrics_count_requests_per_route(api: ApiServer) -> None:
