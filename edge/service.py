@@ -436,6 +436,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 
 async def _stop_intake(gw: Gateway, context: aiocoap.Context) -> None:
+    log.info("stopping: CoAP intake closed, publishing what is left")
     gw.accepting = False
     with contextlib.suppress(Exception):
         await asyncio.wait_for(context.shutdown(), 5)
@@ -450,6 +451,8 @@ async def _drain(gw: Gateway) -> None:
     held = len(gw.uplink.inflight)
     if held:
         log.info("%d batches unconfirmed at stop; they stay in the outbox", held)
+    else:
+        log.info("every published batch is confirmed")
     for task in list(gw.tasks):
         task.cancel()
 
