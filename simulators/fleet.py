@@ -80,6 +80,7 @@ class UplinkOutcome:
     outcome: str  #: "2.04", "4.00", ..., "timeout", "reset", "abandoned"
     transmissions: int
     content_format: int
+    values: dict[str, float | bool] | None = None  #: what the uplink carried
 
 
 @dataclass(slots=True)
@@ -164,6 +165,7 @@ class _Uplink:
     payload: bytes
     content_format: int
     fault: str | None
+    values: dict[str, float | bool] | None = None  #: kept only when counters record
 
 
 def stray_id(device: str) -> str:
@@ -461,7 +463,7 @@ class Fleet:
                 fault = "skew"
         if fault is not None:
             self.counters.injected[fault] = self.counters.injected.get(fault, 0) + 1
-        return _Uplink(i, t_ms, payload, cf, fault)
+        return _Uplink(i, t_ms, payload, cf, fault, reading if self.counters.record else None)
 
     def _enqueue(self, uplink: _Uplink) -> None:
         q = self.queues.setdefault(uplink.device, collections.deque())
@@ -515,6 +517,7 @@ class Fleet:
                     outcome,
                     result.transmissions,
                     uplink.content_format,
+                    uplink.values,
                 )
             )
         self.busy[i] = False

@@ -43,20 +43,23 @@ def reliability_doc() -> Iterator[None]:
         "process. The set check compares the (measurement, device, time) rows in InfluxDB with",
         "the uplinks the gateway acknowledged with 2.04.",
         "",
-        "| fault | how | sent | acknowledged (2.04) | refused | unanswered | stored rows | lost | duplicated | invented | stored, device saw no 2.04 | recovery (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fault | how | sent | acknowledged (2.04) | refused | unanswered | stored rows | lost | duplicated | invented | values differing | stored, device saw no 2.04 | recovery (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for fault, detail, a in ROWS:
         refused = sum(a.rejected.values())
         lines.append(
             f"| {fault} | {detail} | {a.sent} | {a.acknowledged} | {refused} | {a.unanswered} | "
-            f"{a.stored} | {a.lost} | {a.duplicates} | {a.invented} | {a.stored_unacknowledged} | "
+            f"{a.stored} | {a.lost} | {a.duplicates} | {a.invented} | {a.wrong_values} | "
+            f"{a.stored_unacknowledged} | "
             f"{a.recovery_s} |"
         )
     lines += [
         "",
         "- *lost*: acknowledged with 2.04 but not in InfluxDB. *duplicated*: a (measurement,",
-        "  device, time) stored more than once. *invented*: stored but never sent. All must be 0.",
+        "  device, time) stored more than once. *invented*: stored but never sent. *values",
+        "  differing*: an acknowledged value stored with another value (every field of every",
+        "  acknowledged uplink is compared). All must be 0.",
         "- *unanswered*: uplinks whose every CoAP retransmission went unanswered (the device keeps",
         "  the reading and would send it again); *stored, device saw no 2.04*: the gateway",
         "  committed the uplink but its answer was lost (at-least-once: stored, never twice).",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import subprocess
 import sys
@@ -117,7 +118,8 @@ class Accounting:
     invented: int = 0  #: stored rows no device sent
     stored_unacknowledged: int = 0  #: stored, but the device never saw its 2.04
     recovery_s: float = 0.0  #: from the end of the load to the last reading stored
-    missing_sample: list[tuple[str, str, int]] = field(default_factory=list)
+    wrong_values: int = 0  #: acknowledged values stored differently
+    missing_sample: list[object] = field(default_factory=list)
 
 
 class Pipeline:
@@ -291,14 +293,47 @@ class Pipeline:
     # ------------------------------------------------------------------ accounting
 
     def stored_rows(self) -> list[tuple[str, str, int]]:
-        rows: list[tuple[str, str, int]] = []
+        return [key for key, _ in self.stored_points()]
+
+    def stored_points(self) -> list[tuple[tuple[str, str, int], dict[str, object]]]:
+        """Every stored point as ((measurement, device, time), {field: value})."""
+        tags = {"time", "device", "kind", "district", "site", "gateway"}
+        out: list[tuple[tuple[str, str, int], dict[str, object]]] = []
         for m in MEASUREMENTS:
             result = self.influx.query(f'SELECT * FROM "{m}"', db=self.influx.db)["results"][0]
             for series in result.get("series", []):
                 cols = series["columns"]
                 di, ti = cols.index("device"), cols.index("time")
-                rows.extend((m, str(v[di]), int(v[ti])) for v in series["values"])
-        return rows
+                for v in series["values"]:
+                    fields = {
+                        c: x
+                        for c, x in zip(cols, v, strict=True)
+                        if c not in tags and x is not None
+                    }
+                    out.append(((m, str(v[di]), int(v[ti])), fields))
+        return out
+
+    def value_mismatches(self) -> list[str]:
+        """Acknowledged values that InfluxDB holds differently (or not at all)."""
+        stored: dict[tuple[str, int], dict[str, object]] = {}
+        for (_, device, t), fields in self.stored_points():
+            stored.setdefault((device, t), {}).update(fields)
+        problems: list[str] = []
+        for o in self.counters.outcomes:
+            if o.outcome != "2.04" or o.values is None:
+                continue
+            got = stored.get((o.device, o.t), {})
+            for metric, sent in o.values.items():
+                value = got.get(metric)
+                if isinstance(sent, bool) or isinstance(value, bool):
+                    same = value is sent
+                else:
+                    same = isinstance(value, int | float) and math.isclose(
+                        float(value), float(sent), rel_tol=1e-12, abs_tol=1e-12
+                    )
+                if not same:
+                    problems.append(f"{o.device} {o.t} {metric}: sent {sent!r}, stored {value!r}")
+        return problems
 
     def expected_rows(self) -> set[tuple[str, str, int]]:
         """(measurement, device, time) rows that every acknowledged uplink must produce.
@@ -333,6 +368,7 @@ class Pipeline:
         stored = set(rows)
         own = {r for r in stored if r[0] != "device_health"}
         missing = sorted(expected - stored)
+        wrong = self.value_mismatches()
         return Accounting(
             sent=c.sent,
             acknowledged=c.acknowledged,
@@ -345,7 +381,8 @@ class Pipeline:
             invented=sum(1 for r in stored if (r[1], r[2]) not in sent_keys),
             stored_unacknowledged=sum(1 for r in own if (r[1], r[2]) not in acked_keys),
             recovery_s=round(recovery, 1),
-            missing_sample=missing[:5],
+            wrong_values=len(wrong),
+            missing_sample=[*missing[:5], *wrong[:5]],
         )
 
     def logs(self) -> str:

@@ -64,6 +64,9 @@ def check(p: Pipeline, acc: Accounting, fault: str, detail: str) -> None:
     assert acc.lost == 0, context
     assert acc.duplicates == 0, context
     assert acc.invented == 0, context
+    assert acc.wrong_values == 0, context
+    # the value check compares real values: every acknowledged uplink carried some
+    assert all(o.values for o in p.counters.outcomes if o.outcome == "2.04"), "values not recorded"
     assert acc.stored >= acc.expected, context
 
 
