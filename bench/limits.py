@@ -336,7 +336,7 @@ def measure(
     """Measure every limit; return the section for RESULTS.md and the figures."""
     section = Section("limits", "Machine limits (each server alone)", measured_at=now_utc())
     limits = Limits()
-    seconds = 2.0 if quick else 5.0
+    seconds = 2.0 if quick else 4.0
     for batch in (1, 100, 1000, 5000):
         for writers in (1, 4):
             rate = influx_write_rate(influx, batch, writers, seconds)
@@ -353,7 +353,7 @@ def measure(
     ensure_apt_binary("mosquitto_pub", "mosquitto-clients")
     payloads = make_payloads(20_000 if quick else 120_000, 1, tag="lim")
     payload_file = write_payload_file(payloads, WORK_DIR / "limits-1.txt")
-    count = 50_000 if quick else 200_000
+    count = 50_000 if quick else 150_000
     mseconds = 20.0 if quick else 40.0
     limits.mqtt_c_msgs_s = mqtt_c_rate(broker, payloads[0][1], count, mseconds)
     section.add(
