@@ -71,6 +71,24 @@ def _reading_payload(batch: Batch, index: int) -> bytes:
     return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+def _salvage_seq(payload: bytes, gateway: str) -> int | None:
+    """The ``seq`` of an envelope that failed decoding, when it plainly has one of this gateway.
+
+    Such a batch is dead-lettered whole; confirming it stops its gateway re-sending it every
+    re-send interval (INTERFACES.md section 5: confirmed means stored or dead-lettered).
+    """
+    if len(payload) > MAX_ENVELOPE_BYTES:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("gateway") != gateway:
+        return None
+    seq = data.get("seq")
+    return seq if type(seq) is int and seq >= 1 else None
+
+
 def process_message(
     topic: str, payload: bytes, now_ms: int, max_age_ms: int = DEFAULT_MAX_AGE_MS
 ) -> Processed:
@@ -93,9 +111,9 @@ def _process(topic: str, payload: bytes, now_ms: int, max_age_ms: int) -> Proces
     try:
         batch = decode_batch(payload)
     except EnvelopeError as exc:
-        return Processed(
-            gateway, None, dead=[DeadLetter(exc.reason, str(exc), topic, payload, gateway)]
-        )
+        seq = _salvage_seq(payload, gateway)
+        letter = DeadLetter(exc.reason, str(exc), topic, payload, gateway, seq)
+        return Processed(gateway, seq, dead=[letter])
     if batch.gateway != gateway:
         letter = DeadLetter(
             "gateway_mismatch",

@@ -189,11 +189,12 @@ class Ingestor:
                     batch.readings += readings
                 return
         result = process_message(message.topic, message.payload, now_ms, self._max_age_ms)
-        batch.dead.extend(result.dead)
         if result.seq is None or result.topic_gateway is None:
+            batch.dead.extend(result.dead)
             return
         if self._seen(batch, result.topic_gateway, result.seq, message.payload):
-            return
+            return  # its points are stored and its dead letters kept already
+        batch.dead.extend(result.dead)
         if self._fast is not None:
             batch.lines.extend(self._serializer.line(p) for p in result.points)
         else:

@@ -47,20 +47,31 @@ def test_valid_batch_maps_each_domain_to_a_point() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    ("payload", "reason", "seq"),
     [
-        (b"\xff\xfe", "malformed"),
-        (b"[1,2]", "malformed"),
-        (b'{"v":1,"gateway":"gw-1","seq":1,"sent":1,"readings":[1]}', "bad_field"),
-        (b'{"v":2,"gateway":"gw-1","seq":1,"sent":1,"readings":[]}', "bad_version"),
-        (b'{"v":1,"gateway":"gw-1","seq":1,"sent":NaN,"readings":[]}', "malformed"),
-        (b"x" * (300 * 1024), "too_large"),
+        (b"\xff\xfe", "malformed", None),
+        (b"[1,2]", "malformed", None),
+        (b'{"v":1,"gateway":"gw-1","seq":1,"sent":1,"readings":[1]}', "bad_field", 1),
+        (b'{"v":2,"gateway":"gw-1","seq":1,"sent":1,"readings":[]}', "bad_version", 1),
+        (b'{"v":1,"gateway":"gw-1","seq":1,"sent":NaN,"readings":[]}', "malformed", 1),
+        (b"x" * (300 * 1024), "too_large", None),
     ],
 )
-def test_undecodable_envelopes_are_dead_letters(payload: bytes, reason: str) -> None:
+def test_undecodable_envelopes_are_dead_letters(
+    payload: bytes, reason: str, seq: int | None
+) -> None:
     out = process_message(TOPIC, payload, NOW)
-    assert out.points == [] and out.seq is None
+    assert out.points == [] and out.seq == seq  # confirmed when its seq is plain to see
     assert [(d.reason, d.payload, d.topic) for d in out.dead] == [(reason, payload, TOPIC)]
+
+
+def test_undecodable_envelope_of_this_gateway_is_confirmed_by_seq() -> None:
+    payload = b'{"v":1,"gateway":"gw-1","seq":12,"sent":1,"readings":[{"t":"x"}]}'
+    out = process_message(TOPIC, payload, NOW)
+    assert out.seq == 12 and out.points == []
+    assert [(d.reason, d.seq) for d in out.dead] == [("bad_field", 12)]
+    other = payload.replace(b'"gw-1"', b'"gw-2"')
+    assert process_message(TOPIC, other, NOW).seq is None
 
 
 def test_gateway_must_match_topic_and_is_not_confirmed() -> None:
