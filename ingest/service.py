@@ -7,10 +7,12 @@ when the process dies is delivered again by the broker (persistent session) or r
 gateway; writes are idempotent, so redelivery never duplicates.
 
 Shape: paho's thread queues messages; the *collector* decodes them (pure pipeline) into a
-batch of up to ``write_batch_points`` points, cut early after ``write_max_delay`` or when a
-quarter of the receive window is waiting; batches are stored by up to two concurrent writer
-tasks that retry retryable errors with capped back-off, never giving up; the *acker* takes
-finished batches strictly in order, publishes confirmations and acknowledges.
+batch that is due at ``write_batch_points`` points, after ``write_max_delay``, or when a quarter
+of the receive window is waiting; a due batch goes to one of two concurrent writer tasks, or,
+while both are busy, keeps growing (up to :data:`BATCH_GROWTH` times the batch size) so that
+slow storage gets fewer, bigger writes. Writers retry retryable errors with capped back-off,
+never giving up; the *acker* takes finished batches strictly in order, publishes
+confirmations and acknowledges.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 DEFAULT_CLIENT_ID = "citysense-ingest-1"
 DEFAULT_METRICS_BIND = "127.0.0.1:9102"
 WRITE_CONCURRENCY = 2
+#: While every write slot is busy a batch may grow to this many times --write-batch-points.
+BATCH_GROWTH = 4
 SHUTDOWN_TIMEOUT = 10.0
 
 
@@ -152,8 +156,21 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         batch = _Batch()
         deadline: float | None = None
+        cap = self._max_points * BATCH_GROWTH
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            size = len(batch.points) + len(batch.lines)
+            due = deadline is not None and (
+                loop.time() >= deadline
+                or size >= self._max_points
+                or len(batch.messages) >= self._flush_messages
+            )
+            if due and (not self._slots.locked() or size >= cap):
+                await self._submit(batch)
+                batch, deadline = _Batch(), None
+                continue
+            # Due but every write slot busy: wait for a message or a finished write (both
+            # set the event), meanwhile the batch grows -- bigger writes while storage is slow.
+            timeout = None if deadline is None or due else max(0.0, deadline - loop.time())
             if not self._wake.is_set():
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
                 # that arrives as the inner wait completes.
@@ -165,15 +182,12 @@ class Ingestor:
             now_ms = int(time.time() * 1000)
             for message in self.consumer.drain():
                 self._add(batch, message, now_ms)
-                if len(batch.points) + len(batch.lines) >= self._max_points:
+                size = len(batch.points) + len(batch.lines)
+                if size >= cap or (size >= self._max_points and not self._slots.locked()):
                     await self._submit(batch)
                     batch, deadline = _Batch(), None
-            if batch.messages:
-                if deadline is None:
-                    deadline = loop.time() + self.settings.write_max_delay
-                if loop.time() >= deadline or len(batch.messages) >= self._flush_messages:
-                    await self._submit(batch)
-                    batch, deadline = _Batch(), None
+            if batch.messages and deadline is None:
+                deadline = loop.time() + self.settings.write_max_delay
 
     def _add(self, batch: _Batch, message: Message, now_ms: int) -> None:
         self.metrics.messages += 1
@@ -213,12 +227,16 @@ class Ingestor:
     async def _submit(self, batch: _Batch) -> None:
         await self._slots.acquire()
         task = asyncio.create_task(self._store(batch))
-        task.add_done_callback(lambda _: self._slots.release())
+        task.add_done_callback(self._write_done)
         self._inflight.append((batch, task))
         self._submitted.set()
         # Let the write go out now, while the next batch is decoded (and let the rest of the
         # event loop run: a drain can hold thousands of messages).
         await asyncio.sleep(0)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        self._wake.set()  # a batch waiting for a free slot may go now
 
     async def _store(self, batch: _Batch) -> None:
         """Write the batch's points and keep its dead letters; retry until both are done."""
