@@ -244,8 +244,16 @@ class Uplink:
         if link is None or not link.connected.is_set():
             return
         while (seq := await self.outbox.form_batch(self.batch_max_readings, _now_ms())) is not None:
+            self.inflight[seq] = -math.inf
+        # a batch formed by the batch loop just before it was cancelled was never published
+        for seq in await self.outbox.unconfirmed():
+            self.inflight.setdefault(seq, -math.inf)
+        for seq, at in list(self.inflight.items()):
+            if at != -math.inf:
+                continue
             payload = await self._payload(seq)
             if payload is None:
+                del self.inflight[seq]
                 continue
             self.inflight[seq] = time.monotonic()
             link.publish(self.topic, payload)
@@ -284,14 +292,18 @@ class Uplink:
                     await self._slot.wait()
                 try:
                     seq = await self.outbox.form_batch(self.batch_max_readings, _now_ms())
-                    payload = None if seq is None else await self._payload(seq)
+                    if seq is None:
+                        break
+                    # in flight from the moment it exists: if publishing fails or is
+                    # cancelled, the re-send loop (or the stop's drain) publishes it
+                    self.inflight[seq] = -math.inf
+                    payload = await self._payload(seq)
                 except CitysenseError as exc:
-                    log.error("cannot form a batch: %s", exc)
+                    log.error("cannot form or read a batch: %s", exc)
                     await asyncio.sleep(1)  # back off on a failing disk
                     continue
-                if seq is None:
-                    break
                 if payload is None:
+                    del self.inflight[seq]
                     continue
                 self.inflight[seq] = time.monotonic()
                 self.link.publish(self.topic, payload)
