@@ -36,13 +36,16 @@ from timeseries.sqlite_store import SqliteWriter
 log = logging.getLogger("bench.ingest")
 
 
-def _best_of(runs: int, fn: Callable[[], int]) -> float:
-    """Best seconds per item over ``runs`` runs of ``fn`` (which returns its item count)."""
-    best = float("inf")
+def _best_of(runs: int, *fns: Callable[[], int]) -> list[float]:
+    """Best seconds per item of each ``fn`` (which returns its item count) over ``runs``
+    interleaved rounds: on a shared machine load comes in bursts, and interleaving exposes
+    every candidate to the same bursts, so their ratios hold even when absolutes move."""
+    best = [float("inf")] * len(fns)
     for _ in range(runs):
-        start = time.perf_counter()
-        n = fn()
-        best = min(best, (time.perf_counter() - start) / n)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            n = fn()
+            best[i] = min(best[i], (time.perf_counter() - start) / n)
     return best
 
 
@@ -90,9 +93,7 @@ def serialisation(n: int, runs: int) -> list[Result]:
         serializer.lines(points)
         return len(points)
 
-    t_client = _best_of(runs, client)
-    t_plain = _best_of(runs, plain)
-    t_cached = _best_of(runs, cached)
+    t_client, t_plain, t_cached = _best_of(runs, client, plain, cached)
     return [
         Result("serialise a point: influxdb_client.Point", t_client * 1e6, "µs/point",
                higher_is_better=False),
@@ -132,9 +133,7 @@ def pipeline(messages: int, runs: int) -> list[Result]:
             json.loads(body)
         return messages * 50
 
-    t_general = _best_of(runs, general)
-    t_fast = _best_of(runs, fast)
-    t_json = _best_of(runs, parse_only)
+    t_general, t_fast, t_json = _best_of(runs, general, fast, parse_only)
     return [
         Result("envelope → lines, general path (decode, validate, points, serialise)",
                t_general * 1e6, "µs/reading", higher_is_better=False),
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in sqlite_backfill(100_000 if args.quick else 1_000_000):
         section.add(result)
     section.body = (
-        "Best of several runs, one process, no I/O except the SQLite figure. The readings are "
+        "Best of several interleaved rounds, one process, no I/O except the SQLite figure. The readings are "
         "the benchmark's air-station readings of 4 metrics (one reading = one point). Lower "
         "µs is better; *vs baseline* below 1 means cheaper than the baseline."
     )
