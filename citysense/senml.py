@@ -276,7 +276,10 @@ def _number(rec: Mapping[str, object], key: str, i: int) -> float | None:
         return None
     if type(value) is bool or not isinstance(value, int | float):
         raise SenmlError(f"record {i}: {key} must be a number", "malformed")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
     if not math.isfinite(f):
         raise SenmlError(f"record {i}: {key} is not finite", "not_finite")
     return f

@@ -47,7 +47,10 @@ def check_value(metric: str, value: object) -> Rejection | None:
         return None
     if type(value) is bool or not isinstance(value, int | float):
         return Rejection("wrong_type", f"{metric}: expected a number", metric)
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond any float
+        v = math.inf
     if not math.isfinite(v):
         return Rejection("not_finite", f"{metric}: {value} is not a finite number", metric)
     assert spec.lo is not None and spec.hi is not None

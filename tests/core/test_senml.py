@@ -183,6 +183,7 @@ MALFORMED_JSON = [
     b'[{"n":"a","v":1,"foo_":1}]',  # must-understand field
     b"\xff\xfe[]",
     b'[{"n":"a","v":1e999}]',
+    b'[{"n":"a","v":1' + b"0" * 400 + b"}]",  # an integer beyond any float
     b'[{"n":"a","v":[1]}]',
 ]
 MALFORMED_CBOR = [
@@ -200,6 +201,7 @@ MALFORMED_CBOR = [
     b"\x81\xa1\x00\x7f\x61a\xff",  # indefinite text string
     b"\x81\xa1\x00\x1c",  # reserved additional information
     cbor2.dumps([{0: "a", 2: float("nan")}]),
+    cbor2.dumps([{0: "a", 2: 10**400}]),  # a bignum tag: refused
 ]
 
 

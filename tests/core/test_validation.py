@@ -28,6 +28,7 @@ def test_each_reason() -> None:
     assert reasons(reading(pm25=True)) == ["wrong_type"]
     assert reasons(reading(kind="parking_sensor", occupied=1)) == ["wrong_type"]
     assert reasons(reading(pm25=float("nan"))) == ["not_finite"]
+    assert reasons(reading(pm25=10**400)) == ["not_finite"]
     assert reasons(reading(pm25=-0.1)) == ["out_of_range"]
     assert reasons(reading(ecl=1.5)) == ["not_integer"]
     assert reasons(reading()) == ["no_values"]
