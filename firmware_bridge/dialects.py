@@ -45,6 +45,7 @@ class Dialect:
     open_socket_by_urc: bool
     bind_socket: str | None  #: template: {sock} {port}; binds the local port after opening
     close_socket: str  #: template: {sock}
+    socket_ids: tuple[int, ...]  #: closed before opening ours: a lost answer may have left one
     send: str  #: template: {sock} {ip} {port} {len} {hex}
     send_len_unit: LengthUnit
     send_connect: str | None  #: sent before ``send`` when the socket needs a peer
@@ -86,6 +87,7 @@ _BC95 = Dialect(
     open_socket_by_urc=False,
     bind_socket=None,
     close_socket="AT+NSOCL={sock}",
+    socket_ids=tuple(range(7)),
     send="AT+NSOST={sock},{ip},{port},{len},{hex}",
     send_len_unit="bytes",
     send_connect=None,
@@ -121,6 +123,7 @@ _SIM7020 = Dialect(
     open_socket_by_urc=False,
     bind_socket="AT+CSOB={sock},{port}",
     close_socket="AT+CSOCL={sock}",
+    socket_ids=tuple(range(5)),
     send='AT+CSOSEND={sock},{len},"{hex}"',
     send_len_unit="hex",
     send_connect='AT+CSOCON={sock},{port},"{ip}"',
@@ -154,11 +157,12 @@ _BC66 = Dialect(
     iccid_re=re.compile(r"\+QCCID:\s*(?P<iccid>[0-9A-Fa-f]{18,22})"),
     radio=("AT+QENG=0",),
     radio_parser="qeng",
-    open_socket='AT+QIOPEN=1,0,"UDP SERVICE","127.0.0.1",0,{port},1',
+    open_socket='AT+QIOPEN=1,{sock},"UDP SERVICE","127.0.0.1",0,{port},1',
     open_socket_re=re.compile(r"\+QIOPEN:\s*(?P<sock>\d+),(?P<err>\d+)"),
     open_socket_by_urc=True,
     bind_socket=None,
     close_socket="AT+QICLOSE={sock}",
+    socket_ids=(0,),
     send='AT+QISEND={sock},{len},{hex},"{ip}",{port}',
     send_len_unit="bytes",
     send_connect=None,

@@ -53,11 +53,14 @@ class ModuleError(CitysenseError):
 class CommandError(ModuleError):
     """The module answered ``ERROR``, ``+CME ERROR: n`` or ``SEND FAIL``."""
 
-    def __init__(self, command: str, final: str, code: int | None = None) -> None:
+    def __init__(
+        self, command: str, final: str, code: int | None = None, lines: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{command}: {final}")
         self.command = command
         self.final = final
         self.code = code
+        self.lines = lines
 
 
 class CommandTimeoutError(ModuleError):
@@ -189,6 +192,7 @@ class ModuleDriver:
                 self._pending.set_result(event)
         elif isinstance(event, Urc):
             self.counters["urcs"] += 1
+            log.debug("<< %s", event.line)
             if event.kind == "boot":
                 self._boot_line(event.line)
                 return
@@ -214,10 +218,10 @@ class ModuleDriver:
             if not self.echo_expected:
                 # echo is back on: the module went through a reset we did not see
                 self._boot_line("echo returned")
-                self.boot_done.set()
-                self.booting = False
+                self.boot_done.set()  # it answers, so it has finished booting
 
     def _boot_line(self, line: str) -> None:
+        self.echo_expected = True  # a reset restores the factory echo
         if not self.booting:
             self.booting = True
             self.boot_done.clear()
@@ -241,8 +245,13 @@ class ModuleDriver:
         await_send_result: bool = False,
         expect_reboot: bool = False,
         data: bytes | None = None,
+        recover: bool = True,
     ) -> Response:
-        """Send ``command`` and wait for its final result (see the module docstring)."""
+        """Send ``command`` and wait for its final result (see the module docstring).
+
+        ``recover``: datagram lines found in a failed answer are handed back as strays (off
+        for the read command itself, whose caller takes them from the error's ``lines``).
+        """
         timeout = self.timings.command if within is None else within
         async with self._lock:
             if self._failure is not None:
@@ -266,7 +275,8 @@ class ModuleDriver:
                 events = self._session.poll(math.inf)
                 lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
                 self.counters["timeouts"] += 1
-                await self._recover(command, lines)
+                if recover:
+                    await self._recover(lines)
                 raise CommandTimeoutError(command, timeout, lines) from None
             finally:
                 self._pending = None
@@ -278,11 +288,12 @@ class ModuleDriver:
             assert isinstance(event, Response)
             log.debug("<- %s %s", event.lines, event.final.text)
             if not event.final.ok:
-                await self._recover(command, event.lines)
-                raise CommandError(command, event.final.text, event.final.code)
+                if recover:
+                    await self._recover(event.lines)
+                raise CommandError(command, event.final.text, event.final.code, event.lines)
             return event
 
-    async def _recover(self, command: str, lines: Iterable[str]) -> None:
+    async def _recover(self, lines: Iterable[str]) -> None:
         """Hand datagram lines caught in another command's answer back as strays."""
         read_re = self.dialect.read_re
         if read_re is None:
@@ -291,9 +302,18 @@ class ModuleDriver:
             if read_re.fullmatch(line):
                 await self.urcs.put(Stray(line))
 
-    async def ok(self, command: str, within: float | None = None) -> tuple[str, ...]:
-        """The intermediate lines of a successful command."""
-        return (await self.command(command, within)).lines
+    async def ok(
+        self, command: str, within: float | None = None, *, retries: int = 2
+    ) -> tuple[str, ...]:
+        """The intermediate lines of a successful query, retried after a timeout (a query
+        is idempotent, and a lost answer is the commonest UART fault)."""
+        for attempt in range(retries + 1):
+            try:
+                return (await self.command(command, within)).lines
+            except CommandTimeoutError:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
 
     async def sync(self) -> None:
         """``AT`` until ``OK`` (the module may be booting or asleep: first bytes lost)."""
@@ -341,7 +361,7 @@ class ModuleDriver:
         await self.sync()
         for command in self.dialect.init:
             try:
-                await self.command(command)
+                await self.ok(command)
             except (CommandError, CommandTimeoutError) as exc:
                 if command == "ATE0":
                     raise
@@ -414,13 +434,19 @@ class ModuleDriver:
             await self.command(f'AT+CEDRXS=1,5,"{edrx_code(cycle_s)}"')
 
     async def open_socket(self, port: int) -> int:
+        """Close stale sockets, open a UDP socket on ``port``; its id."""
         d = self.dialect
+        for stale in d.socket_ids:
+            try:
+                await self.command(d.close_socket.format(sock=stale))
+            except (CommandError, CommandTimeoutError):
+                pass
         if d.open_socket_by_urc:
             waiter = asyncio.ensure_future(
                 self.wait_urc(d.open_socket_re, self.timings.socket_open)
             )
             try:
-                await self.command(d.open_socket.format(port=port))
+                await self.command(d.open_socket.format(sock=d.socket_ids[0], port=port))
                 urc = await waiter
             finally:
                 waiter.cancel()
@@ -429,13 +455,14 @@ class ModuleDriver:
             if m.group("err") != "0":
                 raise ModuleError(f"socket open failed: {urc.line}")
             return int(m.group("sock"))
-        lines = await self.ok(d.open_socket.format(port=port))
+        # not retried: a second open after a lost answer would leave two sockets
+        lines = await self.ok(d.open_socket.format(port=port), retries=0)
         for line in lines:
             m = d.open_socket_re.fullmatch(line)
             if m:
                 sock = int(m.group("sock"))
                 if d.bind_socket is not None:
-                    await self.command(d.bind_socket.format(sock=sock, port=port))
+                    await self.ok(d.bind_socket.format(sock=sock, port=port))
                 return sock
         raise ModuleError(f"no socket id in {lines!r}")
 
@@ -450,10 +477,11 @@ class ModuleDriver:
         assert d.read is not None and d.read_re is not None
         command = d.read.format(sock=sock, max=limit or d.max_datagram)
         try:
-            lines = (await self.command(command)).lines
-        except CommandTimeoutError as exc:
+            lines = (await self.command(command, recover=False)).lines
+        except (CommandTimeoutError, CommandError) as exc:
+            # the data line may have come through although its final result did not
             lines = exc.lines
-            if not lines:
+            if not any(d.read_re.fullmatch(line) for line in lines):
                 raise
         out: list[Received] = []
         remaining = 0

@@ -181,6 +181,9 @@ class SerialSource:
             try:
                 sock = await self._initialise(driver)
                 await self._serve(driver, sock, on_datagram, on_radio)
+            except TransportError:
+                await self._salvage(driver, on_datagram)
+                raise
             except ModuleRebootedError as exc:
                 self._reboot_seen(driver, str(exc))
             except _Unhealthy as exc:
@@ -192,6 +195,21 @@ class SerialSource:
                 await asyncio.sleep(self.backoff_min)
             self._sock = None
             self.ready.clear()
+
+    async def _salvage(
+        self, driver: ModuleDriver, on_datagram: Callable[[Datagram], Awaitable[None]]
+    ) -> None:
+        """The port is gone: deliver the datagrams already read from it."""
+        while not driver.urcs.empty():
+            item = driver.urcs.get_nowait()
+            if isinstance(item, Stray):
+                got = driver.parse_read_line(item.line)
+                if got is not None:
+                    await self._deliver(got[0], on_datagram)
+            elif isinstance(item, Urc):
+                received = driver.datagram_of(item)
+                if received is not None:
+                    await self._deliver(received, on_datagram)
 
     def _reboot_seen(self, driver: ModuleDriver, reason: str) -> None:
         episode = max(driver.boot_episodes, self._handled_episode + 1)
@@ -256,25 +274,39 @@ class SerialSource:
                 item = await asyncio.wait_for(driver.urcs.get(), max(0.0, wait))
             except TimeoutError:
                 continue
-            if isinstance(item, Disconnected):
-                raise TransportError(item.reason)
-            if isinstance(item, Rebooted):
-                if item.episode > self._handled_episode:
-                    raise ModuleRebootedError(item.line)
-                continue
-            if isinstance(item, Stray):
-                got = driver.parse_read_line(item.line)
-                if got is not None:
-                    await self._deliver(got[0], on_datagram)
-                continue
-            self._urc(item)
-            if reading and driver.is_data_announcement(item):
+            if await self._handle(driver, item, on_datagram):
                 await self._drain_socket(driver, sock, on_datagram)
                 next_poll = loop.time() + self.idle_poll
-                continue
-            received = driver.datagram_of(item)
-            if received is not None:
-                await self._deliver(received, on_datagram)
+                # announcements queued before the socket read empty are answered already
+                for _ in range(driver.urcs.qsize()):
+                    queued = driver.urcs.get_nowait()
+                    await self._handle(driver, queued, on_datagram)
+
+    async def _handle(
+        self,
+        driver: ModuleDriver,
+        item: Urc | Stray | Rebooted | Disconnected,
+        on_datagram: Callable[[Datagram], Awaitable[None]],
+    ) -> bool:
+        """Act on one queued item; ``True`` if it announces data to read."""
+        if isinstance(item, Disconnected):
+            raise TransportError(item.reason)
+        if isinstance(item, Rebooted):
+            if item.episode > self._handled_episode:
+                raise ModuleRebootedError(item.line)
+            return False
+        if isinstance(item, Stray):
+            got = driver.parse_read_line(item.line)
+            if got is not None:
+                await self._deliver(got[0], on_datagram)
+            return False
+        if driver.is_data_announcement(item):
+            return True
+        self._urc(item)
+        received = driver.datagram_of(item)
+        if received is not None:
+            await self._deliver(received, on_datagram)
+        return False
 
     def _urc(self, urc: Urc) -> None:
         if urc.name == "+CEREG":
@@ -303,8 +335,8 @@ class SerialSource:
             try:
                 received, remaining = await driver.read_datagram(sock)
             except (CommandError, CommandTimeoutError) as exc:
-                self._failed(exc)
-                return
+                self._failed(exc)  # raises after max_failures in a row
+                continue  # a lost answer: read again at once, the bytes are still there
             self._failures = 0
             for item in received:
                 await self._deliver(item, on_datagram)

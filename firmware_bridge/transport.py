@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Protocol
 
 import serial
@@ -54,18 +55,27 @@ class SerialByteStream:
         return cls(port, device)
 
     async def read(self) -> bytes:
+        # One os.read per call on pyserial's (non-blocking) descriptor: pyserial's own read
+        # loops, and drops what it already read when the port then reports a hang-up.
         loop = asyncio.get_running_loop()
+        woken = False
         while True:
             if self._closed:
                 raise TransportError(f"{self.device} is closed")
             try:
-                data: bytes = self._port.read(4096)
-            except (serial.SerialException, OSError, TypeError) as exc:
+                fd = self._port.fileno()
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                data = b""
+            except (serial.SerialException, OSError) as exc:
                 raise TransportError(f"{self.device}: {exc}") from exc
             if data:
                 return data
+            if woken:
+                # readable yet empty (VMIN=0): the device hung up
+                raise TransportError(f"{self.device}: device disconnected")
+            woken = True
             ready: asyncio.Future[None] = loop.create_future()
-            fd = self._port.fileno()
 
             def wake(fut: asyncio.Future[None] = ready) -> None:
                 if not fut.done():

@@ -251,6 +251,7 @@ class SimulatedModule:
             "datagrams_in": 0,
             "datagrams_rejected": 0,
             "lines": 0,
+            "lines_dropped": 0,
         }
 
     # ------------------------------------------------------------------ public (any thread)
@@ -324,6 +325,24 @@ class SimulatedModule:
     def deregister(self) -> None:
         self._call(self._deregister).result(timeout=5)
 
+    def set_faults(self, faults: Mapping[str, float]) -> None:
+        """Replace the fault rates (an empty mapping switches faults off)."""
+
+        def apply() -> None:
+            self.faults = dict(faults)
+
+        self._call(apply).result(timeout=5)
+
+    @property
+    def backlog(self) -> int:
+        """Datagrams waiting in the module for the host to read them."""
+        return self._call(lambda: sum(len(s.queue) for s in self._sockets.values())).result(5)
+
+    @property
+    def asleep(self) -> bool:
+        """In PSM: the UART loses the first command sent to it."""
+        return self._call(lambda: self._asleep).result(timeout=5)
+
     def vanish(self) -> None:
         self._call(self._vanish).result(timeout=5)
 
@@ -383,10 +402,17 @@ class SimulatedModule:
         return int.from_bytes(buf, sys.byteorder)
 
     def _drain_and_close(self) -> None:
-        deadline = time.monotonic() + 1.0
-        while self._master >= 0 and (self._out or self._unread()) and time.monotonic() < deadline:
+        """Close the pty once the host has read what was written (bounded wait).
+
+        Bytes written to the master reach the slave's queue through the kernel's flip
+        buffer a little later, so an empty queue counts only when seen twice, 20 ms apart.
+        """
+        deadline = time.monotonic() + 2.0
+        quiet = 0
+        while self._master >= 0 and quiet < 2 and time.monotonic() < deadline:
             self._flush()
-            time.sleep(0.005)
+            time.sleep(0.02)
+            quiet = quiet + 1 if not self._out and not self._unread() else 0
         self._close_pty()
 
     def _run(self) -> None:
@@ -465,12 +491,15 @@ class SimulatedModule:
             return
         chunks: list[bytes] = []
         delivered: list[bytes] = []
+        garbled = False
         for text, datagram in items:
             if isinstance(text, bytes):
+                # raw bytes count as delivered only behind an intact announcing line
                 chunks.append(text + b"\r\n")
-                if datagram is not None:
+                if datagram is not None and not garbled:
                     delivered.append(datagram)
                 continue
+            garbled = False
             line = text.encode("ascii")
             self.stats["lines"] += 1
             if self._fault("garble"):
@@ -482,6 +511,7 @@ class SimulatedModule:
                 )
                 line = line[:at] + noise + line[at:]
                 datagram = None
+                garbled = True
             chunks.append(b"\r\n" + line + b"\r\n")
             if datagram is not None:
                 delivered.append(datagram)
@@ -499,6 +529,7 @@ class SimulatedModule:
         items = [*lines, (final, None)] if final else list(lines)
         if faults and self._fault("drop"):
             self.stats["dropped"] += 1
+            self.stats["lines_dropped"] += len(items)
             return
         if faults and self._fault("urc"):
             self.stats["urcs_inside"] += 1
@@ -571,6 +602,7 @@ class SimulatedModule:
             self._after(self.sensor_interval, self._sensor_tick)
 
     def _reboot(self, cause: str) -> None:
+        log.debug("rebooting: %s", cause)
         self.stats["reboots"] += 1
         if self.dialect == "bc95":
             self._write([("REBOOTING", None)])
@@ -602,6 +634,7 @@ class SimulatedModule:
         self._after(self.timings.deregistered, back)
 
     def _vanish(self) -> None:
+        log.debug("vanishing")
         self.stats["vanished"] += 1
         self._epoch += 1
         self._drain_and_close()
@@ -650,7 +683,8 @@ class SimulatedModule:
     # ------------------------------------------------------------------ data
 
     def _datagram_in(self, payload: bytes, remote: str) -> bool:
-        if not self._accepting():
+        # module faults are drawn per datagram too: push dialects send few commands
+        if not self._accepting() or self._spontaneous() or not self._accepting():
             self.stats["datagrams_rejected"] += 1
             return False
         self.stats["datagrams_in"] += 1
@@ -747,19 +781,25 @@ class SimulatedModule:
             self._reboot_on = None
             self._reboot("REBOOT_CAUSE_APPLICATION_WATCHDOG")
             return
+        if self._spontaneous():
+            return
+        self._handle(line)
+
+    def _spontaneous(self) -> bool:
+        """Draw the module-level faults; ``True`` if the module is now gone or rebooting."""
         if self._fault("reboot"):
             self._reboot("REBOOT_CAUSE_APPLICATION_WATCHDOG")
-            return
+            return True
         if self._fault("vanish"):
             self._vanish()
-            return
+            return True
         if self._fault("junk"):
             self.stats["junk"] += 1
             junk = bytes(self._fault_rng.randrange(0x21, 0x7F) for _ in range(4096))
             self._out.append((b"\r\n" + junk + b"\r\n", ()))
         if self._fault("deregister"):
             self._deregister()
-        self._handle(line)
+        return False
 
     # ------------------------------------------------------------------ commands
 
@@ -987,10 +1027,11 @@ class SimulatedModule:
             self._error(50)
             return
         free = [i for i in range(1, 7) if i not in self._sockets]
-        if not free:
+        port = int(parts[2] or 0)
+        if not free or (port and any(s.local_port == port for s in self._sockets.values())):
             self._respond([], "ERROR")
             return
-        sock = _Socket(free[0], int(parts[2] or 0))
+        sock = _Socket(free[0], port)
         self._sockets[sock.ident] = sock
         self._ok(str(sock.ident))
 
