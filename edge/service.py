@@ -21,6 +21,7 @@ import gc
 import importlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -67,6 +68,8 @@ PIGGYBACK_WINDOW = 1.0
 #: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
 DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
+#: Refused uplinks are summarised in one log line at most this often, seconds.
+REFUSAL_LOG_INTERVAL = 60.0
 
 _REFUSAL_CODES = {
     FORBIDDEN: coap_site.FORBIDDEN,
@@ -124,6 +127,8 @@ class Gateway:
         self.unknown_modules: set[str] = set()
         self.serial_health: dict[str, dict[str, object]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.refusals: dict[str, int] = {}
+        self._refusals_logged = -math.inf
 
     # ------------------------------------------------------------------ uplinks
 
@@ -142,6 +147,7 @@ class Gateway:
         except UplinkRefused as exc:
             self.metrics.inc("citysense_edge_rejected_total", reason=exc.reason)
             log.debug("uplink from %s refused: %s", source, exc)
+            self._note_refusal(exc.reason, str(exc))
             code = _REFUSAL_CODES.get(exc.answer, coap_site.BAD_REQUEST)
             return Answer(
                 code,
@@ -163,6 +169,21 @@ class Gateway:
                 if body:
                     return Answer(coap_site.CHANGED, body, content_format=CF_SENML_JSON)
         return Answer(coap_site.CHANGED)
+
+    def _note_refusal(self, reason: str, example: str) -> None:
+        """Refused uplinks are logged as one aggregated WARNING per interval, not one each."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._refusals_logged < REFUSAL_LOG_INTERVAL:
+            return
+        log.warning(
+            "%d uplinks refused since the last report, by reason %s; latest: %s",
+            sum(self.refusals.values()),
+            dict(sorted(self.refusals.items())),
+            example,
+        )
+        self.refusals.clear()
+        self._refusals_logged = now
 
     # ------------------------------------------------------------------ downlink
 
@@ -254,7 +275,7 @@ class Gateway:
         )
         self.metrics.inc("citysense_edge_serial_datagrams_total", code=answer.code)
         if answer.code != coap_site.CHANGED:
-            log.warning(
+            log.debug(
                 "datagram via module %s from %s refused: %s %s",
                 datagram.module_imei,
                 datagram.remote,

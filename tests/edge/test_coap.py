@@ -5,6 +5,7 @@ aiocoap's client and with libcoap's ``coap-client`` as an independent peer; retr
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import subprocess
@@ -77,9 +78,10 @@ async def aiocoap_post(port: int, payload: bytes, cf: int | None) -> aiocoap.Mes
         await ctx.shutdown()
 
 
-def test_answer_codes_with_aiocoap(tmp_path: Path) -> None:
+def test_answer_codes_with_aiocoap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = gateway_settings(tmp_path)
     devices = write_registry(tmp_path / "registry.csv", 5)
+    caplog.set_level(logging.WARNING, logger="edge.service")
     with GatewayThread(settings) as gw:
         for name, payload, cf, expected in cases(devices):
             response = asyncio.run(aiocoap_post(coap_port(settings), payload, cf))
@@ -93,6 +95,9 @@ def test_answer_codes_with_aiocoap(tmp_path: Path) -> None:
         depth = outbox_depth(gw.settings)
     # 3 accepted uplinks -> 3 readings (distinct times); nothing of a refused uplink stored
     assert depth == 3
+    # seven refusals, one aggregated warning (the next one after a minute)
+    refused = [r for r in caplog.records if "uplinks refused" in r.getMessage()]
+    assert len(refused) == 1
 
 
 _CODE_RE = re.compile(r"t:(?:ACK|CON|NON) c:(\d\.\d\d)")

@@ -4,6 +4,7 @@ quota, a read-only disk and a full disk. Real Mosquitto, real UDP; the test is t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from citysense.senml import CF_SENML_JSON
 from tests.edge.gateway import (
     GatewayProcess,
     GatewayThread,
@@ -25,6 +27,7 @@ from tests.edge.gateway import (
     uplink_payload,
     write_registry,
 )
+from tests.edge.test_coap import aiocoap_post, coap_client
 from tests.servers import MosquittoServer, wait_until
 
 
@@ -127,7 +130,16 @@ def test_quota_refuses_with_503_and_recovers(tmp_path: Path, mosquitto: Mosquitt
         accepted, code = fill_until_refused(port, devices)
         assert code == "5.03" and accepted > 10
         assert post_one(port, devices[0]) == "5.03"
-        assert metric(settings, "citysense_edge_uplinks_total") >= accepted + 2
+        # the same answer, with Max-Age, to both client libraries
+        payload = uplink_payload(devices[2], now_ms())
+        response = asyncio.run(aiocoap_post(port, payload, CF_SENML_JSON))
+        assert response.code.dotted == "5.03" and response.opt.max_age == 30
+        assert response.payload == b"outbox full"
+        payload_file = tmp_path / "uplink.json"
+        payload_file.write_bytes(payload)
+        url = f"coap://127.0.0.1:{port}/up"
+        assert coap_client(["-m", "post", "-t", "110", "-f", str(payload_file), url]) == "5.03"
+        assert metric(settings, "citysense_edge_uplinks_total") >= accepted + 4
         # the ingestor catches up: confirmations free the outbox
         wait_until(lambda: len(ing.seqs()) > 0, 30, "batches published")
         ing.confirm_seqs(sorted(set(ing.seqs())))
