@@ -452,6 +452,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         # Long-lived objects (the registry, modules) leave the collector's view, and young
         # collections run less often: at thousands of uplinks per second the cyclic GC's
         # passes over every live object otherwise cost a large share of the CPU.
+        # Restored at the end: the process (a test run, the demo) may go on without us.
+        stack.callback(gc.set_threshold, *gc.get_threshold())
+        stack.callback(gc.unfreeze)
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 50, 100)
         async with asyncio.TaskGroup() as tg:
