@@ -260,7 +260,8 @@ def measure(
     """Measure ``consumer`` on ``messages`` envelopes of ``per_message`` readings."""
     tag = f"{consumer.key}-{per_message}{'-profile' if profile else ''}"
     db = "bench_" + tag.replace("-", "_")
-    work = WORK_DIR / f"peer-{tag}"
+    # One folder per process: two benchmark runs at once must not share one.
+    work = WORK_DIR / f"peer-{tag}-{os.getpid()}"
     offered = messages * per_message
     # Nothing of a previous run may carry over: broker persistence, ingest state, flows.
     shutil.rmtree(work, ignore_errors=True)
@@ -272,6 +273,7 @@ def measure(
     spy: subprocess.Popen[bytes] | None = None
     profile_path: Path | None = None
     notes: list[str] = []
+    failed = True
     try:
         for i, cmd in enumerate(consumer.commands(broker, influx, db, work)):
             with open(work / f"consumer-{i}.log", "wb") as out:
@@ -362,6 +364,7 @@ def measure(
             spy.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
+        failed = bool(error)
         return Measurement(
             consumer.key,
             consumer.name,
@@ -405,6 +408,8 @@ def measure(
         broker.stop()
         with contextlib.suppress(Exception):
             influx.query(f'DROP DATABASE "{db}"', method="POST")
+        if not profile and not failed:
+            shutil.rmtree(work, ignore_errors=True)  # kept when it failed: its logs tell why
 
 
 def summarize_profile(path: Path, top: int = 15) -> str:
