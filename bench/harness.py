@@ -221,14 +221,19 @@ def _title_of(block: str) -> str:
 def write_results(
     sections: Sequence[Section],
     header: str | None = None,
-    path: Path = RESULTS_PATH,
+    path: Path | None = None,
 ) -> Path:
     """Merge ``sections`` into ``path``; regenerate the header and the summary table.
+
+    ``path`` defaults to ``$BENCH_RESULTS`` when set (``python -m bench --results FILE``
+    sets it for every benchmark it runs), else ``bench/RESULTS.md``.
 
     A section replaces the section of the same key; other sections and any text not written
     by this function stay where they are. ``header`` (markdown: date, machine, versions)
     replaces the header's preamble; without it the previous preamble is kept.
     """
+    if path is None:
+        path = Path(os.environ.get("BENCH_RESULTS") or RESULTS_PATH)
     text = path.read_text() if path.exists() else ""
     if not text.strip():
         text = "# citysense benchmark results\n\n"
