@@ -3,7 +3,8 @@
 :class:`ModuleDriver` owns one :class:`~firmware_bridge.transport.ByteStream`: a reader task
 feeds the session and routes its events -- a response completes the command in flight,
 URCs and boot lines go to :attr:`ModuleDriver.urcs` (a queue the caller consumes), garbage is
-counted. :meth:`ModuleDriver.command` sends one command at a time with its own timeout and
+counted. (Waits use ``asyncio.timeout``, never ``wait_for``, whose 3.11 version can swallow a
+cancellation that coincides with the result.) :meth:`ModuleDriver.command` sends one command at a time with its own timeout and
 raises :class:`CommandError`, :class:`CommandTimeoutError`, :class:`ModuleRebootedError` or
 :class:`~firmware_bridge.transport.TransportError`.
 
@@ -270,7 +271,8 @@ class ModuleDriver:
             log.debug("-> %s", command)
             try:
                 await self.stream.write(out)
-                event = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                async with asyncio.timeout(timeout):
+                    event = await fut
             except TimeoutError:
                 events = self._session.poll(math.inf)
                 lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
@@ -281,7 +283,7 @@ class ModuleDriver:
             finally:
                 self._pending = None
                 self._prompt_data = None
-                if self._session.command == command and not fut.done():
+                if self._session.command == command and (not fut.done() or fut.cancelled()):
                     self._session.cancel()
             if isinstance(event, Aborted):
                 raise ModuleRebootedError(f"{command}: {event.reason}")
@@ -332,7 +334,8 @@ class ModuleDriver:
             remaining = max(0.01, deadline - asyncio.get_running_loop().time())
             if self.booting and not self.boot_done.is_set():
                 try:
-                    await asyncio.wait_for(self.boot_done.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self.boot_done.wait()
                 except TimeoutError:
                     pass
             else:
@@ -344,7 +347,8 @@ class ModuleDriver:
         entry = (pattern, fut)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(fut, within)
+            async with asyncio.timeout(within):
+                return await fut
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
@@ -355,7 +359,8 @@ class ModuleDriver:
         """After power-on or a reboot: sync, echo off, error codes on, URCs on."""
         if self.booting and not self.boot_done.is_set():
             try:
-                await asyncio.wait_for(self.boot_done.wait(), self.timings.boot)
+                async with asyncio.timeout(self.timings.boot):
+                    await self.boot_done.wait()
             except TimeoutError:
                 log.info("boot banner did not finish; trying AT anyway")
         await self.sync()

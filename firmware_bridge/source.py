@@ -257,6 +257,7 @@ class SerialSource:
         loop = asyncio.get_running_loop()
         next_radio = loop.time()
         next_poll = loop.time() + self.idle_poll
+        next_reg = loop.time() + self.timings.registration_poll
         reading = self.dialect.recv_mode == "read"
         while True:
             self._sync_counters()
@@ -267,11 +268,22 @@ class SerialSource:
             if reading and now >= next_poll:
                 await self._drain_socket(driver, sock, on_datagram)
                 next_poll = loop.time() + self.idle_poll
+            searching = self.health["state"] != "ready"
+            if searching and now >= next_reg:
+                # the URC that ends a search may have been lost: ask
+                try:
+                    self._set_registration(await driver.registration())
+                except (CommandError, CommandTimeoutError) as exc:
+                    self._failed(exc)
+                next_reg = loop.time() + self.timings.registration_poll
             wait = next_radio - loop.time()
             if reading:
                 wait = min(wait, next_poll - loop.time())
+            if searching:
+                wait = min(wait, next_reg - loop.time())
             try:
-                item = await asyncio.wait_for(driver.urcs.get(), max(0.0, wait))
+                async with asyncio.timeout(max(0.0, wait)):
+                    item = await driver.urcs.get()
             except TimeoutError:
                 continue
             if await self._handle(driver, item, on_datagram):
@@ -313,16 +325,19 @@ class SerialSource:
             fields = urc.fields
             stat = fields[-1] if len(fields) == 1 else fields[0]
             if stat.isdigit():
-                state = _CEREG_STATES.get(int(stat), "searching")
-                if state != self.health["state"]:
-                    log.info("%s: registration %s -> %s", self.device, stat, state)
-                self._state(state)
-                if state == "ready":
-                    self.ready.set()
-                else:
-                    self.ready.clear()
+                self._set_registration(int(stat))
         elif urc.line in self.dialect.sleep_urcs:
             log.debug("%s: %s", self.device, urc.line)
+
+    def _set_registration(self, stat: int) -> None:
+        state = _CEREG_STATES.get(stat, "searching")
+        if state != self.health["state"]:
+            log.info("%s: registration %s -> %s", self.device, stat, state)
+        self._state(state)
+        if state == "ready":
+            self.ready.set()
+        else:
+            self.ready.clear()
 
     async def _drain_socket(
         self,
