@@ -125,7 +125,8 @@ def luhn_digit(digits: str) -> str:
 class _Socket:
     ident: int
     local_port: int
-    queue: deque[tuple[str, int, bytes]] = field(default_factory=deque)
+    #: (ip, port, bytes not yet read, the whole datagram)
+    queue: deque[tuple[str, int, bytes, bytes]] = field(default_factory=deque)
     peer: tuple[str, int] | None = None
 
 
@@ -692,7 +693,7 @@ class SimulatedModule:
         ip, _, port = remote.rpartition(":")
         sock = next(iter(self._sockets.values()))
         if self.dialect == "bc95":
-            sock.queue.append((ip, int(port), payload))
+            sock.queue.append((ip, int(port), payload, payload))
             self._urc(self._p("+NSONMI", f"{sock.ident},{len(payload)}"))
         elif self.dialect == "sim7020":
             hexdata = payload.hex().upper()
@@ -1074,14 +1075,14 @@ class SimulatedModule:
         if not sock.queue:
             self._ok()
             return
-        ip, port, payload = sock.queue.popleft()
-        part, rest = payload[:limit], payload[limit:]
+        ip, port, unread, whole = sock.queue.popleft()
+        part, rest = unread[:limit], unread[limit:]
         if rest:
-            sock.queue.appendleft((ip, port, rest))
-        remaining = sum(len(p) for _, _, p in sock.queue)
+            sock.queue.appendleft((ip, port, rest, whole))
+        remaining = sum(len(q[2]) for q in sock.queue)
         line = f"{ident},{ip},{port},{len(part)},{part.hex().upper()},{remaining}"
         # a partly read datagram counts once its last part is out
-        self._respond([(line, None if rest else payload)])
+        self._respond([(line, None if rest else whole)])
 
     def _nsocl(self, op: str, args: str) -> None:
         try:
