@@ -14,6 +14,13 @@ queued here and the event loop is woken once per burst. Invariants:
   those again with the same packet id, and a late ack could otherwise hit a reused id.
   ``ack`` and the disconnect callback hold one lock so that check and send are atomic.
 
+Reading: paho reads a packet's fixed header one byte per ``recv()`` and builds an MQTT v5
+``Properties`` object for every PUBLISH. :class:`_BufferedClient` serves paho's reads from a
+buffer filled by large ``recv()`` calls and decodes a plain PUBLISH (QoS 0/1, no properties)
+itself; its ``loop_read`` processes every buffered packet before paho waits in ``select()``
+again, so a buffered byte is never left waiting for the socket to become readable. The event
+loop is woken once per read burst, not once per message.
+
 Acknowledging from the event loop's thread is safe: paho's ``client.ack`` and the
 ``_packet_queue`` it calls append to a deque and wake paho's loop through its socket pair.
 All PUBACKs of one write are queued as one buffer through ``_packet_queue`` (paho 2.x; the
@@ -49,6 +56,89 @@ _GENERATIONS = itertools.count(1)
 _PUBACK = struct.Struct("!BBH")
 #: CONNACK reason codes meaning "this broker does not speak MQTT v5".
 _UNSUPPORTED_VERSION = (132, 1)
+#: Bytes asked of the socket per ``recv()`` (a burst of PUBLISH packets at once).
+RECV_SIZE = 256 * 1024
+_PUBLISH = 0x30
+_U16 = struct.Struct("!H")
+
+#: ``(topic, payload, mid, qos)`` of one PUBLISH, called on paho's thread.
+PublishHandler = Callable[[str, bytes, int, int], None]
+
+
+class _BufferedClient(mqtt.Client):
+    """paho's client with buffered reads and a lean PUBLISH path (see the module doc).
+
+    Invariants: ``_sock_recv`` returns at most ``bufsize`` bytes, as ``recv()`` does, and
+    reads the socket only when the buffer is empty; ``loop_read`` returns with the buffer
+    empty (or the connection gone), so paho's ``select()`` never waits on bytes already
+    read; the buffer is dropped with its socket (no byte crosses into a new connection).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._rbuf = b""
+        self._rpos = 0
+        #: Called for a plain PUBLISH instead of building an MQTTMessage (None: paho's path).
+        self.on_publish_fast: PublishHandler | None = None
+        #: Called on paho's thread after each read burst.
+        self.after_read: Callable[[], None] | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        pos = self._rpos
+        if pos >= len(buf):
+            data = super()._sock_recv(max(bufsize, RECV_SIZE))
+            if len(data) <= bufsize:
+                self._rbuf, self._rpos = b"", 0
+                return data
+            self._rbuf, self._rpos = data, bufsize
+            return data[:bufsize]
+        end = pos + bufsize
+        self._rpos = end
+        return buf[pos:end]
+
+    def _buffered(self) -> bool:
+        return self._rpos < len(self._rbuf)
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        try:
+            rc = super().loop_read(max_packets)
+            while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
+                rc = super().loop_read(max_packets)
+            return rc
+        finally:
+            if self.after_read is not None:
+                self.after_read()
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        handler = self.on_publish_fast
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        if handler is None or qos > 1 or command & 0xF0 != _PUBLISH:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        try:
+            (topic_len,) = _U16.unpack_from(packet, 0)
+            pos = 2 + topic_len
+            topic = packet[2:pos].decode()
+            mid = 0
+            if qos:
+                (mid,) = _U16.unpack_from(packet, pos)
+                pos += 2
+            if self._protocol == mqtt.MQTTv5:
+                if packet[pos] != 0:  # properties present: paho decodes them
+                    return super()._handle_publish()
+                pos += 1
+        except (struct.error, IndexError, UnicodeDecodeError):
+            return super()._handle_publish()  # paho names what is wrong
+        if pos > len(packet):
+            return super()._handle_publish()
+        handler(topic, bytes(packet[pos:]), mid, qos)
+        return mqtt.MQTT_ERR_SUCCESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +178,7 @@ class MqttConsumer:
         self._pending: collections.deque[Message] = collections.deque()
         self._lock = threading.Lock()
         self._generation = next(_GENERATIONS)
+        self._woken = False  #: a wake-up of the event loop is scheduled and not yet run
         self.subscribed = threading.Event()
         self.disconnected = threading.Event()
         self.unsupported_v5 = threading.Event()
@@ -96,7 +187,7 @@ class MqttConsumer:
 
     def _build(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
-        client = mqtt.Client(
+        client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=self.protocol,
@@ -114,6 +205,8 @@ class MqttConsumer:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_connect_fail = self._on_connect_fail
+        client.on_publish_fast = self._on_publish
+        client.after_read = self._announce
         return client
 
     # ------------------------------------------------------------------ lifecycle
@@ -198,16 +291,25 @@ class MqttConsumer:
             log.info("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        pending = self._pending
-        pending.append(Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
-        # Wake the event loop only for the first message of a burst: drain() empties the
-        # queue, and a message appended while it drains is taken by that same drain (append
-        # then len() is atomic enough here: a lone message always sees len 1 and wakes).
-        if len(pending) == 1:
+        self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self._pending.append(Message(topic, payload, mid, qos, self._generation))
+
+    def _announce(self) -> None:
+        """After a read burst: wake the event loop once if messages wait and no wake-up is
+        scheduled. The flag is cleared before the wake-up reaches the collector, so a message
+        appended after the collector's drain always finds it clear (or schedules anew)."""
+        if self._pending and not self._woken:
+            self._woken = True
             try:
-                self._loop.call_soon_threadsafe(self._wake)
+                self._loop.call_soon_threadsafe(self._woke)
             except RuntimeError:  # the event loop is closed: we are shutting down
-                pass
+                self._woken = False
+
+    def _woke(self) -> None:
+        self._woken = False
+        self._wake()
 
     # ------------------------------------------------------------------ event loop side
 
