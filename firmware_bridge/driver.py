@@ -286,6 +286,8 @@ class ModuleDriver:
                 if self._session.command == command and (not fut.done() or fut.cancelled()):
                     self._session.cancel()
             if isinstance(event, Aborted):
+                # a datagram line may have come through before the reboot: keep it
+                await self._recover(event.lines)
                 raise ModuleRebootedError(f"{command}: {event.reason}")
             assert isinstance(event, Response)
             log.debug("<- %s %s", event.lines, event.final.text)

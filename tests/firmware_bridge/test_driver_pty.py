@@ -305,12 +305,23 @@ async def soak(
                 if i % 20 == 19:
                     # let the reader keep up, as a real network would pace a module
                     await until(lambda: sim.backlog < 20, 30, "the module's backlog to shrink")
-            await until(
-                lambda: set(sim.delivered) <= set(run.payloads()), 60, "every delivered datagram"
-            )
+            try:
+                await until(
+                    lambda: set(sim.delivered) <= set(run.payloads()),
+                    60,
+                    "every delivered datagram",
+                )
+            except AssertionError:
+                missing = [injected.index(p) for p in set(sim.delivered) - set(run.payloads())]
+                raise AssertionError(
+                    f"datagrams {sorted(missing)} delivered, never received; "
+                    f"sim {sim.stats}; health {run.source.health}"
+                ) from None
             sim.set_faults({})
             await inject_when_ready(sim, b"final")
             await until(lambda: b"final" in run.payloads(), 30, "the final datagram")
+            # healthy again: a lost "+CEREG: 1" is asked for, so the state comes back
+            await until(lambda: run.source.health["state"] == "ready", 30, "state ready")
             return Outcome(
                 injected,
                 [d for d in sim.delivered if d != b"final"],
