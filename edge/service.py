@@ -388,12 +388,17 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             importlib.import_module("firmware_bridge.source")
         except ImportError as exc:
             raise ConfigError(f"--serial: serial sources are not available: {exc}") from exc
-    # aiocoap reads these per incoming message from its default transport tuning (process-wide)
-    TransportTuning.EMPTY_ACK_DELAY = PIGGYBACK_WINDOW
-    TransportTuning.EXCHANGE_LIFETIME = DEDUP_WINDOW
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
+        # aiocoap reads these per incoming message from its default transport tuning
+        # (process-wide); restored when the gateway stops
+        for name, value in (
+            ("EMPTY_ACK_DELAY", PIGGYBACK_WINDOW),
+            ("EXCHANGE_LIFETIME", DEDUP_WINDOW),
+        ):
+            stack.callback(setattr, TransportTuning, name, TransportTuning.__dict__[name])
+            setattr(TransportTuning, name, value)
         outbox = SqliteOutbox(
             state_dir / "outbox.db",
             quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
