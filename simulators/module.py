@@ -406,13 +406,14 @@ class SimulatedModule:
         """Close the pty once the host has read what was written (bounded wait).
 
         Bytes written to the master reach the slave's queue through the kernel's flip
-        buffer a little later, so an empty queue counts only when seen twice, 20 ms apart.
+        buffer a little later (later still on a loaded machine), so an empty queue counts
+        only when seen three times, 50 ms apart.
         """
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 3.0
         quiet = 0
-        while self._master >= 0 and quiet < 2 and time.monotonic() < deadline:
+        while self._master >= 0 and quiet < 3 and time.monotonic() < deadline:
             self._flush()
-            time.sleep(0.02)
+            time.sleep(0.05)
             quiet = quiet + 1 if not self._out and not self._unread() else 0
         self._close_pty()
 
