@@ -37,6 +37,11 @@ from citysense.model import (
 from citysense.validation import validate_reading
 from timeseries.schema import Point, reading_to_points
 
+try:  # an accelerator for the fast path; the stdlib decoder is the reference
+    import orjson
+except ImportError:  # pragma: no cover - a dependency; the fast path works without it
+    orjson = None  # type: ignore[assignment]
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -190,6 +195,25 @@ def _reject_constant(name: str) -> float:
 
 
 _DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def _loads(payload: bytes) -> object:
+    """The envelope as the stdlib decoder (``parse_constant`` rejecting NaN/Infinity) reads
+    it, or an error. orjson reads strict RFC 8259 JSON; whatever it refuses (NaN, Infinity,
+    1e400, lone surrogates, bad UTF-8, deep nesting) goes to the stdlib decoder, so every
+    envelope decodes or fails exactly as before. One difference remains by design: orjson
+    reads an integer beyond 64 bits as a float, which the fast path then declines (``seq``,
+    ``sent`` and ``t`` must be ints; every metric's range is far inside 64 bits, checked
+    below) -- the general path decides those, as it did.
+    """
+    if orjson is not None:
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODE(payload.decode())
+
+
 #: metric -> (domain, is_bool, lo, hi, integer, "name="), for the fast path.
 _SPECS: dict[str, tuple[str, bool, float, float, bool, str]] = {
     name: (
@@ -207,6 +231,9 @@ _KIND_SPECS: dict[str, dict[str, tuple[str, bool, float, float, bool, str]]] = {
     kind: {name: _SPECS[name] for name in metrics_of_kind(kind)} for kind in KINDS
 }
 _ID_CACHE_LIMIT = 1_000_000
+# orjson reads integers beyond 64 bits as floats: they must fall outside every metric's range.
+if any(abs(spec[2]) >= 2**63 or abs(spec[3]) >= 2**63 for spec in _SPECS.values()):
+    raise RuntimeError("a metric's range reaches 2**63: the fast path's decoder cannot tell")
 
 
 class LineFastPath:
@@ -255,7 +282,7 @@ class LineFastPath:
         if len(payload) > MAX_ENVELOPE_BYTES:
             return None
         try:
-            data = _DECODE(payload.decode())
+            data = _loads(payload)
         except (ValueError, RecursionError):  # also UnicodeDecodeError: the general path decides
             return None
         if type(data) is not dict:
