@@ -159,7 +159,7 @@ def ingest_comparison(
         if load.per_message > 1:
             limit, limit_name = lim.influx_best, "influxd /write best"
         else:
-            limit, limit_name = lim.mqtt_c_msgs_s, "Mosquitto QoS 1 C clients"
+            limit, limit_name = lim.mqtt_best, "Mosquitto QoS 1 best"
         peer_rates = {
             k: m.rate for k, m in results.items() if not k.startswith("citysense") and not m.error
         }
