@@ -418,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             with_node_red = False
             run_log.append(("Node-RED install (npm)", f"FAILED: {exc}"[:400], 0.0))
     load_at_start = machine_info()["load average (1/5/15 min)"]
-    write_results([], header=_header(quick, argv, load_at_start))
+    # A partial run keeps the header of the last whole run; its sections carry their dates.
+    whole = parts == {"limits", "ingest", "others"}
+    write_results([], header=_header(quick, argv, load_at_start) if whole else None)
     if "limits" in parts or "ingest" in parts:
         t0 = time.monotonic()
         try:
@@ -441,13 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         f"| {name} | {outcome.replace('|', '/')} | {secs:.0f} |" for name, outcome, secs in run_log
     ]
     run_section = Section(
-        "run",
-        "Run",
+        "run" if whole else "run-partial",
+        "Run" if whole else f"Partial run ({', '.join(sorted(parts))})",
         body=f"Total {total:.0f} s.\n\n" + "\n".join(rows),
         measured_at=now_utc(),
         commands=["make bench   # = python -m bench", "python -m bench --quick"],
     )
-    write_results([run_section], header=_header(quick, argv, load_at_start))
+    write_results([run_section], header=_header(quick, argv, load_at_start) if whole else None)
     print(f"wrote {results_path} in {total:.0f} s")
     failed = [n for n, o, _ in run_log if o.startswith("FAILED")]
     return 1 if failed else 0
