@@ -231,8 +231,6 @@ _KIND_SPECS: dict[str, dict[str, tuple[str, bool, float, float, bool, str]]] = {
     kind: {name: _SPECS[name] for name in metrics_of_kind(kind)} for kind in KINDS
 }
 _ID_CACHE_LIMIT = 1_000_000
-#: a checked (kind, device, district, site): its metric specs and each domain's series key
-_Series = tuple[dict[str, tuple[str, bool, float, float, bool, str]], dict[str, str]]
 # orjson reads integers beyond 64 bits as floats: they must fall outside every metric's range.
 if any(abs(spec[2]) >= 2**63 or abs(spec[3]) >= 2**63 for spec in _SPECS.values()):
     raise RuntimeError("a metric's range reaches 2**63: the fast path's decoder cannot tell")
@@ -247,7 +245,7 @@ class LineFastPath:
     envelopes :func:`~citysense.envelope.decode_batch` and
     :func:`~citysense.validation.validate_reading` accept with no rejection. Caches: ids that
     already matched their pattern, and each series' escaped key (ids that match their
-    patterns need no escaping), kept per (kind, device, district, site). One decode per message.
+    patterns need no escaping). One decode per message.
     """
 
     def __init__(self, max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
@@ -255,8 +253,7 @@ class LineFastPath:
         self._devices: set[str] = set()
         self._places: set[str] = set()
         self._gateways: set[str] = set()
-        #: gateway -> (kind, device, district, site) -> specs and series keys per domain
-        self._series: dict[str, dict[tuple[object, ...], _Series]] = {}
+        self._keys: dict[tuple[object, ...], str] = {}
 
     def _known(self, cache: set[str], value: object, pattern: re.Pattern[str]) -> bool:
         if type(value) is not str:
@@ -269,32 +266,6 @@ class LineFastPath:
             cache.clear()
         cache.add(value)
         return True
-
-    def _new_series(
-        self, series: dict[tuple[object, ...], _Series], ident: tuple[object, ...], gateway: str
-    ) -> _Series | None:
-        """Check a reading's kind and ids once; cache its specs and its series keys."""
-        kind, device, district, site = ident
-        specs = _KIND_SPECS.get(kind) if type(kind) is str else None
-        known = self._known
-        if (
-            specs is None
-            or not known(self._devices, device, DEVICE_ID_RE)
-            or not known(self._places, district, PLACE_ID_RE)
-            or not known(self._places, site, PLACE_ID_RE)
-        ):
-            return None
-        keys = {
-            domain: (
-                f"{domain},device={device},district={district},gateway={gateway},"
-                f"kind={kind},site={site}"
-            )
-            for domain in {spec[0] for spec in specs.values()}
-        }
-        if len(series) >= _ID_CACHE_LIMIT:
-            series.clear()
-        entry = series[ident] = (specs, keys)
-        return entry
 
     def lines(
         self, topic_gateway: str, payload: bytes, now_ms: int
@@ -336,34 +307,31 @@ class LineFastPath:
             return None
         lo_t = max(0, now_ms - self.max_age_ms)
         hi_t = now_ms + MAX_FUTURE_SKEW_MS
-        series = self._series.get(gateway)
-        if series is None:
-            if len(self._series) >= _ID_CACHE_LIMIT:
-                self._series.clear()
-            series = self._series[gateway] = {}
+        devices, places, keys = self._devices, self._places, self._keys
+        known = self._known
         out: list[str] = []
         append = out.append
         for r in readings:
             if type(r) is not dict:
                 return None
             values = r.get("values")
+            kind = r.get("kind")
+            device = r.get("device")
+            district = r.get("district")
+            site = r.get("site")
             t = r.get("t")
-            # (kind, device, district, site) of a reading whose ids all passed: its specs and
-            # series keys. Only all-str tuples are stored, and a str equals only a str.
-            ident = (r.get("kind"), r.get("device"), r.get("district"), r.get("site"))
-            entry = series.get(ident)
-            if entry is None:
-                entry = self._new_series(series, ident, gateway)
-                if entry is None:
-                    return None
+            specs = _KIND_SPECS.get(kind) if type(kind) is str else None
             if (
-                type(values) is not dict
+                specs is None
+                or type(values) is not dict
                 or not values
                 or type(t) is not int
                 or not lo_t <= t <= hi_t
+                or (device not in devices and not known(devices, device, DEVICE_ID_RE))
+                or (district not in places and not known(places, district, PLACE_ID_RE))
+                or (site not in places and not known(places, site, PLACE_ID_RE))
             ):
                 return None
-            specs, keys = entry
             by_domain: dict[str, list[str]] = {}
             for name, value in values.items():
                 spec = specs.get(name)
@@ -393,5 +361,14 @@ class LineFastPath:
                 else:
                     fields.append(prefix + text)
             for domain, fields in by_domain.items():
-                append(f"{keys[domain]} {','.join(fields)} {t}")
+                cache_key = (domain, device, kind, district, site, gateway)
+                key = keys.get(cache_key)
+                if key is None:
+                    if len(keys) >= _ID_CACHE_LIMIT:
+                        keys.clear()
+                    key = keys[cache_key] = (
+                        f"{domain},device={device},district={district},gateway={gateway},"
+                        f"kind={kind},site={site}"
+                    )
+                append(f"{key} {','.join(fields)} {t}")
         return seq, len(readings), out
