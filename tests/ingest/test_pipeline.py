@@ -214,4 +214,6 @@ def test_huge_integer_is_dead_lettered_not_a_crash() -> None:
     payload = json.dumps(body).encode()
     assert LineFastPath().lines("gw-1", payload, NOW) is None
     out = process_message(TOPIC, payload, NOW)
-    assert out.points == [] and [d.payload for d in out.dead] == [payload]
+    # the reading is refused on its own, with its reason, like any other invalid value
+    assert out.points == [] and [d.reason for d in out.dead] == ["not_finite"]
+    assert b'"index":0' in out.dead[0].payload
