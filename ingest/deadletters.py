@@ -16,6 +16,7 @@ from pathlib import Path
 
 from citysense.errors import RetryableError
 from ingest.pipeline import DeadLetter
+from timeseries.sqlite_store import connect_durable
 
 FILENAME = "deadletters.sqlite3"
 
@@ -55,12 +56,7 @@ class DeadLetterStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db: sqlite3.Connection | None = connect_durable(self.path, _SCHEMA)
 
     def add(self, letters: Iterable[DeadLetter], at_ms: int) -> int:
         """Keep ``letters`` in one transaction; returns how many."""

@@ -28,6 +28,16 @@ def _rows(points: Sequence[Point]) -> Iterator[tuple[object, ...]]:
             yield (metric, device, t, float(value), m, kind, district, site, gateway)
 
 
+def connect_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """A connection for one writer thread at a time: WAL, a commit is on disk when it returns
+    (``synchronous=FULL``), explicit transactions, ``schema`` applied."""
+    db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class SqliteWriter:
     """Writes points to the embedded SQLite store at ``path`` (created if missing)."""
 
@@ -35,13 +45,8 @@ class SqliteWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db: sqlite3.Connection | None = connect_durable(self.path, SQLITE_SCHEMA)
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB
-        self._db.executescript(SQLITE_SCHEMA)
 
     def write_blocking(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` in one transaction (blocking; for threads and scripts)."""
