@@ -27,6 +27,19 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+from analytics.aqi import POLLUTANTS, AqiResult, Standard, compute_aqi, window_means
+from analytics.congestion import (
+    CounterWindow,
+    district_congestion,
+    site_congestion,
+)
+from analytics.leaks import (
+    DEFAULT_NIGHT_FLOW_THRESHOLD,
+    MeterEvidence,
+    last_night_window,
+    suspected_leaks,
+)
+from analytics.status import device_status
 from citysense import __version__
 from citysense.catalog import (
     DEFAULT_MAX_AGE_MS,
@@ -38,19 +51,6 @@ from citysense.catalog import (
 from citysense.errors import RetryableError
 from citysense.registry import Device, Registry
 from dashboard_api import models
-from dashboard_api.analytics.aqi import POLLUTANTS, AqiResult, Standard, compute_aqi, window_means
-from dashboard_api.analytics.congestion import (
-    CounterWindow,
-    district_congestion,
-    site_congestion,
-)
-from dashboard_api.analytics.leaks import (
-    DEFAULT_NIGHT_FLOW_THRESHOLD,
-    MeterEvidence,
-    last_night_window,
-    suspected_leaks,
-)
-from dashboard_api.analytics.status import device_status
 from dashboard_api.auth import CurrentPrincipal, role
 from dashboard_api.parameters import (
     ParameterError,

@@ -12,8 +12,10 @@ PROJECT = (
     "edge",
     "ingest",
     "timeseries",
+    "analytics",
     "dashboard_api",
     "simulators",
+    "mqtt_broker",
 )
 
 #: package -> project packages it may import (besides itself).
@@ -23,8 +25,10 @@ ALLOWED: dict[str, set[str]] = {
     "edge": {"citysense", "firmware_bridge"},
     "ingest": {"citysense", "timeseries"},
     "timeseries": {"citysense"},
-    "dashboard_api": {"citysense", "timeseries"},
+    "analytics": {"citysense"},
+    "dashboard_api": {"citysense", "timeseries", "analytics"},
     "simulators": {"citysense"},
+    "mqtt_broker": {"citysense"},
 }
 #: The composition root may import every service.
 COMPOSITION_ROOT = "citysense/cli"

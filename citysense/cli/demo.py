@@ -2,7 +2,7 @@
 
 This is the composition root: it imports every package and starts, in order,
 
-1. the MQTT broker -- the embedded one (:mod:`citysense.broker`) on a free loopback port, or
+1. the MQTT broker -- the embedded one (:mod:`mqtt_broker`) on a free loopback port, or
    the server named by ``--mqtt``;
 2. the ingestor (``ingest.service.serve``) writing to the embedded SQLite store in the state
    directory, or to the InfluxDB named by ``--influx``;
@@ -40,11 +40,11 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from citysense.broker import Broker
 from citysense.config import Settings, mask_url, parse_hostport
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.model import Reading
 from citysense.registry import Device, format_registry, load_registry
+from mqtt_broker.broker import Broker
 
 log = logging.getLogger(__name__)
 

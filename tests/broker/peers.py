@@ -18,7 +18,7 @@ from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage, MQTTv5, MQ
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from citysense.broker import Broker, BrokerConfig
+from mqtt_broker.broker import Broker, BrokerConfig
 from tests.servers import wait_until
 
 TIMEOUT = 20.0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from citysense.broker import (
+from mqtt_broker.broker import (
     CONNACK,
     MALFORMED_PACKET,
     MESSAGE_EXPIRY_INTERVAL,

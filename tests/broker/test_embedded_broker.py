@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from citysense.broker import BrokerConfig
+from mqtt_broker.broker import BrokerConfig
 from tests.broker.peers import TIMEOUT, BrokerThread, Peer
 from tests.servers import MosquittoServer, wait_until
 

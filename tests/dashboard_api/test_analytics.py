@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard_api.analytics.aqi import compute_aqi, window_means
-from dashboard_api.analytics.congestion import (
+from analytics.aqi import compute_aqi, window_means
+from analytics.congestion import (
     CounterWindow,
     congestion_index,
     district_congestion,
     free_flow_speed,
     site_congestion,
 )
-from dashboard_api.analytics.leaks import MeterEvidence, last_night_window, suspected_leaks
-from dashboard_api.analytics.status import device_status
+from analytics.leaks import MeterEvidence, last_night_window, suspected_leaks
+from analytics.status import device_status
 
 IAQI = [0, 50, 100, 150, 200, 300, 400, 500]
 # HJ 633-2012, as printed in the standard's table 1.
