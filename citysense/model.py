@@ -43,20 +43,3 @@ class Batch:
     sent: int
     readings: tuple[Reading, ...]
     v: int = ENVELOPE_VERSION
-
-
-def topic_root(gateway: str) -> str:
-    """``citysense/v1/{gateway}``, the root of a gateway's MQTT topics."""
-    return f"citysense/v1/{gateway}"
-
-
-#: The shared subscription every ingestor uses.
-INGEST_SHARED_SUBSCRIPTION = "$share/citysense-ingest/citysense/v1/+/up"
-
-
-def gateway_of_topic(topic: str) -> str | None:
-    """The gateway id in ``citysense/v1/{gateway}/...``, or ``None`` for another topic."""
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != "citysense" or parts[1] != "v1":
-        return None
-    return parts[2]

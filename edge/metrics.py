@@ -25,6 +25,9 @@ HELP: Mapping[str, str] = {
     "citysense_edge_batches_sent_total": "batches published for the first time",
     "citysense_edge_batches_resent_total": "batches published again with the same seq",
     "citysense_edge_batches_confirmed_total": "batches confirmed on .../stored",
+    "citysense_edge_confirmations_ignored_total": (
+        "seqs confirmed on .../stored that were not in flight (ignored, nothing deleted)"
+    ),
     "citysense_edge_mqtt_reconnects_total": "MQTT connections established after the first",
     "citysense_edge_downlinks_total": "downlink commands by state reported on .../ack",
     "citysense_edge_unknown_modules_total": "radio reports of a module IMEI not in the registry",

@@ -26,15 +26,16 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
-from citysense.errors import RetryableError
-from citysense.model import ENVELOPE_VERSION, Batch, Reading
+from citysense.errors import InputError, RetryableError
+from citysense.model import ENVELOPE_VERSION, Batch, Reading, Value
+from citysense.topics import Command
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ CREATE TABLE IF NOT EXISTS downlink (
 CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
 """
 
-# A (device, t) seen again merges its values; when that adds or changes a value, the row
-# leaves the batch it was in (a confirmation of that batch must not delete the new value).
+# A (device, t) seen again merges its values: an identical repeat changes nothing; a metric
+# not held yet is added and the row leaves the batch it was in (a confirmation of that batch
+# must not delete the new value). A *different* value for a metric already held never gets
+# here: :data:`_CONFLICTS` finds those uplinks first and they are refused as a whole.
 # The whole group goes in as one JSON array through one statement: one sqlite3_step, so the
 # worker thread gives up and takes back the GIL a handful of times per commit instead of
 # twice per row (a convoy with the event loop thread that costs milliseconds each time).
@@ -83,6 +86,21 @@ ON CONFLICT (device, t) DO UPDATE SET
     batch = CASE WHEN json_patch(vals, excluded.vals) = vals THEN batch ELSE 0 END,
     vals = json_patch(vals, excluded.vals)
 """
+
+# The uplinks (index 7 of a row) carrying a value that differs from the one held for the same
+# device, time and metric.
+_CONFLICTS = """
+SELECT DISTINCT g.value ->> 7 FROM json_each(?) AS g
+JOIN reading AS r ON r.device = g.value ->> 0 AND r.t = g.value ->> 1
+WHERE EXISTS (
+    SELECT 1 FROM json_each(g.value -> 5) AS n JOIN json_each(r.vals) AS o ON o.key = n.key
+    WHERE o.value IS NOT n.value OR o.type IS NOT n.type
+)
+"""
+
+#: One reading as it goes into the insert: device, t, kind, district, site, values, received,
+#: index of its uplink in the commit group.
+_Row = tuple[str, int, str, str, str, dict[str, Value], int, int]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
@@ -100,15 +118,33 @@ class OutboxFullError(RetryableError):
     """The outbox reached its quota and the policy is to refuse new readings."""
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A downlink command waiting for its device's next uplink."""
+class OutboxConflictError(InputError):
+    """The uplink carries a different value for a (device, metric, time) the outbox holds."""
 
-    id: str
-    device: str
-    command: str
-    args: dict[str, object]
-    expires: int
+
+def _conflicts_within(group: Sequence[tuple[Sequence[Reading], object]]) -> set[int]:
+    """Indexes of the uplinks of one commit group that give a (device, metric, time) another
+    value than an earlier uplink of the same group (the database sees the group at once)."""
+    if len(group) < 2:
+        return set()
+    seen: dict[tuple[str, int], tuple[int, dict[str, Value]]] = {}
+    bad: set[int] = set()
+    for i, (readings, _) in enumerate(group):
+        for r in readings:
+            key = (r.device, r.t)
+            held = seen.get(key)
+            if held is None:
+                seen[key] = (i, r.values)
+            elif held[0] != i and _differs(held[1], r.values):
+                bad.add(i)
+    return bad
+
+
+def _differs(held: Mapping[str, Value], new: Mapping[str, Value]) -> bool:
+    return any(
+        name in held and (held[name] != v or type(held[name]) is not type(v))
+        for name, v in new.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +193,7 @@ class SqliteOutbox:
         self._over_quota = False  # inside an episode of refusals or evictions
         self._episode_count = 0
         self.committed_groups = 0
+        self.conflicts = 0  #: uplinks refused for a conflicting value
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,25 +274,28 @@ class SqliteOutbox:
             group, self._pending = self._pending, []
             now = int(time.time() * 1000)
             rows = [
-                (r.device, r.t, r.kind, r.district, r.site, r.values, now)
-                for readings, _ in group
+                (r.device, r.t, r.kind, r.district, r.site, r.values, now, i)
+                for i, (readings, _) in enumerate(group)
                 for r in readings
             ]
             error: BaseException | None = None
+            conflicts: set[int] = set()
             try:
-                await self._run(self._insert, _dumps(rows), len(rows))
+                conflicts = await self._run(self._insert, rows, _conflicts_within(group))
             except RetryableError as exc:
                 error = exc
             except Exception as exc:  # an own failure: refuse, never a false yes
                 log.exception("outbox commit failed")
                 error = OutboxUnavailableError(f"outbox commit failed: {exc}", retry_after=10)
-            for _, future in group:
+            for i, (_, future) in enumerate(group):
                 if future.done():
                     continue
-                if error is None:
-                    future.set_result(None)
-                else:
+                if error is not None:
                     future.set_exception(error)
+                elif i in conflicts:
+                    future.set_exception(OutboxConflictError("conflicting value", "conflict"))
+                else:
+                    future.set_result(None)
 
     def _used_bytes(self, db: sqlite3.Connection) -> int:
         used = db.execute(
@@ -264,25 +304,43 @@ class SqliteOutbox:
         ).fetchone()[0]
         return int(used) * self._page_size
 
-    def _insert(self, rows: str, count: int) -> None:
+    def _insert(self, rows: list[_Row], conflicts: set[int]) -> set[int]:
+        """Insert the group's rows in one transaction, except those of the uplinks (by index
+        in the group) that carry a different value for a reading already held; returns the
+        indexes of those uplinks."""
+
         def work(db: sqlite3.Connection) -> int:
+            nonlocal rows
+            if conflicts:
+                rows = [row for row in rows if row[7] not in conflicts]
+            doc = _dumps(rows)
+            clashing = {int(i) for (i,) in db.execute(_CONFLICTS, (doc,))}
+            if clashing:
+                conflicts.update(clashing)
+                rows = [row for row in rows if row[7] not in conflicts]
+                doc = _dumps(rows)
+            if not rows:
+                return 0
             evicted = 0
             if self._used_bytes(db) >= self.quota_bytes:
                 if self.policy == REFUSE:
                     raise OutboxFullError("outbox quota reached", retry_after=30)
                 evicted = db.execute(
                     "DELETE FROM reading WHERE id IN (SELECT id FROM reading ORDER BY id LIMIT ?)",
-                    (max(2 * count, 64),),
+                    (max(2 * len(rows), 64),),
                 ).rowcount
-            db.execute(_INSERT, (rows,))
+            db.execute(_INSERT, (doc,))
             return evicted
 
+        count = len(rows)
         try:
             evicted = self._write(work)
         except OutboxFullError:
             self._quota_event(count, refused=True)
             raise
         self.committed_groups += 1
+        if conflicts:
+            self.conflicts += len(conflicts)
         if evicted:
             self._quota_event(evicted, refused=False)
             if self._on_evicted is not None:
@@ -295,6 +353,7 @@ class SqliteOutbox:
             )
             self._over_quota = False
             self._episode_count = 0
+        return conflicts
 
     def _quota_event(self, count: int, refused: bool) -> None:
         self._episode_count += count

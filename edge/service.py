@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import gc
 import importlib
-import json
 import logging
 import math
 import time
@@ -31,18 +30,18 @@ from typing import Any
 import aiocoap
 from aiocoap.numbers.constants import TransportTuning
 
+from citysense import topics
 from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
-from citysense.model import topic_root
 from citysense.registry import Device, Registry, load_registry
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
 from edge import coap_site
 from edge.coap_site import Answer
-from edge.downlink import ack_payload, command_ref, parse_command, response_payload
+from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
 from edge.metrics import Labels, Metrics, serve_metrics
-from edge.outbox import EVICT_OLDEST, OutboxFullError, SqliteOutbox
+from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,9 @@ class Gateway:
             resend_interval=settings.resend_interval,
             max_inflight=settings.max_inflight_batches,
         )
-        self.root = topic_root(settings.gateway)
+        self.stored_topic = topics.topic(settings.gateway, topics.STORED)
+        self.down_topic = topics.topic(settings.gateway, topics.DOWN)
+        self.ack_topic = topics.topic(settings.gateway, topics.ACK)
         self.link: MqttLink | None = None
         self.accepting = True
         self.commands: dict[str, int] = {}  # device -> queued commands
@@ -156,6 +157,11 @@ class Gateway:
             )
         try:
             await self.outbox.add(readings)
+        except OutboxConflictError as exc:
+            # another value for a (device, metric, time) held: never merged, never stored
+            self.metrics.inc("citysense_edge_rejected_total", reason=exc.reason)
+            self._note_refusal(exc.reason, f"{readings[0].device}: {exc}")
+            return Answer(coap_site.BAD_REQUEST, b"conflicting value")
         except OutboxFullError:
             return Answer(coap_site.UNAVAILABLE, b"outbox full", max_age=FULL_MAX_AGE)
         except RetryableError as exc:
@@ -208,14 +214,14 @@ class Gateway:
     def _ack(self, cid: str, device: str, state: str) -> None:
         self.metrics.inc("citysense_edge_downlinks_total", state=state)
         if self.link is not None:
-            self.link.publish(f"{self.root}/ack", ack_payload(cid, device, state, _now_ms()))
+            self.link.publish(self.ack_topic, topics.encode_ack(cid, device, state, _now_ms()))
 
     async def on_down(self, payload: bytes) -> None:
         now = _now_ms()
         try:
             cmd = parse_command(payload)
         except InputError as exc:
-            cid, device = command_ref(payload)
+            cid, device = topics.down_ref(payload)
             log.warning("downlink command refused: %s", exc)
             self._ack(cid, device, "rejected")
             return
@@ -251,13 +257,13 @@ class Gateway:
 
     async def _handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         try:
-            if topic == f"{self.root}/stored":
-                seqs = _parse_stored(payload)
+            if topic == self.stored_topic:
+                seqs = topics.decode_stored(payload)
                 if seqs is None:
                     log.warning("malformed confirmation on %s: %r", topic, payload[:100])
                 else:
                     await self.uplink.confirmed(seqs)
-            elif topic == f"{self.root}/down":
+            elif topic == self.down_topic:
                 await self.on_down(payload)
         except CitysenseError as exc:
             # not acknowledged: the broker redelivers it on the next session
@@ -336,17 +342,6 @@ class Gateway:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _parse_stored(payload: bytes) -> list[int] | None:
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None
-    seqs = data.get("seq") if isinstance(data, dict) else None
-    if not isinstance(seqs, list) or not all(type(s) is int for s in seqs):
-        return None
-    return seqs
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -431,6 +426,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             metrics=metrics,
         )
         gw.link = link
+        await gw.uplink.restore()
         link.start()
         stack.push_async_callback(link.stop)
         stack.push_async_callback(_drain, gw)

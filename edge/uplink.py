@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -31,10 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from citysense import __version__
+from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.errors import CitysenseError
-from citysense.model import topic_root
 from edge.metrics import Metrics
 from edge.outbox import SqliteOutbox
 
@@ -50,9 +48,7 @@ def _now_ms() -> int:
 
 
 def status_payload(state: str, since_ms: int) -> bytes:
-    return json.dumps(
-        {"state": state, "version": __version__, "since": since_ms}, separators=(",", ":")
-    ).encode()
+    return topics.encode_status(state, __version__, since_ms)
 
 
 class MqttLink:
@@ -71,7 +67,8 @@ class MqttLink:
         metrics: Metrics | None = None,
     ) -> None:
         self.broker = broker
-        self.root = topic_root(gateway)
+        self.status_topic = topics.topic(gateway, topics.STATUS)
+        self.subscriptions = [(topics.topic(gateway, t), 1) for t in (topics.STORED, topics.DOWN)]
         self.metrics = metrics or Metrics()
         self.connected = asyncio.Event()
         self._on_message = on_message
@@ -94,8 +91,10 @@ class MqttLink:
         client.max_inflight_messages_set(max_inflight + 20)
         client.reconnect_delay_set(1, max(1, math.ceil(retry_max_delay)))
         client.will_set(
-            f"{self.root}/status", status_payload("offline", self._started_ms), qos=1, retain=True
+            self.status_topic, status_payload("offline", self._started_ms), qos=1, retain=True
         )
+        self._json_props = Properties(PacketTypes.PUBLISH)
+        self._json_props.ContentType = topics.UP_CONTENT_TYPE
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -113,12 +112,8 @@ class MqttLink:
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
         log.info("connected to mqtt://%s:%d", self.broker.host, self.broker.port)
-        client.subscribe(
-            [(f"{self.root}/stored", 1), (f"{self.root}/down", 1)],
-        )
-        client.publish(
-            f"{self.root}/status", status_payload("online", _now_ms()), qos=1, retain=True
-        )
+        client.subscribe(self.subscriptions)
+        client.publish(self.status_topic, status_payload("online", _now_ms()), qos=1, retain=True)
         self._loop.call_soon_threadsafe(self._set_connected, True)
 
     def _handle_disconnect(
@@ -156,9 +151,16 @@ class MqttLink:
         )
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish at QoS 1; ``False`` when not connected (paho then queues it)."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, json_content: bool = False
+    ) -> bool:
+        """Publish at QoS 1; ``False`` when not connected (paho then queues it).
+
+        ``json_content`` marks the message with the MQTT v5 content type ``application/json``
+        (the envelopes on ``…/up``).
+        """
+        props = self._json_props if json_content else None
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def ack(self, mid: int, qos: int) -> None:
@@ -170,7 +172,7 @@ class MqttLink:
         self._closing = True
         if self.connected.is_set():
             info = self.client.publish(
-                f"{self.root}/status", status_payload("offline", _now_ms()), qos=1, retain=True
+                self.status_topic, status_payload("offline", _now_ms()), qos=1, retain=True
             )
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(info.wait_for_publish, grace)
@@ -194,7 +196,7 @@ class Uplink:
     ) -> None:
         self.outbox = outbox
         self.gateway = gateway
-        self.topic = f"{topic_root(gateway)}/up"
+        self.topic = topics.topic(gateway, topics.UP)
         self.metrics = metrics
         self.batch_max_readings = batch_max_readings
         self.batch_max_delay = batch_max_delay
@@ -225,10 +227,22 @@ class Uplink:
         self._wake.set()
 
     async def confirmed(self, seqs: list[int]) -> None:
-        deleted = await self.outbox.confirm(seqs)
-        known = [s for s in seqs if s in self.inflight]
+        """An ingestor confirmed ``seqs``: release those in flight, ignore (and count) others.
+
+        Only a batch this gateway published and still waits for may leave the outbox
+        (INTERFACES.md section 10.1): a confirmation of any other seq -- forged, stale, or
+        repeated -- deletes nothing.
+        """
+        known = sorted({s for s in seqs if s in self.inflight})
+        ignored = len(set(seqs)) - len(known)
+        if ignored:
+            self.metrics.inc("citysense_edge_confirmations_ignored_total", ignored)
+            log.debug("confirmation of %d seqs not in flight ignored", ignored)
+        if not known:
+            return
+        deleted = await self.outbox.confirm(known)
         for seq in known:
-            del self.inflight[seq]
+            self.inflight.pop(seq, None)
         if known:
             self.metrics.inc("citysense_edge_batches_confirmed_total", len(known))
             log.debug("batches %s confirmed, %d readings released", known, deleted)
@@ -256,16 +270,21 @@ class Uplink:
                 del self.inflight[seq]
                 continue
             self.inflight[seq] = time.monotonic()
-            link.publish(self.topic, payload)
+            link.publish(self.topic, payload, json_content=True)
             self.metrics.inc("citysense_edge_batches_sent_total")
         while self.inflight:
             self._settled.clear()
             await self._settled.wait()
 
+    async def restore(self) -> None:
+        """Every batch published before a restart is in flight again (call before connecting:
+        a confirmation queued by the broker for our session may arrive at once)."""
+        for seq in await self.outbox.unconfirmed():
+            self.inflight.setdefault(seq, -math.inf)
+
     async def run(self, link: MqttLink) -> None:
         self.link = link
-        for seq in await self.outbox.unconfirmed():
-            self.inflight[seq] = -math.inf
+        await self.restore()
         self._pending = self.batch_max_readings  # whatever is waiting goes out at once
         self._wake.set()
         async with asyncio.TaskGroup() as tg:
@@ -306,7 +325,7 @@ class Uplink:
                     del self.inflight[seq]
                     continue
                 self.inflight[seq] = time.monotonic()
-                self.link.publish(self.topic, payload)
+                self.link.publish(self.topic, payload, json_content=True)
                 self.metrics.inc("citysense_edge_batches_sent_total")
                 log.debug("batch %d published", seq)
 
@@ -333,6 +352,6 @@ class Uplink:
                     self._slot.set()
                     continue
                 self.inflight[seq] = time.monotonic()
-                self.link.publish(self.topic, payload)
+                self.link.publish(self.topic, payload, json_content=True)
                 self.metrics.inc("citysense_edge_batches_resent_total")
                 log.info("batch %d re-sent (not confirmed yet)", seq)

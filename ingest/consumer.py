@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citysense.config import BrokerUrl
-from citysense.model import INGEST_SHARED_SUBSCRIPTION
+from citysense.topics import INGEST_SHARED_SUBSCRIPTION
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from citysense.model import (
     GATEWAY_ID_RE,
     PLACE_ID_RE,
     Batch,
-    gateway_of_topic,
 )
+from citysense.topics import gateway_of_topic
 from citysense.validation import validate_reading
 from timeseries.schema import Point, reading_to_points
 

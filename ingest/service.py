@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import random
 import time
@@ -33,9 +32,10 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 
+from citysense import topics
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
 from citysense.errors import RetryableError
-from citysense.model import gateway_of_topic, topic_root
+from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
@@ -313,8 +313,8 @@ class Ingestor:
         for gateway, seqs in batch.confirm.items():
             for seq, digest in seqs:
                 self.tracker.stored(gateway, seq, digest)
-            body = json.dumps({"seq": sorted({s for s, _ in seqs})}, separators=(",", ":"))
-            consumer.publish(f"{topic_root(gateway)}/stored", body.encode())
+            body = topics.encode_stored(s for s, _ in seqs)
+            consumer.publish(topics.topic(gateway, topics.STORED), body)
         consumer.ack(batch.messages)
         self._unacked -= len(batch.messages)
         self.metrics.readings_written += batch.readings

@@ -324,6 +324,7 @@ class Ingestor:
         self.keys: set[tuple[str, str, int]] = set()
         self.acks: list[dict[str, Any]] = []
         self.status: list[dict[str, Any]] = []
+        self.content_types: list[str | None] = []  #: MQTT v5 content type of each envelope
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -353,6 +354,7 @@ class Ingestor:
                 self.status.append(data)
                 return
             self.batches.append(data)
+            self.content_types.append(getattr(msg.properties, "ContentType", None))
             for r in data["readings"]:
                 for metric_name in r["values"]:
                     self.keys.add((r["device"], metric_name, r["t"]))

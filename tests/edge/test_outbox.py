@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from citysense.model import Reading
-from edge.outbox import Command, OutboxFullError, SqliteOutbox
+from edge.outbox import Command, OutboxConflictError, OutboxFullError, SqliteOutbox
 
 NOW = 1_764_000_000_000
 
@@ -148,5 +148,59 @@ def test_envelope_built_by_sqlite_is_the_contract(tmp_path: Path) -> None:
             assert decode_batch(payload) == decode_batch(encode_batch(batch))
             assert json.loads(payload) == json.loads(encode_batch(batch))
             assert await ob.batch_payload("gw-1", 2, NOW) is None
+
+    asyncio.run(main())
+
+
+def test_a_different_value_is_refused_never_merged(tmp_path: Path) -> None:
+    """INTERFACES.md section 10.4: another value for a (device, metric, time) held is refused
+    with the whole uplink that carries it; an identical repeat is a harmless duplicate."""
+
+    async def main() -> None:
+        async with SqliteOutbox(tmp_path / "o.db") as ob:
+            await ob.add([reading(1, pm25=10.0)])
+            await ob.add([reading(1, pm25=10.0)])  # identical repeat: fine
+            with pytest.raises(OutboxConflictError, match="conflicting value"):
+                # the clashing reading takes its innocent neighbour down with it
+                await ob.add([reading(2, pm25=3.0), reading(1, pm25=999.0)])
+            assert (await ob.stats()).depth == 1
+            batch = await ob.next_batch("gw-1", 10, NOW)
+            assert batch is not None and batch.readings[0].values == {"pm25": 10.0}
+            # once in flight the row is still held: still refused
+            with pytest.raises(OutboxConflictError):
+                await ob.add([reading(1, pm25=11.0)])
+            # a bool and a number are different values too
+            await ob.add([reading(3, pm25=1.0)])
+            with pytest.raises(OutboxConflictError):
+                await ob.add([Reading("dev-3", "air_station", "d", "s", NOW + 3, {"pm25": True})])
+            assert ob.conflicts == 3
+
+    asyncio.run(main())
+
+
+def test_conflicts_inside_one_group_commit(tmp_path: Path) -> None:
+    """Uplinks committed together: the later of two clashing ones is refused, the others
+    (duplicates included) are stored."""
+
+    async def main() -> None:
+        async with SqliteOutbox(tmp_path / "o.db") as ob:
+            results = await asyncio.gather(
+                ob.add([reading(1, pm25=10.0)]),
+                ob.add([reading(1, pm25=10.0)]),
+                ob.add([reading(1, pm25=12.0), reading(5)]),
+                ob.add([reading(1, pm10=4.0)]),
+                return_exceptions=True,
+            )
+            assert ob.committed_groups == 1
+            assert [type(r).__name__ for r in results] == [
+                "NoneType",
+                "NoneType",
+                "OutboxConflictError",
+                "NoneType",
+            ]
+            batch = await ob.next_batch("gw-1", 10, NOW)
+            assert batch is not None and [r.values for r in batch.readings] == [
+                {"pm25": 10.0, "pm10": 4.0}
+            ]
 
     asyncio.run(main())
