@@ -20,6 +20,7 @@ from citysense.model import (
     Batch,
     Reading,
 )
+from citysense.strictjson import reject_constant
 
 MAX_ENVELOPE_BYTES = 256 * 1024
 MAX_READINGS = 5000
@@ -77,10 +78,6 @@ def _id(obj: Mapping[str, object], key: str, where: str, pattern: object) -> str
     return value
 
 
-def _reject_constant(name: str) -> float:
-    raise EnvelopeError(f"{name} is not a valid number", "malformed")
-
-
 def decode_reading(obj: object, index: int) -> Reading:
     """One reading object of an envelope, syntax-checked."""
     where = f"readings[{index}]."
@@ -114,7 +111,7 @@ def decode_batch(payload: bytes) -> Batch:
             f"envelope of {len(payload)} bytes exceeds {MAX_ENVELOPE_BYTES}", "too_large"
         )
     try:
-        data = json.loads(payload, parse_constant=_reject_constant)
+        data = json.loads(payload, parse_constant=reject_constant)
     except EnvelopeError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from citysense import strictjson
 from citysense.errors import InputError
 from citysense.model import DEVICE_ID_RE
 
@@ -47,7 +48,7 @@ ACK_STATES: Final = ("queued", "delivered", "expired", "rejected")
 #: Largest ``…/down`` message read at all, bytes.
 MAX_DOWN_BYTES: Final = 4096
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = strictjson.dumps
 
 
 def topic_root(gateway: str) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from citysense import strictjson
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
 from citysense.errors import InputError, RetryableError
 from citysense.model import ENVELOPE_VERSION, Batch, Reading, Value
@@ -102,7 +103,7 @@ WHERE EXISTS (
 #: index of its uplink in the commit group.
 _Row = tuple[str, int, str, str, str, dict[str, Value], int, int]
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = strictjson.dumps
 
 # Bytes of envelope per reading besides its strings (keys, punctuation, time), and the room
 # left for readings in an envelope.

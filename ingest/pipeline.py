@@ -33,6 +33,7 @@ from citysense.model import (
     PLACE_ID_RE,
     Batch,
 )
+from citysense.strictjson import DECODER
 from citysense.topics import gateway_of_topic
 from citysense.validation import validate_reading
 from timeseries.schema import Point, reading_to_points
@@ -190,11 +191,7 @@ class SeqTracker:
             self._stored.popitem(last=False)
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(name)
-
-
-_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODE = DECODER.decode
 
 
 def _loads(payload: bytes) -> object:
