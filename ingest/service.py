@@ -40,9 +40,9 @@ from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
 from ingest.metrics import IngestMetrics, start_metrics_server
-from ingest.pipeline import DeadLetter, LineFastPath, SeqTracker, process_message
+from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
-from timeseries.lineprotocol import LineSerializer
+from timeseries.lineprotocol import LineFastPath, LineSerializer
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
