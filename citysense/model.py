@@ -21,6 +21,9 @@ PLACE_ID_RE = re.compile(r"[a-z0-9_-]{1,48}")
 
 ENVELOPE_VERSION = 1
 
+#: AT command dialects of the NB-IoT modules a gateway drives over serial (PROTOCOLS.md).
+SERIAL_DIALECTS: tuple[str, ...] = ("bc95", "sim7020", "bc66")
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:

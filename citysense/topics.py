@@ -37,6 +37,12 @@ STORED: Final = "stored"
 DOWN: Final = "down"
 ACK: Final = "ack"
 
+#: The broker a service talks to when ``--mqtt`` is not given.
+DEFAULT_MQTT: Final = "mqtt://127.0.0.1:1883"
+#: How long the broker keeps a client's session (and its queued QoS 1 messages) while the
+#: client is away, seconds (MQTT v5 Session Expiry Interval): a week.
+SESSION_EXPIRY_S: Final = 7 * 24 * 3600
+
 #: The shared subscription every ingestor uses.
 INGEST_SHARED_SUBSCRIPTION: Final = f"$share/citysense-ingest/{PREFIX}/+/{UP}"
 #: MQTT v5 content type of an envelope on ``…/up`` (INTERFACES.md sections 5 and 10.1).

@@ -46,7 +46,6 @@ from edge.uplink import MqttLink, Uplink
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 DEFAULT_METRICS_BIND = "127.0.0.1:9101"
 #: Receive buffer asked for the CoAP socket (the kernel default holds ~166 datagrams).
 COAP_RCVBUF = 4 * 1024 * 1024
@@ -377,7 +376,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
-    broker = parse_mqtt_url(settings.mqtt or DEFAULT_MQTT)
+    broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
     if settings.serial:
         try:
             importlib.import_module("firmware_bridge.source")

@@ -38,8 +38,6 @@ from edge.outbox import SqliteOutbox
 
 log = logging.getLogger(__name__)
 
-#: How long the broker keeps our session (and queued QoS 1 messages) while we are away.
-SESSION_EXPIRY_S = 7 * 24 * 3600
 KEEPALIVE_S = 30
 
 
@@ -141,7 +139,7 @@ class MqttLink:
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = topics.SESSION_EXPIRY_S
         self.client.connect_async(
             self.broker.host,
             self.broker.port,

@@ -45,11 +45,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citysense.config import BrokerUrl
-from citysense.topics import INGEST_SHARED_SUBSCRIPTION
+from citysense.topics import INGEST_SHARED_SUBSCRIPTION, SESSION_EXPIRY_S
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
 PUBACK = 0x40
 #: Connection generations, unique across consumers of the process (a fallback makes a new one).
 _GENERATIONS = itertools.count(1)

@@ -49,7 +49,6 @@ from timeseries.writer import LineWriter, Writer, WriteResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 DEFAULT_CLIENT_ID = "citysense-ingest-1"
 DEFAULT_METRICS_BIND = "127.0.0.1:9102"
 WRITE_CONCURRENCY = 2
@@ -112,7 +111,7 @@ class Ingestor:
     # ------------------------------------------------------------------ running
 
     def _new_consumer(self, protocol: mqtt.MQTTProtocolVersion) -> MqttConsumer:
-        broker = parse_mqtt_url(self.settings.mqtt or DEFAULT_MQTT)
+        broker = parse_mqtt_url(self.settings.mqtt or topics.DEFAULT_MQTT)
         return MqttConsumer(
             broker,
             self.settings.client_id or DEFAULT_CLIENT_ID,
