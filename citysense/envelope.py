@@ -28,6 +28,24 @@ MAX_READINGS = 5000
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 
 
+#: The fields of a reading object in an envelope, in the order they are written.
+READING_FIELDS: tuple[str, ...] = ("device", "kind", "district", "site", "t", "values")
+
+
+def envelope_of(
+    gateway: str, seq: int, sent: int, readings_json: str, *, v: int = ENVELOPE_VERSION
+) -> bytes:
+    """The envelope around readings already written as a JSON array of reading objects.
+
+    The one place the envelope's own fields are written: :func:`encode_batch` uses it, and so
+    does the gateway's outbox, which has SQLite write the readings array.
+    """
+    gw = gateway if GATEWAY_ID_RE.fullmatch(gateway) else _dumps(gateway)[1:-1]
+    return (
+        f'{{"v":{v},"gateway":"{gw}","seq":{seq},"sent":{sent},"readings":{readings_json}}}'
+    ).encode()
+
+
 def reading_to_dict(r: Reading) -> dict[str, object]:
     return {
         "device": r.device,
@@ -44,15 +62,13 @@ def encode_batch(batch: Batch) -> bytes:
     if len(batch.readings) > MAX_READINGS:
         raise EnvelopeError(f"{len(batch.readings)} readings exceed {MAX_READINGS}", "too_large")
     try:
-        body = _dumps(
-            {
-                "v": batch.v,
-                "gateway": batch.gateway,
-                "seq": batch.seq,
-                "sent": batch.sent,
-                "readings": [reading_to_dict(r) for r in batch.readings],
-            }
-        ).encode()
+        body = envelope_of(
+            batch.gateway,
+            batch.seq,
+            batch.sent,
+            _dumps([reading_to_dict(r) for r in batch.readings]),
+            v=batch.v,
+        )
     except ValueError as exc:  # NaN or Inf in values
         raise EnvelopeError(f"cannot encode batch: {exc}", "not_finite") from exc
     if len(body) > MAX_ENVELOPE_BYTES:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from citysense import strictjson
-from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
+from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
 from citysense.errors import InputError, RetryableError
-from citysense.model import ENVELOPE_VERSION, Batch, Reading, Value
+from citysense.model import Batch, Reading, Value
 from citysense.topics import Command
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,13 @@ WHERE EXISTS (
 _Row = tuple[str, int, str, str, str, dict[str, Value], int, int]
 
 _dumps = strictjson.dumps
+
+# The readings of one batch as the envelope's JSON array (fields in READING_FIELDS order).
+_BATCH_JSON = (
+    "SELECT count(*), json_group_array(json_object("
+    + ", ".join(f"'{name}', " + {"values": "json(vals)"}.get(name, name) for name in READING_FIELDS)
+    + ")) FROM (SELECT * FROM reading WHERE batch = ? ORDER BY id)"
+)
 
 # Bytes of envelope per reading besides its strings (keys, punctuation, time), and the room
 # left for readings in an envelope.
@@ -408,17 +415,11 @@ class SqliteOutbox:
         readings = await self._run(self._batch_json, seq)
         if readings is None:
             return None
-        head = f'{{"v":{ENVELOPE_VERSION},"gateway":"{gateway}","seq":{seq},"sent":{now_ms},'
-        return (head + '"readings":' + readings + "}").encode()
+        return envelope_of(gateway, seq, now_ms, readings)
 
     def _batch_json(self, seq: int) -> str | None:
         try:
-            count, readings = self.db.execute(
-                "SELECT count(*), json_group_array(json_object('device', device, 'kind', kind, "
-                "'district', district, 'site', site, 't', t, 'values', json(vals))) "
-                "FROM (SELECT * FROM reading WHERE batch = ? ORDER BY id)",
-                (seq,),
-            ).fetchone()
+            count, readings = self.db.execute(_BATCH_JSON, (seq,)).fetchone()
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
         return str(readings) if count else None
