@@ -30,7 +30,7 @@ from typing import Any
 import aiocoap
 from aiocoap.numbers.constants import TransportTuning
 
-from citysense import topics
+from citysense import prometheus, topics
 from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
@@ -40,7 +40,7 @@ from edge import coap_site
 from edge.coap_site import Answer
 from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
-from edge.metrics import Labels, Metrics, serve_metrics
+from edge.metrics import Labels, Metrics
 from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
 
@@ -433,11 +433,14 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if metrics_bind != "off":
             host, port = parse_hostport(metrics_bind, "--metrics-bind")
-            try:
-                server = await serve_metrics(metrics, gw.gauges, host, port)
-            except OSError as exc:
-                raise ConfigError(f"--metrics-bind {metrics_bind}: {exc.strerror}") from exc
-            stack.push_async_callback(_close_server, server)
+
+            async def exposition() -> str:
+                return metrics.render(await gw.gauges())
+
+            server = await prometheus.serve_http(
+                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+            )
+            stack.push_async_callback(prometheus.close_server, server)
 
         try:
             context = await coap_site.GatewayContext.create_server_context(
@@ -486,9 +489,3 @@ async def _drain(gw: Gateway) -> None:
         log.info("every published batch is confirmed")
     for task in list(gw.tasks):
         task.cancel()
-
-
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.wait_closed(), 2)

@@ -32,14 +32,14 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 
-from citysense import topics
+from citysense import prometheus, topics
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
 from citysense.errors import RetryableError
 from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
-from ingest.metrics import IngestMetrics, start_metrics_server
+from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
@@ -353,9 +353,13 @@ async def serve(
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
-            server = await start_metrics_server(metrics.render, host, port)
-            if server is not None:
-                stack.push_async_callback(server.wait_closed)
-                stack.callback(server.close)
+
+            async def exposition() -> str:
+                return metrics.render()
+
+            server = await prometheus.serve_http(
+                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+            )
+            stack.push_async_callback(prometheus.close_server, server)
         ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
         await ingestor.run(ready)
