@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from citysense import strictjson
+from citysense.durable import connect_durable
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
 from citysense.errors import InputError, RetryableError
 from citysense.model import Batch, Reading, Value
@@ -222,11 +223,7 @@ class SqliteOutbox:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=8388608")
-            db.executescript(_SCHEMA)
+            db = connect_durable(self.path, _SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)")
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"cannot open outbox {self.path}: {exc}") from exc

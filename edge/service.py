@@ -31,10 +31,11 @@ import aiocoap
 from aiocoap.numbers.constants import TransportTuning
 
 from citysense import prometheus, topics
+from citysense.backoff import Backoff
 from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
-from citysense.registry import Device, Registry, load_registry
+from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
 from edge import coap_site
 from edge.coap_site import Answer
@@ -347,17 +348,14 @@ def open_registry(settings: Settings) -> Registry:
     if settings.registry is None:
         log.warning("no --registry given: every device is unknown and is answered 4.03")
         return Registry()
-    try:
-        return load_registry(settings.registry)
-    except InputError as exc:
-        raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+    return load_registry_option(settings.registry)
 
 
 async def _run_serial(gw: Gateway, item: str) -> None:
     """Run one serial module, restarting it (with back-off) when it fails."""
     device, dialect = parse_serial(item)
     source_mod = importlib.import_module("firmware_bridge.source")
-    delay = 1.0
+    backoff = Backoff(1.0, max(1.0, gw.settings.retry_max_delay))
     while True:
         source = source_mod.SerialSource(device, dialect)
         gw.serial_health[device] = source.health
@@ -366,10 +364,9 @@ async def _run_serial(gw: Gateway, item: str) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("serial module on %s failed: %s; restarting in %.0f s", device, exc, delay)
+            log.error("serial module on %s failed: %s; restarting with back-off", device, exc)
         gw.serial_health[device] = {"state": "failed"}
-        await asyncio.sleep(delay)  # back-off before reopening the port
-        delay = min(delay * 2, max(1.0, gw.settings.retry_max_delay))
+        await backoff.sleep()  # before reopening the port
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from typing import TypeVar
 import paho.mqtt.client as mqtt
 
 from citysense import prometheus, topics
+from citysense.backoff import Backoff
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
 from citysense.errors import RetryableError
 from citysense.topics import gateway_of_topic
@@ -280,19 +280,18 @@ class Ingestor:
         return await asyncio.to_thread(self.dead_letters.add, dead, at_ms)
 
     async def _retrying(self, op: Callable[..., Awaitable[T]], *args: object) -> T:
-        delay = 0.2
         cap = max(self.settings.retry_max_delay, 0.2)
+        backoff = Backoff(0.2, cap, jitter=True)
         while True:
             try:
                 return await op(*args)
             except RetryableError as exc:
                 self.metrics.retries += 1
-                wait = min(delay, cap) * (0.5 + random.random() / 2)
+                wait = backoff.delay()
                 if exc.retry_after is not None:
                     wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
                 log.info("storage not available (%s); retrying in %.1f s", exc, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, cap)
 
     async def _ack_in_order(self) -> None:
         while True:

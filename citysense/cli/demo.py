@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from citysense.config import Settings, mask_url, parse_hostport
-from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
-from citysense.registry import Device, format_registry, load_registry
+from citysense.registry import Device, format_registry, load_registry_option
 from mqtt_broker.broker import Broker
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,7 @@ class Demo:
         """The fleet's devices and the registry file every service reads."""
         s = self.settings
         if s.registry is not None:
-            try:
-                return list(load_registry(s.registry).values()), s.registry
-            except InputError as exc:
-                raise ConfigError(f"--registry {s.registry}: {exc}") from exc
+            return list(load_registry_option(s.registry).values()), s.registry
         from simulators.city import generate_fleet
 
         devices = generate_fleet(s.devices, s.seed, [s.gateway])
