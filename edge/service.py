@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
-from aiocoap.numbers.constants import TransportTuning
 
 from citysense import prometheus, topics
 from citysense.backoff import Backoff
 from citysense.catalog import DEFAULT_MAX_AGE_MS
+from citysense.compat import aiocoap as compat_aiocoap
+from citysense.compat.aiocoap import GatewayTuning
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.registry import Device, Registry, load_registry_option
@@ -382,14 +383,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
-        # aiocoap reads these per incoming message from its default transport tuning
-        # (process-wide); restored when the gateway stops
-        for name, value in (
-            ("EMPTY_ACK_DELAY", PIGGYBACK_WINDOW),
-            ("EXCHANGE_LIFETIME", DEDUP_WINDOW),
-        ):
-            stack.callback(setattr, TransportTuning, name, TransportTuning.__dict__[name])
-            setattr(TransportTuning, name, value)
         outbox = SqliteOutbox(
             state_dir / "outbox.db",
             quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
@@ -440,13 +433,17 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             stack.push_async_callback(prometheus.close_server, server)
 
         try:
-            context = await coap_site.GatewayContext.create_server_context(
+            context = await compat_aiocoap.ServerContext.create_server_context(
                 coap_site.build_site(gw.accept), bind=(coap_host, coap_port)
             )
         except OSError as exc:
             raise ConfigError(f"--coap {settings.coap}: {exc.strerror or exc}") from exc
         stack.push_async_callback(_stop_intake, gw, context)
-        granted = coap_site.raise_receive_buffer(context, COAP_RCVBUF)
+        if not compat_aiocoap.LEAN_RENDERING:
+            log.info("aiocoap's rendering internals not found: its own request path is used")
+        if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
+            log.warning("aiocoap's message layer not found: its default CoAP timings apply")
+        granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
         log.info("CoAP on %s:%d (receive buffer %s bytes)", coap_host, coap_port, granted)
 
         # Long-lived objects (the registry, modules) leave the collector's view, and young
