@@ -60,7 +60,11 @@ CREATE TABLE IF NOT EXISTS reading (
     UNIQUE (device, t)
 );
 CREATE INDEX IF NOT EXISTS reading_batch ON reading (batch, id);
-CREATE TABLE IF NOT EXISTS batch (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batch (
+    seq INTEGER PRIMARY KEY,
+    created INTEGER NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0  -- epoch ms of the last publish; 0: due at once
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS downlink (
     id TEXT PRIMARY KEY,
@@ -166,16 +170,26 @@ class OutboxStats:
 
 
 class Outbox(Protocol):
-    """What the gateway needs from durable storage (one implementation: SQLite)."""
+    """The gateway's durable buffer, in the manner of Telegraf's output buffers.
+
+    Readings go in with :meth:`add` (durable when it returns). :meth:`batch` takes the oldest
+    into a new batch, in flight from then; :meth:`accept` releases batches an ingestor
+    stored (only those in flight); :meth:`reject` makes batches due at once (a publish may
+    have been lost); :meth:`due` names the batches to publish now. The publish times live
+    with the batches, so the whole at-least-once state is here, in one place.
+    """
 
     async def add(self, readings: Sequence[Reading]) -> None: ...
-    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None: ...
-    async def form_batch(self, max_readings: int, now_ms: int) -> int | None: ...
-    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None: ...
-    async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None: ...
-    async def unconfirmed(self) -> list[int]: ...
-    async def confirm(self, seqs: Iterable[int]) -> int: ...
+    async def batch(self, max_readings: int, now_ms: int) -> int | None: ...
+    async def payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None: ...
+    async def inflight(self) -> list[int]: ...
+    async def inflight_count(self) -> int: ...
+    async def due(self, now_ms: int, resend_after_ms: int) -> list[int]: ...
+    async def sent(self, seqs: Sequence[int], now_ms: int) -> None: ...
+    async def reject(self, seqs: Iterable[int] | None = None) -> None: ...
+    async def accept(self, seqs: Iterable[int]) -> list[int]: ...
     async def stats(self) -> OutboxStats: ...
+    async def next_seq(self) -> int: ...
 
 
 class SqliteOutbox:
@@ -203,6 +217,7 @@ class SqliteOutbox:
         self._episode_count = 0
         self.committed_groups = 0
         self.conflicts = 0  #: uplinks refused for a conflicting value
+        self._downlinks = DownlinkQueue(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,6 +239,9 @@ class SqliteOutbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = connect_durable(self.path, _SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(batch)")}
+            if "sent" not in columns:  # an outbox written before publish times were kept
+                db.execute("ALTER TABLE batch ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)")
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"cannot open outbox {self.path}: {exc}") from exc
@@ -372,15 +390,9 @@ class SqliteOutbox:
 
     # ------------------------------------------------------------------ batches out
 
-    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None:
-        """Assign the oldest unbatched readings to a new ``seq`` (committed); ``None`` if none."""
-        seq = await self.form_batch(max_readings, now_ms)
-        if seq is None:
-            return None
-        return await self.batch(gateway, seq, now_ms)
-
-    async def form_batch(self, max_readings: int, now_ms: int) -> int | None:
-        """Assign the oldest unbatched readings to a new ``seq`` (committed); its ``seq``."""
+    async def batch(self, max_readings: int, now_ms: int) -> int | None:
+        """Assign the oldest unbatched readings to a new ``seq``, in flight from ``now_ms``
+        (the caller publishes it now); ``None`` when nothing waits."""
         return await self._run(self._form_batch, max_readings, now_ms)
 
     def _form_batch(self, max_readings: int, now_ms: int) -> int | None:
@@ -397,18 +409,19 @@ class SqliteOutbox:
                 "WHERE size <= ? OR id = (SELECT min(id) FROM reading WHERE batch = 0))",
                 (seq, _READING_OVERHEAD, max(1, min(max_readings, MAX_READINGS)), _ENVELOPE_BUDGET),
             )
-            db.execute("INSERT INTO batch (seq, created) VALUES (?, ?)", (seq, now_ms))
+            db.execute(
+                "INSERT INTO batch (seq, created, sent) VALUES (?, ?, ?)", (seq, now_ms, now_ms)
+            )
             db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             return seq
 
         return self._write(work)
 
-    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None:
-        """The envelope of batch ``seq`` (INTERFACES.md section 5), built by SQLite.
-
-        The same document :func:`citysense.envelope.encode_batch` writes, assembled in the
-        worker thread so the event loop does not parse and re-encode every reading.
-        """
+    async def payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None:
+        """The envelope of batch ``seq`` (INTERFACES.md section 5), its readings written by
+        SQLite (:func:`citysense.envelope.envelope_of` around them) in the worker thread, so
+        the event loop does not parse and re-encode every reading. ``None`` when the batch is
+        not in flight or has no readings left (they moved to a later batch; it is dropped)."""
         readings = await self._run(self._batch_json, seq)
         if readings is None:
             return None
@@ -419,10 +432,20 @@ class SqliteOutbox:
             count, readings = self.db.execute(_BATCH_JSON, (seq,)).fetchone()
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
-        return str(readings) if count else None
+        if count:
+            return str(readings)
+        self._write(lambda db: db.execute("DELETE FROM batch WHERE seq = ?", (seq,)))
+        return None
 
-    async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None:
-        """The batch ``seq`` as it stands now (for publishing or re-sending)."""
+    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None:
+        """:meth:`batch`, then that batch as a :class:`Batch`."""
+        seq = await self.batch(max_readings, now_ms)
+        if seq is None:
+            return None
+        return await self.read_batch(gateway, seq, now_ms)
+
+    async def read_batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None:
+        """The batch ``seq`` as it stands now."""
         rows = await self._run(self._batch_rows, seq)
         if not rows:
             return None
@@ -442,11 +465,11 @@ class SqliteOutbox:
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
 
-    async def unconfirmed(self) -> list[int]:
-        """Every published ``seq`` still waiting for its confirmation, oldest first."""
-        return await self._run(self._unconfirmed)
+    async def inflight(self) -> list[int]:
+        """Every batch in flight (formed, not yet accepted), oldest first."""
+        return await self._run(self._inflight)
 
-    def _unconfirmed(self) -> list[int]:
+    def _inflight(self) -> list[int]:
         def work(db: sqlite3.Connection) -> list[int]:
             # a batch whose readings all moved to later batches has nothing left to confirm
             db.execute(
@@ -457,20 +480,61 @@ class SqliteOutbox:
 
         return self._write(work)
 
-    async def confirm(self, seqs: Iterable[int]) -> int:
-        """An ingestor stored these batches: delete their readings; returns readings deleted."""
-        wanted = sorted({s for s in seqs if isinstance(s, int) and s > 0})
-        if not wanted:
-            return 0
-        return await self._run(self._confirm, wanted)
+    async def inflight_count(self) -> int:
+        return await self._run(
+            lambda: int(self.db.execute("SELECT count(*) FROM batch").fetchone()[0])
+        )
 
-    def _confirm(self, seqs: list[int]) -> int:
-        def work(db: sqlite3.Connection) -> int:
-            deleted = 0
+    async def due(self, now_ms: int, resend_after_ms: int) -> list[int]:
+        """Batches in flight to publish now: rejected ones, and those last sent at least
+        ``resend_after_ms`` ago without an acceptance; oldest first."""
+        return await self._run(
+            lambda: [
+                int(r[0])
+                for r in self.db.execute(
+                    "SELECT seq FROM batch WHERE sent <= ? ORDER BY seq",
+                    (now_ms - resend_after_ms,),
+                )
+            ]
+        )
+
+    async def sent(self, seqs: Sequence[int], now_ms: int) -> None:
+        """Batches ``seqs`` were published (again) at ``now_ms``."""
+        if seqs:
+            await self._run(self._set_sent, list(seqs), now_ms)
+
+    def _set_sent(self, seqs: list[int], at: int) -> None:
+        self._write(
+            lambda db: db.executemany(
+                "UPDATE batch SET sent = ? WHERE seq = ?", [(at, seq) for seq in seqs]
+            )
+        )
+
+    async def reject(self, seqs: Iterable[int] | None = None) -> None:
+        """Publishing ``seqs`` (default: every batch in flight) may have failed: they are due
+        at once."""
+        if seqs is None:
+            await self._run(self._write, lambda db: db.execute("UPDATE batch SET sent = 0"))
+        else:
+            await self._run(self._set_sent, list(seqs), 0)
+
+    async def accept(self, seqs: Iterable[int]) -> list[int]:
+        """An ingestor stored these batches: those in flight leave the outbox with their
+        readings; any other seq (forged, stale, repeated) changes nothing. Returns the seqs
+        accepted."""
+        wanted = sorted({s for s in seqs if type(s) is int and s > 0})
+        if not wanted:
+            return []
+        return await self._run(self._accept, wanted)
+
+    def _accept(self, seqs: list[int]) -> list[int]:
+        def work(db: sqlite3.Connection) -> list[int]:
+            accepted = []
             for seq in seqs:
-                deleted += db.execute("DELETE FROM reading WHERE batch = ?", (seq,)).rowcount
-                db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
-            return deleted
+                if db.execute("DELETE FROM batch WHERE seq = ?", (seq,)).rowcount:
+                    db.execute("DELETE FROM reading WHERE batch = ?", (seq,))
+                    accepted.append(seq)
+            return accepted
 
         return self._write(work)
 
@@ -495,7 +559,27 @@ class SqliteOutbox:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
         return OutboxStats(int(depth), oldest, int(batches), used, int(downlinks))
 
-    # ------------------------------------------------------------------ downlink queue
+    @property
+    def downlinks(self) -> DownlinkQueue:
+        """The downlink queue, kept in the same database (one connection, one thread)."""
+        return self._downlinks
+
+
+class DownlinkQueue:
+    """Pending downlink commands for sleeping devices, durable in the outbox's database."""
+
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self._outbox = outbox
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._outbox._run(fn, *args)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._outbox._write(fn)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._outbox.db
 
     async def queue_command(self, cmd: Command, now_ms: int) -> bool:
         """Keep ``cmd`` durably until delivery or expiry; ``False`` if it was already queued."""

@@ -195,11 +195,11 @@ class Gateway:
     # ------------------------------------------------------------------ downlink
 
     async def load_commands(self) -> None:
-        self.commands.update(await self.outbox.command_devices())
+        self.commands.update(await self.outbox.downlinks.command_devices())
 
     async def _deliver(self, device: str, now: int) -> bytes:
         try:
-            cmd, left = await self.outbox.take_command(device, now)
+            cmd, left = await self.outbox.downlinks.take_command(device, now)
         except CitysenseError as exc:
             log.error("cannot read the downlink queue: %s", exc)
             return b""
@@ -233,7 +233,7 @@ class Gateway:
         if cmd.expires <= now:
             self._ack(cmd.id, cmd.device, "expired")
             return
-        if await self.outbox.queue_command(cmd, now):
+        if await self.outbox.downlinks.queue_command(cmd, now):
             self.commands[cmd.device] = self.commands.get(cmd.device, 0) + 1
             self._ack(cmd.id, cmd.device, "queued")
 
@@ -241,7 +241,7 @@ class Gateway:
         while True:
             await asyncio.sleep(EXPIRY_TICK)  # a periodic sweep, not a wait for an event
             try:
-                expired = await self.outbox.expire_commands(_now_ms())
+                expired = await self.outbox.downlinks.expire_commands(_now_ms())
             except CitysenseError as exc:
                 log.error("cannot sweep expired downlinks: %s", exc)
                 continue
@@ -316,7 +316,7 @@ class Gateway:
 
     async def gauges(self) -> Mapping[str, Mapping[Labels, float]]:
         out: dict[str, dict[Labels, float]] = {
-            "citysense_edge_inflight_batches": {(): len(self.uplink.inflight)},
+            "citysense_edge_inflight_batches": {(): self.uplink.inflight},
             "citysense_edge_mqtt_connected": {
                 (): 1.0 if self.link is not None and self.link.connected.is_set() else 0.0
             },
@@ -476,7 +476,7 @@ async def _drain(gw: Gateway) -> None:
         await asyncio.wait_for(gw.uplink.drain(), DRAIN_TIMEOUT)
     except (TimeoutError, CitysenseError):
         pass
-    held = len(gw.uplink.inflight)
+    held = gw.uplink.inflight
     if held:
         log.info("%d batches unconfirmed at stop; they stay in the outbox", held)
     else:
