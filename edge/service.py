@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import math
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import aiocoap
 
@@ -45,6 +43,7 @@ from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, Uplink
 from edge.metrics import Labels, Metrics
 from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
+from firmware_bridge.source import Datagram, RadioReport, SerialHealth, SerialSource, new_health
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ class Gateway:
         self.accepting = True
         self.commands: dict[str, int] = {}  # device -> queued commands
         self.unknown_modules: set[str] = set()
-        self.serial_health: dict[str, dict[str, object]] = {}
+        self.serial_health: dict[str, SerialHealth] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.refusals: dict[str, int] = {}
         self._refusals_logged = -math.inf
@@ -275,8 +274,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ serial
 
-    async def on_datagram(self, datagram: Any) -> None:
-        payload: bytes = datagram.payload
+    async def on_datagram(self, datagram: Datagram) -> None:
+        payload = datagram.payload
         answer = await self._accept(
             payload, content_format_of(payload), f"serial:{datagram.module_imei}"
         )
@@ -290,8 +289,8 @@ class Gateway:
                 answer.payload.decode(errors="replace"),
             )
 
-    async def on_radio(self, report: Any) -> None:
-        imei: str = report.imei
+    async def on_radio(self, report: RadioReport) -> None:
+        imei = report.imei
         device_id = next(
             (d for d in (f"urn:imei:{imei}", imei) if d in self.registry), f"urn:imei:{imei}"
         )
@@ -330,19 +329,20 @@ class Gateway:
         age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
         out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
         out["citysense_edge_serial_module_up"] = {
-            (("device", dev),): 1.0 if health.get("state") == "ready" else 0.0
+            (("device", dev),): 1.0 if health["state"] == "ready" else 0.0
             for dev, health in self.serial_health.items()
         }
-        for key in ("reconnects", "reboots", "garbage_lines"):
-            out[f"citysense_edge_serial_module_{key}"] = {
-                (("device", dev),): float(_number(health.get(key)))
-                for dev, health in self.serial_health.items()
-            }
+        health_of = self.serial_health.items()
+        out["citysense_edge_serial_module_reconnects"] = {
+            (("device", dev),): h["reconnects"] for dev, h in health_of
+        }
+        out["citysense_edge_serial_module_reboots"] = {
+            (("device", dev),): h["reboots"] for dev, h in health_of
+        }
+        out["citysense_edge_serial_module_garbage_lines"] = {
+            (("device", dev),): h["garbage_lines"] for dev, h in health_of
+        }
         return out
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -355,10 +355,9 @@ def open_registry(settings: Settings) -> Registry:
 async def _run_serial(gw: Gateway, item: str) -> None:
     """Run one serial module, restarting it (with back-off) when it fails."""
     device, dialect = parse_serial(item)
-    source_mod = importlib.import_module("firmware_bridge.source")
     backoff = Backoff(1.0, max(1.0, gw.settings.retry_max_delay))
     while True:
-        source = source_mod.SerialSource(device, dialect)
+        source = SerialSource(device, dialect)
         gw.serial_health[device] = source.health
         try:
             await source.run(gw.on_datagram, gw.on_radio)
@@ -366,7 +365,7 @@ async def _run_serial(gw: Gateway, item: str) -> None:
             raise
         except Exception as exc:
             log.error("serial module on %s failed: %s; restarting with back-off", device, exc)
-        gw.serial_health[device] = {"state": "failed"}
+        gw.serial_health[device] = new_health("failed")
         await backoff.sleep()  # before reopening the port
 
 
@@ -375,11 +374,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
     broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
-    if settings.serial:
-        try:
-            importlib.import_module("firmware_bridge.source")
-        except ImportError as exc:
-            raise ConfigError(f"--serial: serial sources are not available: {exc}") from exc
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
