@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from citysense.config import Settings, mask_url, parse_hostport
 from citysense.errors import CitysenseError, ConfigError, RetryableError
@@ -243,7 +243,7 @@ class Demo:
     async def _start(
         self,
         name: str,
-        serve: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+        serve: Callable[[asyncio.Event], Coroutine[object, object, object]],
         stop: asyncio.Event,
         needs: str = "",
     ) -> None:
