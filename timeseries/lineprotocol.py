@@ -148,6 +148,8 @@ _KIND_SPECS: dict[str, dict[str, tuple[str, bool, float, float, bool, str]]] = {
     kind: {name: _SPECS[name] for name in metrics_of_kind(kind)} for kind in KINDS
 }
 _ID_CACHE_LIMIT = 1_000_000
+#: ``,tag={i},...`` in line-protocol order (sorted by key), ``{i}`` the tag's place in TAG_KEYS.
+_FAST_TAGS = "".join(f",{key}={{{i}}}" for i, key in _TAG_ORDER)
 # orjson reads integers beyond 64 bits as floats: they must fall outside every metric's range.
 if any(abs(spec[2]) >= 2**63 or abs(spec[3]) >= 2**63 for spec in _SPECS.values()):
     raise RuntimeError("a metric's range reaches 2**63: the fast path's decoder cannot tell")
@@ -284,8 +286,9 @@ class LineFastPath:
                 if key is None:
                     if len(keys) >= _ID_CACHE_LIMIT:
                         keys.clear()
-                    # ids that match their patterns need no escaping
-                    tags: tuple[str, str, str, str, str] = (device, kind, district, site, gateway)  # type: ignore[assignment]
-                    key = keys[cache_key] = series_key(Point(domain, tags, {}, 0))
+                    # ids that match their patterns need no escaping, and none is empty
+                    key = keys[cache_key] = domain + _FAST_TAGS.format(
+                        device, kind, district, site, gateway
+                    )
                 append(f"{key} {','.join(fields)} {t}")
         return seq, len(readings), out
