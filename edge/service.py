@@ -67,6 +67,8 @@ PIGGYBACK_WINDOW = 1.0
 #: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
 DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
+#: How often the broker's connection state is checked for a due summary line, seconds.
+LINK_WATCH_TICK = 1.0
 #: Refused uplinks are summarised in one log line at most this often, seconds.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -451,6 +453,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(gw.uplink.run(link))
             tg.create_task(gw.expire_commands())
+            tg.create_task(_watch_link(gw, link))
             for item in settings.serial:
                 tg.create_task(_run_serial(gw, item))
             if ready is not None:
@@ -464,16 +467,46 @@ async def _stop_intake(gw: Gateway, context: aiocoap.Context) -> None:
         await asyncio.wait_for(context.shutdown(), 5)
 
 
+async def _watch_link(gw: Gateway, link: MqttLink) -> None:
+    """While the broker is down: one summary line per interval (what waits, and how old)."""
+    while True:
+        await asyncio.sleep(LINK_WATCH_TICK)  # a periodic check, not a wait for an event
+        if not link.state.summary_due():
+            continue
+        try:
+            stats = await gw.outbox.stats()
+        except CitysenseError as exc:
+            link.state.summarise(f"the outbox cannot be read ({exc})")
+            continue
+        link.state.summarise(f"{_waiting(stats.depth, stats.oldest_ms)} waiting in the outbox")
+
+
+def _waiting(depth: int, oldest_ms: int | None) -> str:
+    if not depth or oldest_ms is None:
+        return "no readings"
+    age = max(0.0, (_now_ms() - oldest_ms) / 1000)
+    return f"{depth} reading{'s' if depth != 1 else ''} (the oldest {age:.0f} s old)"
+
+
 async def _drain(gw: Gateway) -> None:
-    """Publish what is left and wait (bounded) for its confirmation."""
+    """Publish what is left, wait (bounded) for its confirmation, and say what stays."""
     try:
         await asyncio.wait_for(gw.uplink.drain(), DRAIN_TIMEOUT)
     except (TimeoutError, CitysenseError):
         pass
-    held = gw.uplink.inflight
-    if held:
-        log.info("%d batches unconfirmed at stop; they stay in the outbox", held)
+    try:
+        stats = await gw.outbox.stats()
+    except CitysenseError as exc:
+        log.error("stopping: the outbox cannot be read (%s); what it holds stays in it", exc)
     else:
-        log.info("every published batch is confirmed")
+        if stats.depth:
+            log.warning(
+                "stopping: %s stay in the outbox for the next start "
+                "(%d batches published and unconfirmed)",
+                _waiting(stats.depth, stats.oldest_ms),
+                stats.batches,
+            )
+        else:
+            log.info("stopping: the outbox is empty, every reading is confirmed stored")
     for task in list(gw.tasks):
         task.cancel()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from citysense import __version__, topics
 from citysense.config import BrokerUrl
+from citysense.connectivity import Connectivity
 from citysense.errors import CitysenseError
 from edge.metrics import Metrics
 from edge.outbox import Outbox
@@ -69,6 +71,7 @@ class MqttLink:
         self.subscriptions = [(topics.topic(gateway, t), 1) for t in (topics.STORED, topics.DOWN)]
         self.metrics = metrics or Metrics()
         self.connected = asyncio.Event()
+        self.state = Connectivity("broker", f"{broker.host}:{broker.port}", log)
         self._on_message = on_message
         self._on_connected = on_connected
         self._loop = asyncio.get_running_loop()
@@ -95,6 +98,7 @@ class MqttLink:
         self._json_props.ContentType = topics.UP_CONTENT_TYPE
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         self.client = client
 
@@ -104,11 +108,12 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
+            self.state.failed(f"the broker refused the connection: {reason}")
             return
         self._connections += 1
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
+        self.state.recovered()
         log.info("connected to mqtt://%s:%d", self.broker.host, self.broker.port)
         client.subscribe(self.subscriptions)
         client.publish(self.status_topic, status_payload("online", _now_ms()), qos=1, retain=True)
@@ -118,9 +123,15 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if not self._closing:
-            log.info("disconnected from the broker (%s); reconnecting", reason)
+            self.state.lost(str(reason))
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             self._loop.call_soon_threadsafe(self._set_connected, False)
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around the connect: the reason is the
+        # exception being handled
+        exc = sys.exc_info()[1]
+        self.state.failed(str(exc) if exc is not None else "no connection")
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(RuntimeError):
