@@ -46,6 +46,7 @@ class Connectivity:
         self.attempts = 0
         self.reason = ""
         self._warned = False
+        self._level = logging.WARNING
         self._summarised = 0.0
 
     def failed(self, reason: str, *, level: int = logging.WARNING) -> None:
@@ -56,6 +57,7 @@ class Connectivity:
                 self.down, self.since, self.attempts, self._summarised = True, now, 0, now
             self.attempts += 1
             self.reason = reason
+            self._level = max(level, self._level) if self._warned else level
             first = not self._warned
             self._warned = True
         if first:
@@ -93,12 +95,15 @@ class Connectivity:
             return self.down and self._clock() - self._summarised >= self.interval
 
     def summarise(self, waiting: str) -> None:
-        """Log the summary line; ``waiting`` says what waits (readings, messages)."""
+        """Log the summary line (at the level of the outage's worst failure, WARNING at least);
+        ``waiting`` says what waits (readings, messages)."""
         with self._lock:
             now = self._clock()
             self._summarised = now
             down_for, attempts, reason = now - self.since, self.attempts, self.reason
-        self.log.warning(
+            level = max(self._level, logging.WARNING)
+        self.log.log(
+            level,
             "%s at %s unreachable for %.0f s (%d failed attempts, last: %s); %s",
             self.what,
             self.address,

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from citysense.compat import paho as compat_paho
 from citysense.config import BrokerUrl
+from citysense.connectivity import Connectivity
 from citysense.topics import INGEST_SHARED_SUBSCRIPTION, SESSION_EXPIRY_S
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,10 @@ class MqttConsumer:
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
         subscription: str = INGEST_SHARED_SUBSCRIPTION,
         keepalive: int = 30,
+        state: Connectivity | None = None,
     ) -> None:
         self.broker = broker
+        self.state = state or Connectivity("broker", f"{broker.host}:{broker.port}", log)
         self.client_id = client_id
         self.receive_maximum = receive_maximum
         self.protocol = protocol
@@ -163,9 +167,10 @@ class MqttConsumer:
                 log.warning("broker %s:%s lacks MQTT v5", self.broker.host, self.broker.port)
                 self.unsupported_v5.set()
                 return
-            log.warning("broker refused the connection: %s", reason)
+            self.state.failed(f"the broker refused the connection: {reason}")
             return
         self.connects += 1
+        self.state.recovered()
         log.info(
             "connected to %s:%s as %s (session present: %s)",
             self.broker.host,
@@ -176,7 +181,9 @@ class MqttConsumer:
         client.subscribe(self.subscription, qos=1)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        log.info("cannot reach the broker at %s:%s; retrying", self.broker.host, self.broker.port)
+        # paho calls this inside its ``except OSError`` around the connect
+        exc = sys.exc_info()[1]
+        self.state.failed(str(exc) if exc is not None else "no connection")
 
     def _on_subscribe(
         self,
@@ -203,7 +210,7 @@ class MqttConsumer:
             self._generation = next(_GENERATIONS)
         self.disconnected.set()
         if reason.is_failure:
-            log.info("disconnected from the broker (%s); reconnecting", reason)
+            self.state.lost(str(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos)

@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 from citysense import prometheus, topics
 from citysense.backoff import Backoff
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
+from citysense.connectivity import Connectivity
 from citysense.errors import RetryableError
 from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
@@ -41,10 +42,11 @@ from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
+from timeseries.connection import target_address
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
 from timeseries.schema import Point
-from timeseries.writer import LineWriter, Writer, WriteResult
+from timeseries.writer import LineWriter, TargetMissingError, Writer, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,6 +106,9 @@ class Ingestor:
         )
         self._fast = LineFastPath(self._max_age_ms) if self._line_writer is not None else None
         self.consumer: MqttConsumer | None = None
+        broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
+        self.broker_state = Connectivity("broker", f"{broker.host}:{broker.port}", log)
+        self.store_state = Connectivity("store", target_address(settings), log)
         metrics.seq_gaps = lambda: self.tracker.gaps
         metrics.seq_repeats = lambda: self.tracker.repeats
         metrics.in_flight = lambda: self._unacked + (self.consumer.queued if self.consumer else 0)
@@ -119,6 +124,7 @@ class Ingestor:
             asyncio.get_running_loop(),
             self._wake.set,
             protocol=protocol,
+            state=self.broker_state,
         )
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -144,12 +150,20 @@ class Ingestor:
                 self.consumer = self._new_consumer(mqtt.MQTTv311)
                 self.consumer.start()
                 continue
+            self._summarise()
             if not announced and consumer.subscribed.is_set():
                 log.info("ingestor ready: subscribed to %s", consumer.subscription)
                 announced = True
                 if ready is not None:
                     ready.set()
             await asyncio.sleep(1.0 if announced else 0.05)
+
+    def _summarise(self) -> None:
+        """While the broker or the store is down: one summary line per interval each."""
+        if self.broker_state.summary_due():
+            self.broker_state.summarise(f"{self._unacked} messages held unacknowledged")
+        if self.store_state.summary_due():
+            self.store_state.summarise(f"{self._unacked} messages wait for storage")
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -284,14 +298,21 @@ class Ingestor:
         backoff = Backoff(0.2, cap, jitter=True)
         while True:
             try:
-                return await op(*args)
+                result = await op(*args)
             except RetryableError as exc:
                 self.metrics.retries += 1
                 wait = backoff.delay()
                 if exc.retry_after is not None:
                     wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
-                log.info("storage not available (%s); retrying in %.1f s", exc, wait)
+                # a missing database is ours to fix, not a passing outage
+                missing = isinstance(exc, TargetMissingError)
+                self.store_state.failed(
+                    str(exc), level=logging.ERROR if missing else logging.WARNING
+                )
                 await asyncio.sleep(wait)
+            else:
+                self.store_state.recovered()
+                return result
 
     async def _ack_in_order(self) -> None:
         while True:

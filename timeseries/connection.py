@@ -66,6 +66,15 @@ def storage_target(settings: Settings) -> InfluxTarget | SqliteTarget:
     )
 
 
+def target_address(settings: Settings) -> str:
+    """Where storage lives, for log lines (no credentials)."""
+    target = storage_target(settings)
+    if isinstance(target, SqliteTarget):
+        return str(target.path)
+    name = target.database if target.api == "1" else f"{target.database}/{target.bucket}"
+    return f"{target.url} ({name})"
+
+
 def api_of_version(version: str) -> Literal["1", "2"]:
     """``1.6.7~rc0`` -> "1"; ``v2.7.1``, ``2.7.1``, ``3.0.0`` -> "2"."""
     v = version.strip().lstrip("vV")

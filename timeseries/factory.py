@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from citysense.config import Settings
+from citysense.connectivity import Connectivity
 from citysense.errors import RetryableError
 from timeseries.connection import InfluxTarget, SqliteTarget, detect_api, storage_target
 from timeseries.writer import Writer
@@ -24,13 +25,19 @@ log = logging.getLogger(__name__)
 
 async def _detect_with_retry(target: InfluxTarget, max_delay: float) -> str:
     delay = 0.5
+    state = Connectivity("store", target.url, log)
     while True:
         try:
-            return await detect_api(target)
+            api = await detect_api(target)
         except RetryableError as exc:
-            log.info("waiting for InfluxDB to answer /ping (%s); retry in %.1f s", exc, delay)
+            state.failed(str(exc))
+            if state.summary_due():
+                state.summarise("the ingestor waits for it before it subscribes")
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.5), max(max_delay, 0.5))
+        else:
+            state.recovered()
+            return api
 
 
 async def create_writer(settings: Settings) -> Writer:

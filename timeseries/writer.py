@@ -72,6 +72,11 @@ class TooLargeError(PermanentError):
         super().__init__(message, "too_large")
 
 
+class TargetMissingError(RetryableError):
+    """The database (1.x) or bucket (2.x) does not exist: an operator must create it; the data
+    waits meanwhile."""
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from an HTTP ``Retry-After`` (delta seconds or an HTTP date)."""
     if not value:
@@ -115,7 +120,7 @@ def raise_for_write_status(status: int, body: str, retry_after: str | None) -> N
         # A credentials problem is fixed by an operator; the data must wait, not be dropped.
         raise RetryableError(f"storage refused our credentials ({status}): {text}")
     if status == 404:
-        raise RetryableError(f"storage target not found (404): {text}")
+        raise TargetMissingError(f"storage target not found (404): {text}")
     raise PermanentError(f"storage rejected points ({status}): {text}", rejection_reason(text))
 
 

@@ -30,8 +30,9 @@ def test_broker_down_is_a_warning_and_the_stop_tells_what_stays(tmp_path: Path) 
         started = time.monotonic()
         gateway.start()
         wait_until(
-            lambda: f"WARNING edge.uplink: cannot reach the broker at {broker}"
-            in log_path.read_text(),
+            lambda: (
+                f"WARNING edge.uplink: cannot reach the broker at {broker}" in log_path.read_text()
+            ),
             15,
             "a WARNING naming the broker",
         )

@@ -1,0 +1,50 @@
+"""An ingestor whose broker does not answer says so at once (WARNING, address and reason) and
+still stops cleanly. A real ingestor process; nothing listens on the broker port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.servers import ROOT, free_port, wait_until
+
+
+def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "ingest.log"
+    args = [
+        sys.executable,
+        "-m",
+        "citysense",
+        "ingest",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{port}",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--metrics-bind",
+        f"127.0.0.1:{free_port()}",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ)
+        )
+    try:
+        started = time.monotonic()
+        wait_until(
+            lambda: f"WARNING ingest.service: cannot reach the broker at 127.0.0.1:{port}"
+            in log_path.read_text(),
+            15,
+            "a WARNING naming the broker",
+        )
+        assert time.monotonic() - started < 15
+        assert "refused" in log_path.read_text().lower()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
