@@ -160,10 +160,17 @@ class Settings:
     # --- ingest
     client_id: str | None = _opt(
         None,
-        "MQTT client id (fixed, for a persistent session; default citysense-ingest-1 / "
-        "citysense-edge-<gateway>)",
+        "MQTT client id, overriding the derived one (fixed, for a persistent session; default "
+        "citysense-ingest-<instance> / citysense-edge-<gateway>)",
         {EDGE, INGEST},
         metavar="ID",
+    )
+    instance: str | None = _opt(
+        None,
+        "this ingestor's instance name, part of its MQTT client id (default: the host name); "
+        "two ingestors on one host need two names",
+        {INGEST},
+        metavar="NAME",
     )
     receive_maximum: int = _opt(
         2000, "unacknowledged MQTT messages the ingestor accepts at once", {INGEST}, "int"

@@ -21,6 +21,12 @@ from collections.abc import Callable
 
 #: Seconds between two summary lines while a dependency stays down.
 SUMMARY_INTERVAL = 60.0
+#: A connection closed by the broker this soon after it was made is a takeover suspect.
+TAKEOVER_WINDOW = 5.0
+#: This many such closings in a row are an id clash (MQTT 3.1.1 gives no reason).
+TAKEOVER_CLASH = 3
+#: MQTT v5 reason code "Session taken over": another client connected with our id.
+SESSION_TAKEN_OVER = 142
 
 
 class Connectivity:
@@ -34,8 +40,12 @@ class Connectivity:
         *,
         interval: float = SUMMARY_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        client_id: str | None = None,
     ) -> None:
         self.what = what
+        self.client_id = client_id
+        self.takeovers = 0  #: connections closed by the broker right after they were made
+        self._connected_at: float | None = None
         self.address = address
         self.log = logger
         self.interval = interval
@@ -67,13 +77,33 @@ class Connectivity:
         else:
             self.log.debug("%s at %s still failing: %s", self.what, self.address, reason)
 
-    def lost(self, reason: str) -> None:
+    def lost(self, reason: str, code: int | None = None) -> None:
         """An established connection dropped (INFO: a reconnect is normal); a failure of the
-        reconnect is then the WARNING."""
+        reconnect is then the WARNING. A connection closed again and again right after it was
+        made -- or a v5 "Session taken over" -- is another client using our client id: ERROR."""
+        with self._lock:
+            now = self._clock()
+            quick = self._connected_at is not None and now - self._connected_at < TAKEOVER_WINDOW
+            self._connected_at = None
+            if code == SESSION_TAKEN_OVER or quick:
+                self.takeovers += 1
+            else:
+                self.takeovers = 0
+            clash = code == SESSION_TAKEN_OVER or self.takeovers >= TAKEOVER_CLASH
+            takeovers = self.takeovers
+        if clash:
+            self.log.error(
+                "client id %r is in use by another client: the %s at %s closed our connection "
+                "(%s; %d times in a row); give each process its own --instance or --client-id",
+                self.client_id,
+                self.what,
+                self.address,
+                reason,
+                max(takeovers, 1),
+            )
         with self._lock:
             if self.down:
                 return
-            now = self._clock()
             self.down, self.since, self.attempts, self._summarised = True, now, 0, now
             self.reason = reason
         self.log.info("lost the %s at %s (%s); reconnecting", self.what, self.address, reason)
@@ -81,6 +111,7 @@ class Connectivity:
     def recovered(self) -> None:
         """A connection (or an operation) succeeded."""
         with self._lock:
+            self._connected_at = self._clock()
             was_down = self.down
             self.down, self._warned = False, False
             down_for = self._clock() - self.since

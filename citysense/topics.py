@@ -43,7 +43,15 @@ DEFAULT_MQTT: Final = "mqtt://127.0.0.1:1883"
 #: client is away, seconds (MQTT v5 Session Expiry Interval): a week.
 SESSION_EXPIRY_S: Final = 7 * 24 * 3600
 
+
 #: The shared subscription every ingestor uses.
+def client_id(role: str, instance: str) -> str:
+    """A service's MQTT client id: ``citysense-<role>-<instance>`` (``citysense-ingest-web1``,
+    ``citysense-edge-gw-zhengdong-01``). Fixed per process, since it names the persistent
+    session; two processes with one id take the session from each other."""
+    return f"citysense-{role}-{instance}"
+
+
 INGEST_SHARED_SUBSCRIPTION: Final = f"$share/citysense-ingest/{PREFIX}/+/{UP}"
 #: MQTT v5 content type of an envelope on ``…/up`` (INTERFACES.md sections 5 and 10.1).
 UP_CONTENT_TYPE: Final = "application/json"

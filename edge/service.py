@@ -403,7 +403,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         link = MqttLink(
             broker,
             settings.gateway,
-            settings.client_id or f"citysense-edge-{settings.gateway}",
+            settings.client_id or topics.client_id("edge", settings.gateway),
             on_message=gw.on_message,
             on_connected=gw.uplink.on_connected,
             retry_max_delay=settings.retry_max_delay,

@@ -71,7 +71,9 @@ class MqttLink:
         self.subscriptions = [(topics.topic(gateway, t), 1) for t in (topics.STORED, topics.DOWN)]
         self.metrics = metrics or Metrics()
         self.connected = asyncio.Event()
-        self.state = Connectivity("broker", f"{broker.host}:{broker.port}", log)
+        self.state = Connectivity(
+            "broker", f"{broker.host}:{broker.port}", log, client_id=client_id
+        )
         self._on_message = on_message
         self._on_connected = on_connected
         self._loop = asyncio.get_running_loop()
@@ -123,7 +125,7 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if not self._closing:
-            self.state.lost(str(reason))
+            self.state.lost(str(reason), reason.value)
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             self._loop.call_soon_threadsafe(self._set_connected, False)
 

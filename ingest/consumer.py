@@ -77,7 +77,10 @@ class MqttConsumer:
         state: Connectivity | None = None,
     ) -> None:
         self.broker = broker
-        self.state = state or Connectivity("broker", f"{broker.host}:{broker.port}", log)
+        self.state = state or Connectivity(
+            "broker", f"{broker.host}:{broker.port}", log, client_id=client_id
+        )
+        self.state.client_id = client_id
         self.client_id = client_id
         self.receive_maximum = receive_maximum
         self.protocol = protocol
@@ -210,7 +213,7 @@ class MqttConsumer:
             self._generation = next(_GENERATIONS)
         self.disconnected.set()
         if reason.is_failure:
-            self.state.lost(str(reason))
+            self.state.lost(str(reason), reason.value)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos)

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,6 @@ from timeseries.writer import LineWriter, TargetMissingError, Writer, WriteResul
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_CLIENT_ID = "citysense-ingest-1"
 DEFAULT_METRICS_BIND = "127.0.0.1:9102"
 WRITE_CONCURRENCY = 2
 #: While every write slot is busy a batch may grow to this many times --write-batch-points.
@@ -83,8 +83,10 @@ class Ingestor:
         metrics: IngestMetrics,
         *,
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        subscription: str = topics.INGEST_SHARED_SUBSCRIPTION,
     ) -> None:
         self.settings = settings
+        self.subscription = subscription
         self.writer = writer
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -119,11 +121,12 @@ class Ingestor:
         broker = parse_mqtt_url(self.settings.mqtt or topics.DEFAULT_MQTT)
         return MqttConsumer(
             broker,
-            self.settings.client_id or DEFAULT_CLIENT_ID,
+            ingest_client_id(self.settings),
             self.settings.receive_maximum,
             asyncio.get_running_loop(),
             self._wake.set,
             protocol=protocol,
+            subscription=self.subscription,
             state=self.broker_state,
         )
 
@@ -356,13 +359,22 @@ class Ingestor:
             await asyncio.to_thread(self.consumer.stop)
 
 
+def ingest_client_id(settings: Settings) -> str:
+    """``--client-id``, else ``citysense-ingest-<instance>`` (instance: the host name)."""
+    if settings.client_id:
+        return settings.client_id
+    return topics.client_id("ingest", settings.instance or socket.gethostname())
+
+
 async def serve(
     settings: Settings,
     ready: asyncio.Event | None = None,
     *,
     protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+    subscription: str = topics.INGEST_SHARED_SUBSCRIPTION,
 ) -> None:
-    """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
+    """Run an ingestor until cancelled; ``ready`` is set once it is subscribed (to the
+    ingestors' shared subscription unless told another)."""
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
         writer = await stack.enter_async_context(open_writer(settings))
@@ -381,5 +393,7 @@ async def serve(
                 {"/metrics": prometheus.metrics_route(exposition)}, host, port
             )
             stack.push_async_callback(prometheus.close_server, server)
-        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
+        ingestor = Ingestor(
+            settings, writer, store, metrics, protocol=protocol, subscription=subscription
+        )
         await ingestor.run(ready)

@@ -1,11 +1,15 @@
 """Where storage lives: the embedded SQLite store or an InfluxDB server (1.x or 2.x API).
 
 :func:`storage_target` reads the settings once; :func:`detect_api` asks the server's
-``/ping`` for its version header when the API generation is ``auto``.
+``/ping`` for its version header when the API generation is ``auto``; :func:`ensure_storage`
+creates the 1.x database when the credentials allow (``CREATE DATABASE`` is idempotent) and
+checks the 2.x bucket, else refuses with the command that creates it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,8 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from citysense.config import Settings
-from citysense.errors import RetryableError
+from citysense.errors import ConfigError, RetryableError
 from timeseries.schema import SQLITE_FILENAME
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +101,100 @@ async def detect_api(target: InfluxTarget) -> Literal["1", "2"]:
         # InfluxDB 2.x and 3.x answer /ping too; a missing header means not 1.x.
         return "2"
     return api_of_version(version)
+
+
+async def ensure_storage(target: InfluxTarget, api: Literal["1", "2"]) -> None:
+    """Make sure the database (1.x) or bucket (2.x) exists before anything is written.
+
+    1.x: ``CREATE DATABASE`` (idempotent) when the credentials allow it; otherwise the
+    database must exist already. 2.x: the bucket must exist (checked, never created).
+    Raises :class:`ConfigError` naming the command that creates it, or :class:`RetryableError`
+    when the server cannot be asked.
+    """
+    try:
+        async with httpx.AsyncClient(base_url=target.url, timeout=target.timeout) as client:
+            if api == "1":
+                await _ensure_database(client, target)
+            else:
+                await _check_bucket(client, target)
+    except httpx.HTTPError as exc:
+        raise RetryableError(f"InfluxDB at {target.url} is unreachable: {exc}") from exc
+
+
+def _basic(target: InfluxTarget) -> httpx.BasicAuth | None:
+    return httpx.BasicAuth(target.username, target.password or "") if target.username else None
+
+
+async def _ensure_database(client: httpx.AsyncClient, target: InfluxTarget) -> None:
+    db = target.database
+    quoted = db.replace("\\", "\\\\").replace('"', '\\"')
+    auth = _basic(target)
+    created = await client.post(
+        "/query", params={"q": f'CREATE DATABASE "{quoted}"'}, auth=auth or httpx.USE_CLIENT_DEFAULT
+    )
+    if created.status_code >= 500:
+        raise RetryableError(f"InfluxDB answered {created.status_code} to CREATE DATABASE")
+    if created.status_code == 200 and "error" not in created.text:
+        log.info("storage: InfluxDB database %r ready (created when missing)", db)
+        return
+    # not allowed to create databases: the database must exist (an empty write says so)
+    probe = await client.post(
+        "/write",
+        params={"db": db, "precision": "ms"},
+        content=b"",
+        auth=auth or httpx.USE_CLIENT_DEFAULT,
+    )
+    if probe.status_code in (200, 204):
+        log.info("storage: InfluxDB database %r exists", db)
+        return
+    if probe.status_code >= 500:
+        raise RetryableError(f"InfluxDB answered {probe.status_code} to a write")
+    host, port = _host_port(target.url)
+    create = (
+        f"influx -host {host} -port {port} -username ADMIN -password '' "
+        f"-execute 'CREATE DATABASE \"{quoted}\"'"
+    )
+    if probe.status_code == 404:
+        who = f"user {target.username!r}" if target.username else "these credentials"
+        raise ConfigError(
+            f"InfluxDB database {db!r} does not exist at {target.url} and {who} may not "
+            f"create it; create it with: {create}"
+        )
+    raise ConfigError(
+        f"InfluxDB at {target.url} refused our credentials ({probe.status_code}) for "
+        f"database {db!r}: {probe.text.strip()[:200]}"
+    )
+
+
+async def _check_bucket(client: httpx.AsyncClient, target: InfluxTarget) -> None:
+    params = {"name": target.bucket}
+    if target.org:
+        params["org"] = target.org
+    headers = {"Authorization": f"Token {target.token}"} if target.token else {}
+    answer = await client.get("/api/v2/buckets", params=params, headers=headers)
+    if answer.status_code >= 500:
+        raise RetryableError(f"InfluxDB answered {answer.status_code} to a bucket lookup")
+    if answer.status_code in (401, 403):
+        raise ConfigError(
+            f"InfluxDB at {target.url} refused our token ({answer.status_code}) "
+            f"looking up bucket {target.bucket!r}"
+        )
+    buckets: list[object] = []
+    if answer.status_code == 200:
+        try:
+            buckets = list(json.loads(answer.text).get("buckets") or [])
+        except (ValueError, AttributeError):
+            buckets = []
+    if buckets:
+        log.info("storage: InfluxDB bucket %r exists", target.bucket)
+        return
+    org = f" --org {target.org}" if target.org else ""
+    raise ConfigError(
+        f"InfluxDB bucket {target.bucket!r} does not exist at {target.url}; create it with: "
+        f"influx bucket create --name {target.bucket}{org} --host {target.url}"
+    )
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 8086

@@ -13,22 +13,32 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from citysense.config import Settings
 from citysense.connectivity import Connectivity
 from citysense.errors import RetryableError
-from timeseries.connection import InfluxTarget, SqliteTarget, detect_api, storage_target
+from timeseries.connection import (
+    InfluxTarget,
+    SqliteTarget,
+    detect_api,
+    ensure_storage,
+    storage_target,
+)
 from timeseries.writer import Writer
 
 log = logging.getLogger(__name__)
 
 
-async def _detect_with_retry(target: InfluxTarget, max_delay: float) -> str:
+async def _detect_with_retry(target: InfluxTarget, max_delay: float) -> Literal["1", "2"]:
+    """The API generation, once the server answers; the database or bucket is made sure of
+    (:func:`ensure_storage`; a :class:`ConfigError` when it cannot be)."""
     delay = 0.5
     state = Connectivity("store", target.url, log)
     while True:
         try:
             api = await detect_api(target)
+            await ensure_storage(target, api)
         except RetryableError as exc:
             state.failed(str(exc))
             if state.summary_due():

@@ -31,15 +31,21 @@ import contextlib
 import dataclasses
 import logging
 import random
+import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from citysense.config import Settings, mask_url, parse_hostport
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citysense import topics
+from citysense.config import Settings, mask_url, parse_hostport, parse_mqtt_url
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
 from citysense.registry import Device, format_registry, load_registry_option
@@ -49,6 +55,7 @@ from ingest import service as ingest_service
 from mqtt_broker.broker import Broker
 from simulators import fleet as fleet_service
 from simulators.models import CITY_TIMEZONE
+from timeseries.connection import InfluxTarget, detect_api, ensure_storage, storage_target
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +140,51 @@ def check_bind(bind: str) -> None:
             s.bind(address)
         except OSError as exc:
             raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
+
+
+def check_broker(url: str, client_id: str, timeout: float = 10.0) -> None:
+    """Refuse (:class:`ConfigError`) a ``--mqtt`` broker that does not accept our connection."""
+    broker = parse_mqtt_url(url)
+    answered = threading.Event()
+    outcome: list[str] = []
+
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason: Any, props: Any
+    ) -> None:
+        outcome.append("" if not reason.is_failure else str(reason))
+        answered.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set()
+    client.on_connect = on_connect
+    where = f"--mqtt {mask_url(url)}"
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot connect: {exc.strerror or exc}") from exc
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            raise ConfigError(f"{where}: no answer to CONNECT within {timeout:.0f} s")
+        if outcome[0]:
+            raise ConfigError(f"{where}: the broker refused the connection: {outcome[0]}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def check_storage(settings: Settings) -> None:
+    """Refuse (:class:`ConfigError`) an ``--influx`` server that cannot be reached or whose
+    database cannot be made sure of (created when the credentials allow)."""
+    target = storage_target(settings)
+    assert isinstance(target, InfluxTarget)
+    try:
+        await ensure_storage(target, await detect_api(target))
+    except RetryableError as exc:
+        raise ConfigError(f"--influx {mask_url(settings.influx or '')}: {exc}") from exc
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -225,6 +277,8 @@ class Demo:
         self.backfilled = 0
         self.last_counts: dict[str, float] = {}
         self.started = time.monotonic()
+        #: this run's own MQTT client ids: never those of a service running beside the demo
+        self.run_id = secrets.token_hex(3)
 
     # ------------------------------------------------------------------ composition
 
@@ -290,6 +344,12 @@ class Demo:
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
         check_bind(s.bind)
+        # servers named on the command line are checked before anything starts: a demo that
+        # cannot reach them, or cannot write, refuses at once (exit 2) instead of running empty
+        if s.mqtt is not None:
+            await asyncio.to_thread(check_broker, s.mqtt, f"citysense-demo-{self.run_id}-check")
+        if s.influx is not None:
+            await check_storage(s)
         devices, registry_path = self._registry()
         # The simulated city keeps China Standard Time: local-time analytics follow it
         # unless another zone was asked for.
@@ -312,10 +372,18 @@ class Demo:
         port = free_tcp_port()
         self.ingest_metrics = ("127.0.0.1", port)
         ingest_settings = dataclasses.replace(
-            base, metrics_bind=f"127.0.0.1:{port}", client_id=None
+            base, metrics_bind=f"127.0.0.1:{port}", client_id=f"citysense-demo-{self.run_id}-ingest"
         )
         needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
-        await self._start("ingest", lambda r: ingest_service.serve(ingest_settings, r), stop, needs)
+        # a share group of this run's own, on this run's gateway only: an ingestor serving the
+        # same broker neither takes the demo's batches nor hands it its own
+        own = f"$share/citysense-demo-{self.run_id}/{topics.topic(s.gateway, topics.UP)}"
+        await self._start(
+            "ingest",
+            lambda r: ingest_service.serve(ingest_settings, r, subscription=own),
+            stop,
+            needs,
+        )
         where = mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
         say(f"storage   {where}")
 
@@ -327,7 +395,7 @@ class Demo:
             base,
             coap=f"127.0.0.1:{coap_port}",
             metrics_bind=f"127.0.0.1:{port}",
-            client_id=None,
+            client_id=f"citysense-demo-{self.run_id}-edge-{s.gateway}",
         )
         await self._start(
             "gateway",

@@ -75,3 +75,36 @@ def test_the_level_of_the_first_failure_is_the_callers(caplog: pytest.LogCapture
     state = Connectivity("store", "http://i:8086", log, clock=Clock())
     state.failed("database not found", level=logging.ERROR)
     assert [level for level, _ in records(caplog)] == ["ERROR"]
+
+
+def test_session_taken_over_is_an_error_naming_the_id(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    state = Connectivity("broker", "b:1883", log, clock=Clock(), client_id="citysense-ingest-a")
+    state.recovered()
+    state.lost("Session taken over", 142)
+    errors = [text for level, text in records(caplog) if level == "ERROR"]
+    assert len(errors) == 1 and "'citysense-ingest-a' is in use by another client" in errors[0]
+
+
+def test_repeated_closings_right_after_connect_are_a_clash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    clock = Clock()
+    state = Connectivity("broker", "b:1883", log, clock=clock, client_id="citysense-edge-gw-1")
+    for _ in range(2):  # MQTT 3.1.1: no reason, only a connection closed at once
+        state.recovered()
+        clock.now += 0.5
+        state.lost("Unspecified error", 128)
+        clock.now += 1
+    assert not [t for lvl, t in records(caplog) if lvl == "ERROR"]
+    state.recovered()
+    clock.now += 0.5
+    state.lost("Unspecified error", 128)
+    errors = [t for lvl, t in records(caplog) if lvl == "ERROR"]
+    assert errors and "3 times in a row" in errors[0] and "citysense-edge-gw-1" in errors[0]
+    # a connection that lived a while is an ordinary loss
+    state.recovered()
+    clock.now += 600
+    state.lost("keepalive timeout", 141)
+    assert not [t for lvl, t in records(caplog) if lvl == "ERROR"]

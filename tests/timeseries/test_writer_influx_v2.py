@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from citysense.config import Settings
-from citysense.errors import RetryableError
+from citysense.errors import ConfigError, RetryableError
 from timeseries.connection import InfluxTarget, storage_target
 from timeseries.factory import open_writer
 from timeseries.influx_v2 import InfluxV2Writer
@@ -36,13 +37,24 @@ class StandInInflux2:
         self.requests: list[dict[str, object]] = []
         self.fail_with: tuple[int, dict[str, str]] | None = None
         self.bad_marker = "BAD"
+        self.buckets = {"citysense"}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # /ping, as 2.x answers it
+            def do_GET(self) -> None:  # /ping and the bucket lookup, as 2.x answers them
+                url = urlsplit(self.path)
+                if url.path == "/api/v2/buckets":
+                    name = parse_qs(url.query).get("name", [""])[0]
+                    found = [{"name": name}] if name in outer.buckets else []
+                    data = json.dumps({"buckets": found}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 self.send_response(204)
                 self.send_header("X-Influxdb-Version", "v2.7.11")
                 self.send_header("Content-Length", "0")
@@ -198,3 +210,15 @@ def test_unreachable_server_is_retryable() -> None:
             await writer.close()
 
     asyncio.run(main())
+
+
+def test_a_missing_bucket_is_refused_with_the_command_that_creates_it(
+    influx2: StandInInflux2,
+) -> None:
+    async def main() -> None:
+        async with open_writer(_settings(influx2, influx_bucket="nosuch")):
+            pass
+
+    with pytest.raises(ConfigError, match="influx bucket create --name nosuch --org city"):
+        asyncio.run(main())
+    assert not influx2.lines
