@@ -35,8 +35,10 @@ def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         wait_until(
-            lambda: f"WARNING ingest.service: cannot reach the broker at 127.0.0.1:{port}"
-            in log_path.read_text(),
+            lambda: (
+                f"WARNING ingest.service: cannot reach the broker at 127.0.0.1:{port}"
+                in log_path.read_text()
+            ),
             15,
             "a WARNING naming the broker",
         )

@@ -108,7 +108,7 @@ def test_without_the_right_to_create_the_ingestor_exits_2_naming_the_command(
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert "'nosuchdb' does not exist" in last
-    assert "CREATE DATABASE \"nosuchdb\"" in last
+    assert 'CREATE DATABASE "nosuchdb"' in last
     assert "writerpw" not in result.stderr
     # granted WRITE on an existing database, the same writer starts (no CREATE needed)
     auth_influx.q('CREATE DATABASE "nosuchdb"', "admin", "adminpw")
