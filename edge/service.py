@@ -375,6 +375,12 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
+    try:  # before anything starts: one gateway per CoAP address, never a shared one
+        compat_aiocoap.check_udp_free(coap_host, coap_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"--coap {settings.coap}: {exc.strerror or exc} (another process serves it)"
+        ) from exc
     broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
@@ -439,6 +445,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             log.info("aiocoap's rendering internals not found: its own request path is used")
         if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
             log.warning("aiocoap's message layer not found: its default CoAP timings apply")
+        if not compat_aiocoap.make_exclusive(context):
+            log.warning("aiocoap's UDP socket not found: a second process could share --coap")
         granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
         log.info("CoAP on %s:%d (receive buffer %s bytes)", coap_host, coap_port, granted)
 

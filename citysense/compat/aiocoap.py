@@ -10,6 +10,11 @@ the whole process. Internals used, each checked here at import and at use:
   with the default tuning, so :func:`tune_incoming` gives each one the gateway's tuning as it
   enters the message layer; the UDP sockets (for a larger receive buffer) hang off the same
   objects. Missing: aiocoap's default tuning and the kernel's buffer, logged at start.
+* aiocoap's UDP transport binds with ``SO_REUSEPORT`` (``aiocoap.defaults.has_reuse_port``):
+  a second gateway on the same address would bind too and the kernel would split the devices'
+  uplinks between them. :func:`check_udp_free` refuses an address another socket holds, and
+  :func:`make_exclusive` clears ``SO_REUSEPORT`` on the bound socket so that no later one can
+  join it. Missing sockets: logged at start.
 * ``Context._render_to_pipe``, ``aiocoap.pipe.run_driving_pipe`` and ``error_to_message``:
   :class:`LeanContext` renders a request without formatting it into a task name. Missing:
   :data:`ServerContext` is plain ``aiocoap.Context``.
@@ -105,6 +110,29 @@ def raise_receive_buffer(context: aiocoap.Context, size: int) -> int | None:
                 continue
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     return granted
+
+
+def check_udp_free(host: str, port: int) -> None:
+    """Raise :class:`OSError` (``EADDRINUSE``) when a socket of any process holds ``host:port``.
+
+    A bind with no reuse option conflicts with every socket on the port, ``SO_REUSEPORT`` or not.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, port))
+
+
+def make_exclusive(context: aiocoap.Context) -> int:
+    """Clear ``SO_REUSEPORT`` on ``context``'s UDP sockets (a later bind to the same address
+    then fails instead of sharing it); returns how many sockets were changed."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None:
+        return 0
+    changed = 0
+    for sock in udp_sockets(context):
+        sock.setsockopt(socket.SOL_SOCKET, option, 0)
+        changed += 1
+    return changed
 
 
 #: True when the internals :class:`LeanContext` uses are there.

@@ -4,8 +4,12 @@ broker port has nothing listening."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.edge.gateway import (
     GatewayProcess,
@@ -16,7 +20,7 @@ from tests.edge.gateway import (
     uplink_payload,
     write_registry,
 )
-from tests.servers import wait_until
+from tests.servers import ROOT, wait_until
 
 
 def test_broker_down_is_a_warning_and_the_stop_tells_what_stays(tmp_path: Path) -> None:
@@ -49,4 +53,47 @@ def test_broker_down_is_a_warning_and_the_stop_tells_what_stays(tmp_path: Path) 
         assert outbox_depth(settings) == 1
     finally:
         client.close()
+        gateway.close()
+
+
+def test_a_second_gateway_on_the_same_coap_port_exits_2(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_registry(tmp_path / name / "registry.csv", 2)
+    first = GatewayProcess(edge_settings(tmp_path / "a"), tmp_path / "a.log")
+    second_settings = edge_settings(tmp_path / "b", coap=first.settings.coap)
+    try:
+        first.start()
+        result = subprocess.run(
+            GatewayProcess(second_settings, tmp_path / "b.log").args(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()
+        assert last == [
+            f"citysense: --coap {first.settings.coap}: Address already in use "
+            "(another process serves it)"
+        ], last
+        # the first one still serves
+        assert first.proc is not None and first.proc.poll() is None
+    finally:
+        first.close()
+
+
+def test_the_gateways_coap_socket_admits_no_later_reuseport_bind(tmp_path: Path) -> None:
+    """Even a socket asking for SO_REUSEPORT (as aiocoap's own bind does) cannot join."""
+    write_registry(tmp_path / "registry.csv", 2)
+    gateway = GatewayProcess(edge_settings(tmp_path), tmp_path / "gw.log")
+    try:
+        gateway.start()
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            with pytest.raises(OSError):
+                other.bind(("::ffff:127.0.0.1", coap_port(gateway.settings)))
+    finally:
         gateway.close()
