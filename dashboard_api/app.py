@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from citysense import __version__
 from citysense.config import Settings, parse_api_keys
@@ -27,7 +28,7 @@ from citysense.errors import (
 from citysense.registry import Registry, load_registry_option
 from dashboard_api.auth import KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
-from dashboard_api.routes import ApiContext, PointLimitError, router
+from dashboard_api.routes import STORAGE_RETRY_AFTER, ApiContext, PointLimitError, router
 from timeseries.query import QueryError, Reader, open_reader
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RetryableError)
     request.app.state.metrics.storage_errors += 1
     log.warning("storage unavailable: %s", exc)
-    retry = str(max(1, int(exc.retry_after or 5)))
+    retry = str(max(1, int(exc.retry_after or STORAGE_RETRY_AFTER)))
     return JSONResponse(
         {"detail": "storage unavailable, try again later"},
         status_code=503,
@@ -124,6 +125,11 @@ def create_app(
     app.state.limiter = RateLimiter(settings.rate_limit)
     app.state.metrics = RequestMetrics()
     app.include_router(router)
+    # every route's success series exists from the start, at 0
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            for method in sorted(route.methods or ()):
+                app.state.metrics.requests[(method, route.path, 200)] = 0
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)

@@ -74,6 +74,8 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 MAX_RANGE_MS = 366 * DAY
 HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
+#: Retry-After of a 503 when storage is unreachable (health and every data route), seconds.
+STORAGE_RETRY_AFTER = 5
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
@@ -105,7 +107,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {**_ERR, "description": "the role does not allow this"},
     422: {**_ERR, "description": "a parameter of the wrong form"},
     429: {**_ERR, "description": "rate limit exceeded (see Retry-After)"},
-    503: {**_ERR, "description": "storage unreachable"},
+    503: {**_ERR, "description": "storage unreachable (see Retry-After)"},
 }
 
 router = APIRouter()
@@ -164,6 +166,7 @@ async def health(request: Request, response: Response) -> models.Health:
         await asyncio.wait_for(ctx.reader.ping(), timeout=5.0)
     except (RetryableError, TimeoutError) as exc:
         response.status_code = 503
+        response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER)
         return models.Health(
             status="degraded",
             storage=ctx.reader.description,

@@ -38,11 +38,43 @@ HELP: Mapping[str, str] = {
 }
 
 
+#: The series each counter has from the start, at 0 (Prometheus users expect known series to
+#: exist before the first event: a rate over a series that appears later misses its first step).
+KNOWN_SERIES: Mapping[str, tuple[Labels, ...]] = {
+    **{
+        name: ((),)
+        for name in (
+            "citysense_edge_readings_accepted_total",
+            "citysense_edge_outbox_evicted_total",
+            "citysense_edge_batches_sent_total",
+            "citysense_edge_batches_resent_total",
+            "citysense_edge_batches_confirmed_total",
+            "citysense_edge_confirmations_ignored_total",
+            "citysense_edge_mqtt_reconnects_total",
+            "citysense_edge_unknown_modules_total",
+        )
+    },
+    **{
+        name: tuple((("code", code),) for code in ("2.04", "4.00", "4.03", "4.13", "4.15", "5.03"))
+        for name in ("citysense_edge_uplinks_total", "citysense_edge_serial_datagrams_total")
+    },
+    "citysense_edge_downlinks_total": tuple(
+        (("state", state),) for state in ("queued", "delivered", "expired", "rejected")
+    ),
+    "citysense_edge_rejected_total": tuple(
+        (("reason", reason),)
+        for reason in ("malformed", "out_of_range", "too_large", "unknown_device")
+    ),
+}
+
+
 class Metrics:
     """Counters by name and labels; ``render`` adds the gauges of the moment."""
 
     def __init__(self) -> None:
-        self.counters: dict[str, dict[Labels, float]] = {}
+        self.counters: dict[str, dict[Labels, float]] = {
+            name: dict.fromkeys(series, 0.0) for name, series in KNOWN_SERIES.items()
+        }
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         series = self.counters.setdefault(name, {})

@@ -395,7 +395,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         gw = Gateway(settings, registry, outbox, metrics)
         await gw.load_commands()
         log.info(
-            "gateway %s: %d registered devices, outbox %s (policy %s, %.0f MiB), next seq %d",
+            "gateway %s: %d registered devices, outbox %s (policy %s, %g MiB), next seq %d",
             settings.gateway,
             len(registry),
             outbox.path,

@@ -12,6 +12,15 @@ from collections.abc import Callable
 from citysense import prometheus
 from citysense.prometheus import LATENCY_BUCKETS
 
+#: Dead-letter reasons exported at 0 from the start (others appear when they first happen).
+KNOWN_DEAD_LETTER_REASONS = (
+    "malformed",
+    "out_of_range",
+    "unknown_metric",
+    "time_too_old",
+    "field_type_conflict",
+)
+
 
 class IngestMetrics:
     """Counters of one ingestor process."""
@@ -23,7 +32,7 @@ class IngestMetrics:
         self.writes = 0
         self.retries = 0
         self.repeats_skipped = 0
-        self.dead_letters: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter(dict.fromkeys(KNOWN_DEAD_LETTER_REASONS, 0))
         self.latency = prometheus.Histogram(LATENCY_BUCKETS)
         self.seq_gaps: Callable[[], int] = lambda: 0
         self.seq_repeats: Callable[[], int] = lambda: 0

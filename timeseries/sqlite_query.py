@@ -88,6 +88,9 @@ class SqliteReader:
         with self._lock:
             conn = self._connect()
             if conn is None:
+                # the same answer as ping: no store folder is storage unreachable; a folder
+                # whose store the writer has not created yet is an empty store
+                self._check_folder()
                 return []
             try:
                 return conn.execute(sql, list(args)).fetchall()
@@ -99,12 +102,12 @@ class SqliteReader:
     async def _fetch(self, sql: str, args: Sequence[object]) -> list[Row]:
         return await asyncio.to_thread(self._run, sql, args)
 
-    async def ping(self) -> None:
-        def check() -> None:
-            if not self._path.parent.is_dir():
-                raise RetryableError(f"embedded store folder {self._path.parent} is missing")
+    def _check_folder(self) -> None:
+        if not self._path.parent.is_dir():
+            raise RetryableError(f"embedded store folder {self._path.parent} is missing")
 
-        await asyncio.to_thread(check)
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._check_folder)
 
     async def aclose(self) -> None:
         def close() -> None:

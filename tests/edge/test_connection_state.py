@@ -16,6 +16,7 @@ from tests.edge.gateway import (
     RawCoap,
     coap_port,
     edge_settings,
+    metrics_text,
     outbox_depth,
     uplink_payload,
     write_registry,
@@ -95,5 +96,24 @@ def test_the_gateways_coap_socket_admits_no_later_reuseport_bind(tmp_path: Path)
             other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             with pytest.raises(OSError):
                 other.bind(("::ffff:127.0.0.1", coap_port(gateway.settings)))
+    finally:
+        gateway.close()
+
+
+def test_known_counters_at_0_and_the_quota_as_given(tmp_path: Path) -> None:
+    write_registry(tmp_path / "registry.csv", 2)
+    settings = edge_settings(tmp_path, outbox_quota_mb=0.06)
+    gateway = GatewayProcess(settings, tmp_path / "gw.log")
+    try:
+        gateway.start()
+        text = metrics_text(settings)
+        for line in (
+            "citysense_edge_batches_sent_total 0",
+            "citysense_edge_readings_accepted_total 0",
+            'citysense_edge_uplinks_total{code="2.04"} 0',
+            'citysense_edge_rejected_total{reason="unknown_device"} 0',
+        ):
+            assert line in text.splitlines(), line
+        assert "policy refuse, 0.06 MiB" in (tmp_path / "gw.log").read_text()
     finally:
         gateway.close()

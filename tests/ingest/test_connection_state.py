@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.servers import ROOT, free_port, wait_until
@@ -15,6 +16,7 @@ from tests.servers import ROOT, free_port, wait_until
 
 def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
     port = free_port()
+    metrics_port = free_port()
     log_path = tmp_path / "ingest.log"
     args = [
         sys.executable,
@@ -26,7 +28,7 @@ def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
         "--state-dir",
         str(tmp_path / "state"),
         "--metrics-bind",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{metrics_port}",
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -44,6 +46,12 @@ def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
         )
         assert time.monotonic() - started < 15
         assert "refused" in log_path.read_text().lower()
+        # known series exist from the start, at 0
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            lines = r.read().decode().splitlines()
+        assert 'citysense_ingest_dead_letters_total{reason="malformed"} 0' in lines
+        assert "citysense_ingest_readings_written_total 0" in lines
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
