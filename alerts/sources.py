@@ -87,7 +87,7 @@ class Reads:
     async def devices(self, now: int) -> dict[str, Seen]:
         """Every device with a reading in the lookback, with its newest reading's time."""
         rows = await self.reader.latest(
-            HEALTH_METRICS, {}, now - LOOKBACK_MS, now + MAX_FUTURE_SKEW_MS
+            ALL_METRICS, {}, now - LOOKBACK_MS, now + MAX_FUTURE_SKEW_MS
         )
         seen: dict[str, Seen] = {}
         for r in rows:
