@@ -178,7 +178,8 @@ def _build(table: dict[str, Any]) -> Rule:
         raise ValueError(f"name must match {NAME_RE.pattern}, not {name!r}")
     unknown = set(table) - _COMMON - _KEYS[kind]
     if unknown:
-        raise ValueError(f"{kind} rules take no {', '.join(sorted(unknown))}")
+        first = sorted(unknown)[0]
+        raise ValueError(f"{first}: {kind} rules take no {', '.join(sorted(unknown))}")
     severity = _choice(table, "severity", SEVERITIES, "major")
     for_ms = parse_duration(table.get("for", "0s"), "for")
     clear_for_ms = parse_duration(table.get("clear_for", table.get("for", "0s")), "clear_for")
