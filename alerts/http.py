@@ -2,7 +2,8 @@
 operator API (:mod:`citysense.apikeys`), the same security headers, deny by default.
 
 * ``GET /api/v1/alarms?state=&severity=&district=&since=`` (viewer): most severe and newest
-  first;
+  first (``state=active``: raised or acknowledged); as in the operator API, viewers see
+  district-level data only (alarms about a district or a site), operators everything;
 * ``GET /api/v1/alarms/{id}`` (viewer): one alarm with its events;
 * ``POST /api/v1/alarms/{id}/ack`` (operator): ``{"comment": "..."}``; 409 unless raised;
 * ``GET /api/v1/alarm-rules`` (viewer); ``GET /api/v1/health`` (public); ``GET /metrics``
@@ -92,6 +93,11 @@ def _since(text: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def _district_level(alarm: dict[str, Any]) -> bool:
+    """Alarms a viewer may see: about a district or a site, not a device or a gateway."""
+    return set(alarm["subject"]) <= {"district", "site"}
+
+
 class AlarmsBackend:
     """What the routes need from the service (all blocking calls run in a thread)."""
 
@@ -144,6 +150,7 @@ def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) ->
 
     @app.get("/api/v1/alarms", openapi_extra=role("viewer"))
     async def alarms(
+        caller: Caller,
         state: Literal["raised", "acknowledged", "cleared", "active"] | None = None,
         severity: Literal["info", "minor", "major", "critical"] | None = None,
         district: Annotated[str | None, Query(pattern=PLACE_ID_RE.pattern)] = None,
@@ -161,16 +168,23 @@ def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) ->
             found = await asyncio.to_thread(
                 backend.list_alarms, state, severity, district, since_ms, limit
             )
+        if caller.role != "operator":
+            found = [a for a in found if _district_level(a)]
         found.sort(key=lambda a: a["raised_at"], reverse=True)
         found.sort(key=lambda a: -SEVERITY_RANK[a["severity"]])
         return {"alarms": found[:limit]}
 
     @app.get("/api/v1/alarms/{alarm_id}", openapi_extra=role("viewer"))
-    async def alarm(alarm_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    async def alarm(
+        alarm_id: Annotated[str, Path(max_length=64)], caller: Caller
+    ) -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(backend.get_alarm, alarm_id)
+            found = await asyncio.to_thread(backend.get_alarm, alarm_id)
         except AlarmNotFound:
             raise HTTPException(404, "no such alarm") from None
+        if caller.role != "operator" and not _district_level(found):
+            raise HTTPException(403, "viewers see district-level alarms only")
+        return found
 
     @app.post("/api/v1/alarms/{alarm_id}/ack", openapi_extra=role("operator"))
     async def ack(alarm_id: str, body: Ack, caller: Caller) -> dict[str, Any]:

@@ -198,7 +198,9 @@ def test_pm25_episode_offline_station_and_dead_gateway(
         ingest.start()
         edge.start()
         sender.start()
-        time.sleep(2)  # stations seen before alerts starts (a registered, never-seen one is offline)
+        time.sleep(
+            2
+        )  # stations seen before alerts starts (a registered, never-seen one is offline)
         alerts.start()
         watcher.connect("127.0.0.1", mosquitto.port)
         watcher.loop_start()
