@@ -9,19 +9,38 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
 
 from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.models import ErrorBody
 
 router = APIRouter()
 TIMEOUT_S = 5.0
+_ERR: dict[str, Any] = {"model": ErrorBody}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {**_ERR, "description": "no or unknown API key"},
+    403: {**_ERR, "description": "the role does not allow this"},
+    404: {**_ERR, "description": "no alerts service configured (--alerts URL)"},
+    429: {**_ERR, "description": "rate limit exceeded (see Retry-After)"},
+    502: {**_ERR, "description": "the alerts service answered with an error"},
+    503: {**_ERR, "description": "the alerts service is unreachable"},
+}
+
+
+class ActiveAlarms(BaseModel):
+    alarms: list[dict[str, Any]] = Field(
+        description="raised and acknowledged alarms, most severe first (INTERFACES.md 10.6)"
+    )
 
 
 @router.get(
     "/api/v1/alarms",
     openapi_extra=role("viewer"),
+    response_model=ActiveAlarms,
+    responses=RESPONSES,
     summary="active alarms from citysense alerts (most severe first)",
 )
-async def active_alarms(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def active_alarms(request: Request, principal: CurrentPrincipal) -> ActiveAlarms:
     base: str | None = getattr(request.app.state, "alerts_url", None)
     if not base:
         raise HTTPException(404, "no alerts service configured (--alerts URL)")
@@ -42,5 +61,8 @@ async def active_alarms(request: Request, principal: CurrentPrincipal) -> dict[s
         raise HTTPException(resp.status_code, "the alerts service refused this key")
     if resp.status_code != 200:
         raise HTTPException(502, f"the alerts service answered {resp.status_code}")
-    alarms = resp.json().get("alarms", [])
-    return {"alarms": alarms}
+    try:
+        alarms = resp.json()["alarms"]
+    except (ValueError, KeyError, TypeError):
+        raise HTTPException(502, "the alerts service answered something else") from None
+    return ActiveAlarms(alarms=alarms)
