@@ -388,6 +388,28 @@ class AlertService:
             sock.close()
 
 
+#: The packaged default rule set (used by ``citysense demo``).
+DEFAULT_RULES = Path(__file__).with_name("default_rules.toml")
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run ``citysense alerts`` in the caller's event loop until cancelled (``ready`` is set
+    once its HTTP API answers)."""
+    service = AlertService(settings)
+    task = asyncio.create_task(service.run(), name="alerts")
+    started = asyncio.create_task(service.started.wait())
+    try:
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if ready is not None and service.started.is_set():
+            ready.set()
+        await task
+    finally:
+        started.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

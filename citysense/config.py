@@ -210,7 +210,9 @@ class Settings:
         metavar="URL",
     )
     # --- alerts
-    rules: str | None = _opt(None, "alarm rules file (TOML)", {ALERTS}, metavar="FILE")
+    rules: str | None = _opt(
+        None, "alarm rules file (TOML; demo: the default rule set)", {ALERTS, DEMO}, metavar="FILE"
+    )
     webhook: tuple[str, ...] = _opt(
         (),
         "a webhook receiving alarm events, URL; dingtalk+https://... or wecom+https://... "
@@ -546,7 +548,11 @@ def validate(s: Settings, command: str) -> None:
         raise ConfigError(f"--timezone {s.timezone!r} is not a known IANA time zone") from None
     if s.receive_maximum > 65535:
         raise ConfigError("--receive-maximum must be at most 65535 (MQTT's limit)")
-    if s.registry is not None and command in (EDGE, API, DEMO, ALERTS) and not Path(s.registry).is_file():
+    if (
+        s.registry is not None
+        and command in (EDGE, API, DEMO, ALERTS)
+        and not Path(s.registry).is_file()
+    ):
         raise ConfigError(f"--registry {s.registry}: no such file")
     if command == ALERTS and not s.rules:
         raise ConfigError("alerts needs --rules FILE")
