@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from alerts.rules import Rule
 
 
@@ -34,6 +36,27 @@ class Observation:
     subject: dict[str, str]
     value: float
     evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class Observations(dict[str, Observation]):
+    """Observations by subject key, with their values as an array: the engine looks only at
+    subjects past a rule's line (found vectorised) and at those it already tracks."""
+
+    _keys: list[str] | None = None
+    _values: np.ndarray | None = None
+
+    def breaching(self, rule: Rule) -> list[str]:
+        if self._keys is None or self._values is None or len(self._keys) != len(self):
+            self._keys = list(self)
+            self._values = np.fromiter((o.value for o in self.values()), float, len(self))
+        v = self._values
+        t = rule.threshold
+        if rule.above:
+            mask = v >= t if rule.inclusive else v > t
+        else:
+            mask = v <= t if rule.inclusive else v < t
+        keys = self._keys
+        return [keys[i] for i in np.flatnonzero(mask)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +98,14 @@ class Engine:
         """Decisions for ``rule`` given this evaluation's ``observations`` (by subject key)."""
         out: list[Transition] = []
         trackers = self.trackers.setdefault(rule.name, {})
-        for key, obs in observations.items():
+        if isinstance(observations, Observations):  # only subjects that can change
+            keys: Iterable[str] = observations.breaching(rule)
+            if trackers:
+                keys = dict.fromkeys([*keys, *(k for k in trackers if k in observations)])
+        else:
+            keys = observations
+        for key in keys:
+            obs = observations[key]
             t = trackers.get(key)
             value = obs.value
             if t is None:

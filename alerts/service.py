@@ -51,6 +51,7 @@ from citysense.registry import Device, load_registry
 from timeseries.query import Reader, open_reader
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is ours to log
 API_DEFAULT_BIND = "127.0.0.1:8000"
 
 

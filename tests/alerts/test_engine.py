@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.engine import Engine, Observation, Transition
+from alerts.engine import Engine, Observation, Observations, Transition
 from alerts.rules import Rule
 
 BASE = Rule(
@@ -48,7 +48,7 @@ rules = st.builds(
 
 
 def run(
-    rule: Rule, series: list[tuple[int, float | None]], key: str = "district=a"
+    rule: Rule, series: list[tuple[int, float | None]], key: str = "district=a", fast: bool = False
 ) -> tuple[list[tuple[int, float | None]], list[tuple[int, Transition]]]:
     engine = Engine()
     t = 1_000_000
@@ -58,6 +58,11 @@ def run(
         t += dt
         timeline.append((t, v))
         obs = {} if v is None else {key: Observation({"district": "a"}, v)}
+        if fast:  # the engine's vectorised path, with bystanders that never cross
+            obs = Observations(obs)
+            for n in range(3):
+                calm = rule.threshold - 1000 if rule.above else rule.threshold + 1000
+                obs[f"district=z{n}"] = Observation({"district": f"z{n}"}, calm)
         out += [(i, tr) for tr in engine.step(rule, obs, t)]
     return timeline, out
 
@@ -79,6 +84,7 @@ def test_raise_and_clear_exactly_when_the_condition_has_held(
     rule: Rule, series: list[tuple[int, float | None]]
 ) -> None:
     timeline, transitions = run(rule, series)
+    assert run(rule, series, fast=True)[1] == transitions  # same decisions on the fast path
     by_index = {i: tr for i, tr in transitions}
     assert len(by_index) == len(transitions)  # at most one decision per evaluation
     active = False
