@@ -28,6 +28,9 @@ from alerts.rules import Rule
 
 def subject_key(subject: Mapping[str, str]) -> str:
     """``{"district": "zhengdong"}`` -> ``district=zhengdong`` (the identity of a subject)."""
+    if len(subject) == 1:
+        for k, v in subject.items():
+            return f"{k}={v}"
     return ",".join(f"{k}={v}" for k, v in sorted(subject.items()))
 
 

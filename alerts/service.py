@@ -37,7 +37,14 @@ from alerts.notify import (
     parse_webhook,
 )
 from alerts.rules import Rule, load_rules
-from alerts.sources import STATUS_SUBSCRIPTION, Cycle, GatewayStatus, Reads, observe
+from alerts.sources import (
+    STATUS_SUBSCRIPTION,
+    Cycle,
+    DeviceDirectory,
+    GatewayStatus,
+    Reads,
+    observe,
+)
 from alerts.store import AlarmStore
 from citysense.config import (
     ALERTS_DEFAULT_BIND,
@@ -187,6 +194,7 @@ class AlertService:
         self.eval_stats = EvalStats()
         self.delivery_stats = DeliveryStats()
         self.status = GatewayStatus()
+        self.directory = DeviceDirectory()
         self.store: AlarmStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.mqtt: MqttSide | None = None
@@ -198,9 +206,8 @@ class AlertService:
         """One cycle over every rule; raises and clears committed together."""
         assert self.store is not None and self.dispatcher is not None
         started = time.perf_counter()
-        cycle = Cycle(
-            reads, now, self.registry, self.status if self.mqtt else None, self.settings.timezone
-        )
+        gateways = self.status if self.mqtt else None
+        cycle = Cycle(reads, now, self.registry, gateways, self.settings.timezone, self.directory)
         transitions: list[Transition] = []
         for rule in self.rules:
             try:

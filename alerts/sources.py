@@ -84,11 +84,9 @@ class Reads:
             out[g.group["district"]] = values
         return out
 
-    async def devices(self, now: int) -> dict[str, Seen]:
-        """Every device with a reading in the lookback, with its newest reading's time."""
-        rows = await self.reader.latest(
-            ALL_METRICS, {}, now - LOOKBACK_MS, now + MAX_FUTURE_SKEW_MS
-        )
+    async def devices(self, start_ms: int, end_ms: int) -> dict[str, Seen]:
+        """Every device with a reading in ``[start, end)``, with its newest reading's time."""
+        rows = await self.reader.latest(ALL_METRICS, {}, start_ms, end_ms)
         seen: dict[str, Seen] = {}
         for r in rows:
             s = seen.get(r.device)
@@ -131,6 +129,37 @@ class GatewayStatus:
             return dict(self._state)
 
 
+class DeviceDirectory:
+    """Devices and their last reading, kept across cycles: a full read of the lookback every
+    :attr:`full_every_ms` (late data, devices gone), in between only the readings of the last
+    :attr:`overlap_ms` -- a device's last reading only moves forward."""
+
+    full_every_ms = 10 * 60_000
+    overlap_ms = 2 * 60_000
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Seen] = {}
+        self._full_at: int | None = None
+        self._read_at: int | None = None
+
+    async def refresh(self, reads: Reads, now: int) -> dict[str, Seen]:
+        end = now + MAX_FUTURE_SKEW_MS
+        if (
+            self._full_at is None
+            or self._read_at is None
+            or now - self._full_at >= self.full_every_ms
+        ):
+            self.seen = await reads.devices(now - LOOKBACK_MS, end)
+            self._full_at = now
+        else:
+            for dev, s in (await reads.devices(self._read_at - self.overlap_ms, end)).items():
+                old = self.seen.get(dev)
+                if old is None or (old.last_seen or 0) < (s.last_seen or 0):
+                    self.seen[dev] = s
+        self._read_at = now
+        return self.seen
+
+
 class Cycle:
     """One evaluation cycle at time ``now``: queries shared between rules run once."""
 
@@ -141,8 +170,10 @@ class Cycle:
         registry: Mapping[str, Device] | None,
         gateways: GatewayStatus | None,
         timezone: str = "UTC",
+        directory: DeviceDirectory | None = None,
     ) -> None:
         self.reads = reads
+        self.directory = directory or DeviceDirectory()
         self.now = now
         self.registry = registry or {}
         self.gateways = gateways
@@ -156,7 +187,7 @@ class Cycle:
 
     async def devices(self) -> dict[str, Seen]:
         async def make() -> dict[str, Seen]:
-            seen = await self.reads.devices(self.now)
+            seen = dict(await self.directory.refresh(self.reads, self.now))
             for dev, d in self.registry.items():
                 if dev not in seen:
                     seen[dev] = Seen(d.kind, d.district, d.site, None)
