@@ -93,7 +93,7 @@ class Settings:
         None,
         "MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://... "
         "(default: mqtt://127.0.0.1:1883; demo: an embedded broker)",
-        {DEMO, EDGE, INGEST, SIM_FLEET, ALERTS},
+        {DEMO, EDGE, INGEST, ALERTS},
         metavar="URL",
     )
     influx: str | None = _opt(
@@ -127,7 +127,12 @@ class Settings:
     )
     # --- edge
     gateway: str = _opt("gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET}, metavar="ID")
-    coap: str = _opt("0.0.0.0:5683", "CoAP listen address", {EDGE, SIM_FLEET}, metavar="HOST:PORT")
+    coap: str = _opt(
+        "0.0.0.0:5683",
+        "CoAP address: where the gateway listens (edge), where the devices send (simulate fleet)",
+        {EDGE, SIM_FLEET},
+        metavar="HOST:PORT",
+    )
     serial: tuple[str, ...] = _opt(
         (),
         "an NB-IoT module on a serial port, DEV:DIALECT (repeatable)",
@@ -173,7 +178,8 @@ class Settings:
     )
     retry_max_delay: float = _opt(
         30.0,
-        "cap of the back-off between retries (storage; alerts: notifications), seconds",
+        "cap of the back-off between reconnects to the broker (edge), retries of the store "
+        "(ingest) or notification attempts (alerts), seconds",
         {EDGE, INGEST, ALERTS},
         "float",
     )
