@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.engine import Observation, Observations, subject_key
@@ -36,12 +36,22 @@ STATUS_SUBSCRIPTION = "citysense/v1/+/status"
 ALL_METRICS = tuple(METRICS)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Seen:
     kind: str
     district: str
     site: str
     last_seen: int | None
+    #: each metric's newest (time, value) -- battery_low reads these
+    values: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def merged(self, newer: Seen) -> Seen:
+        values = dict(self.values)
+        for m, tv in newer.values.items():
+            if m not in values or values[m][0] < tv[0]:
+                values[m] = tv
+        last = max(self.last_seen or 0, newer.last_seen or 0) or None
+        return Seen(newer.kind, newer.district, newer.site, last, values)
 
 
 class Reads:
@@ -90,8 +100,11 @@ class Reads:
         seen: dict[str, Seen] = {}
         for r in rows:
             s = seen.get(r.device)
-            if s is None or (s.last_seen or 0) < r.t:
-                seen[r.device] = Seen(r.kind, r.district, r.site, r.t)
+            if s is None:
+                s = seen[r.device] = Seen(r.kind, r.district, r.site, r.t)
+            elif s.last_seen is not None and s.last_seen < r.t:
+                s.last_seen = r.t
+            s.values[r.metric] = (r.t, r.value)
         return seen
 
 
@@ -154,8 +167,7 @@ class DeviceDirectory:
         else:
             for dev, s in (await reads.devices(self._read_at - self.overlap_ms, end)).items():
                 old = self.seen.get(dev)
-                if old is None or (old.last_seen or 0) < (s.last_seen or 0):
-                    self.seen[dev] = s
+                self.seen[dev] = s if old is None else old.merged(s)
         self._read_at = now
         return self.seen
 
@@ -261,7 +273,21 @@ async def _observe(rule: Rule, cycle: Cycle) -> Observations:
 async def _numbers(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
     kind = rule.kind
     now = cycle.now
-    if kind in ("metric", "battery_low", "radio_poor"):
+    if kind == "battery_low":  # the newest battery reading of the last 7 days, as kept
+        values: dict[str, float] = {}
+        since = now - rule.window_ms
+        for dev, seen in (await cycle.devices()).items():
+            tv = seen.values.get("battery")
+            if tv is None or tv[0] < since:
+                continue
+            if (rule.district and seen.district != rule.district) or (
+                rule.device_kind and seen.kind != rule.device_kind
+            ):
+                continue
+            values[dev] = tv[1]
+        evidence = {"metric": "battery", "agg": "last", "window_s": rule.window_ms // 1000}
+        return _device_obs(values, await cycle.devices(), rule, evidence)
+    if kind in ("metric", "radio_poor"):
         assert rule.metric is not None
         group = rule.group_by if kind == "metric" else "device"
         values = await cycle.aggregate(rule, rule.metric, rule.agg, group)
