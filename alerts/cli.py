@@ -3,31 +3,15 @@ file or option is a :class:`~citysense.errors.ConfigError` (exit 2, ``file:line:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 from alerts.service import AlertService
 from citysense.config import Settings
+from citysense.serving import run_until_signalled
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> int:
     service = AlertService(settings)  # configuration errors surface before anything starts
-
-    async def main() -> None:
-        task = asyncio.create_task(service.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info("alerts stopped")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    asyncio.run(main())
-    return 0
+    return run_until_signalled(service.run, log, "alerts stopped")

@@ -55,6 +55,7 @@ from citysense.config import (
 )
 from citysense.errors import ConfigError, RegistryError
 from citysense.registry import Device, load_registry
+from citysense.serving import listen_socket
 from timeseries.query import Reader, open_reader
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ class AlertService:
 
     async def _serve(self, app: Any) -> None:
         host, port = self.bind
-        sock = listen(host, port, f"{host}:{port}")
+        sock = listen_socket(host, port, f"{host}:{port}")
         config = uvicorn.Config(
             app, host=host, port=port, lifespan="off", log_config=None, access_log=False
         )
@@ -422,22 +423,3 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # signals belong to the caller
-
-
-def listen(host: str, port: int, bind: str) -> socket.socket:
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(256)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    return sock
