@@ -257,6 +257,14 @@ class Dispatcher:
                 tg.create_task(self._loop(r), name=f"deliver-{r.name}")
 
     async def _loop(self, r: Receiver) -> None:
+        while True:
+            try:
+                await self._deliver(r)
+            except Exception:  # the queue itself failed (disk): logged, tried again
+                log.exception("delivery to %s stopped; restarting in 5 s", r.name)
+                await asyncio.sleep(5)
+
+    async def _deliver(self, r: Receiver) -> None:
         wake = self._wake[r.name]
         failures = 0
         shown = getattr(r, "shown", r.name)

@@ -258,7 +258,10 @@ class AlertService:
         interval = self.settings.interval
         while True:
             started = time.monotonic()
-            await self.evaluate(reads, _now_ms())
+            try:
+                await self.evaluate(reads, _now_ms())
+            except Exception:  # never the end of evaluation: logged, next cycle
+                log.exception("evaluation cycle failed")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     # ------------------------------------------------------------------ HTTP backend
