@@ -225,6 +225,7 @@ class Settings:
         "for those chat robots (repeatable)",
         {ALERTS},
         "list",
+        secret=True,  # robot URLs carry their tokens
         metavar="URL",
     )
     webhook_secret_file: str | None = _opt(
