@@ -152,6 +152,7 @@ class DeviceDirectory:
 
     def __init__(self) -> None:
         self.seen: dict[str, Seen] = {}
+        self.started_ms: int | None = None  #: the first refresh: when watching began
         self._full_at: int | None = None
         self._read_at: int | None = None
 
@@ -307,7 +308,9 @@ async def _numbers(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
             if rule.device_kind and s.kind != rule.device_kind:
                 continue
             interval_ms = (KINDS[s.kind].report_interval_s if s.kind in KINDS else 3600) * 1000
-            age = LOOKBACK_MS if s.last_seen is None else max(0, now - s.last_seen)
+            # a registered device never seen: silent since this service started watching
+            from_ms = s.last_seen if s.last_seen is not None else cycle.directory.started_ms
+            age = max(0, now - (from_ms if from_ms is not None else now))
             subject = {"device": dev}
             out[subject_key(subject)] = Observation(
                 subject,
