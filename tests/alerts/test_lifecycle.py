@@ -171,3 +171,78 @@ def test_raise_ack_clear_through_a_webhook(setup: tuple[Path, Path, Path], tmp_p
     assert code == 0, alerts.log_tail()
     assert (state.stat().st_mode & 0o777) == 0o700
     assert ((state / "alerts.sqlite3").stat().st_mode & 0o777) == 0o600
+
+
+KINDS_RULES = """
+[[rule]]
+name = "aqi-heavy"
+kind = "aqi"
+level = 5
+
+[[rule]]
+name = "jam"
+kind = "congestion"
+above = 8
+window = "30m"
+
+[[rule]]
+name = "leak"
+kind = "leak"
+
+[[rule]]
+name = "battery"
+kind = "battery_low"
+below = 15
+
+[[rule]]
+name = "radio"
+kind = "radio_poor"
+window = "1h"
+"""
+
+
+def test_every_kind_of_rule_over_stored_data(tmp_path: Path) -> None:
+    """A haze day in one district (AQI), a jam, a leaking meter, a flat battery, a bad radio."""
+    state = tmp_path / "state"
+    state.mkdir()
+    now = _now()
+    hour = 3_600_000
+    rows = []
+    for h in range(24):  # a day of haze over east, clean air in west
+        t = now - h * hour - 60_000
+        rows += [
+            reading("aq-east", "east", t, pm25=250.0),
+            reading("aq-west", "west", t, pm25=20.0),
+        ]
+    for k in range(6):  # east's traffic stands still; west flows
+        t = now - k * 60_000
+        rows += [
+            reading("tc-east", "east", t, kind="traffic_counter", avg_speed=3.0, occupancy=90.0),
+            reading("tc-west", "west", t, kind="traffic_counter", avg_speed=55.0, occupancy=10.0),
+        ]
+    rows += [
+        reading("wm-east", "east", now - 60_000, kind="water_meter", leak=True, water_flow=0.2),
+        reading("wm-west", "west", now - 60_000, kind="water_meter", leak=False, water_flow=0.0),
+        reading("aq-east", "east", now - 30_000, battery=8.0, rsrp=-131.0),
+        reading("aq-west", "west", now - 30_000, battery=80.0, rsrp=-90.0),
+    ]
+    write_readings(state, rows)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(KINDS_RULES)
+    alerts = AlertsProcess(
+        tmp_path, ["--rules", str(rules), "--state-dir", str(state), "--interval", "0.3"]
+    ).start()
+    try:
+        wait_until(lambda: len(alerts.get("/api/v1/alarms")["alarms"]) >= 5, 30, "five alarms")
+        time.sleep(1)
+        got = {a["rule"]: a for a in alerts.get("/api/v1/alarms")["alarms"]}
+        assert set(got) == {"aqi-heavy", "jam", "leak", "battery", "radio"}, got
+        assert got["aqi-heavy"]["subject"] == {"district": "east"}
+        assert got["aqi-heavy"]["value"] >= 201 and got["aqi-heavy"]["evidence"]["level"] == "V"
+        assert got["jam"]["subject"] == {"district": "east"} and got["jam"]["value"] >= 8
+        assert got["leak"]["subject"] == {"device": "wm-east"}
+        assert got["battery"]["subject"] == {"device": "aq-east"} and got["battery"]["value"] == 8.0
+        assert got["radio"]["subject"] == {"device": "aq-east"}
+        assert len(alerts.get("/api/v1/alarms")["alarms"]) == 5  # nothing about west
+    finally:
+        alerts.stop()
