@@ -1,7 +1,8 @@
 """Active alarms on the dashboard: ``GET /api/v1/alarms`` asks ``citysense alerts``
 (``--alerts URL``) server side, with the caller's own key, so the page loads only from this
-origin and the alerts service applies the same roles. 404 when no alerts service is
-configured, 503 when it cannot be reached."""
+origin and the alerts service applies the same roles. Without an alerts service the answer
+is an empty list with ``"configured": false`` (the page then hides its panel); 503 when it
+cannot be reached."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ _ERR: dict[str, Any] = {"model": ErrorBody}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {**_ERR, "description": "no or unknown API key"},
     403: {**_ERR, "description": "the role does not allow this"},
-    404: {**_ERR, "description": "no alerts service configured (--alerts URL)"},
     429: {**_ERR, "description": "rate limit exceeded (see Retry-After)"},
     502: {**_ERR, "description": "the alerts service answered with an error"},
     503: {**_ERR, "description": "the alerts service is unreachable"},
@@ -31,6 +31,7 @@ class ActiveAlarms(BaseModel):
     alarms: list[dict[str, Any]] = Field(
         description="raised and acknowledged alarms, most severe first (INTERFACES.md 10.6)"
     )
+    configured: bool = Field(description="whether this API was given an alerts service")
 
 
 @router.get(
@@ -43,7 +44,7 @@ class ActiveAlarms(BaseModel):
 async def active_alarms(request: Request, principal: CurrentPrincipal) -> ActiveAlarms:
     base: str | None = getattr(request.app.state, "alerts_url", None)
     if not base:
-        raise HTTPException(404, "no alerts service configured (--alerts URL)")
+        return ActiveAlarms(alarms=[], configured=False)
     headers = {}
     auth = request.headers.get("authorization")
     if auth:
@@ -65,4 +66,4 @@ async def active_alarms(request: Request, principal: CurrentPrincipal) -> Active
         alarms = resp.json()["alarms"]
     except (ValueError, KeyError, TypeError):
         raise HTTPException(502, "the alerts service answered something else") from None
-    return ActiveAlarms(alarms=alarms)
+    return ActiveAlarms(alarms=alarms, configured=True)

@@ -293,9 +293,11 @@ function renderAlarms(resp) {
 
 async function alarmSection() {
   if (state.noAlerts) return true;
-  try { renderAlarms(await api("/api/v1/alarms")); clearError("alarm-card"); }
-  catch (err) {
-    if (err.status === 404) { state.noAlerts = true; return true; }  // no alerts service
+  try {
+    const resp = await api("/api/v1/alarms");
+    if (!resp.configured) { state.noAlerts = true; return true; }  // no alerts service
+    renderAlarms(resp); clearError("alarm-card");
+  } catch (err) {
     document.getElementById("alarm-card").hidden = false;
     showError("alarm-card", err);
   }
