@@ -126,6 +126,22 @@ def reading(
     return Reading(device, kind, district, f"{district}-s1", t, dict(values))
 
 
+def alerts_args(
+    rules: Path, state: Path, *webhooks: str, secret: Path | None = None, **options: object
+) -> list[str]:
+    """Command-line options of ``citysense alerts``: rules, state, a 0.3 s interval unless
+    ``interval=`` says otherwise, each webhook, the secret file, then ``name=value`` options."""
+    out = ["--rules", str(rules), "--state-dir", str(state)]
+    options.setdefault("interval", "0.3")
+    for hook in webhooks:
+        out += ["--webhook", hook]
+    if secret is not None:
+        out += ["--webhook-secret-file", str(secret)]
+    for name, value in options.items():
+        out += ["--" + name.replace("_", "-"), str(value)]
+    return out
+
+
 class AlertsProcess:
     """``citysense alerts`` as a process of the test's own."""
 

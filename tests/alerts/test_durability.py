@@ -10,7 +10,14 @@ import re
 import time
 from pathlib import Path
 
-from tests.alerts.helpers import SECRET, AlertsProcess, Receiver, reading, write_readings
+from tests.alerts.helpers import (
+    SECRET,
+    AlertsProcess,
+    Receiver,
+    alerts_args,
+    reading,
+    write_readings,
+)
 from tests.servers import wait_until
 
 SOAK = os.environ.get("CITYSENSE_SOAK") == "1"
@@ -73,22 +80,9 @@ def _pending(alerts: AlertsProcess) -> int:
 def test_kill_9_and_a_receiver_down_lose_nothing(tmp_path: Path) -> None:
     state, rules, secret = _files(tmp_path)
     receiver = Receiver()  # reserved port, not serving yet: the receiver is down
-    args = [
-        "--rules",
-        str(rules),
-        "--state-dir",
-        str(state),
-        "--interval",
-        "0.3",
-        "--webhook",
-        receiver.url,
-        "--webhook-secret-file",
-        str(secret),
-        "--webhook-timeout",
-        "1",
-        "--retry-max-delay",
-        "5",
-    ]
+    args = alerts_args(
+        rules, state, receiver.url, secret=secret, webhook_timeout=1, retry_max_delay=5
+    )
     _episode(state, "east", 200.0)
     down_since = time.monotonic()
     alerts = AlertsProcess(tmp_path, args).start()
@@ -138,26 +132,16 @@ def test_410_500_and_slow_receivers_hold_up_nothing(tmp_path: Path) -> None:
     _episode(state, "east", 200.0)
     alerts = AlertsProcess(
         tmp_path,
-        [
-            "--rules",
-            str(rules),
-            "--state-dir",
-            str(state),
-            "--interval",
-            "0.3",
-            "--webhook",
+        alerts_args(
+            rules,
+            state,
             slow.url,
-            "--webhook",
             gone.url,
-            "--webhook",
             good.url,
-            "--webhook-secret-file",
-            str(secret),
-            "--webhook-timeout",
-            "1",
-            "--retry-max-delay",
-            "2",
-        ],
+            secret=secret,
+            webhook_timeout=1,
+            retry_max_delay=2,
+        ),
     ).start()
     try:
         started = time.monotonic()

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.alerts.helpers import SECRET, AlertsProcess, Receiver, reading, write_readings
+from tests.alerts.helpers import (
+    SECRET,
+    AlertsProcess,
+    Receiver,
+    alerts_args,
+    reading,
+    write_readings,
+)
 from tests.servers import wait_until
 
 OPERATOR = "operator-key-0123456789"
@@ -73,24 +80,15 @@ def test_raise_ack_clear_through_a_webhook(setup: tuple[Path, Path, Path], tmp_p
     )
     alerts = AlertsProcess(
         tmp_path,
-        [
-            "--rules",
-            str(rules),
-            "--state-dir",
-            str(state),
-            "--interval",
-            "0.3",
-            "--webhook",
+        alerts_args(
+            rules,
+            state,
             receiver.url,
-            "--webhook",
             bad.url,
-            "--webhook-secret-file",
-            str(secret),
-            "--api-keys",
-            f"{OPERATOR}:operator,{VIEWER}:viewer",
-            "--retry-max-delay",
-            "2",
-        ],
+            secret=secret,
+            api_keys=f"{OPERATOR}:operator,{VIEWER}:viewer",
+            retry_max_delay=2,
+        ),
     ).start()
     try:
         wait_until(lambda: receiver.events("raised", "pm25-high"), 30, "the pm25 alarm")
@@ -229,9 +227,7 @@ def test_every_kind_of_rule_over_stored_data(tmp_path: Path) -> None:
     write_readings(state, rows)
     rules = tmp_path / "rules.toml"
     rules.write_text(KINDS_RULES)
-    alerts = AlertsProcess(
-        tmp_path, ["--rules", str(rules), "--state-dir", str(state), "--interval", "0.3"]
-    ).start()
+    alerts = AlertsProcess(tmp_path, alerts_args(rules, state)).start()
     try:
         wait_until(lambda: len(alerts.get("/api/v1/alarms")["alarms"]) >= 5, 30, "five alarms")
         time.sleep(1)
