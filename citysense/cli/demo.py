@@ -75,7 +75,7 @@ _LABELS = (
     ("sent", "uplinks sent"),
     ("acked", "acknowledged"),
     ("accepted", "readings at the gateway"),
-    ("stored", "stored"),
+    ("stored", "distinct readings stored"),
     ("mqtt", "MQTT messages"),
 )
 
