@@ -140,8 +140,10 @@ def _solve(x: FloatArray, y: FloatArray) -> FloatArray:
     return np.asarray(np.linalg.solve(x.T @ x + penalty, x.T @ y))
 
 
-def _prepare(y: FloatArray, hours: IntArray, local_offset_ms: int) -> tuple[FloatArray, ...]:
-    z = np.log1p(np.maximum(y, 0.0))
+def _prepare(
+    y: FloatArray, hours: IntArray, local_offset_ms: int
+) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
+    z: FloatArray = np.log1p(np.maximum(y, 0.0))
     hod = hour_of_day(hours, local_offset_ms)
     prof = trailing_profile(z, hod)
     lin_prof = trailing_profile(np.asarray(y, dtype=np.float64), hod)

@@ -154,7 +154,7 @@ def score(
     truth: list[tuple[int, str, str, int, int]] = []
     for a, b in periods:
         for e in faults.episodes(model, a, b):
-            if e.device in pos and e.fault != "reversal":
+            if e.device in pos and e.fault != "reversal" and e.end_ms > a and e.start_ms < b:
                 truth.append(
                     (pos[e.device], e.fault, e.metric, max(e.start_ms, a), min(e.end_ms, b))
                 )

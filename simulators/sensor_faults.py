@@ -305,7 +305,8 @@ class SensorFaults:
         cells = np.nonzero(win.active)
         held = self._held(model, kind, idx, salt, cells, win.start[cells])
         v = np.array(values[metric], dtype=np.float64)
-        v[cells] = np.maximum(2.0 * np.asarray(held[metric]) - v[cells], 0.0)
+        start_total = np.asarray(held[metric], dtype=np.float64)
+        v[cells] = np.maximum(start_total * 2.0 - v[cells], 0.0)
         values[metric] = v
 
     # ------------------------------------------------------------------ truth
@@ -356,6 +357,8 @@ class SensorFaults:
                         < self.rates["covered_inlet"]
                     )
                     begin = e.start_ms + (e.end_ms - e.start_ms) // 5
+                    if begin >= end_ms or e.end_ms <= start_ms:
+                        continue
                     for c in np.nonzero(hazy & chosen_c)[0].tolist():
                         device = model.devices[int(kidx[c])].device
                         out.append(FaultEpisode(device, "covered_inlet", "pm25", begin, e.end_ms))
