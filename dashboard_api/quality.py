@@ -313,17 +313,20 @@ def _threshold_text(reason: str, metric: str) -> str:
     lim = QUALITY.get(metric)
     if lim is None:
         return ""
-    return {
-        "stuck": f"{lim.stuck_reports} equal reports within {lim.resolution:g}",
-        "spike": f"a jump over {lim.spike_step:g} there and back",
-        "out_of_pattern": "a cumulative total below its earlier highest",
-        "drift": f"gap to neighbours growing >= {lim.drift_per_day:g}/day over {q.DRIFT_DAYS} days",
-        "tamper_suspect": (
-            f"below {lim.tamper_ratio:g} x the neighbours' median while it is >= "
-            f"{lim.tamper_level:g} and rose >= {lim.tamper_rise:g} in 48 h"
-        ),
-        "silent_channel": f"missing for {lim.silent_reports} intervals while others report",
-    }.get(reason, "")
+    if reason == "stuck":
+        return f"{lim.stuck_reports} equal reports within {lim.resolution}"
+    if reason == "spike":
+        return f"a jump over {lim.spike_step} there and back"
+    if reason == "out_of_pattern":
+        return "a cumulative total below its earlier highest"
+    if reason == "drift":
+        return f"gap to neighbours growing >= {lim.drift_per_day}/day over {q.DRIFT_DAYS} days"
+    if reason == "tamper_suspect":
+        return (
+            f"below {lim.tamper_ratio} x the neighbours' median while it is >= "
+            f"{lim.tamper_level} and rose >= {lim.tamper_rise} in 48 h"
+        )
+    return f"missing for {lim.silent_reports} intervals while others report"
 
 
 # --------------------------------------------------------------------------- exclusion
