@@ -81,14 +81,6 @@ def _fleet() -> list:  # type: ignore[type-arg]
     return stations[:STATIONS]
 
 
-def simulate(days: int) -> tuple[CityModel, SensorFaults, dict[str, np.ndarray], np.ndarray]:
-    """(model, faults, hourly means per metric (stations, hours), report times grid)."""
-    devices = _fleet()
-    faults = SensorFaults(DEFAULT_SENSOR_RATES, seed=SEED)
-    model = CityModel(devices, seed=SEED, sensor_faults=faults)
-    return model, faults, {}, np.empty(0)
-
-
 def month_ranges(days: int) -> list[tuple[int, int]]:
     """(start, end) epoch ms of each 30-day 'month' of the simulated year."""
     return [

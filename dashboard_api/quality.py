@@ -181,19 +181,7 @@ class QualityMonitor:
                 old.until, old.evidence = f.end_ms, evidence
             elif old is not None and old.open:
                 old.since, old.evidence = min(old.since, f.start_ms), evidence
-            elif old is not None and f.end_ms is None:  # came back: a new open flag
-                self.flags[key] = Flag(
-                    device,
-                    t.kind,
-                    t.district,
-                    t.site,
-                    f.metric,
-                    f.reason,
-                    f.start_ms,
-                    None,
-                    evidence,
-                )
-            elif old is None:
+            elif old is None or f.end_ms is None:  # new, or came back: a new flag
                 self.flags[key] = Flag(
                     device,
                     t.kind,
@@ -332,6 +320,18 @@ def _threshold_text(reason: str, metric: str) -> str:
 # --------------------------------------------------------------------------- exclusion
 
 
+def excluded_out(f: Flag, readings: int | None = None) -> models.ExcludedOut:
+    """A flag as the evidence of readings left out of an answer."""
+    return models.ExcludedOut(
+        device=f.device,
+        metric=f.metric,
+        reason=f.reason,
+        since=rfc3339(f.since),
+        until=rfc3339(f.until) if f.until is not None else None,
+        readings=readings,
+    )
+
+
 async def exclude_flagged(
     reader: Reader,
     monitor: QualityMonitor | None,
@@ -395,16 +395,7 @@ async def exclude_flagged(
                 old = taken.get(key, (0.0, 0.0))
                 taken[key] = (old[0] + s, old[1] + c)
                 got += int(c)
-        out.setdefault(f.district, []).append(
-            models.ExcludedOut(
-                device=f.device,
-                metric=f.metric,
-                reason=f.reason,
-                since=rfc3339(f.since),
-                until=rfc3339(f.until) if f.until is not None else None,
-                readings=got,
-            )
-        )
+        out.setdefault(f.district, []).append(excluded_out(f, got))
     for (name, metric, t), (s, c) in taken.items():
         k = (newest - t) // HOUR_MS
         values = hourly.get(name, {}).get(metric)

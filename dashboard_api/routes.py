@@ -59,7 +59,7 @@ from dashboard_api.parameters import (
     parse_time,
     rfc3339,
 )
-from dashboard_api.quality import QualityMonitor, exclude_flagged
+from dashboard_api.quality import QualityMonitor, exclude_flagged, excluded_out
 from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
 
 HOUR = 3_600_000
@@ -693,16 +693,7 @@ def _flagged(
     """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
     out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
     for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
-        out[f.device].append(
-            models.ExcludedOut(
-                device=f.device,
-                metric=f.metric,
-                reason=f.reason,
-                since=rfc3339(f.since),
-                until=rfc3339(f.until) if f.until is not None else None,
-                readings=None,
-            )
-        )
+        out[f.device].append(excluded_out(f))
     return out
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from citysense.catalog import QUALITY
-from citysense.errors import ConfigError
+from simulators.faults import parse_rates
 from simulators.models import (
     _KIND_MODELS,
     DAY_MS,
@@ -89,24 +89,7 @@ class FaultEpisode:
 
 def parse_sensor_faults(items: Iterable[str]) -> dict[str, float]:
     """``["stuck=0.05", "spike"]`` -> rates; ConfigError naming the bad item."""
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip().lower().replace("-", "_")
-        if name not in DEFAULT_SENSOR_RATES:
-            known = ", ".join(DEFAULT_SENSOR_RATES)
-            raise ConfigError(f"--sensor-faults: unknown fault {name!r} (known: {known})")
-        if not sep:
-            out[name] = DEFAULT_SENSOR_RATES[name]
-            continue
-        try:
-            rate = float(raw)
-        except ValueError as exc:
-            raise ConfigError(f"--sensor-faults: {name}={raw!r} is not a number") from exc
-        if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"--sensor-faults: {name} rate must be between 0 and 1")
-        out[name] = rate
-    return out
+    return parse_rates(items, DEFAULT_SENSOR_RATES, "--sensor-faults")
 
 
 @dataclass(frozen=True, slots=True)
