@@ -2,20 +2,21 @@
 
 The model, for each district's hourly means ``y`` (µg/m³):
 
-* work in ``z = log(1 + y)``: haze multiplies concentrations, so errors scale with the level
-  and log space makes them comparable;
-* the diurnal climatology ``P(k)``: for each hour of the local day ``k``, the mean of ``z``
+* the diurnal climatology ``P(k)``: for each hour of the local day ``k``, the mean of ``y``
   over the trailing :data:`PROFILE_DAYS` days (recomputed at every forecast origin, so the
   season follows by itself);
-* anomalies ``a(s) = z(s) - P(hour of s)``; one ridge regression per horizon ``h`` (1..24)
+* anomalies ``a(s) = y(s) - P(hour of s)``; one ridge regression per horizon ``h`` (1..24)
   predicts ``a(t + h)`` from the district's anomalies at lags 0, 1, 2, 3, 6, 12 and 23 h, the
   change over the last 3 h and the mean anomaly of all districts now and 3 h ago (regional
-  weather moves neighbouring districts together). One set of coefficients serves every
-  district (pooled: more data, no district over-fitted);
-* the forecast is ``P(hour of t + h) + â(t + h)`` back in µg/m³, with the mean correction of
-  the log transform; the 80 % interval comes from the 10th and 90th percentiles of the
-  residuals of each horizon on the last :data:`CALIBRATION_SHARE` of the history, held out of
-  the fit that produced them (split conformal), then the model is refitted on all of it.
+  weather moves neighbouring districts together) -- twice: once for every hour and once more
+  for hours in a haze (anomaly now above :data:`HAZE_ANOMALY`), whose build-up and clearing
+  follow other dynamics than ordinary hours. One set of coefficients serves every district
+  (pooled: more data, no district over-fitted);
+* the forecast is ``P(hour of t + h) + â(t + h)``; errors grow with the level (a haze
+  multiplies concentrations), so the 80 % interval is relative: the 10th and 90th percentiles
+  of each horizon's residuals divided by the forecast level (at least :data:`SCALE_FLOOR`) on
+  the last :data:`CALIBRATION_SHARE` of the history, held out of the fit that produced them
+  (split conformal), times the level; then the model is refitted on all of the history.
 
 ``skill`` reports the RMSE of the model, of persistence (``y(t + h) = y(t)``) and of the
 diurnal climatology (``mean y`` by hour of day over the trailing days) on that held-out part,
@@ -41,6 +42,10 @@ MIN_HISTORY_HOURS = 7 * 24
 CALIBRATION_SHARE = 0.25
 RIDGE = 1.0
 INTERVAL = (0.10, 0.90)
+#: an anomaly (µg/m³ above the diurnal climatology) from which an hour counts as haze
+HAZE_ANOMALY = 20.0
+#: the least level (µg/m³) interval widths scale with
+SCALE_FLOOR = 10.0
 SKILL_HORIZONS: tuple[int, ...] = (1, 6, 24)
 
 
@@ -51,9 +56,8 @@ class HistoryTooShortError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ForecastModel:
     coef: FloatArray  #: (HORIZONS, features)
-    q_lo: FloatArray  #: (HORIZONS,) residual quantiles in log space
+    q_lo: FloatArray  #: (HORIZONS,) quantiles of residual / forecast level
     q_hi: FloatArray
-    mean_factor: FloatArray  #: (HORIZONS,) E[exp(residual)]: mean correction
     trained_until: int  #: epoch ms of the end of the newest hour trained on
     hours_used: int
     skill: dict[int, dict[str, float]]  #: horizon -> rmse of model, persistence, climatology
@@ -119,7 +123,9 @@ def _features(
     a0, a3 = lags[0], lags[3]
     city0 = np.nanmean(a0, axis=0, keepdims=True) * np.ones((d_count, 1))
     city3 = np.nanmean(a3, axis=0, keepdims=True) * np.ones((d_count, 1))
-    feats = [np.ones_like(a0), *lags, a0 - a3, city0, city3]
+    haze = (a0 > HAZE_ANOMALY).astype(np.float64)
+    base = [*lags, a0 - a3, city0, city3]
+    feats = [np.ones_like(a0), haze, *base, *(haze * f for f in base)]
     return np.stack(feats, axis=-1), a0
 
 
@@ -142,12 +148,11 @@ def _solve(x: FloatArray, y: FloatArray) -> FloatArray:
 
 def _prepare(
     y: FloatArray, hours: IntArray, local_offset_ms: int
-) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
-    z: FloatArray = np.log1p(np.maximum(y, 0.0))
+) -> tuple[FloatArray, IntArray, FloatArray]:
+    z: FloatArray = np.maximum(np.asarray(y, dtype=np.float64), 0.0)
     hod = hour_of_day(hours, local_offset_ms)
     prof = trailing_profile(z, hod)
-    lin_prof = trailing_profile(np.asarray(y, dtype=np.float64), hod)
-    return z, hod, prof, lin_prof
+    return z, hod, prof
 
 
 def _fit_coef(z: FloatArray, prof: FloatArray, hod: IntArray, origins: IntArray) -> FloatArray:
@@ -180,7 +185,7 @@ def fit(
             f"{got} hourly means of history; the forecast needs at least {min_hours} "
             f"({min_hours // 24} days) in every district"
         )
-    z, hod, prof, lin_prof = _prepare(y, hours, local_offset_ms)
+    z, hod, prof = _prepare(y, hours, local_offset_ms)
     t_count = hours.size
     split = int(t_count * (1 - CALIBRATION_SHARE))
     fit_origins = _origins(t_count, 0, split)
@@ -193,34 +198,31 @@ def fit(
     x_cal, _ = _features(z, prof, hod, cal_origins)
     q_lo = np.zeros(HORIZONS)
     q_hi = np.zeros(HORIZONS)
-    mean_factor = np.ones(HORIZONS)
     skill: dict[int, dict[str, float]] = {}
     di = np.arange(z.shape[0])[:, None]
     for h in range(1, HORIZONS + 1):
         pred = x_cal @ coef[h - 1]
         target = _targets(z, prof, hod, cal_origins, h)
-        resid = (target - pred).reshape(-1)
-        resid = resid[~np.isnan(resid)]
-        if resid.size:
-            q_lo[h - 1], q_hi[h - 1] = np.quantile(resid, INTERVAL)
-            mean_factor[h - 1] = float(np.mean(np.exp(resid)))
+        s = cal_origins + h
+        base = prof[di, cal_origins[None, :], hod[s][None, :]]
+        model_y = np.maximum(base + pred, 0.0)
+        rel = ((target - pred) / np.maximum(model_y, SCALE_FLOOR)).reshape(-1)
+        rel = rel[~np.isnan(rel)]
+        if rel.size:
+            lo, hi = np.quantile(rel, INTERVAL)
+            # the interval holds its own forecast even where held-out errors lean one way
+            q_lo[h - 1], q_hi[h - 1] = min(float(lo), 0.0), max(float(hi), 0.0)
         if h in SKILL_HORIZONS:
-            s = cal_origins + h
-            base = prof[di, cal_origins[None, :], hod[s][None, :]]
-            model_y = np.expm1(base + pred) * 1.0
-            model_y = (1.0 + model_y) * mean_factor[h - 1] - 1.0
             truth = y[:, s]
             persistence = y[:, cal_origins]
-            clim = lin_prof[di, cal_origins[None, :], hod[s][None, :]]
+            clim = prof[di, cal_origins[None, :], hod[s][None, :]]
             skill[h] = {
                 "rmse": _rmse(model_y, truth),
                 "rmse_persistence": _rmse(persistence, truth),
                 "rmse_climatology": _rmse(clim, truth),
             }
     coef = _fit_coef(z, prof, hod, _origins(t_count, 0, t_count))
-    return ForecastModel(
-        coef, q_lo, q_hi, mean_factor, int(hours[-1]) + HOUR_MS, int(t_count), skill
-    )
+    return ForecastModel(coef, q_lo, q_hi, int(hours[-1]) + HOUR_MS, int(t_count), skill)
 
 
 def _rmse(a: FloatArray, b: FloatArray) -> float:
@@ -242,7 +244,7 @@ def predict_at(
     ``hours`` must extend HORIZONS hours past the last origin only for their hour of day; the
     values there are not read.
     """
-    z, hod, prof, _ = _prepare(np.asarray(y, dtype=np.float64), hours, local_offset_ms)
+    z, hod, prof = _prepare(np.asarray(y, dtype=np.float64), hours, local_offset_ms)
     x, _ = _features(z, prof, hod, origins)
     d_count = z.shape[0]
     di = np.arange(d_count)[:, None]
@@ -250,10 +252,11 @@ def predict_at(
     mean, low, high = np.empty(shape), np.empty(shape), np.empty(shape)
     for h in range(1, HORIZONS + 1):
         s = origins + h
-        base = prof[di, origins[None, :], hod[s][None, :]] + x @ model.coef[h - 1]
-        mean[:, :, h - 1] = (1.0 + np.expm1(base)) * model.mean_factor[h - 1] - 1.0
-        low[:, :, h - 1] = np.expm1(base + model.q_lo[h - 1])
-        high[:, :, h - 1] = np.expm1(base + model.q_hi[h - 1])
+        level = np.maximum(prof[di, origins[None, :], hod[s][None, :]] + x @ model.coef[h - 1], 0.0)
+        scale = np.maximum(level, SCALE_FLOOR)
+        mean[:, :, h - 1] = level
+        low[:, :, h - 1] = level + model.q_lo[h - 1] * scale
+        high[:, :, h - 1] = level + model.q_hi[h - 1] * scale
     return np.maximum(mean, 0.0), np.maximum(low, 0.0), np.maximum(high, 0.0)
 
 
