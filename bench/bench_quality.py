@@ -49,6 +49,7 @@ from simulators.models import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, CityModel
 from simulators.sensor_faults import (
     DEFAULT_SENSOR_RATES,
     EXPECTED_REASON,
+    SPIKE_METRICS,
     SensorFaults,
 )
 
@@ -145,33 +146,33 @@ def score(
 ) -> dict[str, dict[str, float]]:
     idx = model.kind_index["air_station"]
     pos = {model.devices[i].device: j for j, i in enumerate(idx)}
-    truth: list[tuple[int, str, str, int, int]] = []
+    # (station, fault, metric, start, end, counted): an episode counts for recall in the
+    # month it starts in (one that only ends in a month is scored where it began); every
+    # episode meeting a month or the week before it can make a flag true
+    truth: list[tuple[int, str, str, int, int, bool]] = []
     for a, b in periods:
-        for e in faults.episodes(model, a, b):
-            if e.device in pos and e.fault != "reversal" and e.end_ms > a and e.start_ms < b:
-                truth.append(
-                    (pos[e.device], e.fault, e.metric, max(e.start_ms, a), min(e.end_ms, b))
-                )
+        for e in faults.episodes(model, a - LEAD_MS, b):
+            if e.device in pos and e.fault != "reversal" and e.end_ms > a - LEAD_MS:
+                counted = a <= e.start_ms < b
+                truth.append((pos[e.device], e.fault, e.metric, e.start_ms, e.end_ms, counted))
         phase = model.phase_ms(idx, REPORT_MS)
         n_rep = (b - a) // REPORT_MS
         t = a + np.arange(n_rep, dtype=np.int64)[:, None] * REPORT_MS + phase[None, :]
         salt = model._static.salt[idx][None, :]
         mask = faults.spike_mask(np.broadcast_to(salt, t.shape), t)
         pick = faults._spike_pick(np.broadcast_to(salt, t.shape), t)
-        from simulators.sensor_faults import SPIKE_METRICS
-
         for r, c in zip(*np.nonzero(mask), strict=True):
             metric = SPIKE_METRICS[
                 min(int(pick[r, c] * len(SPIKE_METRICS)), len(SPIKE_METRICS) - 1)
             ]
-            truth.append((int(c), "spike", metric, int(t[r, c]), int(t[r, c]) + 1))
+            truth.append((int(c), "spike", metric, int(t[r, c]), int(t[r, c]) + 1, True))
     slack = {"drift": 7 * DAY_MS, "covered_inlet": 2 * HOUR_MS}
-    by_dev: dict[int, list[tuple[int, str, str, int, int]]] = defaultdict(list)
+    by_dev: dict[int, list[tuple[int, str, str, int, int, bool]]] = defaultdict(list)
     for e in truth:
         by_dev[e[0]].append(e)
 
-    def matches(f: Flag, e: tuple[int, str, str, int, int]) -> bool:
-        _, fault, metric, a, b = e
+    def matches(f: Flag, e: tuple[int, str, str, int, int, bool]) -> bool:
+        _, fault, metric, a, b, _ = e
         if EXPECTED_REASON[fault] != f.reason:
             return False
         if f.reason in ("stuck", "spike", "drift") and metric != f.metric:
@@ -180,23 +181,32 @@ def score(
 
     out: dict[str, dict[str, float]] = {}
     station_days = sum((b - a) // DAY_MS for a, b in periods) * idx.size
+    scored_days = {
+        d for a, b in periods for d in range((a - YEAR_START) // DAY_MS, (b - YEAR_START) // DAY_MS)
+    }
     faulty_days: set[tuple[int, int]] = set()
-    for dev, _, _, a, b in truth:
+    for dev, _, _, a, b, _ in truth:
         for d in range((a - YEAR_START) // DAY_MS, (b - 1 - YEAR_START) // DAY_MS + 1):
-            faulty_days.add((dev, d))
+            if d in scored_days:
+                faulty_days.add((dev, d))
     clean_days = station_days - len(faulty_days)
+    ordered_days = sorted(scored_days)
+
+    def first_scored_day(t: int) -> int:
+        """The day a flag starting at ``t`` is counted on (a lead-in flag: its month's first)."""
+        d = (t - YEAR_START) // DAY_MS
+        return d if d in scored_days else next((x for x in ordered_days if x >= d), d)
+
     for fault, reason in EXPECTED_REASON.items():
         if fault == "reversal":
             continue
-        eps = [e for e in truth if e[1] == fault]
+        eps = [e for e in truth if e[1] == fault and e[5]]
         mine = [f for f in flags if f.reason == reason]
         found = sum(any(matches(f, e) for f in mine if f.device == e[0]) for e in eps)
         true_flags = [f for f in mine if any(matches(f, e) for e in by_dev[f.device])]
         false_flags = [f for f in mine if f not in true_flags]
         clean_false = [
-            f
-            for f in false_flags
-            if (f.device, (f.start - YEAR_START) // DAY_MS) not in faulty_days
+            f for f in false_flags if (f.device, first_scored_day(f.start)) not in faulty_days
         ]
         out[reason] = {
             "episodes": len(eps),
