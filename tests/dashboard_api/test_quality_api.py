@@ -5,6 +5,8 @@ written by the real writer into the embedded store, and the API served by uvicor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,7 @@ from simulators.city import ZHENGZHOU
 from simulators.models import CityModel, HazeEpisode
 from simulators.sensor_faults import FaultEpisode, SensorFaults
 from tests.dashboard_api.conftest import OPERATOR_KEY, ApiServer
+from tests.dashboard_api.test_dashboard_page import CHROMIUM, Browser
 from timeseries.factory import open_writer
 from timeseries.schema import reading_to_points
 
@@ -79,7 +82,8 @@ def client(server: ApiServer) -> httpx.Client:
     )
 
 
-def test_covered_inlet_during_haze_is_flagged_left_out_and_cleared(tmp_path: Path) -> None:
+def covered_city(tmp_path: Path, **changes: object) -> tuple[Settings, list[Device]]:
+    """Four stations in zhengdong through a haze; the first one's inlet covered 30-55 h in."""
     devices = stations(4, ("zhengdong",))
     covered = devices[0]
     haze = HazeEpisode(T0 + DAY, T0 + 3 * DAY, 34.775, 113.735, 12.0, 250.0)
@@ -92,7 +96,14 @@ def test_covered_inlet_during_haze_is_flagged_left_out_and_cleared(tmp_path: Pat
         rate_limit=100_000,
         quality_interval=0.0,
     )
+    settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
     assert asyncio.run(write_history(settings, model, T0, T0 + 4 * DAY)) > 0
+    return settings, devices
+
+
+def test_covered_inlet_during_haze_is_flagged_left_out_and_cleared(tmp_path: Path) -> None:
+    settings, devices = covered_city(tmp_path)
+    covered = devices[0]
     clock = Clock(T0 + 52 * HOUR)  # in the haze, the inlet covered for 22 h
     server = serve(settings, clock)
     try:
@@ -193,3 +204,27 @@ def _rfc(t_ms: int) -> str:
     from dashboard_api.parameters import rfc3339
 
     return rfc3339(t_ms)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed")
+def test_dashboard_marks_the_flagged_station(tmp_path: Path) -> None:
+    settings, devices = covered_city(tmp_path, api_keys=())
+    server = serve(settings, Clock(T0 + 52 * HOUR))
+    browser = Browser()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.get("/api/v1/quality").status_code == 200  # evaluated now
+        browser.open_page()
+        browser.call("Page.navigate", url=server.url + "/")
+        browser.wait_for("document.body && document.body.dataset.loaded === '1'", timeout=60)
+        marked = browser.evaluate(
+            "[...document.querySelectorAll('#device-table td.flagged')]"
+            ".map(t => [t.textContent, t.title])"
+        )
+        assert len(marked) == 1
+        text, title = marked[0]
+        assert text == "⚑ " + devices[0].device and "tamper_suspect (pm25)" in title
+        assert browser.errors() == []
+    finally:
+        browser.close()
+        server.stop()
