@@ -49,6 +49,8 @@ RAW_WINDOW_MS = 6 * HOUR_MS
 HOURLY_WINDOW_MS = 8 * DAY_MS
 SILENT_WINDOW_MS = DAY_MS
 RECENT_MS = 7 * DAY_MS
+#: seconds before evaluating again when the store held no data
+EMPTY_RETRY_S = 30.0
 TRAIN_DAYS = 90
 #: metrics checked on raw reports (stuck, spike, counters)
 RAW_METRICS: tuple[str, ...] = tuple(
@@ -102,6 +104,7 @@ class QualityMonitor:
         self.flags: dict[tuple[str, str, str, int], Flag] = {}
         self.evaluated_at: int | None = None
         self.evaluations = 0
+        self.saw_data = False  #: the last evaluation found any device (else: retry soon)
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ reading the table
@@ -143,7 +146,11 @@ class QualityMonitor:
     # ------------------------------------------------------------------ evaluating
 
     def stale(self, now_ms: int) -> bool:
-        return self.evaluated_at is None or abs(now_ms - self.evaluated_at) >= self.interval_ms
+        return (
+            self.evaluated_at is None
+            or not self.saw_data
+            or abs(now_ms - self.evaluated_at) >= self.interval_ms
+        )
 
     async def refresh(self, now_ms: int | None = None) -> None:
         """Evaluate now unless another call just did (a stale table is evaluated once)."""
@@ -161,10 +168,13 @@ class QualityMonitor:
                 log.info("quality evaluation postponed: %s", exc)
             except Exception:  # a bug must not stop the API; it is logged with its trace
                 log.exception("quality evaluation failed")
-            await asyncio.sleep(self.interval_ms / 1000)
+            # an empty store (a fresh start, history still being written): look again soon
+            wait = self.interval_ms / 1000
+            await asyncio.sleep(wait if self.saw_data else min(wait, EMPTY_RETRY_S))
 
     async def evaluate(self, now_ms: int) -> None:
         findings, tags = await self._findings(now_ms)
+        self.saw_data = bool(tags)
         seen: set[tuple[str, str, str, int]] = set()
         for device, f in findings:
             t = tags.get(device, _Tags("", "", ""))
