@@ -439,10 +439,10 @@ def measure(quick: bool) -> Section:
         )
         public_text = (
             f"Public data: `{wheel}` ships `aq_data.csv.gz`, hourly NO2 of one UK roadside site "
-            "2001-2003 (the AQEval package's example data). No PM2.5 data set ships inside a "
-            "package reachable here (searched the package index for air-quality, PM2.5, "
-            "pollution and openair-style packages; the others download from the network at run "
-            "time). The same model, unchanged (one series, no neighbours beyond itself), trains "
+            "2001-2003 (the AQEval package's example data). No PM2.5 data set was found inside "
+            "a package reachable here: of the air-quality packages in the package index, the "
+            "two whose descriptions suggested bundled data were fetched, and `airqoair` ships "
+            "none. The same model, unchanged (one series, no neighbours beyond itself), trains "
             "on the first two years and is scored on every hour of the third."
         )
     sd = scores["_"]
