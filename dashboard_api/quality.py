@@ -132,9 +132,14 @@ class QualityMonitor:
         return out
 
     def affecting(self, metrics: Iterable[str], start_ms: int, end_ms: int) -> list[Flag]:
-        """Flags on any of ``metrics`` whose span meets ``[start, end)``."""
+        """Flags on any of ``metrics`` whose span meets ``[start, end)`` and whose readings are
+        to be left out (a silent channel has none: nothing to leave out)."""
         wanted = set(metrics)
-        return [f for f in self.flags.values() if f.metric in wanted and f.covers(start_ms, end_ms)]
+        return [
+            f
+            for f in self.flags.values()
+            if f.metric in wanted and f.reason != "silent_channel" and f.covers(start_ms, end_ms)
+        ]
 
     def open_by_device(self) -> dict[str, list[Flag]]:
         out: dict[str, list[Flag]] = defaultdict(list)

@@ -19,7 +19,7 @@ from simulators.backfill import backfill_columns, readings_of
 from simulators.city import ZHENGZHOU
 from simulators.models import CityModel, HazeEpisode
 from simulators.sensor_faults import FaultEpisode, SensorFaults
-from tests.dashboard_api.conftest import OPERATOR_KEY, ApiServer
+from tests.dashboard_api.conftest import OPERATOR_KEY, ApiServer, MakeApi
 from tests.dashboard_api.test_dashboard_page import CHROMIUM, Browser
 from timeseries.factory import open_writer
 from timeseries.schema import reading_to_points
@@ -228,3 +228,21 @@ def test_dashboard_marks_the_flagged_station(tmp_path: Path) -> None:
     finally:
         browser.close()
         server.stop()
+
+
+def test_flagged_counters_leave_congestion_and_say_so(make_api: MakeApi) -> None:
+    """The known city's traffic counters report a constant occupancy: stuck."""
+    api = make_api("sqlite")
+    with api.client() as c:
+        flags = c.get("/api/v1/quality", params={"kind": "stuck"}).json()["flags"]
+        stuck = {(f["device"], f["metric"]) for f in flags}
+        assert stuck == {("tc-j1", "occupancy"), ("tc-z1", "occupancy")}
+        body = c.get("/api/v1/traffic/congestion").json()
+        assert {(x["device"], x["reason"]) for x in body["excluded"]} == {
+            ("tc-j1", "stuck"),
+            ("tc-z1", "stuck"),
+        }
+        assert body["sites"] == [] and body["districts"] == []
+        # a silent channel has no readings to leave out: leaks judge every meter
+        leaks = c.get("/api/v1/utility/leaks").json()
+        assert leaks["excluded"] == [] and leaks["meters_checked"] == 3
