@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -40,14 +41,8 @@ from citysense.catalog import METRICS, QualityLimits
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-REASONS: tuple[str, ...] = (
-    "stuck",
-    "spike",
-    "out_of_pattern",
-    "drift",
-    "tamper_suspect",
-    "silent_channel",
-)
+Reason = Literal["stuck", "spike", "out_of_pattern", "drift", "tamper_suspect", "silent_channel"]
+REASONS: tuple[str, ...] = get_args(Reason)
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 #: hours in a row the covered-inlet condition must hold

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from analytics.aqi import Standard
+from analytics.quality import Reason
 
 
 class ErrorBody(BaseModel):
@@ -248,7 +249,7 @@ class QualityFlag(BaseModel):
     district: str
     site: str
     metric: str
-    reason: Literal["stuck", "spike", "out_of_pattern", "drift", "tamper_suspect", "silent_channel"]
+    reason: Reason
     since: str
     until: str | None = Field(description="null: still open")
     open: bool

@@ -11,14 +11,14 @@ sums and counts, and returns the exclusions for the answer's evidence.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from analytics import forecast as fc
-from analytics.aqi import compute_aqi
-from analytics.quality import REASONS
+from analytics.aqi import DEFAULT_STANDARD, Standard, compute_aqi
+from analytics.quality import Reason
 from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
 from dashboard_api.parameters import parse_time, rfc3339
@@ -26,11 +26,6 @@ from dashboard_api.quality import Flag, ForecastService, QualityMonitor
 from dashboard_api.routes import ERRORS, DeviceQ, DistrictQ, TimeQ, context
 
 router = APIRouter()
-
-ReasonName = Literal[
-    "stuck", "spike", "out_of_pattern", "drift", "tamper_suspect", "silent_channel"
-]
-assert set(ReasonName.__args__) == set(REASONS)  # type: ignore[attr-defined]
 
 
 def monitor_of(request: Request) -> QualityMonitor:
@@ -82,7 +77,7 @@ async def quality(
     request: Request,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
-    kind: Annotated[ReasonName | None, Query(description="flag reason")] = None,
+    kind: Annotated[Reason | None, Query(description="flag reason")] = None,
     device: DeviceQ = None,
     since: TimeQ = None,
 ) -> models.QualityResponse:
@@ -109,9 +104,7 @@ async def forecast(
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     hours: Annotated[int, Query(ge=1, le=24, description="hours ahead")] = 24,
-    standard: Annotated[
-        Literal["hj633-2012", "hj633-2026", "us-epa"], Query(description="AQI standard")
-    ] = "hj633-2012",
+    standard: Annotated[Standard, Query(description="AQI standard")] = DEFAULT_STANDARD,
 ) -> JSONResponse | models.ForecastResponse:
     ctx = context(request)
     try:
