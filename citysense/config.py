@@ -236,6 +236,15 @@ class Settings:
     )
     webhook_timeout: float = _opt(10.0, "webhook request timeout, seconds", {ALERTS}, "float")
     interval: float = _opt(15.0, "seconds between rule evaluations", {ALERTS}, "float")
+    quality_interval: float = _opt(
+        300.0,
+        "seconds between data-quality evaluations (0: only when /quality is asked)",
+        {DEMO, API},
+        "float",
+    )
+    forecast_refresh: float = _opt(
+        3600.0, "seconds between retrainings of the forecast", {DEMO, API}, "float"
+    )
     # --- simulators
     devices: int = _opt(
         300, "number of simulated devices", {DEMO, SIM_FLEET, FLEET_GENERATE}, "int"
@@ -255,6 +264,13 @@ class Settings:
         (),
         "faults to inject, NAME[=RATE],...",
         {SIM_FLEET, SIM_MODULE},
+        "list",
+        metavar="NAME[=RATE],...",
+    )
+    sensor_faults: tuple[str, ...] = _opt(
+        (),
+        "sensor faults with known truth: stuck, spike, drift, covered_inlet, reversal [=RATE]",
+        {DEMO, SIM_FLEET},
         "list",
         metavar="NAME[=RATE],...",
     )
