@@ -22,7 +22,6 @@ import logging
 import math
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,6 +34,7 @@ from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.connectivity import Connectivity
 from citysense.errors import CitysenseError
+from edge import clock
 from edge.metrics import Metrics
 from edge.outbox import Outbox
 
@@ -44,7 +44,7 @@ KEEPALIVE_S = 30
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def status_payload(state: str, since_ms: int) -> bytes:
