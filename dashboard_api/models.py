@@ -171,11 +171,29 @@ class DeviceLatest(BaseModel):
     values: dict[str, TimedValue]
 
 
+class DistrictValue(BaseModel):
+    time: str = Field(description="the newest of the devices' latest readings")
+    value: float = Field(description="mean of the devices' latest values")
+    min: float
+    max: float
+    devices: int = Field(description="devices with a latest value of this metric")
+
+
+class DistrictLatest(BaseModel):
+    district: str
+    kind: str
+    values: dict[str, DistrictValue]
+
+
 class LatestResponse(BaseModel):
     domain: str
     start: str
     end: str
-    devices: list[DeviceLatest]
+    devices: list[DeviceLatest] = Field(description="per device (operators; empty for viewers)")
+    districts: list[DistrictLatest] = Field(
+        default_factory=list,
+        description="per district and kind (viewers: district-level data only)",
+    )
 
 
 class SeriesGroupOut(BaseModel):
@@ -237,6 +255,10 @@ class LeaksResponse(BaseModel):
     leaks: list[LeakOut]
     excluded: list[ExcludedOut] = Field(
         default_factory=list, description="flagged meters left out of the check"
+    )
+    districts: dict[str, int] = Field(
+        default_factory=dict,
+        description="suspected leaks per district (viewers get this in place of the meters)",
     )
 
 

@@ -59,7 +59,7 @@ from citysense.catalog import (
 from citysense.errors import RetryableError
 from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Device, Registry
-from dashboard_api import models
+from dashboard_api import models, viewer
 from dashboard_api.auth import CurrentPrincipal, role
 from dashboard_api.parameters import (
     ParameterError,
@@ -216,6 +216,8 @@ async def latest(
     ctx = context(request)
     if device is not None:
         principal.require_operator("device=")
+    if site is not None:
+        principal.require_operator("site=")
     end = _at(ctx, at)
     span = parse_duration(window, "window", min_ms=1000, max_ms=7 * DAY)
     if metric is not None and METRICS[metric].domain != domain:
@@ -229,6 +231,16 @@ async def latest(
     rows = await ctx.reader.latest(metrics, filters, end - span, end)
     if len(rows) > ctx.point_limit:
         raise PointLimitError(len(rows), ctx.point_limit)
+    if principal.role != "operator":  # district-level data only
+        return JSONResponse(
+            {
+                "domain": domain,
+                "start": rfc3339(end - span),
+                "end": rfc3339(end),
+                "devices": [],
+                "districts": viewer.latest(rows),
+            }
+        )
     # Built as plain data (thousands of values): the shape is LatestResponse, checked by
     # the OpenAPI conformance tests.
     devices: dict[str, dict[str, Any]] = {}
@@ -295,8 +307,10 @@ async def series(
     ctx = context(request)
     if device is not None:
         principal.require_operator("device=")
-    if group_by == "device":
-        principal.require_operator("group_by=device")
+    if site is not None:
+        principal.require_operator("site=")
+    if group_by in ("device", "site"):
+        principal.require_operator(f"group_by={group_by}")
     if METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")
     end_ms = _at(ctx, end, "end")
@@ -400,9 +414,10 @@ async def aqi(
     ctx = context(request)
     at_ms = _at(ctx, at)
     districts = await district_aqi(ctx, at_ms, standard, district)
-    return models.AqiResponse(
+    answer = models.AqiResponse(
         standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts
     )
+    return answer if principal.role == "operator" else viewer.aqi(answer)
 
 
 # --------------------------------------------------------------------------- devices
@@ -613,13 +628,14 @@ async def congestion(
         for dev, (dist, site) in sorted(places.items())
     ]
     sites = site_congestion(counters, free_flow)
-    return models.CongestionResponse(
+    answer = models.CongestionResponse(
         at=rfc3339(at_ms),
         window=format_duration(win),
         districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
         sites=[models.CongestionOut(**asdict(c)) for c in sites],
         excluded=[x for xs in left_out.values() for x in xs],
     )
+    return answer if principal.role == "operator" else viewer.congestion(answer)
 
 
 @router.get(
@@ -675,7 +691,7 @@ async def leaks(
         for dev, (dist, site) in sorted(places.items())
     ]
     verdicts = suspected_leaks(meters, threshold)
-    return models.LeaksResponse(
+    answer = models.LeaksResponse(
         at=rfc3339(at_ms),
         flag_window_start=rfc3339(at_ms - DAY),
         night_start=rfc3339(night_start),
@@ -695,6 +711,7 @@ async def leaks(
         ],
         excluded=[x for xs in left_out.values() for x in xs],
     )
+    return answer if principal.role == "operator" else viewer.leaks(answer)
 
 
 def _flagged(

@@ -212,7 +212,15 @@ async function loadChart() {
   const params = new URLSearchParams({ metric: state.metric, agg: "mean" });
   if (state.district) { params.set("district", state.district); params.set("group_by", "site"); }
   else params.set("group_by", "district");
-  renderChart(await api("/api/v1/" + domainOf(state.metric) + "/series?" + params));
+  const path = "/api/v1/" + domainOf(state.metric) + "/series?";
+  try {
+    renderChart(await api(path + params));
+  } catch (err) {
+    if (err.status !== 403 || !state.district) throw err;
+    // a viewer key sees districts, not sites: the district's own line
+    params.set("group_by", "district");
+    renderChart(await api(path + params));
+  }
 }
 
 // ------------------------------------------------------------------ traffic, leaks, devices
@@ -253,7 +261,12 @@ function renderLeaks(resp) {
   for (const m of resp.leaks) {
     body.append(el("tr", {}, el("td", {}, m.device), el("td", {}, m.district), el("td", {}, m.reasons.join("; "))));
   }
-  if (!resp.leaks.length) body.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, "no suspected leaks")));
+  // a viewer key: suspected leaks counted per district, no meters
+  for (const [district, n] of Object.entries(resp.districts || {})) {
+    if (resp.leaks.length) break;
+    body.append(el("tr", {}, el("td", {}, n + " meter" + (n === 1 ? "" : "s")), el("td", {}, district), el("td", {}, "suspected leak")));
+  }
+  if (!resp.leaks.length && !Object.keys(resp.districts || {}).length) body.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, "no suspected leaks")));
   document.getElementById("leak-note").textContent =
     resp.meters_checked + " meters checked; night window " + resp.night_start.slice(11, 16) + "–" +
     resp.night_end.slice(11, 16) + " UTC, threshold " + resp.threshold + " m³/h";
