@@ -179,8 +179,14 @@ class MosquittoServer(_Process):
         self.conf = workdir / "mosquitto.conf"
         data = workdir / "data"
         data.mkdir(exist_ok=True)
+        # the shipped listener and persistence folder, replaced by the test's own
+        shipped = [
+            line
+            for line in BROKER_CONF.read_text().splitlines()
+            if not line.startswith(("listener ", "persistence_location "))
+        ]
         self.conf.write_text(
-            BROKER_CONF.read_text()
+            "\n".join(shipped)
             + f"\nuser root\nlistener {self.port} 127.0.0.1\n"
             + f"persistence_location {data}/\n"
         )
