@@ -77,7 +77,7 @@ def target_address(settings: Settings) -> str:
     target = storage_target(settings)
     if isinstance(target, SqliteTarget):
         return str(target.path)
-    name = target.database if target.api == "1" else f"{target.database}/{target.bucket}"
+    name = target.bucket if target.api == "2" else target.database
     return f"{target.url} ({name})"
 
 
