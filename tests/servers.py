@@ -99,6 +99,18 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> 
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM a process the test started, and its exit code (SIGKILL if it does not exit)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 class _Process:
     """A server subprocess owned by the tests, stopped by its PID."""
 
@@ -140,15 +152,8 @@ class _Process:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = None
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-from tests.servers import ROOT, InfluxServer, MosquittoServer, free_port, wait_until
+from tests.ingest.gateway_double import ingestor_process
+from tests.servers import InfluxServer, MosquittoServer, free_port, stop_process, wait_until
 from tests.test_demo import DemoProcess
 
 
@@ -75,30 +75,9 @@ def _figure(summary: str, label: str) -> int:
 def test_demo_beside_a_running_ingestor_takes_no_session_and_counts_right(
     tmp_path: Path, mosquitto: MosquittoServer, influx_db: InfluxServer
 ) -> None:
-    ingest_log = tmp_path / "ingest.log"
-    with open(ingest_log, "wb") as out:
-        ingest = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "citysense",
-                "ingest",
-                "--mqtt",
-                mosquitto.url,
-                "--influx",
-                influx_db.url,
-                "--influx-db",
-                influx_db.db,
-                "--state-dir",
-                str(tmp_path / "ingest-state"),
-                "--metrics-bind",
-                "off",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=dict(os.environ),
-        )
+    state = tmp_path / "ingest-state"
+    ingest = ingestor_process(mosquitto.url, influx_db, state, None)
+    ingest_log = state / "ingest.log"
     try:
         wait_until(lambda: "ingestor ready" in ingest_log.read_text(), 60, "the ingestor")
         assert f"as citysense-ingest-{os.uname().nodename} " in ingest_log.read_text()
@@ -115,9 +94,6 @@ def test_demo_beside_a_running_ingestor_takes_no_session_and_counts_right(
         broker_log = mosquitto.log_tail(200_000)
         assert "already connected" not in broker_log, broker_log[-3000:]
         assert "ERROR" not in ingest_log.read_text()
-        ingest.send_signal(signal.SIGTERM)
-        assert ingest.wait(30) == 0
+        assert stop_process(ingest) == 0
     finally:
-        if ingest.poll() is None:
-            ingest.kill()
-            ingest.wait(10)
+        stop_process(ingest)

@@ -41,6 +41,7 @@ from bench.harness import (
 from bench.peers import nodered
 from citysense.envelope import encode_batch
 from citysense.model import Batch, Reading
+from tests.servers import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -237,17 +238,6 @@ def _wait_ready(
         client.loop_stop()
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def measure(
     consumer: Consumer,
     influx: InfluxServer,
@@ -404,7 +394,7 @@ def measure(
             spy.kill()
             spy.wait(10)
         for p in procs:
-            _stop(p)
+            stop_process(p, 20.0)
         broker.stop()
         with contextlib.suppress(Exception):
             influx.query(f'DROP DATABASE "{db}"', method="POST")

@@ -579,6 +579,8 @@ class Demo:
             task = self.tasks.get(name)
             if task is None or task.done():
                 continue
+            if name == "ingest":
+                await self._settle()
             if name != "fleet":
                 task.cancel()
             done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
@@ -593,6 +595,23 @@ class Demo:
         for name, task in self.tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.debug("%s ended with %r", name, task.exception())
+
+    async def _settle(self) -> None:
+        """Before the ingestor stops, let it store what the gateway accepted (bounded): an
+        ingestor of the operator's on the same broker may have confirmed the gateway's last
+        batches before this one stored them."""
+        accepted = self.last_counts.get("accepted")
+        if accepted is None or self.ingest_metrics is None:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            stored = (await scrape(*self.ingest_metrics)).get(
+                "citysense_ingest_readings_written_total", 0.0
+            )
+            self.last_counts["stored"] = stored
+            if stored >= accepted:
+                return
+            await asyncio.sleep(0.2)
 
 
 def _next_or_none(it: Iterator[list[Reading]]) -> list[Reading] | None:

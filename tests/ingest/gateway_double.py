@@ -205,18 +205,20 @@ def ingestor_thread(settings: Settings, **serve_kw: object) -> Iterator[Ingestor
 
 
 def ingestor_process(
-    mqtt_url: str, influx: InfluxServer, state_dir: Path, client_id: str, *extra: str
+    mqtt_url: str, influx: InfluxServer, state_dir: Path, client_id: str | None, *extra: str
 ) -> subprocess.Popen[bytes]:
-    """``citysense ingest`` as a real process (its log goes to state_dir/ingest-<id>.log)."""
+    """``citysense ingest`` as a real process (its log goes to state_dir/ingest-<id>.log, or
+    state_dir/ingest.log with the id it derives itself when ``client_id`` is None)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    log = open(state_dir / f"ingest-{client_id}.log", "ab")  # noqa: SIM115
+    name = f"ingest-{client_id}" if client_id else "ingest"
+    log = open(state_dir / f"{name}.log", "ab")  # noqa: SIM115
     cmd = [
         sys.executable, "-m", "citysense", "ingest",
         "--mqtt", mqtt_url,
         "--influx", influx.url,
         "--influx-db", influx.db,
         "--state-dir", str(state_dir),
-        "--client-id", client_id,
+        *(["--client-id", client_id] if client_id else []),
         "--metrics-bind", "off",
         "--write-max-delay", "0.05",
         "--retry-max-delay", "1",

@@ -4,14 +4,13 @@ still stops cleanly. A real ingestor process; nothing listens on the broker port
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers import ROOT, free_port, wait_until
+from tests.servers import ROOT, free_port, stop_process, wait_until
 
 
 def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
@@ -52,9 +51,6 @@ def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
             lines = r.read().decode().splitlines()
         assert 'citysense_ingest_dead_letters_total{reason="malformed"} 0' in lines
         assert "citysense_ingest_readings_written_total 0" in lines
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert stop_process(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
