@@ -28,6 +28,7 @@ from citysense.errors import (
 )
 from citysense.registry import Registry, load_registry
 from dashboard_api.auth import KeyStore, RateLimiter, authorize
+from dashboard_api.latest_cache import LatestCache, keep_latest, open_rollup_reads
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.routes import ApiContext, PointLimitError, router
 from timeseries.query import QueryError, Reader, open_reader
@@ -107,8 +108,10 @@ def create_app(
             used = reader
             if used is None:
                 used = await stack.enter_async_context(open_reader(settings))
+            rollups = open_rollup_reads(settings, used, clock)
+            latest = await stack.enter_async_context(keep_latest(LatestCache(used, clock, rollups)))
             app.state.context = ApiContext(
-                used, registry, settings.point_limit, clock, settings.timezone
+                used, registry, settings.point_limit, clock, settings.timezone, latest, rollups
             )
             if not keys:
                 log.warning("no API keys configured: the operator API is open to anyone")

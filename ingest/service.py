@@ -43,6 +43,7 @@ from ingest.metrics import IngestMetrics, start_metrics_server
 from ingest.pipeline import DeadLetter, LineFastPath, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineSerializer
+from timeseries.rollup import maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
@@ -346,7 +347,8 @@ async def serve(
     """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
-        writer = await stack.enter_async_context(open_writer(settings))
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
         store = await asyncio.to_thread(
             DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
         )
@@ -354,7 +356,10 @@ async def serve(
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
-            server = await start_metrics_server(metrics.render, host, port)
+            render = metrics.render
+            if rollups is not None:
+                render = lambda: metrics.render() + "\n".join(rollups.exposition()) + "\n"  # noqa: E731
+            server = await start_metrics_server(render, host, port)
             if server is not None:
                 stack.push_async_callback(server.wait_closed)
                 stack.callback(server.close)

@@ -1,0 +1,676 @@
+"""Rollups: 1-minute and 1-hour aggregates kept beside the raw data, exact for late data.
+
+Per series (device and tags) and metric, a rollup window holds ``count, sum, min, max, last``
+and the time of that last value, so any ``mean`` is ``sum(sum) / sum(count)`` (never a mean
+of means) and ``last`` across series picks the newest value.
+
+Which windows need work -- *dirty marks*: every write also records, in the same store and
+before the write is acknowledged, a mark per (measurement, hour) it touched, carrying a fresh
+token. The embedded store writes the marks in the data's own transaction; InfluxDB gets them
+as extra points in the data's own ``/write`` request (measurement ``_rollup_dirty``, at the
+hour's start). A window is *clean* when its recorded ``done`` token equals its mark's token.
+:class:`RollupWorker` (run by the ingestor) takes dirty hours, recomputes the hour's 60
+minute windows and its hour window from the raw readings, stores them, and then records the
+token it saw as done. A write that lands meanwhile replaces the token, so the window stays
+dirty and is done again: nothing late is missed, whatever the order of events. On InfluxDB a
+mark is only taken once it is :data:`SETTLE_MS` old, so that the data of its request, applied
+by the server with the mark, is readable when the hour is read back.
+
+Retention: InfluxDB keeps raw data in the database's default retention policy, altered to
+``--retention-raw``, and rollups in the ``rollup`` policy (``--retention-rollup``), both
+created or altered at start, idempotently. The embedded store deletes old rows itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from citysense.catalog import METRICS
+from citysense.config import Settings, parse_retention
+from citysense.errors import PermanentError, RetryableError
+from timeseries.connection import InfluxTarget, SqliteTarget, storage_target
+from timeseries.lineprotocol import LineSerializer
+from timeseries.schema import TAG_KEYS, Point
+from timeseries.writer import Writer, WriteResult
+
+log = logging.getLogger(__name__)
+
+MINUTE = 60_000
+HOUR = 3_600_000
+#: rollup name -> window width in ms, finest first
+WIDTHS: dict[str, int] = {"1m": MINUTE, "1h": HOUR}
+ROLLUP_RP = "rollup"
+DIRTY = "_rollup_dirty"
+DONE = "_rollup_done"
+#: Marks are only looked for this far back: readings older than the ingestor's max age
+#: (7 days by default) are never written, so no older window can turn dirty.
+DIRTY_LOOKBACK_MS = 8 * 24 * HOUR
+SETTLE_MS = 2_000
+COMPONENTS = ("count", "sum", "min", "max", "last", "last_t")
+
+
+def new_token() -> int:
+    """A fresh mark token: microseconds with random low digits (unique across writers)."""
+    return time.time_ns() // 1000 * 1000 + random.randrange(1000)
+
+
+def token_age_ms(token: int, now_ms: int) -> int:
+    return now_ms - token // 1_000_000
+
+
+@dataclass(slots=True)
+class Window:
+    """A rollup window of one series and metric, being accumulated."""
+
+    count: int = 0
+    sum: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    last: float = 0.0
+    last_t: int = -1
+
+    def add(self, t: int, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        if t >= self.last_t:
+            self.last, self.last_t = value, t
+
+
+#: (series tags, metric, window start) -> Window
+Rolled = dict[tuple[tuple[str, ...], str, int], Window]
+
+
+def aggregate(rows: Iterable[tuple[tuple[str, ...], str, int, float]], width: int) -> Rolled:
+    """Rollup windows of ``width`` ms from raw ``(tags, metric, t, value)`` rows in time
+    order per series (sums are then added in the order the raw data is aggregated)."""
+    out: Rolled = {}
+    for tags, metric, t, value in rows:
+        key = (tags, metric, t - t % width)
+        w = out.get(key)
+        if w is None:
+            w = out[key] = Window()
+        w.add(t, value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Dirty:
+    measurement: str
+    window: int  #: the hour's start, epoch ms
+    token: int
+
+
+@dataclass(slots=True)
+class RollupStats:
+    """What ``/metrics`` shows of rollup maintenance."""
+
+    windows_recomputed: int = 0
+    values_rolled: int = 0
+    dirty_windows: int = 0
+    oldest_dirty_ms: int | None = None  #: start of the oldest window awaiting recompute
+    errors: int = 0
+    cpu_seconds: float = 0.0  #: process CPU spent recomputing
+    retention_deleted: int = 0
+    last_pass_ms: int | None = None
+
+
+class RollupStore(Protocol):
+    async def ensure(self) -> None: ...
+    async def dirty(self, now_ms: int) -> list[Dirty]: ...
+    async def recompute(self, dirty: Dirty) -> int: ...
+    async def retain(self, now_ms: int) -> int: ...
+    async def mark(self, measurement: str, windows: Iterable[int]) -> None: ...
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- embedded store
+
+SQLITE_ROLLUP_SCHEMA = (
+    "".join(
+        f"""
+CREATE TABLE IF NOT EXISTS rollup_{name} (
+    metric   TEXT    NOT NULL,
+    device   TEXT    NOT NULL,
+    t        INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    sum      REAL    NOT NULL,
+    min      REAL    NOT NULL,
+    max      REAL    NOT NULL,
+    last     REAL    NOT NULL,
+    last_t   INTEGER NOT NULL,
+    kind     TEXT    NOT NULL,
+    district TEXT    NOT NULL,
+    site     TEXT    NOT NULL,
+    PRIMARY KEY (metric, device, t)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_{name}_by_time ON rollup_{name} (t);
+CREATE INDEX IF NOT EXISTS rollup_{name}_by_district ON rollup_{name} (metric, district, t);
+"""
+        for name in WIDTHS
+    )
+    + """
+CREATE TABLE IF NOT EXISTS rollup_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rollup_dirty (
+    measurement TEXT    NOT NULL,
+    window      INTEGER NOT NULL,
+    token       INTEGER NOT NULL,
+    PRIMARY KEY (measurement, window)
+) WITHOUT ROWID;
+"""
+)
+
+SQLITE_MARK = """
+INSERT INTO rollup_dirty (measurement, window, token) VALUES (?, ?, ?)
+ON CONFLICT (measurement, window) DO UPDATE SET token = excluded.token
+"""
+
+
+def point_marks(points: Sequence[Point]) -> set[tuple[str, int]]:
+    return {(p.measurement, p.t - p.t % HOUR) for p in points}
+
+
+def line_marks(lines: Sequence[str]) -> set[tuple[str, int]]:
+    """(measurement, hour) of each line of line protocol (``m,tags fields t``)."""
+    out = set()
+    for line in lines:
+        t = int(line[line.rindex(" ") + 1 :])
+        out.add((line[: line.index(",")], t - t % HOUR))
+    return out
+
+
+def _sqlite_rows(
+    db: sqlite3.Connection, measurement: str, start: int, end: int
+) -> list[tuple[tuple[str, ...], str, int, float]]:
+    rows = db.execute(
+        "SELECT device, kind, district, site, metric, t, value FROM samples "
+        "WHERE t >= ? AND t < ? AND measurement = ? ORDER BY t",
+        (start, end, measurement),
+    ).fetchall()
+    return [((d, k, di, s), m, t, v) for d, k, di, s, m, t, v in rows]
+
+
+def _sqlite_row(metric: str, tags: tuple[str, ...], t: int, w: Window) -> tuple[object, ...]:
+    device, kind, district, site = tags[:4]
+    return (metric, device, t, w.count, w.sum, w.min, w.max, w.last, w.last_t, kind, district, site)
+
+
+class SqliteRollupStore:
+    """Rollup tables and dirty marks in the embedded store (marks come from the writer)."""
+
+    def __init__(self, path: Path, raw_ms: int, rollup_ms: int) -> None:
+        from timeseries.schema import SQLITE_SCHEMA
+        from timeseries.sqlite_store import connect_durable
+
+        self.path = path
+        self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = connect_durable(path, SQLITE_SCHEMA + SQLITE_ROLLUP_SCHEMA)
+
+    async def ensure(self) -> None:
+        """First start over an existing store: every hour holding raw data is marked."""
+
+        def run() -> None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("SELECT 1 FROM rollup_meta WHERE key = 'backfilled'").fetchone():
+                    db.execute("ROLLBACK")
+                    return
+                db.executemany(
+                    SQLITE_MARK,
+                    [
+                        (m, w, new_token())
+                        for m, w in db.execute(
+                            "SELECT DISTINCT measurement, t - t % 3600000 FROM samples"
+                        ).fetchall()
+                    ],
+                )
+                db.execute("INSERT INTO rollup_meta VALUES ('backfilled', 1)")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        await asyncio.to_thread(run)
+
+    async def mark(self, measurement: str, windows: Iterable[int]) -> None:
+        def run() -> None:
+            with self._db:
+                self._db.executemany(SQLITE_MARK, [(measurement, w, new_token()) for w in windows])
+
+        await asyncio.to_thread(run)
+
+    async def dirty(self, now_ms: int) -> list[Dirty]:
+        def run() -> list[Dirty]:
+            rows = self._db.execute(
+                "SELECT measurement, window, token FROM rollup_dirty ORDER BY window"
+            ).fetchall()
+            return [Dirty(m, w, t) for m, w, t in rows]
+
+        return await asyncio.to_thread(run)
+
+    async def recompute(self, dirty: Dirty) -> int:
+        return await asyncio.to_thread(self._recompute, dirty)
+
+    def _recompute(self, d: Dirty) -> int:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the raw read and the rollup write in one snapshot
+            try:
+                rows = _sqlite_rows(db, d.measurement, d.window, d.window + HOUR)
+                metrics = [m for m, spec in METRICS.items() if spec.domain == d.measurement]
+                marks = ", ".join("?" for _ in metrics)
+                for name, width in WIDTHS.items():
+                    db.execute(
+                        f"DELETE FROM rollup_{name} WHERE t >= ? AND t < ? AND metric IN ({marks})",
+                        (d.window, d.window + HOUR, *metrics),
+                    )
+                    db.executemany(
+                        f"INSERT INTO rollup_{name} (metric, device, t, count, sum, min, max, "
+                        "last, last_t, kind, district, site) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            _sqlite_row(metric, tags, t, w)
+                            for (tags, metric, t), w in aggregate(rows, width).items()
+                        ],
+                    )
+                db.execute(
+                    "DELETE FROM rollup_dirty WHERE measurement = ? AND window = ? AND token = ?",
+                    (d.measurement, d.window, d.token),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise RetryableError(f"embedded store {self.path}: {exc}") from exc
+        return len(rows)
+
+    async def retain(self, now_ms: int) -> int:
+        def run() -> int:
+            with self._db:
+                n = self._db.execute(
+                    "DELETE FROM samples WHERE t < ?", (now_ms - self.raw_ms,)
+                ).rowcount
+                for name in WIDTHS:
+                    n += self._db.execute(
+                        f"DELETE FROM rollup_{name} WHERE t < ?", (now_ms - self.rollup_ms,)
+                    ).rowcount
+                self._db.execute(
+                    "DELETE FROM rollup_dirty WHERE window < ?", (now_ms - self.raw_ms - HOUR,)
+                )
+            return n
+
+        return await asyncio.to_thread(run)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._db.close)
+
+
+# --------------------------------------------------------------------------- InfluxDB 1.x
+
+
+def influx_duration(ms: int) -> str:
+    return f"{ms // HOUR}h"
+
+
+def rollup_fields(metric: str, w: Window) -> str:
+    return (
+        f"{metric}_count={w.count},{metric}_sum={w.sum!r},{metric}_min={w.min!r},"
+        f"{metric}_max={w.max!r},{metric}_last={w.last!r},{metric}_last_t={w.last_t}"
+    )
+
+
+def _esc_tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return float(value)
+
+
+class InfluxRollupStore:
+    """Rollups in the ``rollup`` retention policy of an InfluxDB 1.x database."""
+
+    def __init__(self, target: InfluxTarget, raw_ms: int, rollup_ms: int) -> None:
+        auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
+        self._client = httpx.AsyncClient(base_url=target.url, auth=auth, timeout=60.0)
+        self.db = target.database
+        self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
+
+    async def _q(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
+        params = {"db": self.db, "q": q, "epoch": "ms"}
+        try:
+            if post:
+                r = await self._client.post("/query", params=params)
+            else:
+                r = await self._client.get("/query", params=params)
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB unreachable: {exc!r}") from exc
+        if r.status_code >= 500 or r.status_code == 429:
+            raise RetryableError(f"InfluxDB answered {r.status_code}")
+        body = r.json()
+        if r.status_code >= 400 or "error" in body:
+            raise PermanentError(f"InfluxDB refused {q[:80]!r}: {body.get('error', body)}")
+        results: list[dict[str, Any]] = body.get("results", [])
+        for res in results:
+            if "error" in res:
+                raise PermanentError(f"InfluxDB refused {q[:80]!r}: {res['error']}")
+        return results
+
+    async def _write(self, lines: list[str], rp: str | None = None) -> None:
+        params = {"db": self.db, "precision": "ms"}
+        if rp:
+            params["rp"] = rp
+        try:
+            r = await self._client.post("/write", params=params, content="\n".join(lines).encode())
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB unreachable: {exc!r}") from exc
+        if r.status_code >= 300:
+            raise RetryableError(f"InfluxDB /write answered {r.status_code}: {r.text[:200]}")
+
+    async def ensure(self) -> None:
+        """The retention policies, created or altered (idempotent)."""
+        raw, roll = influx_duration(self.raw_ms), influx_duration(self.rollup_ms)
+        db = f'"{self.db}"'
+        res = await self._q(f"SHOW RETENTION POLICIES ON {db}")
+        names = {row[0] for series in res[0].get("series", []) for row in series.get("values", [])}
+        if ROLLUP_RP not in names:
+            await self._mark_existing()
+        try:
+            await self._q(
+                f'CREATE RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll} REPLICATION 1',
+                post=True,
+            )
+        except PermanentError as exc:
+            if "already exists" not in str(exc):
+                raise
+            await self._q(
+                f'ALTER RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll}', post=True
+            )
+        res = await self._q(f"SHOW RETENTION POLICIES ON {db}")
+        for series in res[0].get("series", []):
+            cols = series["columns"]
+            for row in series.get("values", []):
+                rec = dict(zip(cols, row, strict=False))
+                if rec.get("default"):
+                    await self._q(
+                        f'ALTER RETENTION POLICY "{rec["name"]}" ON {db} DURATION {raw}',
+                        post=True,
+                    )
+
+    async def _mark_existing(self) -> None:
+        """First start over an existing database: every hour holding raw data is marked
+        (before the rollup policy exists, so that a crash here repeats it)."""
+        now = int(time.time() * 1000)
+        span = f"time >= {now - self.raw_ms}ms AND time < {now + DIRTY_LOOKBACK_MS}ms"
+        domains = sorted({spec.domain for spec in METRICS.values()})
+        for domain in domains:
+            res = await self._q(
+                f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1h) fill(none)'
+            )
+            hours = [int(r[0]) for s in res[0].get("series", []) for r in s.get("values", [])]
+            for i in range(0, len(hours), 5000):
+                await self.mark(domain, hours[i : i + 5000])
+
+    async def mark(self, measurement: str, windows: Iterable[int]) -> None:
+        await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
+
+    async def dirty(self, now_ms: int) -> list[Dirty]:
+        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
+        res = await self._q(
+            f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement";'
+            f'SELECT "token" FROM "{DONE}" WHERE {span} GROUP BY "measurement"'
+        )
+        marks, done = (_tokens(r) for r in res)
+        return sorted(
+            (Dirty(m, w, tok) for (m, w), tok in marks.items() if done.get((m, w)) != tok),
+            key=lambda d: d.window,
+        )
+
+    async def recompute(self, d: Dirty) -> int:
+        res = await self._q(
+            f'SELECT * FROM "{d.measurement}" WHERE time >= {d.window}ms '
+            f"AND time < {d.window + HOUR}ms GROUP BY *"
+        )
+        rows: list[tuple[tuple[str, ...], str, int, float]] = []
+        for series in res[0].get("series", []):
+            tags = series.get("tags", {})
+            key = tuple(tags.get(k, "") for k in TAG_KEYS)
+            cols = series["columns"]
+            for row in series.get("values", []):
+                t = int(row[0])
+                for name, value in zip(cols[1:], row[1:], strict=False):
+                    v = _num(value)
+                    if v is not None and name in METRICS:
+                        rows.append((key, name, t, v))
+        rows.sort(key=lambda r: r[2])
+        lines: list[str] = []
+        for name, width in WIDTHS.items():
+            by_point: dict[tuple[tuple[str, ...], int], list[str]] = {}
+            for (tags, metric, t), w in aggregate(rows, width).items():
+                by_point.setdefault((tags, t), []).append(rollup_fields(metric, w))
+            for (tags, t), fields in by_point.items():
+                tagtext = ",".join(
+                    f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
+                )
+                lines.append(f"{d.measurement}_{name},{tagtext} {','.join(fields)} {t}")
+        for i in range(0, len(lines), 5000):
+            await self._write(lines[i : i + 5000], ROLLUP_RP)
+        await self._write([mark_line(DONE, d.measurement, d.window, d.token)])
+        return len(rows)
+
+    async def retain(self, now_ms: int) -> int:
+        return 0  # InfluxDB's retention policies drop old shards
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def mark_line(name: str, measurement: str, window: int, token: int) -> str:
+    return f"{name},measurement={measurement} token={token}i {window}"
+
+
+def _tokens(result: dict[str, Any]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for series in result.get("series", []):
+        m = series.get("tags", {}).get("measurement", "")
+        for t, tok in series.get("values", []):
+            out[(m, int(t))] = int(tok)
+    return out
+
+
+# --------------------------------------------------------------------------- the writer seam
+
+
+class MarkingLineWriter:
+    """An InfluxDB writer whose every request also carries the dirty marks of its points."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._serializer = LineSerializer()
+
+    def _marks(self, marks: set[tuple[str, int]]) -> list[str]:
+        token = new_token()
+        return [mark_line(DIRTY, m, w, token) for m, w in sorted(marks)]
+
+    async def write(self, points: Sequence[Point]) -> WriteResult:
+        if not points:
+            return WriteResult(0)
+        lines = [self._serializer.line(p) for p in points]
+        result: WriteResult = await self.write_lines(lines)
+        return result
+
+    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
+        if not lines:
+            return WriteResult(0)
+        marks = self._marks(line_marks(lines))
+        result: WriteResult = await self.inner.write_lines([*lines, *marks])
+        rejected = tuple(r for r in result.rejected if not str(r.point).startswith(DIRTY))
+        return WriteResult(len(lines) - len(rejected), rejected)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def with_rollup_marks(writer: Writer, settings: Settings) -> Writer:
+    """The ingestor's writer, recording which rollup windows its writes touch (when rollups
+    are on and the store keeps them: the embedded store and InfluxDB 1.x)."""
+    if not settings.rollups:
+        return writer
+    from timeseries.influx_v1 import InfluxV1Writer
+    from timeseries.sqlite_store import SqliteWriter
+
+    if isinstance(writer, SqliteWriter):
+        writer.enable_marks(SQLITE_ROLLUP_SCHEMA, SQLITE_MARK, new_token)
+        return writer
+    if isinstance(writer, InfluxV1Writer):
+        return MarkingLineWriter(writer)
+    log.warning("rollups are kept on the embedded store and InfluxDB 1.x only: off here")
+    return writer
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def open_rollup_store(settings: Settings, api: str = "1") -> RollupStore | None:
+    raw_ms = parse_retention(settings.retention_raw, "--retention-raw")
+    rollup_ms = parse_retention(settings.retention_rollup, "--retention-rollup")
+    target = storage_target(settings)
+    if isinstance(target, SqliteTarget):
+        return SqliteRollupStore(target.path, raw_ms, rollup_ms)
+    if api != "1":
+        return None
+    return InfluxRollupStore(target, raw_ms, rollup_ms)
+
+
+@dataclass
+class RollupWorker:
+    """Recomputes dirty windows, oldest first, and applies retention (see the module doc)."""
+
+    store: RollupStore
+    interval: float = 1.0
+    retention_interval: float = 600.0
+    settle_ms: int = SETTLE_MS
+    stats: RollupStats = field(default_factory=RollupStats)
+    _ensured: bool = False
+
+    async def run_once(self, now_ms: int | None = None) -> int:
+        """One pass over the dirty windows; how many were recomputed."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if not self._ensured:
+            await self.store.ensure()
+            self._ensured = True
+        dirty = await self.store.dirty(now_ms)
+        self.stats.dirty_windows = len(dirty)
+        self.stats.oldest_dirty_ms = dirty[0].window if dirty else None
+        done = 0
+        cpu0 = time.process_time()
+        for d in dirty:
+            if token_age_ms(d.token, now_ms) < self.settle_ms:
+                continue
+            self.stats.values_rolled += await self.store.recompute(d)
+            self.stats.windows_recomputed += 1
+            done += 1
+        self.stats.cpu_seconds += time.process_time() - cpu0
+        self.stats.last_pass_ms = now_ms
+        return done
+
+    async def drain(self, limit_s: float = 60.0) -> None:
+        """Passes until no window is dirty (for tests and backfills)."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            await self.run_once()
+            if not await self.store.dirty(int(time.time() * 1000)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("rollups still dirty")
+            await asyncio.sleep(self.settle_ms / 1000 / 4)
+
+    async def run(self) -> None:
+        last_retention = 0.0
+        while True:
+            try:
+                if time.monotonic() - last_retention > self.retention_interval:
+                    self.stats.retention_deleted += await self.store.retain(int(time.time() * 1000))
+                    last_retention = time.monotonic()
+                await self.run_once()
+            except (RetryableError, PermanentError) as exc:
+                self.stats.errors += 1
+                log.warning("rollup maintenance: %s; trying again", exc)
+                await asyncio.sleep(self.interval * 5)
+            await asyncio.sleep(self.interval)
+
+    def exposition(self) -> list[str]:
+        s = self.stats
+        now = int(time.time() * 1000)
+        lag = (now - s.oldest_dirty_ms) / 1000 if s.oldest_dirty_ms is not None else 0.0
+        return [
+            "# HELP citysense_rollup_lag_seconds Age of the oldest window awaiting recompute.",
+            "# TYPE citysense_rollup_lag_seconds gauge",
+            f"citysense_rollup_lag_seconds {lag:.3f}",
+            "# HELP citysense_rollup_dirty_windows Hour windows awaiting recompute.",
+            "# TYPE citysense_rollup_dirty_windows gauge",
+            f"citysense_rollup_dirty_windows {s.dirty_windows}",
+            "# HELP citysense_rollup_windows_recomputed_total Hour windows recomputed.",
+            "# TYPE citysense_rollup_windows_recomputed_total counter",
+            f"citysense_rollup_windows_recomputed_total {s.windows_recomputed}",
+            "# HELP citysense_rollup_values_total Raw values read to recompute windows.",
+            "# TYPE citysense_rollup_values_total counter",
+            f"citysense_rollup_values_total {s.values_rolled}",
+            "# HELP citysense_rollup_cpu_seconds_total Process CPU spent recomputing.",
+            "# TYPE citysense_rollup_cpu_seconds_total counter",
+            f"citysense_rollup_cpu_seconds_total {s.cpu_seconds:.6f}",
+            "# HELP citysense_rollup_errors_total Failed maintenance passes.",
+            "# TYPE citysense_rollup_errors_total counter",
+            f"citysense_rollup_errors_total {s.errors}",
+            "# HELP citysense_retention_deleted_total Rows deleted by retention (embedded store).",
+            "# TYPE citysense_retention_deleted_total counter",
+            f"citysense_retention_deleted_total {s.retention_deleted}",
+        ]
+
+
+@asynccontextmanager
+async def maintain_rollups(
+    settings: Settings, writer: Writer
+) -> AsyncIterator[RollupWorker | None]:
+    """Run a :class:`RollupWorker` beside the ingestor's writer (none when rollups are off
+    or the store keeps none); stopped on exit."""
+    store: RollupStore | None = None
+    if settings.rollups and isinstance(writer, MarkingLineWriter):
+        store = open_rollup_store(settings, "1")
+    elif settings.rollups and getattr(writer, "_mark", None) is not None:
+        store = open_rollup_store(settings, "1")
+    if store is None:
+        yield None
+        return
+    worker = RollupWorker(store)
+    task = asyncio.create_task(worker.run(), name="rollups")
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()

@@ -1,0 +1,433 @@
+"""Series answered from rollups: the plan, the partial aggregates, their exact merge.
+
+:func:`plan` cuts a query's range into segments, each read from the coarsest source that fits
+it: the 1-hour rollup for whole clean hours, the 1-minute rollup for whole clean minutes, raw
+data for the rest (the newest minutes, windows being recomputed, ranges not aligned to a
+rollup window). A rollup source is used only when its window divides ``every`` and the bucket
+grid (``offset``): then every bucket is a union of whole windows, and each bucket's answer is
+merged from its segments' partial aggregates -- ``sum`` and ``count`` for ``mean`` (never a
+mean of means), the extreme for ``min``/``max``, the newest segment's value for ``last`` --
+so it equals the answer from raw data. A raw segment before the raw-data horizon cannot be
+answered: :class:`HorizonError` (400, naming the horizon).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from citysense.errors import InputError, RetryableError
+from timeseries.influxql import InfluxQLReader, quote_ident, time_clause, where_filters
+from timeseries.query import Reader, SeriesGroup, SeriesQuery, check_filters
+from timeseries.rollup import (
+    DIRTY,
+    DIRTY_LOOKBACK_MS,
+    DONE,
+    HOUR,
+    MINUTE,
+    ROLLUP_RP,
+    WIDTHS,
+    _tokens,
+)
+
+#: group value -> bucket start -> partial aggregate
+Partials = dict[str, dict[int, tuple[float, ...]]]
+
+
+class HorizonError(InputError):
+    """A query needing raw data from before the raw-data horizon."""
+
+    def __init__(self, horizon_ms: int, message: str) -> None:
+        super().__init__(message, "beyond_horizon")
+        self.parameter = "start"
+        self.horizon_ms = horizon_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start: int
+    end: int
+    source: str  #: "raw", "1m" or "1h"
+
+
+def allowed_sources(q: SeriesQuery) -> list[str]:
+    """Rollups whose windows tile every bucket of ``q``, coarsest first."""
+    return [
+        name
+        for name, width in sorted(WIDTHS.items(), key=lambda kv: -kv[1])
+        if q.every_ms % width == 0 and q.offset_ms % width == 0
+    ]
+
+
+def plan(q: SeriesQuery, dirty_hours: set[int] | frozenset[int]) -> list[Segment]:
+    """Segments covering ``[q.start, q.end)`` (see the module doc)."""
+    sources = allowed_sources(q)
+    segs: list[Segment] = []
+
+    def add(a: int, b: int, src: str) -> None:
+        if segs and segs[-1].source == src and segs[-1].end == a:
+            segs[-1] = Segment(segs[-1].start, b, src)
+        else:
+            segs.append(Segment(a, b, src))
+
+    pos, end = q.start_ms, q.end_ms
+    if not sources:
+        return [Segment(pos, end, "raw")]
+    while pos < end:
+        hour = pos - pos % HOUR
+        clean = hour not in dirty_hours
+        if clean and "1h" in sources and pos % HOUR == 0 and pos + HOUR <= end:
+            add(pos, pos + HOUR, "1h")
+            pos += HOUR
+            continue
+        if clean and pos % MINUTE == 0 and pos + MINUTE <= end:
+            stop = min(hour + HOUR, end - end % MINUTE)
+            add(pos, stop, "1m")
+            pos = stop
+            continue
+        stop = min(hour + HOUR, end) if not clean else min(pos - pos % MINUTE + MINUTE, end)
+        add(pos, stop, "raw")
+        pos = stop
+    return segs
+
+
+def merge(agg: str, parts: Sequence[Partials]) -> Partials:
+    """Merge segments' partials (in time order) per group and bucket."""
+    out: Partials = {}
+    for part in parts:
+        for g, buckets in part.items():
+            mine = out.setdefault(g, {})
+            for b, p in buckets.items():
+                old = mine.get(b)
+                if old is None or agg == "last":
+                    mine[b] = p
+                elif agg == "mean":
+                    mine[b] = (old[0] + p[0], old[1] + p[1])
+                elif agg in ("sum", "count"):
+                    mine[b] = (old[0] + p[0],)
+                elif agg == "min":
+                    mine[b] = (min(old[0], p[0]),)
+                else:
+                    mine[b] = (max(old[0], p[0]),)
+    return out
+
+
+def finish(q: SeriesQuery, merged: Partials) -> list[SeriesGroup]:
+    key = q.group_by
+    groups = []
+    for g in sorted(merged):
+        buckets = merged[g]
+        points = []
+        for b in sorted(buckets):
+            p = buckets[b]
+            points.append((b, p[0] / p[1] if q.agg == "mean" else p[0]))
+        groups.append(SeriesGroup({key: g} if key else {}, points))
+    return groups
+
+
+class PartialReader(Protocol):
+    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]: ...
+    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
+        """(measurement, hour) -> token of each hour awaiting recompute (InfluxDB: of every
+        marked hour, with a flag in the token's sign: negative when clean); None while the
+        store keeps no rollups."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- InfluxQL
+
+_ROLLUP_FUNCS = {
+    "mean": (("sum", "sum"), ("sum", "count")),
+    "sum": (("sum", "sum"),),
+    "count": (("sum", "count"),),
+    "min": (("min", "min"),),
+    "max": (("max", "max"),),
+}
+
+
+class InfluxPartials:
+    """Partial aggregates over InfluxQL: raw measurements and ``rollup``.``{domain}_{w}``."""
+
+    def __init__(self, reader: InfluxQLReader) -> None:
+        self.reader = reader
+
+    def _statements(self, q: SeriesQuery, source: str) -> list[str]:
+        where, _ = where_filters(q.filters)
+        group = f"time({int(q.every_ms)}ms, {int(q.offset_ms)}ms)"
+        if q.group_by is not None:
+            group += f", {quote_ident(q.group_by)}"
+        span = time_clause(q.start_ms, q.end_ms)
+        tail = f"WHERE {span}{where} GROUP BY {group} fill(none)"
+        f = q.metric
+        if source == "raw":
+            src = quote_ident(q.measurement)
+            if q.agg == "last":
+                return [f"SELECT last({quote_ident(f)}) FROM {src} {tail}"]
+            if q.is_bool:
+                true = f" AND {quote_ident(f)} = true"
+                return [
+                    f"SELECT count({quote_ident(f)}) FROM {src} WHERE {span}{where}{true} "
+                    f"GROUP BY {group} fill(none)",
+                    f"SELECT count({quote_ident(f)}) FROM {src} {tail}",
+                ]
+            funcs = {"mean": ("sum", "count")}.get(q.agg, (q.agg,))
+            cols = ", ".join(f"{fn}({quote_ident(f)})" for fn in funcs)
+            return [f"SELECT {cols} FROM {src} {tail}"]
+        src = f"{quote_ident(ROLLUP_RP)}.{quote_ident(q.measurement + '_' + source)}"
+        if q.agg == "last":
+            return [
+                f"SELECT max({quote_ident(f + '_last_t')}), {quote_ident(f + '_last')} "
+                f"FROM {src} {tail}"
+            ]
+        cols = ", ".join(
+            f"{fn}({quote_ident(f + '_' + comp)})" for fn, comp in _ROLLUP_FUNCS[q.agg]
+        )
+        return [f"SELECT {cols} FROM {src} {tail}"]
+
+    def _parse(self, q: SeriesQuery, source: str, results: list[dict[str, Any]]) -> Partials:
+        out: Partials = {}
+        key = q.group_by
+        bool_raw = source == "raw" and q.is_bool and q.agg != "last"
+        e, o = q.every_ms, q.offset_ms
+        for series in results[-1].get("series", []):
+            g = series.get("tags", {}).get(key, "") if key else ""
+            buckets = out.setdefault(g, {})
+            for row in series.get("values", []):
+                vals = [_num(v) for v in row[1:]]
+                if any(v is None for v in vals):
+                    continue
+                b = (int(row[0]) - o) // e * e + o
+                if source != "raw" and q.agg == "last":
+                    buckets[b] = (vals[1],)  # type: ignore[assignment]
+                else:
+                    buckets[b] = tuple(vals)  # type: ignore[arg-type]
+        if bool_raw:
+            trues: dict[tuple[str, int], float] = {}
+            for series in results[0].get("series", []):
+                g = series.get("tags", {}).get(key, "") if key else ""
+                for row in series.get("values", []):
+                    trues[(g, int(row[0]))] = float(row[1] or 0)
+            for g, buckets in out.items():
+                for b, (total,) in list(buckets.items()):
+                    t = trues.get((g, b), 0.0)
+                    buckets[b] = {
+                        "mean": (t, total),
+                        "sum": (t,),
+                        "count": (total,),
+                        "min": (1.0 if t >= total else 0.0,),
+                        "max": (1.0 if t > 0 else 0.0,),
+                    }[q.agg]
+        return out
+
+    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]:
+        if not items:
+            return []
+        _, params = where_filters(items[0][0].filters)
+        statements = [self._statements(q, src) for q, src in items]
+        flat = [s for group in statements for s in group]
+        results = await self.reader._query(flat, params)
+        out = []
+        k = 0
+        for (q, src), group in zip(items, statements, strict=True):
+            out.append(self._parse(q, src, results[k : k + len(group)]))
+            k += len(group)
+        return out
+
+    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
+        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
+        res = await self.reader._query(
+            [
+                f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement"',
+                f'SELECT "token" FROM "{DONE}" WHERE {span} GROUP BY "measurement"',
+                "SHOW RETENTION POLICIES",
+            ],
+            {},
+        )
+        policies = {r[0] for s in res[2].get("series", []) for r in s.get("values", [])}
+        if ROLLUP_RP not in policies:
+            return None
+        marks, done = _tokens(res[0]), _tokens(res[1])
+        return {k: tok if done.get(k) != tok else -tok for k, tok in marks.items()}
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return float(value)
+
+
+# --------------------------------------------------------------------------- embedded store
+
+_SQL_RAW = {
+    "mean": "SUM(value), COUNT(*)",
+    "sum": "SUM(value)",
+    "count": "COUNT(*)",
+    "min": "MIN(value)",
+    "max": "MAX(value)",
+    "last": "value, MAX(t)",
+}
+_SQL_ROLLUP = {
+    "mean": "SUM(sum), SUM(count)",
+    "sum": "SUM(sum)",
+    "count": "SUM(count)",
+    "min": "MIN(min)",
+    "max": "MAX(max)",
+    "last": "last, MAX(last_t)",
+}
+
+
+class SqlitePartials:
+    """Partial aggregates over the embedded store's ``samples`` and ``rollup_*`` tables."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._conn is None:
+                if not self._path.exists():
+                    return []
+                self._conn = sqlite3.connect(
+                    f"file:{self._path}?mode=ro", uri=True, check_same_thread=False
+                )
+                self._conn.execute("PRAGMA busy_timeout = 5000")
+            try:
+                return self._conn.execute(sql, list(args)).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise RetryableError(f"embedded store: {exc}") from exc
+
+    def _one(self, q: SeriesQuery, source: str) -> Partials:
+        checked = check_filters(q.filters)
+        where = "".join(f" AND {k} = ?" for k in checked)
+        group = q.group_by if q.group_by is not None else "''"
+        table = "samples" if source == "raw" else f"rollup_{source}"
+        cols = (_SQL_RAW if source == "raw" else _SQL_ROLLUP)[q.agg]
+        sql = (
+            f"SELECT {group} AS g, ((t - ?) / ?) * ? + ? AS b, {cols} FROM {table} "
+            f"WHERE metric = ? AND t >= ? AND t < ?{where} GROUP BY g, b"
+        )
+        e, o = q.every_ms, q.offset_ms
+        rows = self._run(sql, [o, e, e, o, q.metric, q.start_ms, q.end_ms, *checked.values()])
+        out: Partials = {}
+        n = 2 if q.agg == "mean" else 1
+        for row in rows:
+            out.setdefault(str(row[0]), {})[int(row[1])] = tuple(float(v) for v in row[2 : 2 + n])
+        return out
+
+    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]:
+        def run() -> list[Partials]:
+            return [self._one(q, src) for q, src in items]
+
+        return await asyncio.to_thread(run)
+
+    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
+        def run() -> dict[tuple[str, int], int] | None:
+            if not self._run("SELECT 1 FROM rollup_meta WHERE key = 'backfilled'", []):
+                return None
+            rows = self._run("SELECT measurement, window, token FROM rollup_dirty", [])
+            return {(str(m), int(w)): int(tok) for m, w, tok in rows}
+
+        return await asyncio.to_thread(run)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(close)
+
+
+# --------------------------------------------------------------------------- the reads
+
+
+@dataclass
+class RollupReads:
+    """Series from rollups, with the dirty hours refreshed by :meth:`refresh`."""
+
+    reader: Reader
+    partial: PartialReader
+    raw_horizon_ms: int  #: how long raw data is kept
+    clock: Any = time.time
+    dirty: dict[str, set[int]] = field(default_factory=dict)
+    tokens: dict[tuple[str, int], int] = field(default_factory=dict)
+    refreshed_ms: int | None = None
+    ready: bool = False
+
+    async def refresh(self) -> None:
+        now = int(self.clock() * 1000)
+        marks = await self.partial.dirty_marks(now)
+        dirty: dict[str, set[int]] = {}
+        for (m, w), tok in (marks or {}).items():
+            if tok > 0:
+                dirty.setdefault(m, set()).add(w)
+        self.dirty, self.tokens = dirty, marks or {}
+        self.refreshed_ms = now
+        self.ready = marks is not None
+
+    def horizon(self, now_ms: int) -> int:
+        return now_ms - self.raw_horizon_ms
+
+    async def series(self, q: SeriesQuery) -> tuple[list[SeriesGroup], str]:
+        """The answer and its source (``raw``, ``1m`` or ``1h``)."""
+        segs = plan(q, self.dirty.get(q.measurement, set()) if self.ready else _ALL_DIRTY)
+        if self.ready:  # without rollups, raw data is all there is
+            self.check_horizon(q, segs)
+        if len(segs) == 1 and segs[0].source == "raw":
+            return await self.reader.series(q), "raw"
+        items = [(replace(q, start_ms=s.start, end_ms=s.end), s.source) for s in segs]
+        parts = await self.partial.partials(items)
+        used = {s.source for s in segs}
+        source = "1h" if "1h" in used else "1m" if "1m" in used else "raw"
+        return finish(q, merge(q.agg, parts)), source
+
+    def check_horizon(self, q: SeriesQuery, segs: Sequence[Segment]) -> None:
+        horizon = self.horizon(int(self.clock() * 1000))
+        for s in segs:
+            if s.source == "raw" and s.start < horizon:
+                from datetime import UTC, datetime
+
+                when = datetime.fromtimestamp(horizon / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                raise HorizonError(
+                    horizon,
+                    f"start: raw data is kept since {when} (the raw-data horizon); before it only "
+                    "1-minute and 1-hour rollups exist: ask every as a multiple of 1m with "
+                    "start on a whole minute, or start after the horizon",
+                )
+
+
+class _AllDirty(frozenset[int]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL_DIRTY = _AllDirty()
+
+
+def open_partials(reader: Reader) -> PartialReader | None:
+    """Partial reads for the store behind ``reader`` (None: rollups not supported)."""
+    from timeseries.sqlite_query import SqliteReader
+
+    if isinstance(reader, InfluxQLReader):
+        return InfluxPartials(reader)
+    if isinstance(reader, SqliteReader):
+        return SqlitePartials(reader._path)
+    return None
