@@ -328,7 +328,10 @@ class SqliteRollupStore:
 
 
 def influx_duration(ms: int) -> str:
-    return f"{ms // HOUR}h"
+    """A retention policy's duration and shard group duration (InfluxDB's own advice: 1 h
+    shards under 2 days, 1 d up to 6 months, 7 d beyond)."""
+    shard = "1h" if ms < 48 * HOUR else "1d" if ms <= 183 * 24 * HOUR else "7d"
+    return f"{ms // HOUR}h REPLICATION 1 SHARD DURATION {shard}"
 
 
 def rollup_fields(metric: str, w: Window) -> str:
@@ -400,7 +403,7 @@ class InfluxRollupStore:
             await self._mark_existing()
         try:
             await self._q(
-                f'CREATE RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll} REPLICATION 1',
+                f'CREATE RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll}',
                 post=True,
             )
         except PermanentError as exc:
@@ -441,7 +444,7 @@ class InfluxRollupStore:
         span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
         res = await self._q(
             f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement";'
-            f'SELECT "token" FROM "{DONE}" WHERE {span} GROUP BY "measurement"'
+            f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"'
         )
         marks, done = (_tokens(r) for r in res)
         return sorted(
@@ -478,7 +481,7 @@ class InfluxRollupStore:
                 lines.append(f"{d.measurement}_{name},{tagtext} {','.join(fields)} {t}")
         for i in range(0, len(lines), 5000):
             await self._write(lines[i : i + 5000], ROLLUP_RP)
-        await self._write([mark_line(DONE, d.measurement, d.window, d.token)])
+        await self._write([mark_line(DONE, d.measurement, d.window, d.token)], ROLLUP_RP)
         return len(rows)
 
     async def retain(self, now_ms: int) -> int:

@@ -246,7 +246,7 @@ class InfluxPartials:
         res = await self.reader._query(
             [
                 f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement"',
-                f'SELECT "token" FROM "{DONE}" WHERE {span} GROUP BY "measurement"',
+                f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"',
                 "SHOW RETENTION POLICIES",
             ],
             {},
