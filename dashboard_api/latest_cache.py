@@ -37,6 +37,21 @@ OVERLAP_MS = 10 * 60_000
 WIDE_EVERY_S = 60.0
 WIDE_MS = 2 * HOUR
 ALL_METRICS: tuple[str, ...] = tuple(METRICS)
+BY_DOMAIN: dict[str, tuple[str, ...]] = {
+    d: tuple(m for m, spec in METRICS.items() if spec.domain == d)
+    for d in sorted({spec.domain for spec in METRICS.values()})
+}
+
+
+async def latest_of_all(
+    reader: Reader, filters: Mapping[str, str], start: int, end: int
+) -> list[LatestValue]:
+    """The newest value of every metric per device: one question per measurement, so a
+    device is asked only for its own measurement's metrics."""
+    answers = await asyncio.gather(
+        *(reader.latest(ms, filters, start, end) for ms in BY_DOMAIN.values())
+    )
+    return [row for rows in answers for row in rows]
 
 
 @dataclass(slots=True)
@@ -87,7 +102,7 @@ class LatestCache:
         return changed
 
     async def _read(self, start: int, end: int) -> None:
-        self.merge(await self.reader.latest(ALL_METRICS, {}, start, end))
+        self.merge(await latest_of_all(self.reader, {}, start, end))
 
     async def prime(self) -> None:
         now = self.now_ms()

@@ -52,7 +52,7 @@ from citysense.errors import RetryableError
 from citysense.registry import Device, Registry
 from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
-from dashboard_api.latest_cache import ALL_METRICS, LatestCache
+from dashboard_api.latest_cache import ALL_METRICS, LatestCache, latest_of_all
 from dashboard_api.parameters import (
     ParameterError,
     format_duration,
@@ -378,8 +378,7 @@ async def district_aqi(
         SeriesQuery(p, hour_end - DAY, at_ms, HOUR, "mean", filters, "district") for p in POLLUTANTS
     ]
     if ctx.rollups is not None:
-        rollups = ctx.rollups
-        results = [g for g, _ in await asyncio.gather(*(rollups.series(q) for q in queries))]
+        results = [g for g, _ in await ctx.rollups.series_many(queries)]
     else:
         results = await ctx.reader.series_many(queries)
     newest = hour_end - HOUR
@@ -444,7 +443,7 @@ async def seen_devices(
     rows: list[LatestValue] = (
         live.rows(ALL_METRICS, filters, *span)
         if live is not None
-        else await ctx.reader.latest(ALL_METRICS, filters, *span)
+        else await latest_of_all(ctx.reader, filters, *span)
     )
     seen: dict[str, _Seen] = {}
     for r in rows:

@@ -17,6 +17,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -372,6 +373,14 @@ class RollupReads:
     refreshed_ms: int | None = None
     ready: bool = False
 
+    #: 1-hour segments' partials, reused while none of their hours changed
+    cache: OrderedDict[tuple[Any, ...], tuple[int, Partials]] = field(default_factory=OrderedDict)
+    #: measurement -> hour -> the refresh in which its mark last changed
+    changed: dict[str, dict[int, int]] = field(default_factory=dict)
+    version: int = 0
+    cache_hits: int = 0
+    cache_size: int = 512
+
     async def refresh(self) -> None:
         now = int(self.clock() * 1000)
         marks = await self.partial.dirty_marks(now)
@@ -379,25 +388,95 @@ class RollupReads:
         for (m, w), tok in (marks or {}).items():
             if tok > 0:
                 dirty.setdefault(m, set()).add(w)
-        self.dirty, self.tokens = dirty, marks or {}
+        new = marks or {}
+        self.version += 1
+        for key in set(new.items()) ^ set(self.tokens.items()):
+            (m, w), _ = key
+            self.changed.setdefault(m, {})[w] = self.version
+        self.dirty, self.tokens = dirty, new
         self.refreshed_ms = now
         self.ready = marks is not None
 
     def horizon(self, now_ms: int) -> int:
         return now_ms - self.raw_horizon_ms
 
+    def _cached(self, key: tuple[Any, ...], q: SeriesQuery) -> Partials | None:
+        entry = self.cache.get(key)
+        if entry is None:
+            return None
+        version, parts = entry
+        changed = self.changed.get(q.measurement, {})
+        if any(v > version and q.start_ms <= w < q.end_ms for w, v in changed.items()):
+            del self.cache[key]
+            return None
+        self.cache.move_to_end(key)
+        self.cache_hits += 1
+        return parts
+
     async def series(self, q: SeriesQuery) -> tuple[list[SeriesGroup], str]:
         """The answer and its source (``raw``, ``1m`` or ``1h``)."""
-        segs = plan(q, self.dirty.get(q.measurement, set()) if self.ready else _ALL_DIRTY)
-        if self.ready:  # without rollups, raw data is all there is
-            self.check_horizon(q, segs)
-        if len(segs) == 1 and segs[0].source == "raw":
-            return await self.reader.series(q), "raw"
-        items = [(replace(q, start_ms=s.start, end_ms=s.end), s.source) for s in segs]
-        parts = await self.partial.partials(items)
-        used = {s.source for s in segs}
-        source = "1h" if "1h" in used else "1m" if "1m" in used else "raw"
-        return finish(q, merge(q.agg, parts)), source
+        return (await self.series_many([q]))[0]
+
+    async def series_many(self, queries: list[SeriesQuery]) -> list[tuple[list[SeriesGroup], str]]:
+        """:meth:`series` of each query; the storage is asked once for what is not cached
+        (InfluxDB: one request when the queries share their filters)."""
+        plans = []
+        for q in queries:
+            segs = plan(q, self.dirty.get(q.measurement, set()) if self.ready else _ALL_DIRTY)
+            if self.ready:  # without rollups, raw data is all there is
+                self.check_horizon(q, segs)
+            plans.append(segs)
+        out: list[tuple[list[SeriesGroup], str] | None] = [None] * len(queries)
+        asks: list[tuple[SeriesQuery, str]] = []
+        slots: list[tuple[int, int, tuple[Any, ...] | None]] = []
+        parts: list[list[Partials | None]] = []
+        for i, (q, segs) in enumerate(zip(queries, plans, strict=True)):
+            parts.append([None] * len(segs))
+            if len(segs) == 1 and segs[0].source == "raw":
+                continue
+            for j, seg in enumerate(segs):
+                sq = replace(q, start_ms=seg.start, end_ms=seg.end)
+                key = None
+                if seg.source == "1h":
+                    key = (
+                        *(sq.metric, sq.start_ms, sq.end_ms, sq.every_ms, sq.offset_ms, sq.agg),
+                        tuple(sorted(sq.filters.items())),
+                        sq.group_by,
+                    )
+                    hit = self._cached(key, sq)
+                    if hit is not None:
+                        parts[i][j] = hit
+                        continue
+                asks.append((sq, seg.source))
+                slots.append((i, j, key))
+        version = self.version
+        by_filters: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for k, (sq, _) in enumerate(asks):
+            by_filters.setdefault(tuple(sorted(sq.filters.items())), []).append(k)
+        answers = await asyncio.gather(
+            *(self.partial.partials([asks[k] for k in ks]) for ks in by_filters.values())
+        )
+        for ks, got in zip(by_filters.values(), answers, strict=True):
+            for k, p in zip(ks, got, strict=True):
+                i, j, key = slots[k]
+                parts[i][j] = p
+                if key is not None:
+                    self.cache[key] = (version, p)
+                    while len(self.cache) > self.cache_size:
+                        self.cache.popitem(last=False)
+        raw_only = [i for i, segs in enumerate(plans) if len(segs) == 1 and segs[0].source == "raw"]
+        if raw_only:
+            raws = await self.reader.series_many([queries[i] for i in raw_only])
+            for i, groups in zip(raw_only, raws, strict=True):
+                out[i] = (groups, "raw")
+        for i, (q, segs) in enumerate(zip(queries, plans, strict=True)):
+            if out[i] is not None:
+                continue
+            used = {s.source for s in segs}
+            source = "1h" if "1h" in used else "1m" if "1m" in used else "raw"
+            got = [p for p in parts[i] if p is not None]
+            out[i] = (finish(q, merge(q.agg, got)), source)
+        return [o for o in out if o is not None]
 
     def check_horizon(self, q: SeriesQuery, segs: Sequence[Segment]) -> None:
         horizon = self.horizon(int(self.clock() * 1000))
