@@ -131,9 +131,9 @@ class LatestCache:
             tokens = self._mark_tokens()
             late = sorted(
                 {
-                    w
+                    w - w % HOUR
                     for key, tok in tokens.items()
-                    if self._tokens.get(key) != tok and (w := key[1]) + HOUR <= since
+                    if self._tokens.get(key) != tok and (w := key[1]) < since
                 }
             )
             for w in late:  # readings delivered late into an older hour

@@ -110,10 +110,30 @@ def aggregate(rows: Iterable[tuple[tuple[str, ...], str, int, float]], width: in
     return out
 
 
+def combine(
+    windows: Iterable[tuple[tuple[str, ...], str, int, Window]], width: int = HOUR
+) -> Rolled:
+    """Windows of ``width`` from finer windows (in time order): exact for every component."""
+    out: Rolled = {}
+    for tags, metric, t, w in windows:
+        key = (tags, metric, t - t % width)
+        acc = out.get(key)
+        if acc is None:
+            out[key] = Window(w.count, w.sum, w.min, w.max, w.last, w.last_t)
+            continue
+        acc.count += w.count
+        acc.sum += w.sum
+        acc.min = min(acc.min, w.min)
+        acc.max = max(acc.max, w.max)
+        if w.last_t >= acc.last_t:
+            acc.last, acc.last_t = w.last, w.last_t
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Dirty:
     measurement: str
-    window: int  #: the hour's start, epoch ms
+    window: int  #: the minute's start, epoch ms
     token: int
 
 
@@ -134,7 +154,7 @@ class RollupStats:
 class RollupStore(Protocol):
     async def ensure(self) -> None: ...
     async def dirty(self, now_ms: int) -> list[Dirty]: ...
-    async def recompute(self, dirty: Dirty) -> int: ...
+    async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int: ...
     async def retain(self, now_ms: int) -> int: ...
     async def mark(self, measurement: str, windows: Iterable[int]) -> None: ...
     async def close(self) -> None: ...
@@ -183,7 +203,7 @@ ON CONFLICT (measurement, window) DO UPDATE SET token = excluded.token
 
 
 def point_marks(points: Sequence[Point]) -> set[tuple[str, int]]:
-    return {(p.measurement, p.t - p.t % HOUR) for p in points}
+    return {(p.measurement, p.t - p.t % MINUTE) for p in points}
 
 
 def line_marks(lines: Sequence[str]) -> set[tuple[str, int]]:
@@ -191,7 +211,7 @@ def line_marks(lines: Sequence[str]) -> set[tuple[str, int]]:
     out = set()
     for line in lines:
         t = int(line[line.rindex(" ") + 1 :])
-        out.add((line[: line.index(",")], t - t % HOUR))
+        out.add((line[: line.index(",")], t - t % MINUTE))
     return out
 
 
@@ -238,7 +258,7 @@ class SqliteRollupStore:
                     [
                         (m, w, new_token())
                         for m, w in db.execute(
-                            "SELECT DISTINCT measurement, t - t % 3600000 FROM samples"
+                            "SELECT DISTINCT measurement, t - t % 60000 FROM samples"
                         ).fetchall()
                     ],
                 )
@@ -266,34 +286,55 @@ class SqliteRollupStore:
 
         return await asyncio.to_thread(run)
 
-    async def recompute(self, dirty: Dirty) -> int:
-        return await asyncio.to_thread(self._recompute, dirty)
+    async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
+        return await asyncio.to_thread(self._recompute, measurement, hour, dirty)
 
-    def _recompute(self, d: Dirty) -> int:
+    def _recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
         db = self._db
+        first, last = dirty[0].window, dirty[-1].window + MINUTE
+        metrics = [m for m, spec in METRICS.items() if spec.domain == measurement]
+        marks = ", ".join("?" for _ in metrics)
+        insert = (
+            "(metric, device, t, count, sum, min, max, last, last_t, kind, district, site) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
         try:
             db.execute("BEGIN IMMEDIATE")  # the raw read and the rollup write in one snapshot
             try:
-                rows = _sqlite_rows(db, d.measurement, d.window, d.window + HOUR)
-                metrics = [m for m, spec in METRICS.items() if spec.domain == d.measurement]
-                marks = ", ".join("?" for _ in metrics)
-                for name, width in WIDTHS.items():
+                rows = _sqlite_rows(db, measurement, first, last)
+                for table, start, end in (
+                    ("rollup_1m", first, last),
+                    ("rollup_1h", hour, hour + 1),
+                ):
                     db.execute(
-                        f"DELETE FROM rollup_{name} WHERE t >= ? AND t < ? AND metric IN ({marks})",
-                        (d.window, d.window + HOUR, *metrics),
+                        f"DELETE FROM {table} WHERE t >= ? AND t < ? AND metric IN ({marks})",
+                        (start, end, *metrics),
                     )
-                    db.executemany(
-                        f"INSERT INTO rollup_{name} (metric, device, t, count, sum, min, max, "
-                        "last, last_t, kind, district, site) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            _sqlite_row(metric, tags, t, w)
-                            for (tags, metric, t), w in aggregate(rows, width).items()
-                        ],
-                    )
-                db.execute(
+                db.executemany(
+                    f"INSERT INTO rollup_1m {insert}",
+                    [
+                        _sqlite_row(metric, tags, t, w)
+                        for (tags, metric, t), w in aggregate(rows, MINUTE).items()
+                    ],
+                )
+                minutes = db.execute(
+                    "SELECT device, kind, district, site, metric, t, count, sum, min, max, last, "
+                    f"last_t FROM rollup_1m WHERE t >= ? AND t < ? AND metric IN ({marks}) "
+                    "ORDER BY t",
+                    (hour, hour + HOUR, *metrics),
+                ).fetchall()
+                db.executemany(
+                    f"INSERT INTO rollup_1h {insert}",
+                    [
+                        _sqlite_row(metric, tags, t, w)
+                        for (tags, metric, t), w in combine(
+                            ((r[0], r[1], r[2], r[3]), r[4], r[5], Window(*r[6:])) for r in minutes
+                        ).items()
+                    ],
+                )
+                db.executemany(
                     "DELETE FROM rollup_dirty WHERE measurement = ? AND window = ? AND token = ?",
-                    (d.measurement, d.window, d.token),
+                    [(d.measurement, d.window, d.token) for d in dirty],
                 )
             except BaseException:
                 db.execute("ROLLBACK")
@@ -431,7 +472,7 @@ class InfluxRollupStore:
         domains = sorted({spec.domain for spec in METRICS.values()})
         for domain in domains:
             res = await self._q(
-                f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1h) fill(none)'
+                f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1m) fill(none)'
             )
             hours = [int(r[0]) for s in res[0].get("series", []) for r in s.get("values", [])]
             for i in range(0, len(hours), 5000):
@@ -452,37 +493,63 @@ class InfluxRollupStore:
             key=lambda d: d.window,
         )
 
-    async def recompute(self, d: Dirty) -> int:
+    async def _rows(
+        self, measurement: str, start: int, end: int, rp: str = ""
+    ) -> list[tuple[tuple[str, ...], str, int, list[Any], list[str]]]:
+        source = f'"{rp}"."{measurement}"' if rp else f'"{measurement}"'
         res = await self._q(
-            f'SELECT * FROM "{d.measurement}" WHERE time >= {d.window}ms '
-            f"AND time < {d.window + HOUR}ms GROUP BY *"
+            f"SELECT * FROM {source} WHERE time >= {start}ms AND time < {end}ms GROUP BY *"
         )
-        rows: list[tuple[tuple[str, ...], str, int, float]] = []
+        out = []
         for series in res[0].get("series", []):
             tags = series.get("tags", {})
             key = tuple(tags.get(k, "") for k in TAG_KEYS)
             cols = series["columns"]
             for row in series.get("values", []):
-                t = int(row[0])
-                for name, value in zip(cols[1:], row[1:], strict=False):
-                    v = _num(value)
-                    if v is not None and name in METRICS:
-                        rows.append((key, name, t, v))
+                out.append((key, "", int(row[0]), row[1:], cols[1:]))
+        return out
+
+    async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
+        first, last = dirty[0].window, dirty[-1].window + MINUTE
+        rows: list[tuple[tuple[str, ...], str, int, float]] = []
+        for key, _, t, values, cols in await self._rows(measurement, first, last):
+            for name, value in zip(cols, values, strict=False):
+                v = _num(value)
+                if v is not None and name in METRICS:
+                    rows.append((key, name, t, v))
         rows.sort(key=lambda r: r[2])
-        lines: list[str] = []
-        for name, width in WIDTHS.items():
-            by_point: dict[tuple[tuple[str, ...], int], list[str]] = {}
-            for (tags, metric, t), w in aggregate(rows, width).items():
-                by_point.setdefault((tags, t), []).append(rollup_fields(metric, w))
-            for (tags, t), fields in by_point.items():
-                tagtext = ",".join(
-                    f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
-                )
-                lines.append(f"{d.measurement}_{name},{tagtext} {','.join(fields)} {t}")
+        minutes = aggregate(rows, MINUTE)
+        await self._write_rollups(measurement, "1m", minutes)
+        # the hour from its minutes: those just written and the others already stored
+        windows: list[tuple[tuple[str, ...], str, int, Window]] = []
+        for key, _, t, values, cols in await self._rows(
+            f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP
+        ):
+            rec = dict(zip(cols, values, strict=False))
+            for metric, spec in METRICS.items():
+                if spec.domain == measurement and rec.get(f"{metric}_count") is not None:
+                    windows.append(
+                        (key, metric, t, Window(*(rec[f"{metric}_{c}"] for c in COMPONENTS)))
+                    )
+        windows.sort(key=lambda w: w[2])
+        await self._write_rollups(measurement, "1h", combine(windows))
+        await self._write(
+            [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
+        )
+        return len(rows)
+
+    async def _write_rollups(self, measurement: str, name: str, windows: Rolled) -> None:
+        by_point: dict[tuple[tuple[str, ...], int], list[str]] = {}
+        for (tags, metric, t), w in windows.items():
+            by_point.setdefault((tags, t), []).append(rollup_fields(metric, w))
+        lines = []
+        for (tags, t), fields in by_point.items():
+            tagtext = ",".join(
+                f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
+            )
+            lines.append(f"{measurement}_{name},{tagtext} {','.join(fields)} {t}")
         for i in range(0, len(lines), 5000):
             await self._write(lines[i : i + 5000], ROLLUP_RP)
-        await self._write([mark_line(DONE, d.measurement, d.window, d.token)], ROLLUP_RP)
-        return len(rows)
 
     async def retain(self, now_ms: int) -> int:
         return 0  # InfluxDB's retention policies drop old shards
@@ -590,12 +657,15 @@ class RollupWorker:
         self.stats.oldest_dirty_ms = dirty[0].window if dirty else None
         done = 0
         cpu0 = time.process_time()
+        by_hour: dict[tuple[str, int], list[Dirty]] = {}
         for d in dirty:
-            if token_age_ms(d.token, now_ms) < self.settle_ms:
-                continue
-            self.stats.values_rolled += await self.store.recompute(d)
-            self.stats.windows_recomputed += 1
-            done += 1
+            if token_age_ms(d.token, now_ms) >= self.settle_ms:
+                by_hour.setdefault((d.measurement, d.window - d.window % HOUR), []).append(d)
+        for (measurement, hour), marks in sorted(by_hour.items(), key=lambda kv: kv[0][1]):
+            marks.sort(key=lambda d: d.window)
+            self.stats.values_rolled += await self.store.recompute(measurement, hour, marks)
+            self.stats.windows_recomputed += len(marks)
+            done += len(marks)
         self.stats.cpu_seconds += time.process_time() - cpu0
         self.stats.last_pass_ms = now_ms
         return done

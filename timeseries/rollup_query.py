@@ -57,6 +57,16 @@ class Segment:
     source: str  #: "raw", "1m" or "1h"
 
 
+class _AllDirty(frozenset[int]):
+    """Every window is dirty (no rollups to use)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL_DIRTY = _AllDirty()
+
+
 def allowed_sources(q: SeriesQuery) -> list[str]:
     """Rollups whose windows tile every bucket of ``q``, coarsest first."""
     return [
@@ -66,8 +76,9 @@ def allowed_sources(q: SeriesQuery) -> list[str]:
     ]
 
 
-def plan(q: SeriesQuery, dirty_hours: set[int] | frozenset[int]) -> list[Segment]:
-    """Segments covering ``[q.start, q.end)`` (see the module doc)."""
+def plan(q: SeriesQuery, dirty_minutes: set[int] | frozenset[int]) -> list[Segment]:
+    """Segments covering ``[q.start, q.end)`` (see the module doc); ``dirty_minutes``: the
+    minute windows of the metric's measurement awaiting recompute."""
     sources = allowed_sources(q)
     segs: list[Segment] = []
 
@@ -80,21 +91,20 @@ def plan(q: SeriesQuery, dirty_hours: set[int] | frozenset[int]) -> list[Segment
     pos, end = q.start_ms, q.end_ms
     if not sources:
         return [Segment(pos, end, "raw")]
+    everything = isinstance(dirty_minutes, _AllDirty)
+    dirty_hours = {m - m % HOUR for m in dirty_minutes} if not everything else dirty_minutes
     while pos < end:
         hour = pos - pos % HOUR
-        clean = hour not in dirty_hours
-        if clean and "1h" in sources and pos % HOUR == 0 and pos + HOUR <= end:
+        if "1h" in sources and pos % HOUR == 0 and pos + HOUR <= end and hour not in dirty_hours:
             add(pos, pos + HOUR, "1h")
             pos += HOUR
             continue
-        if clean and pos % MINUTE == 0 and pos + MINUTE <= end:
-            stop = min(hour + HOUR, end - end % MINUTE)
-            add(pos, stop, "1m")
-            pos = stop
-            continue
-        stop = min(hour + HOUR, end) if not clean else min(pos - pos % MINUTE + MINUTE, end)
-        add(pos, stop, "raw")
-        pos = stop
+        minute_end = pos - pos % MINUTE + MINUTE
+        if pos % MINUTE == 0 and minute_end <= end and pos not in dirty_minutes:
+            add(pos, minute_end, "1m")
+        else:
+            add(pos, min(minute_end, end), "raw")
+        pos = min(minute_end, end)
     return segs
 
 
@@ -491,14 +501,6 @@ class RollupReads:
                     "1-minute and 1-hour rollups exist: ask every as a multiple of 1m with "
                     "start on a whole minute, or start after the horizon",
                 )
-
-
-class _AllDirty(frozenset[int]):
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_ALL_DIRTY = _AllDirty()
 
 
 def open_partials(reader: Reader) -> PartialReader | None:

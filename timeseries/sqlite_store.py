@@ -72,7 +72,7 @@ class SqliteWriter:
                     if self._mark is not None:
                         upsert, token = self._mark
                         tok = token()
-                        windows = {(p.measurement, p.t - p.t % 3_600_000) for p in points}
+                        windows = {(p.measurement, p.t - p.t % 60_000) for p in points}
                         db.executemany(upsert, [(m, w, tok) for m, w in sorted(windows)])
                 except BaseException:
                     db.execute("ROLLBACK")

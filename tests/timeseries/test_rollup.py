@@ -33,7 +33,7 @@ from timeseries.rollup import (
     open_rollup_store,
     with_rollup_marks,
 )
-from timeseries.rollup_query import HorizonError, RollupReads, open_partials
+from timeseries.rollup_query import HorizonError, RollupReads, Segment, open_partials, plan
 from timeseries.schema import Point
 from timeseries.writer import Writer
 
@@ -233,7 +233,7 @@ def test_late_data_changes_its_hour_and_empty_windows_have_no_bucket(
             # delivered 3 days late, into that hour
             await r.write([(2, "pm25", hour + 50 * MINUTE, 20.0)])
             await r.reads.refresh()
-            assert hour in r.reads.dirty["environment"]  # marked before acknowledged
+            assert r.reads.dirty["environment"] == {hour + 50 * MINUTE}  # marked when stored
             await r.settle()
             rolled, raw, source = await r.both(q)
             assert source == "1h" and rolled == raw
@@ -245,7 +245,7 @@ def test_late_data_changes_its_hour_and_empty_windows_have_no_bucket(
     asyncio.run(main())
 
 
-def test_dirty_hours_answer_from_raw_until_recomputed(tmp_path: Path) -> None:
+def test_dirty_minutes_answer_from_raw_until_recomputed(tmp_path: Path) -> None:
     hour = now_hour() - 2 * HOUR
     q = SeriesQuery("pm25", hour, hour + HOUR, HOUR, "sum", {}, None)
 
@@ -256,7 +256,10 @@ def test_dirty_hours_answer_from_raw_until_recomputed(tmp_path: Path) -> None:
             await r.write([(0, "pm25", hour + 2 * MINUTE, 2.0)])
             await r.reads.refresh()
             rolled, raw, source = await r.both(q)
-            assert rolled == raw == [({}, [(hour, 3.0)])] and source == "raw"
+            # the hour is read from its clean minutes' rollups and the dirty minute's raw data
+            assert rolled == raw == [({}, [(hour, 3.0)])] and source == "1m"
+            segments = plan(q, r.reads.dirty["environment"])
+            assert Segment(hour + 2 * MINUTE, hour + 3 * MINUTE, "raw") in segments
 
     asyncio.run(main())
 
