@@ -5,16 +5,17 @@ and the time of that last value, so any ``mean`` is ``sum(sum) / sum(count)`` (n
 of means) and ``last`` across series picks the newest value.
 
 Which windows need work -- *dirty marks*: every write also records, in the same store and
-before the write is acknowledged, a mark per (measurement, hour) it touched, carrying a fresh
-token. The embedded store writes the marks in the data's own transaction; InfluxDB gets them
-as extra points in the data's own ``/write`` request (measurement ``_rollup_dirty``, at the
-hour's start). A window is *clean* when its recorded ``done`` token equals its mark's token.
-:class:`RollupWorker` (run by the ingestor) takes dirty hours, recomputes the hour's 60
-minute windows and its hour window from the raw readings, stores them, and then records the
-token it saw as done. A write that lands meanwhile replaces the token, so the window stays
-dirty and is done again: nothing late is missed, whatever the order of events. On InfluxDB a
-mark is only taken once it is :data:`SETTLE_MS` old, so that the data of its request, applied
-by the server with the mark, is readable when the hour is read back.
+before the write is acknowledged, a mark per (measurement, minute) it touched, carrying a
+fresh token. The embedded store writes the marks in the data's own transaction; InfluxDB gets
+them as extra points in the data's own ``/write`` request (measurement ``_rollup_dirty``, at
+the minute's start). A minute is *clean* when its recorded ``done`` token equals its mark's
+token; an hour when all its minutes are. :class:`RollupWorker` (run by the ingestor) takes the
+dirty minutes hour by hour, recomputes their minute windows from the raw readings and the
+hour window from the hour's minute windows, stores them, and then records the tokens it saw
+as done. A write that lands meanwhile replaces a token, so that minute stays dirty and is done
+again: nothing late is missed, whatever the order of events. A mark is only taken once it is
+:data:`SETTLE_MS` old: a minute being written is done once its writes stop, and on InfluxDB
+the data of the mark's request, applied by the server with the mark, is readable by then.
 
 Retention: InfluxDB keeps raw data in the database's default retention policy, altered to
 ``--retention-raw``, and rollups in the ``rollup`` policy (``--retention-rollup``), both
