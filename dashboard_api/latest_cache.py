@@ -27,7 +27,7 @@ from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS, METRICS
 from citysense.config import Settings, parse_retention
 from citysense.errors import PermanentError, RetryableError
 from timeseries.query import LatestValue, Reader
-from timeseries.rollup import HOUR
+from timeseries.rollup import HOUR, running
 from timeseries.rollup_query import RollupReads, open_partials
 
 log = logging.getLogger(__name__)
@@ -236,12 +236,9 @@ def open_rollup_reads(
 @contextlib.asynccontextmanager
 async def keep_latest(cache: LatestCache) -> AsyncIterator[LatestCache]:
     """Run the cache's loop for the lifetime of the context."""
-    task = asyncio.create_task(cache.run(), name="latest-cache")
     try:
-        yield cache
+        async with running(cache.run(), "latest-cache"):
+            yield cache
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         if cache.rollups is not None:
             await cache.rollups.partial.aclose()

@@ -31,7 +31,7 @@ import math
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from citysense.catalog import METRICS
 from citysense.config import Settings, parse_retention
 from citysense.errors import PermanentError, RetryableError
 from timeseries.connection import InfluxTarget, SqliteTarget, storage_target
+from timeseries.influxql import _num
 from timeseries.lineprotocol import LineSerializer
 from timeseries.schema import TAG_KEYS, Point
 from timeseries.writer import Writer, WriteResult
@@ -385,14 +386,6 @@ def rollup_fields(metric: str, w: Window) -> str:
 
 def _esc_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    return float(value)
 
 
 class InfluxRollupStore:
@@ -740,11 +733,20 @@ async def maintain_rollups(
         yield None
         return
     worker = RollupWorker(store)
-    task = asyncio.create_task(worker.run(), name="rollups")
     try:
-        yield worker
+        async with running(worker.run(), "rollups"):
+            yield worker
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``coro`` as a task for the lifetime of the context; cancelled on exit."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await store.close()

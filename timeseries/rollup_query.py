@@ -14,17 +14,14 @@ answered: :class:`HorizonError` (400, naming the horizon).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from citysense.errors import InputError, RetryableError
-from timeseries.influxql import InfluxQLReader, quote_ident, time_clause, where_filters
+from timeseries.influxql import InfluxQLReader, _num, quote_ident, time_clause, where_filters
 from timeseries.query import Reader, SeriesGroup, SeriesQuery, check_filters
 from timeseries.rollup import (
     DIRTY,
@@ -36,6 +33,7 @@ from timeseries.rollup import (
     WIDTHS,
     _tokens,
 )
+from timeseries.sqlite_query import SqliteReader
 
 #: group value -> bucket start -> partial aggregate
 Partials = dict[str, dict[int, tuple[float, ...]]]
@@ -272,14 +270,6 @@ class InfluxPartials:
         return None
 
 
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    return float(value)
-
-
 # --------------------------------------------------------------------------- embedded store
 
 _SQL_RAW = {
@@ -303,26 +293,16 @@ _SQL_ROLLUP = {
 class SqlitePartials:
     """Partial aggregates over the embedded store's ``samples`` and ``rollup_*`` tables."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+    def __init__(self, reader: SqliteReader) -> None:
+        self.reader = reader
 
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._conn is None:
-                if not self._path.exists():
-                    return []
-                self._conn = sqlite3.connect(
-                    f"file:{self._path}?mode=ro", uri=True, check_same_thread=False
-                )
-                self._conn.execute("PRAGMA busy_timeout = 5000")
-            try:
-                return self._conn.execute(sql, list(args)).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return []
-                raise RetryableError(f"embedded store: {exc}") from exc
+        try:
+            return self.reader._run(sql, args)
+        except RetryableError as exc:
+            if "no such table" in str(exc):
+                return []  # no rollups in this store (yet)
+            raise
 
     def _one(self, q: SeriesQuery, source: str) -> Partials:
         checked = check_filters(q.filters)
@@ -358,13 +338,7 @@ class SqlitePartials:
         return await asyncio.to_thread(run)
 
     async def aclose(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        await asyncio.to_thread(close)
+        return None  # the reader's connection is the reader's
 
 
 # --------------------------------------------------------------------------- the reads
@@ -505,10 +479,8 @@ class RollupReads:
 
 def open_partials(reader: Reader) -> PartialReader | None:
     """Partial reads for the store behind ``reader`` (None: rollups not supported)."""
-    from timeseries.sqlite_query import SqliteReader
-
     if isinstance(reader, InfluxQLReader):
         return InfluxPartials(reader)
     if isinstance(reader, SqliteReader):
-        return SqlitePartials(reader._path)
+        return SqlitePartials(reader)
     return None
