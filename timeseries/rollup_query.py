@@ -167,6 +167,7 @@ class InfluxPartials:
 
     def __init__(self, reader: InfluxQLReader) -> None:
         self.reader = reader
+        self._has_policy = False
 
     def _statements(self, q: SeriesQuery, source: str) -> list[str]:
         where, _ = where_filters(q.filters)
@@ -251,18 +252,20 @@ class InfluxPartials:
         return out
 
     async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
+        if not self._has_policy:
+            res = await self.reader._query(["SHOW RETENTION POLICIES"], {})
+            policies = {r[0] for s in res[0].get("series", []) for r in s.get("values", [])}
+            if ROLLUP_RP not in policies:
+                return None  # no rollups kept (yet)
+            self._has_policy = True
         span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
         res = await self.reader._query(
             [
                 f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement"',
                 f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"',
-                "SHOW RETENTION POLICIES",
             ],
             {},
         )
-        policies = {r[0] for s in res[2].get("series", []) for r in s.get("values", [])}
-        if ROLLUP_RP not in policies:
-            return None
         marks, done = _tokens(res[0]), _tokens(res[1])
         return {k: tok if done.get(k) != tok else -tok for k, tok in marks.items()}
 

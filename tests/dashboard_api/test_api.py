@@ -7,6 +7,7 @@ breakpoint table typed in test_analytics), never through the code under test.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -44,8 +45,14 @@ def get(api: ApiServer, path: str, **params: Any) -> Any:
 
 
 def test_health_and_catalog(api: ApiServer) -> None:
-    body = get(api, "/api/v1/health")
-    assert body["status"] == "ok" and body["version"]
+    """Healthy once the latest-value table is primed (503 "being primed" until then)."""
+    deadline = time.monotonic() + 20
+    with api.client() as c:
+        while (r := c.get("/api/v1/health")).status_code == 503:
+            assert "primed" in r.json()["detail"] and time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok" and body["version"]
     assert get(api, "/api/v1/catalog") == catalog_document()
 
 
