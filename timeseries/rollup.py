@@ -662,6 +662,9 @@ class RollupWorker:
             done += len(marks)
         self.stats.cpu_seconds += time.process_time() - cpu0
         self.stats.last_pass_ms = now_ms
+        waiting = [d.window for d in dirty if token_age_ms(d.token, now_ms) < self.settle_ms]
+        self.stats.dirty_windows = len(waiting)  # what this pass left for the next
+        self.stats.oldest_dirty_ms = min(waiting) if waiting else None
         return done
 
     async def drain(self, limit_s: float = 60.0) -> None:

@@ -238,6 +238,10 @@ def test_late_data_changes_its_hour_and_empty_windows_have_no_bucket(
             rolled, raw, source = await r.both(q)
             assert source == "1h" and rolled == raw
             assert rolled == [({}, [(hour - HOUR, 4.0), (hour, 15.0)])]
+            text = "\n".join(r.worker.exposition())
+            assert "citysense_rollup_windows_recomputed_total 3" in text  # 3 minute windows
+            assert "citysense_rollup_dirty_windows 0" in text
+            assert "citysense_rollup_lag_seconds 0.000" in text
             minute = replace(q, every_ms=MINUTE, agg="last", offset_ms=0)
             rolled, raw, source = await r.both(minute)
             assert source == "1m" and rolled == raw
