@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from citysense.errors import InputError, RetryableError
+from citysense.errors import InputError, PermanentError, RetryableError
 from timeseries.influxql import InfluxQLReader, _num, quote_ident, time_clause, where_filters
 from timeseries.query import Reader, SeriesGroup, SeriesQuery, check_filters
 from timeseries.rollup import (
@@ -253,7 +253,10 @@ class InfluxPartials:
 
     async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
         if not self._has_policy:
-            res = await self.reader._query(["SHOW RETENTION POLICIES"], {})
+            try:
+                res = await self.reader._query(["SHOW RETENTION POLICIES"], {})
+            except PermanentError:  # e.g. a 2.x compatibility endpoint: no rollups there
+                return None
             policies = {r[0] for s in res[0].get("series", []) for r in s.get("values", [])}
             if ROLLUP_RP not in policies:
                 return None  # no rollups kept (yet)
