@@ -126,3 +126,19 @@ def test_bad_usage_exits_2_with_one_line() -> None:
         timeout=60,
     )
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("cli", "needle"),
+    [
+        ({"retention_raw": "90x"}, "--retention-raw"),
+        ({"retention_raw": "0d"}, "--retention-raw"),
+        ({"retention_raw": "30d", "retention_rollup": "7d"}, "at least --retention-raw"),
+    ],
+)
+def test_bad_retention_is_a_config_error(cli: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings("ingest", cli, environ={})
+    assert needle in str(err.value)
+    ok = load_settings("ingest", {"retention_raw": "52w", "retention_rollup": "3650d"}, environ={})
+    assert (ok.retention_raw, ok.rollups) == ("52w", True)
