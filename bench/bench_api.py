@@ -288,7 +288,7 @@ def measure_size(size: Size, args: argparse.Namespace, section: Section, work: P
         settle_s = wait_for_quiet(influx)
         backfill_rollups(influx, size)
         log.info(
-            "%s: rollups of %d hour windows built in %.1f s (CPU: worker %.1f s, influxd %.1f s)",
+            "%s: rollups of %d minute windows built in %.1f s (CPU: worker %.1f s, influxd %.1f s)",
             size.label,
             size.windows,
             size.rollup_s,
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                     "µs/reading",
                     "",
                     None,
-                    f"{size.windows} hour windows in {size.rollup_s:.0f} s; worker "
+                    f"{size.windows} minute windows in {size.rollup_s:.0f} s; worker "
                     f"{size.rollup_cpu_s:.0f} s, influxd {size.rollup_influx_cpu_s:.0f} s CPU",
                     higher_is_better=False,
                 )
