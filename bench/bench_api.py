@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    sizes = [Size(int(n)) for n in args.sizes.split(",")]
+    sizes = [Size(int(n)) for n in args.sizes.split(",") if n.strip()]  # none: --ingest only
     if args.quick:
         sizes, args.days, args.requests = [Size(200)], 2.0, 20
     work = WORK_DIR / f"api-{int(time.time())}"

@@ -396,6 +396,7 @@ class InfluxRollupStore:
         self._client = httpx.AsyncClient(base_url=target.url, auth=auth, timeout=60.0)
         self.db = target.database
         self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
+        self._view = MarkView()
 
     async def _q(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
         params = {"db": self.db, "q": q, "epoch": "ms"}
@@ -476,14 +477,10 @@ class InfluxRollupStore:
         await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
 
     async def dirty(self, now_ms: int) -> list[Dirty]:
-        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
-        res = await self._q(
-            f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement";'
-            f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"'
-        )
-        marks, done = (_tokens(r) for r in res)
+        res = await self._q(";".join(self._view.statements(now_ms)))
+        marks = self._view.update(res, now_ms)
         return sorted(
-            (Dirty(m, w, tok) for (m, w), tok in marks.items() if done.get((m, w)) != tok),
+            (Dirty(m, w, tok) for (m, w), tok in marks.items() if tok > 0),
             key=lambda d: d.window,
         )
 
@@ -553,7 +550,49 @@ class InfluxRollupStore:
 
 
 def mark_line(name: str, measurement: str, window: int, token: int) -> str:
-    return f"{name},measurement={measurement} token={token}i {window}"
+    """A dirty mark (``token`` ≈ when written, in ns) or a done mark (``at``: when written)."""
+    at = f",at={time.time_ns()}i" if name == DONE else ""
+    return f"{name},measurement={measurement} token={token}i{at} {window}"
+
+
+#: Marks written up to this long before the last read are read again (clock skew between
+#: the hosts writing marks and the reader, in ns).
+MARK_MARGIN_NS = 600 * 10**9
+
+
+class MarkView:
+    """InfluxDB's dirty and done marks, kept current by reading only the marks written since
+    the last read (plus :data:`MARK_MARGIN_NS`): a refresh costs what changed, not every
+    mark of the last 8 days."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, int], int] = {}
+        self.done: dict[tuple[str, int], int] = {}
+        self.since: int | None = None
+        self._asked = 0
+
+    def statements(self, now_ms: int) -> list[str]:
+        self._asked = time.time_ns()
+        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
+        new_marks = f' AND "token" > {self.since}' if self.since is not None else ""
+        new_done = f' AND "at" > {self.since}' if self.since is not None else ""
+        return [
+            f'SELECT "token" FROM "{DIRTY}" WHERE {span}{new_marks} GROUP BY "measurement"',
+            f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span}{new_done} '
+            'GROUP BY "measurement"',
+        ]
+
+    def update(self, results: list[dict[str, Any]], now_ms: int) -> dict[tuple[str, int], int]:
+        """Fold in the answers to :meth:`statements`; every mark with its token, negative
+        when the window is clean."""
+        self.marks.update(_tokens(results[0]))
+        self.done.update(_tokens(results[1]))
+        oldest = now_ms - DIRTY_LOOKBACK_MS
+        for table in (self.marks, self.done):
+            for key in [k for k in table if k[1] < oldest]:
+                del table[key]
+        self.since = self._asked - MARK_MARGIN_NS
+        return {k: tok if self.done.get(k) != tok else -tok for k, tok in self.marks.items()}
 
 
 def _tokens(result: dict[str, Any]) -> dict[tuple[str, int], int]:

@@ -23,16 +23,7 @@ from typing import Any, Protocol
 from citysense.errors import InputError, PermanentError, RetryableError
 from timeseries.influxql import InfluxQLReader, _num, quote_ident, time_clause, where_filters
 from timeseries.query import Reader, SeriesGroup, SeriesQuery, check_filters
-from timeseries.rollup import (
-    DIRTY,
-    DIRTY_LOOKBACK_MS,
-    DONE,
-    HOUR,
-    MINUTE,
-    ROLLUP_RP,
-    WIDTHS,
-    _tokens,
-)
+from timeseries.rollup import HOUR, MINUTE, ROLLUP_RP, WIDTHS, MarkView
 from timeseries.sqlite_query import SqliteReader
 
 #: group value -> bucket start -> partial aggregate
@@ -168,6 +159,7 @@ class InfluxPartials:
     def __init__(self, reader: InfluxQLReader) -> None:
         self.reader = reader
         self._has_policy = False
+        self._view = MarkView()
 
     def _statements(self, q: SeriesQuery, source: str) -> list[str]:
         where, _ = where_filters(q.filters)
@@ -261,16 +253,8 @@ class InfluxPartials:
             if ROLLUP_RP not in policies:
                 return None  # no rollups kept (yet)
             self._has_policy = True
-        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
-        res = await self.reader._query(
-            [
-                f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement"',
-                f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"',
-            ],
-            {},
-        )
-        marks, done = _tokens(res[0]), _tokens(res[1])
-        return {k: tok if done.get(k) != tok else -tok for k, tok in marks.items()}
+        res = await self.reader._query(self._view.statements(now_ms), {})
+        return self._view.update(res, now_ms)
 
     async def aclose(self) -> None:
         return None
