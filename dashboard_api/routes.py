@@ -27,7 +27,14 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from analytics.aqi import POLLUTANTS, AqiResult, Standard, compute_aqi, window_means
+from analytics.aqi import (
+    DEFAULT_STANDARD,
+    POLLUTANTS,
+    AqiResult,
+    Standard,
+    compute_aqi,
+    window_means,
+)
 from analytics.congestion import (
     CounterWindow,
     district_congestion,
@@ -46,9 +53,11 @@ from citysense.catalog import (
     KINDS,
     MAX_FUTURE_SKEW_MS,
     METRICS,
+    Domain,
     catalog_document,
 )
 from citysense.errors import RetryableError
+from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Device, Registry
 from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
@@ -60,6 +69,7 @@ from dashboard_api.parameters import (
     parse_time,
     rfc3339,
 )
+from dashboard_api.quality import QualityMonitor, exclude_flagged, excluded_out
 from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
 from timeseries.rollup_query import RollupReads
 
@@ -70,7 +80,6 @@ HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
-Domain = Literal["environment", "traffic", "utility", "device_health"]
 if TYPE_CHECKING:
     MetricName = str
     KindName = str
@@ -79,11 +88,10 @@ else:  # enums in OpenAPI, built from the catalog
     KindName = Literal[tuple(KINDS)]
 AggName = Literal["mean", "min", "max", "sum", "count", "last"]
 GroupName = Literal["district", "device", "site"]
-StandardName = Literal["hj633-2012", "hj633-2026", "us-epa"]
 StatusName = Literal["online", "stale", "offline"]
 
-_PLACE = r"^[a-z0-9_-]{1,48}$"
-_DEVICE = r"^[A-Za-z0-9:._-]{1,96}$"
+_PLACE = f"^{PLACE_ID_RE.pattern}$"
+_DEVICE = f"^{DEVICE_ID_RE.pattern}$"
 DistrictQ = Annotated[str | None, Query(pattern=_PLACE, description="district id")]
 SiteQ = Annotated[str | None, Query(pattern=_PLACE, description="site id")]
 DeviceQ = Annotated[str | None, Query(pattern=_DEVICE, description="device id (operators only)")]
@@ -115,6 +123,7 @@ class ApiContext:
     point_limit: int
     clock: Callable[[], float]  #: seconds since the epoch
     timezone: str = "UTC"  #: the city's time zone (local-time analytics)
+    quality: QualityMonitor | None = None  #: data-quality flags (flagged readings left out)
     latest: LatestCache | None = None  #: the live latest-value table
     rollups: RollupReads | None = None  #: series from rollups
 
@@ -391,11 +400,14 @@ async def district_aqi(
                 if 0 <= k < 24:
                     values[k] = v
             hourly[g.group["district"]][pollutant] = values
+    # the same 24 clock hours (its newest bucket: the hour holding ``at``)
+    excluded = await exclude_flagged(ctx.reader, ctx.quality, hourly, hour_end, DAY, district)
     out = []
     for name in sorted(hourly):
         conc = {p: window_means(v) for p, v in hourly[name].items()}
         hours = {p: sum(x is not None for x in v) for p, v in hourly[name].items()}
         out.append(_aqi_out(name, compute_aqi(conc, standard), hours))
+        out[-1].excluded = excluded.get(name, [])
     return out
 
 
@@ -411,7 +423,7 @@ async def aqi(
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     at: TimeQ = None,
-    standard: StandardName = "hj633-2012",
+    standard: Standard = DEFAULT_STANDARD,
 ) -> models.AqiResponse:
     ctx = context(request)
     at_ms = _at(ctx, at)
@@ -479,6 +491,7 @@ async def devices(
     seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms, at)
     out: list[models.Device] = []
     registry: Mapping[str, Device] = ctx.registry or {}
+    flagged = ctx.quality.open_by_device() if ctx.quality is not None else {}
     for dev_id in sorted(set(seen) | set(registry)):
         reg = registry.get(dev_id)
         s = seen.get(dev_id)
@@ -507,6 +520,10 @@ async def devices(
                 snr=values.get("snr"),
                 ecl=values.get("ecl"),
                 registered=reg is not None,
+                flags=[
+                    models.FlagBrief(metric=f.metric, reason=f.reason, since=rfc3339(f.since))
+                    for f in flagged.get(dev_id, [])
+                ],
             )
         )
     out.sort(key=lambda d: (_STATUS_ORDER[d.status], d.device))
@@ -527,7 +544,7 @@ async def districts(
     request: Request,
     principal: CurrentPrincipal,
     at: TimeQ = None,
-    standard: StandardName = "hj633-2012",
+    standard: Standard = DEFAULT_STANDARD,
 ) -> models.DistrictList:
     ctx = context(request)
     at_ms = _at(ctx, at)
@@ -617,6 +634,8 @@ async def congestion(
     speeds, occs, vehs = last_of(speed), last_of(occ), last_of(veh)
     hist_by = {g.group["device"]: tuple(v for _, v in g.points) for g in hist}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("avg_speed", "occupancy", "vehicle_count"), at_ms - win, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     counters = [
         CounterWindow(
             dev,
@@ -635,6 +654,7 @@ async def congestion(
         window=format_duration(win),
         districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
         sites=[models.CongestionOut(**asdict(c)) for c in sites],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
 
 
@@ -684,6 +704,8 @@ async def leaks(
     flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}
     night_by = {g.group["device"]: min(v for _, v in g.points) for g in nights if g.points}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("water_volume", "water_flow"), first, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     meters = [
         MeterEvidence(dev, dist, site, flag_by.get(dev, 0), night_by.get(dev))
         for dev, (dist, site) in sorted(places.items())
@@ -707,7 +729,18 @@ async def leaks(
             )
             for v in verdicts
         ],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
+
+
+def _flagged(
+    ctx: ApiContext, metrics: tuple[str, ...], start_ms: int, end_ms: int
+) -> dict[str, list[models.ExcludedOut]]:
+    """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
+    out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
+    for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
+        out[f.device].append(excluded_out(f))
+    return out
 
 
 # --------------------------------------------------------------------------- page, metrics

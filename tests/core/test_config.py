@@ -128,6 +128,13 @@ def test_bad_usage_exits_2_with_one_line() -> None:
     assert result.returncode == 2
 
 
+def test_every_command_resolves_to_its_entry() -> None:
+    from citysense.cli import resolve_entry
+
+    for command in ENTRY_POINTS:
+        assert callable(resolve_entry(command)), command
+
+
 @pytest.mark.parametrize(
     ("cli", "needle"),
     [
