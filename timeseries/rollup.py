@@ -502,6 +502,8 @@ class InfluxRollupStore:
 
     async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
         first, last = dirty[0].window, dirty[-1].window + MINUTE
+        if last - first >= HOUR // 2:  # read the whole hour: its minutes then give the hour
+            first, last = hour, hour + HOUR
         rows: list[tuple[tuple[str, ...], str, int, float]] = []
         for key, _, t, values, cols in await self._rows(measurement, first, last):
             for name, value in zip(cols, values, strict=False):
@@ -511,11 +513,16 @@ class InfluxRollupStore:
         rows.sort(key=lambda r: r[2])
         minutes = aggregate(rows, MINUTE)
         await self._write_rollups(measurement, "1m", minutes)
-        # the hour from its minutes: those just written and the others already stored
+        # the hour from its minutes: when the whole hour was read, those just computed; else
+        # those just written and the others already stored
         windows: list[tuple[tuple[str, ...], str, int, Window]] = []
-        for key, _, t, values, cols in await self._rows(
-            f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP
-        ):
+        whole = first == hour and last == hour + HOUR
+        stored = (
+            [] if whole else await self._rows(f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP)
+        )
+        if whole:
+            windows = [(tags, metric, t, w) for (tags, metric, t), w in minutes.items()]
+        for key, _, t, values, cols in stored:
             rec = dict(zip(cols, values, strict=False))
             for metric, spec in METRICS.items():
                 if spec.domain == measurement and rec.get(f"{metric}_count") is not None:
