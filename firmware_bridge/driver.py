@@ -46,6 +46,12 @@ from firmware_bridge.transport import ByteStream, TransportError
 
 log = logging.getLogger(__name__)
 
+#: the remote address a socket opened by a peer-fixing dialect starts with (any)
+ANY_PEER = ("0.0.0.0", 0)
+#: retries of a command the module answered "busy", and the pause before the first
+BUSY_RETRIES = 4
+BUSY_PAUSE = 0.05
+
 
 class ModuleError(CitysenseError):
     """The module misbehaved or refused."""
@@ -153,7 +159,10 @@ class ModuleDriver:
             "timeouts": 0,
             "echoes": 0,
             "boot_episodes": 0,
+            "busy": 0,
         }
+        #: open sockets: id -> (local port, remote address fixed at open)
+        self._sockets: dict[int, tuple[int, tuple[str, int]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -440,8 +449,11 @@ class ModuleDriver:
         else:
             await self.command(f'AT+CEDRXS=1,5,"{edrx_code(cycle_s)}"')
 
-    async def open_socket(self, port: int) -> int:
-        """Close stale sockets, open a UDP socket on ``port``; its id."""
+    async def open_socket(self, port: int, peer: tuple[str, int] = ANY_PEER) -> int:
+        """Close stale sockets, open a UDP socket on local ``port``; its id.
+
+        ``peer``: the remote address of dialects that fix it at open (BC66 ``"UDP"``).
+        """
         d = self.dialect
         for stale in d.socket_ids:
             try:
@@ -449,19 +461,31 @@ class ModuleDriver:
             except (CommandError, CommandTimeoutError):
                 pass
         if d.open_socket_by_urc:
-            waiter = asyncio.ensure_future(
-                self.wait_urc(d.open_socket_re, self.timings.socket_open)
+            sock = await self._open_by_urc(port, peer)
+        else:
+            sock = await self._open_by_answer(port)
+        self._sockets[sock] = (port, peer)
+        return sock
+
+    async def _open_by_urc(self, port: int, peer: tuple[str, int]) -> int:
+        d = self.dialect
+        waiter = asyncio.ensure_future(self.wait_urc(d.open_socket_re, self.timings.socket_open))
+        try:
+            command = d.open_socket.format(
+                sock=d.socket_ids[0], port=port, ip=peer[0], rport=peer[1]
             )
-            try:
-                await self.command(d.open_socket.format(sock=d.socket_ids[0], port=port))
-                urc = await waiter
-            finally:
-                waiter.cancel()
-            m = d.open_socket_re.match(urc.line)
-            assert m is not None
-            if m.group("err") != "0":
-                raise ModuleError(f"socket open failed: {urc.line}")
-            return int(m.group("sock"))
+            await self.command(command)
+            urc = await waiter
+        finally:
+            waiter.cancel()
+        m = d.open_socket_re.match(urc.line)
+        assert m is not None
+        if m.group("err") != "0":
+            raise ModuleError(f"socket open failed: {urc.line}")
+        return int(m.group("sock"))
+
+    async def _open_by_answer(self, port: int) -> int:
+        d = self.dialect
         # not retried: a second open after a lost answer would leave two sockets
         lines = await self.ok(d.open_socket.format(port=port), retries=0)
         for line in lines:
@@ -484,7 +508,7 @@ class ModuleDriver:
         assert d.read is not None and d.read_re is not None
         command = d.read.format(sock=sock, max=limit or d.max_datagram)
         try:
-            lines = (await self.command(command, recover=False)).lines
+            lines = (await self._busy_retried(command, recover=False)).lines
         except (CommandTimeoutError, CommandError) as exc:
             # the data line may have come through although its final result did not
             lines = exc.lines
@@ -542,21 +566,49 @@ class ModuleDriver:
     def is_data_announcement(self, urc: Urc) -> bool:
         return self.dialect.recv_mode == "read" and bool(self.dialect.data_urc.match(urc.line))
 
-    async def send_datagram(self, sock: int, remote: str, payload: bytes) -> None:
+    async def send_datagram(self, sock: int, remote: str, payload: bytes) -> int:
+        """Send one datagram to ``remote`` (``ip:port``); the socket id it went through
+        (a dialect that fixes the peer at open reopens its socket for a new peer)."""
         d = self.dialect
         if len(payload) > d.max_datagram:
             raise ModuleError(f"datagram of {len(payload)} bytes exceeds {d.max_datagram}")
         ip, _, port = remote.rpartition(":")
+        if d.send_reopen and self._sockets.get(sock, (0, ANY_PEER))[1] != (ip, int(port)):
+            local = self._sockets.get(sock, (0, ANY_PEER))[0]
+            sock = await self.open_socket(local, (ip, int(port)))
         hexdata = payload.hex().upper()
         length = len(hexdata) if d.send_len_unit == "hex" else len(payload)
         if d.send_connect is not None:
             await self.command(d.send_connect.format(sock=sock, ip=ip, port=port))
         command = d.send.format(sock=sock, ip=ip, port=port, len=length, hex=hexdata)
-        await self.command(
+        await self._busy_retried(
             command,
             self.timings.command if not d.send_result else self.timings.socket_open,
             await_send_result=d.send_result,
         )
+        return sock
+
+    async def _busy_retried(
+        self,
+        command: str,
+        within: float | None = None,
+        *,
+        await_send_result: bool = False,
+        recover: bool = True,
+    ) -> Response:
+        """``command``, again after a short pause while the module answers it is busy
+        (``retry_codes``: BC95 ``+CME ERROR: 159/536/537``)."""
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return await self.command(
+                    command, within, await_send_result=await_send_result, recover=recover
+                )
+            except CommandError as exc:
+                if exc.code not in self.dialect.retry_codes or attempt == BUSY_RETRIES:
+                    raise
+                self.counters["busy"] += 1
+                await asyncio.sleep(BUSY_PAUSE * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 def _first_match(pattern: re.Pattern[str], lines: Iterable[str]) -> str:

@@ -161,6 +161,26 @@ def test_clean_module_identity_radio_datagrams_and_send(dialect: str) -> None:
     asyncio.run(main())
 
 
+def test_bc95_busy_answers_are_retried_for_reads_and_sends() -> None:
+    async def main() -> None:
+        with module("bc95", busy=0.4) as sim:
+            async with running(sim) as run:
+                sent = [payload(i) for i in range(20)]
+                for p in sent:
+                    assert await inject(sim, p, "203.0.113.9:40123")
+                await until(lambda: len(run.datagrams) >= 20, 20, "20 datagrams")
+                assert run.payloads() == sent
+                for i in range(5):
+                    await run.source.send("203.0.113.5:5683", b"ack%d" % i)
+                assert [p for _, p in sim.sent] == [b"ack%d" % i for i in range(5)]
+                assert sim.stats["busy"] > 0
+                driver = run.source.driver
+                assert driver is not None and driver.counters["busy"] > 0
+                assert run.source.health["reboots"] == 0
+
+    asyncio.run(main())
+
+
 def test_bc95_operator_platform_downlink_arrives_as_a_datagram() -> None:
     async def main() -> None:
         with module("bc95") as sim:
@@ -369,6 +389,7 @@ ALL_FAULTS = {
     "deregister": 0.01,
     "junk": 0.02,
     "vanish": 0.005,
+    "busy": 0.05,
 }
 
 
