@@ -4,71 +4,43 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 from mqtt_broker.codec import (
     PINGRESP_BYTES,
     encode_ack,
-    encode_connack,
-    encode_disconnect,
     encode_suback,
     encode_unsuback,
 )
+from mqtt_broker.connect import Connector
 from mqtt_broker.constants import (
-    _VARINT_MAX,
-    ASSIGNED_CLIENT_IDENTIFIER,
-    AUTHENTICATION_METHOD,
-    BAD_AUTHENTICATION_METHOD,
-    CLIENT_ID_NOT_VALID,
-    CONNECT,
-    DISCONNECT_WITH_WILL,
     KEEP_ALIVE_TIMEOUT,
-    MAXIMUM_PACKET_SIZE,
     MQTT_5,
-    MQTT_311,
     NEVER_EXPIRES,
     NO_SUBSCRIPTION_EXISTED,
+    NOT_AUTHORIZED,
     PROTOCOL_ERROR,
     PUBACK,
     PUBCOMP,
     PUBREC,
     PUBREL,
-    REASON_STRING,
-    RECEIVE_MAXIMUM,
-    RETAIN_AVAILABLE,
     SERVER_SHUTTING_DOWN,
-    SESSION_EXPIRY_INTERVAL,
-    SESSION_TAKEN_OVER,
-    SHARED_SUBSCRIPTION_AVAILABLE,
     SUBSCRIPTION_IDENTIFIER,
-    SUBSCRIPTION_IDENTIFIER_AVAILABLE,
     SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
     SUCCESS,
     TOPIC_ALIAS,
     TOPIC_ALIAS_INVALID,
-    TOPIC_ALIAS_MAXIMUM,
-    UNSUPPORTED_PROTOCOL_VERSION,
-    V3_IDENTIFIER_REJECTED,
     V3_SUBSCRIBE_FAILURE,
-    V3_UNACCEPTABLE_PROTOCOL_VERSION,
-    WILDCARD_SUBSCRIPTION_AVAILABLE,
-    WILL_DELAY_INTERVAL,
-    Properties,
     ProtocolError,
 )
 from mqtt_broker.packets import (
     Ack,
-    Disconnect,
     PingReq,
     Publish,
     Subscribe,
     Unsubscribe,
-    decode_connect,
     decode_packet,
-    sniff_version,
 )
-from mqtt_broker.router import Router
 from mqtt_broker.session import (
     BrokerConfig,
     BrokerStats,
@@ -78,6 +50,7 @@ from mqtt_broker.session import (
     Session,
     SharedGroup,
     Subscription,
+    WarningThrottle,
 )
 from mqtt_broker.topics import (
     split_shared,
@@ -89,7 +62,7 @@ from mqtt_broker.topics import (
 log = logging.getLogger("mqtt_broker")
 
 
-class BrokerCore(Router):
+class BrokerCore(Connector):
     """The broker's state and rules, without I/O or an event loop."""
 
     def __init__(
@@ -105,6 +78,7 @@ class BrokerCore(Router):
         #: client id -> (when, Will) of Wills waiting out their Will Delay Interval
         self.delayed_wills: dict[str, tuple[float, Message]] = {}
         self._drops_logged = 0
+        self.warnings = WarningThrottle(clock, self.config.warning_interval)
 
     # ---- connections
 
@@ -116,8 +90,15 @@ class BrokerCore(Router):
         buffered: Callable[[], int] | None = None,
     ) -> Connection:
         conn = Connection(self, send, close, peer, buffered)
-        self.connections.add(conn)
         self.stats.connections_total += 1
+        if len(self.connections) >= self.config.max_connections:
+            self.stats.connections_refused += 1
+            self.warnings.warn(
+                f"connection from {peer} refused: {self.config.max_connections} already open"
+            )
+            conn.close()
+            return conn
+        self.connections.add(conn)
         return conn
 
     def connection_lost(self, conn: Connection) -> None:
@@ -149,19 +130,6 @@ class BrokerCore(Router):
         elif session.expiry != NEVER_EXPIRES:
             session.expires_at = self.clock() + session.expiry
 
-    def protocol_error(self, conn: Connection, exc: ProtocolError) -> None:
-        self.stats.protocol_errors += 1
-        log.warning("%r broke the MQTT protocol: %s; closing its connection", conn, exc)
-        if conn.version == MQTT_5:
-            conn.write(encode_disconnect(exc.reason_code, str(exc)))
-        conn.close()
-
-    def disconnect(self, conn: Connection, reason: int, text: str) -> None:
-        """Close ``conn`` from the broker's side (v5: with a DISCONNECT first)."""
-        if conn.version == MQTT_5:
-            conn.write(encode_disconnect(reason, text))
-        conn.close()
-
     def handle_frame(self, conn: Connection, first: int, body: bytes) -> None:
         if conn.keepalive:
             conn.deadline = self.clock() + conn.keepalive * 1.5
@@ -190,7 +158,7 @@ class BrokerCore(Router):
         now = self.clock()
         for conn in list(self.connections):
             if conn.deadline is not None and now > conn.deadline and not conn.closing:
-                log.warning("%r: keep-alive timeout; closing its connection", conn)
+                self.warnings.warn(f"{conn!r}: keep-alive timeout; closing its connection")
                 self.disconnect(conn, KEEP_ALIVE_TIMEOUT, "keep alive timeout")
         for session in list(self.sessions.values()):
             if (
@@ -205,6 +173,7 @@ class BrokerCore(Router):
                 del self.delayed_wills[client_id]
                 self._publish_delayed_will(client_id, will)
         self._log_drops()
+        self.warnings.flush()
 
     def shutdown(self) -> None:
         """Tell every client the server is going away and close every connection."""
@@ -213,150 +182,6 @@ class BrokerCore(Router):
             self.disconnect(conn, SERVER_SHUTTING_DOWN, "server shutting down")
         self.delayed_wills.clear()
         self._log_drops()
-
-    # ---- CONNECT
-
-    def _on_connect(self, conn: Connection, first: int, body: bytes) -> None:
-        if first >> 4 != CONNECT:
-            raise ProtocolError(PROTOCOL_ERROR, "the first packet must be CONNECT")
-        version = sniff_version(body)
-        try:
-            pkt = decode_connect(first & 0x0F, body)
-        except ProtocolError as exc:
-            self.stats.protocol_errors += 1
-            log.warning("%r sent a bad CONNECT: %s", conn, exc)
-            if version == MQTT_5:
-                conn.write(
-                    encode_connack(MQTT_5, False, exc.reason_code, {REASON_STRING: str(exc)})
-                )
-            elif exc.reason_code == UNSUPPORTED_PROTOCOL_VERSION:
-                conn.write(encode_connack(MQTT_311, False, V3_UNACCEPTABLE_PROTOCOL_VERSION))
-            conn.close()
-            return
-        v5 = pkt.version == MQTT_5
-
-        def refuse(v5_code: int, v3_code: int | None, text: str) -> None:
-            self.stats.protocol_errors += 1
-            log.warning("%r: CONNECT refused: %s", conn, text)
-            if v5:
-                conn.write(encode_connack(MQTT_5, False, v5_code, {REASON_STRING: text}))
-            elif v3_code is not None:
-                conn.write(encode_connack(MQTT_311, False, v3_code))
-            conn.close()
-
-        props = pkt.properties
-        if AUTHENTICATION_METHOD in props:
-            refuse(BAD_AUTHENTICATION_METHOD, None, "enhanced authentication is not supported")
-            return
-        if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
-            refuse(PROTOCOL_ERROR, None, "Receive Maximum and Maximum Packet Size must not be 0")
-            return
-        if pkt.will is not None:
-            try:
-                validate_topic_name(pkt.will.topic)
-            except ProtocolError as exc:
-                refuse(exc.reason_code, None, f"Will: {exc}")
-                return
-        client_id = pkt.client_id
-        assigned: str | None = None
-        if not client_id:
-            if not v5 and not pkt.clean_start:
-                refuse(
-                    CLIENT_ID_NOT_VALID,
-                    V3_IDENTIFIER_REJECTED,
-                    "empty client id needs a clean session",
-                )
-                return
-            client_id = assigned = "auto-" + uuid.uuid4().hex
-        now = self.clock()
-        conn.version = pkt.version
-        conn.client_id = client_id
-        conn.keepalive = pkt.keepalive
-        conn.deadline = now + pkt.keepalive * 1.5 if pkt.keepalive else None
-        if v5:
-            conn.receive_maximum = props.get(RECEIVE_MAXIMUM, 65535)
-            conn.max_packet_size = props.get(MAXIMUM_PACKET_SIZE, _VARINT_MAX)
-            expiry = props.get(SESSION_EXPIRY_INTERVAL, 0)
-        else:
-            expiry = 0 if pkt.clean_start else NEVER_EXPIRES
-        if pkt.will is not None:
-            w = pkt.will
-            conn.will = self._message(
-                w.topic, w.payload, w.qos, w.retain, w.properties, client_id, now
-            )
-            conn.will_delay = w.properties.get(WILL_DELAY_INTERVAL, 0)
-
-        session = self.sessions.get(client_id)
-        if session is not None and session.conn is not None:
-            self._take_over(session.conn, resumed=not pkt.clean_start)
-        if (
-            session is not None
-            and session.conn is None
-            and session.expires_at is not None
-            and now >= session.expires_at
-        ):
-            self._end_session(session)
-            session = None
-        if session is not None and pkt.clean_start:
-            self._end_session(session)
-            session = None
-        # back before its delayed Will was due: the Will is not sent (MQTT 3.1.3.2.2)
-        self.delayed_wills.pop(client_id, None)
-        present = session is not None
-        if session is None:
-            session = Session(client_id, expiry)
-            self.sessions[client_id] = session
-        session.expiry = expiry
-        session.expires_at = None
-        session.conn = conn
-        conn.session = session
-        log.debug(
-            "%r connected (MQTT %s, session %s, expiry %s)",
-            conn,
-            "5.0" if v5 else "3.1.1",
-            "resumed" if present else "new",
-            expiry,
-        )
-        ack_props: Properties = {}
-        if v5:
-            ack_props = {
-                RETAIN_AVAILABLE: 1,
-                MAXIMUM_PACKET_SIZE: self.config.max_packet_size,
-                TOPIC_ALIAS_MAXIMUM: 0,
-                WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
-                SUBSCRIPTION_IDENTIFIER_AVAILABLE: 0,
-                SHARED_SUBSCRIPTION_AVAILABLE: 1,
-            }
-            if assigned:
-                ack_props[ASSIGNED_CLIENT_IDENTIFIER] = assigned
-        conn.write(encode_connack(pkt.version, present, SUCCESS, ack_props))
-        for pid, delivery in list(session.inflight.items()):
-            self.stats.redelivered += 1
-            self._transmit(session, conn, delivery, pid, dup=True)
-        self._pump(session)
-
-    def _take_over(self, old: Connection, resumed: bool) -> None:
-        self.stats.takeovers += 1
-        log.info("%r: session taken over by a new connection", old)
-        if old.will is not None and not (old.will_delay and resumed):
-            self._publish_will(old)
-        old.will = None
-        if old.session is not None:
-            old.session.conn = None
-        old.session = None
-        self.disconnect(old, SESSION_TAKEN_OVER, "session taken over")
-
-    def _on_disconnect(self, conn: Connection, pkt: Disconnect) -> None:
-        session = conn.session
-        if SESSION_EXPIRY_INTERVAL in pkt.properties and session is not None:
-            new_expiry = pkt.properties[SESSION_EXPIRY_INTERVAL]
-            if session.expiry == 0 and new_expiry:
-                raise ProtocolError(PROTOCOL_ERROR, "Session Expiry set in DISCONNECT after 0")
-            session.expiry = new_expiry
-        conn.clean = pkt.reason_code != DISCONNECT_WITH_WILL
-        if conn.clean:
-            conn.will = None
-        conn.close()
 
     # ---- PUBLISH and acknowledgements
 
@@ -371,36 +196,36 @@ class BrokerCore(Router):
             )
         validate_topic_name(pkt.topic)
         self.stats.messages_received += 1
+        allowed = conn.user is None or conn.user.may_publish(pkt.topic)
+        if not allowed:
+            # as Mosquitto: v5 learns "not authorized", 3.1.1 gets its normal ack (the
+            # protocol has no refusal) and the message is dropped either way
+            self.stats.not_authorized += 1
+            self.warnings.warn(f"{conn!r} may not publish on {pkt.topic!r}: dropped")
+        reason = SUCCESS if allowed or conn.version != MQTT_5 else NOT_AUTHORIZED
         if pkt.qos == 2:
             duplicate = pkt.packet_id in session.inbound_qos2
-            session.inbound_qos2.add(pkt.packet_id)
-            if not duplicate:
-                self.publish_message(
-                    self._message(
-                        pkt.topic,
-                        pkt.payload,
-                        2,
-                        pkt.retain,
-                        pkt.properties,
-                        conn.client_id or "",
-                        self.clock(),
-                    )
-                )
-            conn.write(encode_ack(PUBREC, conn.version, pkt.packet_id))
+            if reason == SUCCESS:
+                session.inbound_qos2.add(pkt.packet_id)
+            if allowed and not duplicate:
+                self.publish_message(self._message_of(conn, pkt))
+            conn.write(encode_ack(PUBREC, conn.version, pkt.packet_id, reason))
             return
-        self.publish_message(
-            self._message(
-                pkt.topic,
-                pkt.payload,
-                pkt.qos,
-                pkt.retain,
-                pkt.properties,
-                conn.client_id or "",
-                self.clock(),
-            )
-        )
+        if allowed:
+            self.publish_message(self._message_of(conn, pkt))
         if pkt.qos == 1:
-            conn.write(encode_ack(PUBACK, conn.version, pkt.packet_id))
+            conn.write(encode_ack(PUBACK, conn.version, pkt.packet_id, reason))
+
+    def _message_of(self, conn: Connection, pkt: Publish) -> Message:
+        return self._message(
+            pkt.topic,
+            pkt.payload,
+            pkt.qos,
+            pkt.retain,
+            pkt.properties,
+            conn.client_id or "",
+            self.clock(),
+        )
 
     def _on_ack(self, conn: Connection, pkt: Ack) -> None:
         session = conn.session
@@ -433,8 +258,13 @@ class BrokerCore(Router):
                 group, flt = split_shared(req.filter)
                 validate_topic_filter(flt)
             except ProtocolError as exc:
-                log.warning("%r: subscription refused: %s", conn, exc)
+                self.warnings.warn(f"{conn!r}: subscription refused: {exc}")
                 codes.append(exc.reason_code if v5 else V3_SUBSCRIBE_FAILURE)
+                continue
+            if conn.user is not None and not conn.user.may_subscribe(req.filter):
+                self.stats.not_authorized += 1
+                self.warnings.warn(f"{conn!r} may not subscribe to {req.filter!r}")
+                codes.append(NOT_AUTHORIZED if v5 else V3_SUBSCRIBE_FAILURE)
                 continue
             if group is not None and req.no_local:
                 raise ProtocolError(PROTOCOL_ERROR, "No Local on a shared subscription")

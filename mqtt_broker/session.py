@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ from mqtt_broker.constants import (
 )
 
 if TYPE_CHECKING:
+    from mqtt_broker.auth import User
     from mqtt_broker.core import BrokerCore
 
 log = logging.getLogger("mqtt_broker")
@@ -36,6 +37,13 @@ class BrokerConfig:
     connect_timeout: float = 10.0
     #: bytes written to a client but not yet taken by it, above which QoS 0 is dropped.
     max_write_buffer: int = 64 * 1024 * 1024
+    #: user name -> :class:`~mqtt_broker.auth.User`; when not empty, anonymous clients are
+    #: refused and every publish and subscription is checked against the user's ACL.
+    users: Mapping[str, User] = field(default_factory=dict, hash=False)
+    #: open connections at most; more are closed at once (counted).
+    max_connections: int = 1000
+    #: seconds between summary lines of repeated warnings (bad packets, refusals).
+    warning_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +106,15 @@ class Session:
         "inbound_qos2",
         "inflight",
         "next_id",
+        "owner",
         "queue",
         "subscriptions",
     )
 
-    def __init__(self, client_id: str, expiry: int) -> None:
+    def __init__(self, client_id: str, expiry: int, owner: str | None = None) -> None:
         self.client_id = client_id
+        #: the user the client id belongs to (``None``: no users configured)
+        self.owner = owner
         self.expiry = expiry
         self.expires_at: float | None = None
         self.subscriptions: dict[str, Subscription] = {}
@@ -140,6 +151,9 @@ class BrokerStats:
     wills_published: int = 0
     protocol_errors: int = 0
     takeovers: int = 0
+    auth_failures: int = 0
+    not_authorized: int = 0
+    connections_refused: int = 0
 
 
 class Connection:
@@ -160,6 +174,7 @@ class Connection:
         "peer",
         "receive_maximum",
         "session",
+        "user",
         "version",
         "will",
         "will_delay",
@@ -183,6 +198,7 @@ class Connection:
         self.version = 0  # 0 until CONNECT is accepted
         self.client_id: str | None = None
         self.session: Session | None = None
+        self.user: User | None = None
         self.will: Message | None = None
         self.will_delay = 0
         self.keepalive = 0
@@ -218,3 +234,45 @@ class Connection:
         if not self.closing:
             self.closing = True
             self._close()
+
+
+class WarningThrottle:
+    """Repeated warnings as one line per interval: the first at once, then a summary of what
+    came since (how many, and the last one)."""
+
+    def __init__(self, clock: Callable[[], float], interval: float) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last_logged: float | None = None
+        self._pending = 0
+        self._last_text = ""
+
+    def warn(self, text: str) -> None:
+        now = self.clock()
+        if self._last_logged is None or now - self._last_logged >= self.interval:
+            self._emit(now)
+            log.warning("%s", text)
+            self._last_logged = now
+            return
+        self._pending += 1
+        self._last_text = text
+
+    def flush(self) -> None:
+        """Log the summary if one is due (called from the broker's tick)."""
+        now = self.clock()
+        if self._pending and (
+            self._last_logged is None or now - self._last_logged >= self.interval
+        ):
+            self._emit(now)
+            self._last_logged = now
+
+    def _emit(self, now: float) -> None:
+        if self._pending:
+            since = now - (self._last_logged or now)
+            log.warning(
+                "%d more client problems in the last %.0f s; the last: %s",
+                self._pending,
+                since,
+                self._last_text,
+            )
+            self._pending = 0
