@@ -7,28 +7,28 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mqtt_broker.constants import (
-    _BINARY,
-    _BYTE,
-    _PROPERTY_TYPES,
-    _REPEATABLE,
-    _U16,
-    _U32,
-    _UTF8,
-    _VARINT,
-    _VARINT_MAX,
     CONNACK,
     DISCONNECT,
     MALFORMED_PACKET,
     MQTT_5,
     PACKET_TOO_LARGE,
     PINGRESP,
+    PROPERTY_TYPES,
     PROTOCOL_ERROR,
     PUBLISH,
     PUBREL,
     REASON_STRING,
+    REPEATABLE,
     SUBACK,
     SUCCESS,
+    T_BINARY,
+    T_BYTE,
+    T_U16,
+    T_U32,
+    T_UTF8,
+    T_VARINT,
     UNSUBACK,
+    VARINT_MAX,
     Properties,
     ProtocolError,
 )
@@ -38,7 +38,7 @@ log = logging.getLogger("mqtt_broker")
 # --------------------------------------------------------------------------- codec
 
 
-class _Reader:
+class Reader:
     """Reads MQTT data types from one packet body; running short is a malformed packet."""
 
     __slots__ = ("data", "pos")
@@ -102,7 +102,7 @@ class _Reader:
         props: Properties = {}
         while self.pos < end:
             ident = self.varint()
-            kind = _PROPERTY_TYPES.get(ident)
+            kind = PROPERTY_TYPES.get(ident)
             if kind is None:
                 raise ProtocolError(MALFORMED_PACKET, f"unknown property 0x{ident:02x}")
             if ident not in allowed:
@@ -110,21 +110,21 @@ class _Reader:
                     PROTOCOL_ERROR, f"property 0x{ident:02x} not allowed in {where}"
                 )
             value: Any
-            if kind == _BYTE:
+            if kind == T_BYTE:
                 value = self.byte()
-            elif kind == _U16:
+            elif kind == T_U16:
                 value = self.u16()
-            elif kind == _U32:
+            elif kind == T_U32:
                 value = self.u32()
-            elif kind == _VARINT:
+            elif kind == T_VARINT:
                 value = self.varint()
-            elif kind == _UTF8:
+            elif kind == T_UTF8:
                 value = self.utf8()
-            elif kind == _BINARY:
+            elif kind == T_BINARY:
                 value = self.binary()
             else:
                 value = (self.utf8(), self.utf8())
-            if ident in _REPEATABLE:
+            if ident in REPEATABLE:
                 props.setdefault(ident, []).append(value)
             elif ident in props:
                 raise ProtocolError(PROTOCOL_ERROR, f"property 0x{ident:02x} given twice")
@@ -136,7 +136,7 @@ class _Reader:
 
 
 def encode_varint(n: int) -> bytes:
-    if not 0 <= n <= _VARINT_MAX:
+    if not 0 <= n <= VARINT_MAX:
         raise ValueError(f"variable byte integer out of range: {n}")
     out = bytearray()
     while True:
@@ -164,21 +164,21 @@ def _str(s: str) -> bytes:
 def encode_properties(props: Mapping[int, Any]) -> bytes:
     out = bytearray()
     for ident, value in props.items():
-        kind = _PROPERTY_TYPES[ident]
-        values = value if ident in _REPEATABLE else [value]
+        kind = PROPERTY_TYPES[ident]
+        values = value if ident in REPEATABLE else [value]
         for v in values:
             out += encode_varint(ident)
-            if kind == _BYTE:
+            if kind == T_BYTE:
                 out.append(v)
-            elif kind == _U16:
+            elif kind == T_U16:
                 out += _u16(v)
-            elif kind == _U32:
+            elif kind == T_U32:
                 out += v.to_bytes(4, "big")
-            elif kind == _VARINT:
+            elif kind == T_VARINT:
                 out += encode_varint(v)
-            elif kind == _UTF8:
+            elif kind == T_UTF8:
                 out += _str(v)
-            elif kind == _BINARY:
+            elif kind == T_BINARY:
                 out += _bin(v)
             else:
                 out += _str(v[0]) + _str(v[1])

@@ -8,7 +8,6 @@ import uuid
 
 from mqtt_broker.codec import encode_connack, encode_disconnect
 from mqtt_broker.constants import (
-    _VARINT_MAX,
     ASSIGNED_CLIENT_IDENTIFIER,
     AUTHENTICATION_METHOD,
     BAD_AUTHENTICATION_METHOD,
@@ -36,6 +35,7 @@ from mqtt_broker.constants import (
     V3_IDENTIFIER_REJECTED,
     V3_NOT_AUTHORIZED,
     V3_UNACCEPTABLE_PROTOCOL_VERSION,
+    VARINT_MAX,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
     WILL_DELAY_INTERVAL,
     Properties,
@@ -183,7 +183,7 @@ class Connector(Router):
         conn.deadline = now + pkt.keepalive * 1.5 if pkt.keepalive else None
         if v5:
             conn.receive_maximum = props.get(RECEIVE_MAXIMUM, 65535)
-            conn.max_packet_size = props.get(MAXIMUM_PACKET_SIZE, _VARINT_MAX)
+            conn.max_packet_size = props.get(MAXIMUM_PACKET_SIZE, VARINT_MAX)
             expiry = props.get(SESSION_EXPIRY_INTERVAL, 0)
         else:
             expiry = 0 if pkt.clean_start else NEVER_EXPIRES

@@ -9,7 +9,7 @@ from typing import Any
 
 from mqtt_broker.codec import encode_publish
 from mqtt_broker.constants import (
-    _FORWARDED,
+    FORWARDED,
     MESSAGE_EXPIRY_INTERVAL,
     MQTT_5,
     Properties,
@@ -51,7 +51,7 @@ class Router:
         now: float,
     ) -> Message:
         expiry = props.get(MESSAGE_EXPIRY_INTERVAL)
-        kept = {k: v for k, v in props.items() if k in _FORWARDED}
+        kept = {k: v for k, v in props.items() if k in FORWARDED}
         return Message(
             topic, payload, qos, retain, kept, now + expiry if expiry is not None else None, sender
         )

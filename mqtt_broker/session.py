@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from mqtt_broker.codec import PacketFramer
 from mqtt_broker.constants import (
-    _VARINT_MAX,
+    VARINT_MAX,
     Properties,
     ProtocolError,
 )
@@ -204,7 +204,7 @@ class Connection:
         self.keepalive = 0
         self.deadline: float | None = core.clock() + core.config.connect_timeout
         self.receive_maximum = core.config.default_receive_maximum
-        self.max_packet_size = _VARINT_MAX
+        self.max_packet_size = VARINT_MAX
         self.closing = False
         self.clean = False
 
