@@ -114,6 +114,8 @@ class ModuleCore:
         self.clock = clock
         self.rng = random.Random(seed)
         self.fault_rng = random.Random(seed * 7919 + 1)
+        #: ``busy`` draws from a generator of its own: the other faults of a seed stay the same
+        self.busy_rng = random.Random(seed * 7919 + 2)
         self.factory_echo = echo
         self.imei, self.iccid, self.imsi, self.radio = identity(spec, seed)
         self.out: deque[tuple[bytes, tuple[bytes, ...]]] = deque()
@@ -182,7 +184,8 @@ class ModuleCore:
 
     def fault(self, name: str) -> bool:
         rate = self.faults.get(name, 0.0)
-        return rate > 0 and self.fault_rng.random() < rate
+        rng = self.busy_rng if name == "busy" else self.fault_rng
+        return rate > 0 and rng.random() < rate
 
     def emit_raw(self, data: bytes) -> None:
         self.out.append((data, ()))

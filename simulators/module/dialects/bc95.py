@@ -25,7 +25,7 @@ def _busy(m: ModuleCore) -> bool:
     if not m.fault("busy"):
         return False
     m.stats["busy"] += 1
-    m.error(m.fault_rng.choice(RETRYABLE))
+    m.error(m.busy_rng.choice(RETRYABLE))
     return True
 
 
