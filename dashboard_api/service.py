@@ -12,24 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
+from citysense.compat import uvicorn as compat_uvicorn
 from citysense.config import Settings, parse_hostport
-from citysense.errors import ConfigError
+from citysense.serving import listen_socket
 from dashboard_api.app import create_app
 
 log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 10.0
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # signals belong to the caller (the CLI or the demo)
 
 
 async def serve(
@@ -47,7 +40,7 @@ async def serve(
         timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT / 2),
     )
     sock = listen_socket(host, port, settings.bind)
-    server = _Server(config)
+    server = compat_uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
     try:
         while not server.started:
@@ -70,23 +63,3 @@ async def serve(
         raise
     finally:
         sock.close()
-
-
-def listen_socket(host: str, port: int, bind: str) -> socket.socket:
-    """A listening TCP socket on ``host:port``; a taken or bad address is a ConfigError."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    return sock

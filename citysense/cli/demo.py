@@ -7,9 +7,11 @@ This is the composition root: it imports every package and starts, in order,
 2. the ingestor (``ingest.service.serve``) writing to the embedded SQLite store in the state
    directory, or to the InfluxDB named by ``--influx``;
 3. the gateway (``edge.service.serve``) with CoAP on a free loopback UDP port;
-4. the API and dashboard (``dashboard_api.service.serve``) on ``--bind``;
-5. ``--backfill-hours`` of history written straight to storage, so charts are not empty;
-6. the simulated fleet (``simulators.fleet.run_fleet``) sending CoAP uplinks to the gateway.
+4. the alarms service (``alerts.service.serve``) on a free loopback port with the default
+   rule set (``--rules`` names another), its active alarms shown on the dashboard;
+5. the API and dashboard (``dashboard_api.service.serve``) on ``--bind``;
+6. ``--backfill-hours`` of history written straight to storage, so charts are not empty;
+7. the simulated fleet (``simulators.fleet.run_fleet``) sending CoAP uplinks to the gateway.
 
 Each service is started through its ``serve(settings, ready)`` and waited for on its ready
 event (bounded); settings are derived from the demo's with :func:`dataclasses.replace`. It
@@ -17,7 +19,7 @@ prints the dashboard URL, then a status line (on a terminal rewritten in place, 
 line every few seconds).
 
 Invariants: SIGINT, SIGTERM or ``--duration`` stop everything in this order -- fleet, gateway
-(which flushes its outbox), ingestor, API, broker -- each bounded by :data:`STOP_TIMEOUT`,
+(which flushes its outbox), ingestor, API, alarms, broker -- each bounded by :data:`STOP_TIMEOUT`,
 and the command exits 0. A service that fails to start stops what was started and its error
 is the command's (a :class:`~citysense.errors.ConfigError` exits 2); a service that dies while
 running stops the demo with exit code 1. A service whose package is missing is reported and
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import random
 import signal
@@ -38,13 +39,19 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from alerts import service as alerts_service
 from citysense.config import Settings, mask_url, parse_hostport
-from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
-from citysense.registry import Device, format_registry, load_registry
+from citysense.registry import Device, format_registry, load_registry_option
+from dashboard_api import service as api_service
+from edge import service as edge_service
+from ingest import service as ingest_service
 from mqtt_broker.broker import Broker
+from simulators import fleet as fleet_service
+from simulators.models import CITY_TIMEZONE
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +67,15 @@ STATUS_EVERY_TTY = 1.0
 SCRAPE_TIMEOUT = 2.0
 REGISTRY_FILE = "demo-registry.csv"
 
-#: Stop order (the start order is broker, ingest, gateway, api, fleet).
-STOP_ORDER = ("fleet", "gateway", "ingest", "api", "broker")
+#: Stop order (the start order is broker, ingest, gateway, alerts, api, fleet).
+STOP_ORDER = ("fleet", "gateway", "ingest", "api", "alerts", "broker")
 
 
 _LABELS = (
     ("sent", "uplinks sent"),
     ("acked", "acknowledged"),
     ("accepted", "readings at the gateway"),
-    ("stored", "stored"),
+    ("stored", "distinct readings stored"),
     ("mqtt", "MQTT messages"),
 )
 
@@ -78,8 +85,7 @@ class _Stopped(Exception):
 
 
 def _city_timezone() -> str:
-    models = _optional("simulators.models")
-    return str(getattr(models, "CITY_TIMEZONE", "UTC")) if models is not None else "UTC"
+    return CITY_TIMEZONE
 
 
 def _ephemeral_low() -> int:
@@ -169,16 +175,6 @@ async def scrape(host: str, port: int) -> dict[str, float]:
     return parse_prometheus(body.decode("utf-8", "replace"))
 
 
-def _optional(module: str) -> Any | None:
-    """``module`` imported, or ``None`` when that part of citysense is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            return None
-        raise
-
-
 class Status:
     """The live counts line."""
 
@@ -224,10 +220,9 @@ class Demo:
         self.status = Status(self.out, bool(getattr(self.out, "isatty", lambda: False)()))
         self.state_dir = Path(settings.state_dir)
         self.tasks: dict[str, asyncio.Task[object]] = {}
-        self.missing: list[str] = []
         self.broker: Broker | None = None
         self.fleet_stop = asyncio.Event()
-        self.fleet_counters: Any = None
+        self.fleet_counters: fleet_service.Counters | None = None
         self.edge_metrics: tuple[str, int] | None = None
         self.ingest_metrics: tuple[str, int] | None = None
         self.backfilled = 0
@@ -240,10 +235,7 @@ class Demo:
         """The fleet's devices and the registry file every service reads."""
         s = self.settings
         if s.registry is not None:
-            try:
-                return list(load_registry(s.registry).values()), s.registry
-            except InputError as exc:
-                raise ConfigError(f"--registry {s.registry}: {exc}") from exc
+            return list(load_registry_option(s.registry).values()), s.registry
         from simulators.city import generate_fleet
 
         devices = generate_fleet(s.devices, s.seed, [s.gateway])
@@ -254,7 +246,7 @@ class Demo:
     async def _start(
         self,
         name: str,
-        serve: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+        serve: Callable[[asyncio.Event], Coroutine[object, object, object]],
         stop: asyncio.Event,
         needs: str = "",
     ) -> None:
@@ -300,8 +292,7 @@ class Demo:
 
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        if _optional("dashboard_api.service") is not None:
-            check_bind(s.bind)
+        check_bind(s.bind)
         devices, registry_path = self._registry()
         # The simulated city keeps China Standard Time: local-time analytics follow it
         # unless another zone was asked for.
@@ -321,83 +312,77 @@ class Demo:
         base = dataclasses.replace(base, mqtt=mqtt_url)
 
         # 2. ingestor
-        ingest = _optional("ingest.service")
-        if ingest is None:
-            self.missing.append("ingestor (ingest.service)")
-        else:
-            port = free_tcp_port()
-            self.ingest_metrics = ("127.0.0.1", port)
-            ingest_settings = dataclasses.replace(
-                base, metrics_bind=f"127.0.0.1:{port}", client_id=None
-            )
-            needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
-            await self._start("ingest", lambda r: ingest.serve(ingest_settings, r), stop, needs)
-            where = (
-                mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
-            )
-            say(f"storage   {where}")
+        port = free_tcp_port()
+        self.ingest_metrics = ("127.0.0.1", port)
+        ingest_settings = dataclasses.replace(
+            base, metrics_bind=f"127.0.0.1:{port}", client_id=None
+        )
+        needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
+        await self._start("ingest", lambda r: ingest_service.serve(ingest_settings, r), stop, needs)
+        where = mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
+        say(f"storage   {where}")
 
         # 3. gateway
-        edge = _optional("edge.service")
         coap_port = free_udp_port()
-        if edge is None:
-            self.missing.append("gateway (edge.service)")
-        else:
-            port = free_tcp_port()
-            self.edge_metrics = ("127.0.0.1", port)
-            edge_settings = dataclasses.replace(
-                base,
-                coap=f"127.0.0.1:{coap_port}",
-                metrics_bind=f"127.0.0.1:{port}",
-                client_id=None,
-            )
-            await self._start(
-                "gateway",
-                lambda r: edge.serve(edge_settings, r),
-                stop,
-                mask_url(s.mqtt) if s.mqtt else "",
-            )
-            say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
+        port = free_tcp_port()
+        self.edge_metrics = ("127.0.0.1", port)
+        edge_settings = dataclasses.replace(
+            base,
+            coap=f"127.0.0.1:{coap_port}",
+            metrics_bind=f"127.0.0.1:{port}",
+            client_id=None,
+        )
+        await self._start(
+            "gateway",
+            lambda r: edge_service.serve(edge_settings, r),
+            stop,
+            mask_url(s.mqtt) if s.mqtt else "",
+        )
+        say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
 
-        # 4. API and dashboard
-        api = _optional("dashboard_api.service")
-        if api is None:
-            self.missing.append("API and dashboard (dashboard_api.service)")
-        else:
-            await self._start("api", lambda r: api.serve(base, r), stop)
-            host, port = parse_hostport(s.bind, "--bind")
-            say(f"dashboard http://{host}:{port}/")
+        # 4. alarms, with the default rule set unless --rules names another
+        port = free_tcp_port()
+        alerts_settings = dataclasses.replace(
+            base,
+            bind=f"127.0.0.1:{port}",
+            rules=s.rules or str(alerts_service.DEFAULT_RULES),
+        )
+        await self._start("alerts", lambda r: alerts_service.serve(alerts_settings, r), stop)
+        base = dataclasses.replace(base, alerts=f"http://127.0.0.1:{port}")
+        say(
+            f"alarms    http://127.0.0.1:{port}/api/v1/alarms "
+            f"({Path(alerts_settings.rules or '').name})"
+        )
 
-        # 5. history
+        # 5. API and dashboard
+        await self._start("api", lambda r: api_service.serve(base, r), stop)
+        host, port = parse_hostport(s.bind, "--bind")
+        say(f"dashboard http://{host}:{port}/")
+
+        # 6. history
         if s.backfill_hours > 0:
             await self._backfill(devices, base, stop)
         if stop.is_set():
             return 0
 
-        # 6. fleet
-        fleet = _optional("simulators.fleet")
-        if fleet is None:
-            self.missing.append("simulated fleet (simulators.fleet)")
-        elif edge is not None:
-            # the demo decides when the fleet stops: no --duration of its own
-            fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
-            registry = fleet.load_fleet_registry(fleet_settings)
-            self.fleet_counters = fleet.Counters()
-            counters = self.fleet_counters
-            await self._start(
-                "fleet",
-                lambda r: fleet.run_fleet(
-                    fleet_settings,
-                    registry,
-                    stop_event=self.fleet_stop,
-                    counters=counters,
-                    ready=r,
-                ),
-                stop,
-            )
-            say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
-        for part in self.missing:
-            say(f"missing   {part}: not available in this installation, left out")
+        # 7. fleet
+        # the demo decides when the fleet stops: no --duration of its own
+        fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
+        registry = fleet_service.load_fleet_registry(fleet_settings)
+        self.fleet_counters = fleet_service.Counters()
+        counters = self.fleet_counters
+        await self._start(
+            "fleet",
+            lambda r: fleet_service.run_fleet(
+                fleet_settings,
+                registry,
+                stop_event=self.fleet_stop,
+                counters=counters,
+                ready=r,
+            ),
+            stop,
+        )
+        say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
         say("Ctrl-C stops everything.")
         return await self._watch(stop)
 
@@ -481,7 +466,14 @@ class Demo:
         gateway_of = {d.device: d.gateway for d in devices}
         end_ms = int(time.time() * 1000)
         start_ms = end_ms - int(hours * 3600 * 1000)
-        batches = backfill(devices, start_ms, end_ms, self.settings.seed)
+        model = None
+        if self.settings.sensor_faults:
+            from simulators.models import CityModel
+            from simulators.sensor_faults import SensorFaults
+
+            faults = SensorFaults.from_settings(self.settings.sensor_faults, self.settings.seed)
+            model = CityModel(devices, self.settings.seed, sensor_faults=faults)
+        batches = backfill(devices, start_ms, end_ms, self.settings.seed, model=model)
         rejected = 0
         self.status.show(f"history   writing {hours:g} h of history ...")
         async with open_writer(settings) as writer:

@@ -217,6 +217,8 @@ async function loadChart() {
 
 // ------------------------------------------------------------------ traffic, leaks, devices
 
+const CONGESTION_COLOURS = { free: "#2ca02c", light: "#98c44a", moderate: "#ffbf00", heavy: "#ff7f0e", severe: "#d62728" };
+
 function renderCongestion(resp) {
   const chart = document.getElementById("congestion");
   clear(chart);
@@ -226,7 +228,8 @@ function renderCongestion(resp) {
   if (!rows.length) chart.append(svg("text", { x: 200, y: 30, "text-anchor": "middle", class: "tick" }, "no traffic counters reporting"));
   rows.forEach((d, i) => {
     const yy = 8 + i * 26, w = 200 * (d.index || 0) / 10;
-    const colour = d.index === null ? "#c8d0d8" : d.index < 2 ? "#2ca02c" : d.index < 4 ? "#98c44a" : d.index < 6 ? "#ffbf00" : d.index < 8 ? "#ff7f0e" : "#d62728";
+    // the level comes from the API (analytics/congestion.py holds the thresholds)
+    const colour = d.index === null ? "#c8d0d8" : CONGESTION_COLOURS[d.level] || "#c8d0d8";
     chart.append(svg("text", { x: 90, y: yy + 14, "text-anchor": "end", "font-size": 12 }, d.district));
     chart.append(svg("rect", { x: 96, y: yy, width: 200, height: 18, fill: "#eef1f4", rx: 3 }));
     chart.append(svg("rect", { x: 96, y: yy, width: Math.max(1, w), height: 18, fill: colour, rx: 3, class: "bar" }));
@@ -256,13 +259,21 @@ function renderLeaks(resp) {
     resp.night_end.slice(11, 16) + " UTC, threshold " + resp.threshold + " m³/h";
 }
 
+// a device with open data-quality flags: marked, the reasons in the tooltip
+function flaggedCell(d) {
+  const flags = d.flags || [];
+  if (!flags.length) return el("td", {}, d.device);
+  const why = flags.map((f) => f.reason + " (" + f.metric + ") since " + f.since).join("\n");
+  return el("td", { class: "flagged", title: why }, "⚑ " + d.device);
+}
+
 function renderDevices(resp) {
   const body = document.querySelector("#device-table tbody");
   clear(body);
   for (const d of resp.devices) {
     body.append(el("tr", {},
       el("td", { class: "st-" + d.status }, d.status),
-      el("td", {}, d.device), el("td", {}, d.kind), el("td", {}, d.district),
+      flaggedCell(d), el("td", {}, d.kind), el("td", {}, d.district),
       el("td", {}, ago(d.last_seen)),
       el("td", { class: "num" }, fmt(d.battery, 0)),
       el("td", { class: "num" }, fmt(d.rsrp, 0)),
@@ -272,6 +283,36 @@ function renderDevices(resp) {
   const c = resp.counts;
   document.getElementById("device-counts").textContent =
     c.offline + " offline, " + c.stale + " stale, " + c.online + " online";
+}
+
+function renderAlarms(resp) {
+  // most severe first, then newest (the alerts service already orders them so)
+  const card = document.getElementById("alarm-card");
+  card.hidden = false;
+  const body = document.querySelector("#alarm-table tbody");
+  clear(body);
+  for (const a of resp.alarms) {
+    const subject = Object.entries(a.subject).map(([k, v]) => k + " " + v).join(", ");
+    body.append(el("tr", {},
+      el("td", { class: "sev-" + a.severity }, a.severity),
+      el("td", {}, a.state), el("td", {}, a.rule), el("td", {}, subject),
+      el("td", { class: "num" }, fmt(a.value, 1)), el("td", {}, ago(a.raised_at))));
+  }
+  document.getElementById("alarm-counts").textContent =
+    resp.alarms.length ? resp.alarms.length + " active" : "none active";
+}
+
+async function alarmSection() {
+  if (state.noAlerts) return true;
+  try {
+    const resp = await api("/api/v1/alarms");
+    if (!resp.configured) { state.noAlerts = true; return true; }  // no alerts service
+    renderAlarms(resp); clearError("alarm-card");
+  } catch (err) {
+    document.getElementById("alarm-card").hidden = false;
+    showError("alarm-card", err);
+  }
+  return true;
 }
 
 function showError(cardId, err) {
@@ -312,6 +353,7 @@ async function refresh() {
       section("leak-card", "/api/v1/utility/leaks", renderLeaks),
       chartSection(),
     ]);
+    await alarmSection();
     if (!state.devicesForbidden) {
       const shown = await section("device-card", "/api/v1/devices", renderDevices);
       // a viewer key may not list devices: ask once, not at every refresh
