@@ -11,14 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from citysense.model import INGEST_SHARED_SUBSCRIPTION, topic_root
+from citysense.topics import (
+    ACK,
+    ALARMS,
+    DOWN,
+    INGEST_SHARED_SUBSCRIPTION,
+    STATUS,
+    STATUS_SUBSCRIPTION,
+    STORED,
+    UP,
+    topic,
+)
 
 INGEST, ALERTS, OPERATOR = "ingest", "alerts", "operator"
 #: the user names of the services that are not gateways
 SERVICE_USERS = (INGEST, ALERTS, OPERATOR)
-
-_ANY_GATEWAY = topic_root("+")
-_ALARMS = f"{topic_root('alarms')}/#"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +39,14 @@ class Acl:
 def acl_of(user: str) -> Acl:
     """The rules of ``user``: a service name of :data:`SERVICE_USERS`, else a gateway id."""
     if user == INGEST:
-        return Acl(
-            read=(INGEST_SHARED_SUBSCRIPTION, f"{_ANY_GATEWAY}/up"),
-            write=(f"{_ANY_GATEWAY}/stored",),
-        )
+        return Acl(read=(INGEST_SHARED_SUBSCRIPTION, topic("+", UP)), write=(topic("+", STORED),))
     if user == ALERTS:
-        return Acl(read=(f"{_ANY_GATEWAY}/status",), write=(_ALARMS,))
+        return Acl(read=(STATUS_SUBSCRIPTION,), write=(f"{ALARMS}/#",))
     if user == OPERATOR:
-        return Acl(
-            read=(f"{_ANY_GATEWAY}/ack", f"{_ANY_GATEWAY}/status"),
-            write=(f"{_ANY_GATEWAY}/down",),
-        )
-    root = topic_root(user)
+        return Acl(read=(topic("+", ACK), STATUS_SUBSCRIPTION), write=(topic("+", DOWN),))
     return Acl(
-        read=(f"{root}/stored", f"{root}/down"),
-        write=(f"{root}/up", f"{root}/status", f"{root}/ack"),
+        read=(topic(user, STORED), topic(user, DOWN)),
+        write=(topic(user, UP), topic(user, STATUS), topic(user, ACK)),
     )
 
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from citysense.model import INGEST_SHARED_SUBSCRIPTION
 from citysense.mqtt_acl import acl_of, mosquitto_acl
+from citysense.topics import INGEST_SHARED_SUBSCRIPTION
 from mqtt_broker.auth import covers, generate_demo_users, make_user
 from mqtt_broker.broker import BrokerConfig, BrokerCore
 from tests.broker.peers import BrokerThread, Peer
