@@ -46,6 +46,7 @@ from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.connection import target_address
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
+from timeseries.rollup import maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, TargetMissingError, Writer, WriteResult
 
@@ -389,7 +390,8 @@ async def serve(
     ingestors' shared subscription unless told another)."""
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
-        writer = await stack.enter_async_context(open_writer(settings))
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
         store = await asyncio.to_thread(
             DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
         )
@@ -399,7 +401,8 @@ async def serve(
             host, port = parse_hostport(bind, "--metrics-bind")
 
             async def exposition() -> str:
-                return metrics.render()
+                extra = "\n".join(rollups.exposition()) + "\n" if rollups is not None else ""
+                return metrics.render() + extra
 
             server = await prometheus.serve_http(
                 {"/metrics": prometheus.metrics_route(exposition)}, host, port
