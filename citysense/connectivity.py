@@ -46,6 +46,7 @@ class Connectivity:
         self.client_id = client_id
         self.takeovers = 0  #: connections closed by the broker right after they were made
         self._connected_at: float | None = None
+        self._clash_logged: float | None = None
         self.address = address
         self.log = logger
         self.interval = interval
@@ -90,11 +91,17 @@ class Connectivity:
             else:
                 self.takeovers = 0
             clash = code == SESSION_TAKEN_OVER or self.takeovers >= TAKEOVER_CLASH
+            # one ERROR per interval while the clash goes on, not one per takeover
+            if clash and self._clash_logged is not None:
+                clash = now - self._clash_logged >= self.interval
+            if clash:
+                self._clash_logged = now
             takeovers = self.takeovers
         if clash:
             self.log.error(
                 "client id %r is in use by another client: the %s at %s closed our connection "
-                "(%s; %d times in a row); give each process its own --instance or --client-id",
+                "(%s; %d times in a row so far); give each process its own --instance or "
+                "--client-id",
                 self.client_id,
                 self.what,
                 self.address,

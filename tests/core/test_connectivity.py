@@ -103,6 +103,16 @@ def test_repeated_closings_right_after_connect_are_a_clash(
     state.lost("Unspecified error", 128)
     errors = [t for lvl, t in records(caplog) if lvl == "ERROR"]
     assert errors and "3 times in a row" in errors[0] and "citysense-edge-gw-1" in errors[0]
+    for _ in range(5):  # the clash goes on: no ERROR per takeover
+        state.recovered()
+        clock.now += 0.5
+        state.lost("Unspecified error", 128)
+    assert not [t for lvl, t in records(caplog) if lvl == "ERROR"]
+    clock.now += 60
+    state.recovered()
+    clock.now += 0.5
+    state.lost("Unspecified error", 128)
+    assert len([t for lvl, t in records(caplog) if lvl == "ERROR"]) == 1
     # a connection that lived a while is an ordinary loss
     state.recovered()
     clock.now += 600

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers import ROOT, free_port, stop_process, wait_until
+from tests.servers import ROOT, MosquittoServer, free_port, stop_process, wait_until
 
 
 def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
@@ -54,3 +54,47 @@ def test_broker_down_is_a_warning_within_15_s(tmp_path: Path) -> None:
         assert stop_process(proc) == 0
     finally:
         stop_process(proc)
+
+
+def test_two_ingestors_with_one_instance_name_report_the_clash(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """Two ``citysense ingest --instance same``: the broker hands the session back and forth;
+    an ERROR names the client id (no silent takeover loop)."""
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = []
+    try:
+        for i, log_path in enumerate(logs):
+            with open(log_path, "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "citysense",
+                            "ingest",
+                            "--mqtt",
+                            mosquitto.url,
+                            "--instance",
+                            "same",
+                            "--state-dir",
+                            str(tmp_path / f"state{i}"),
+                            "--metrics-bind",
+                            "off",
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=ROOT,
+                    )
+                )
+        wait_until(
+            lambda: any(
+                "ERROR" in p.read_text() and "'citysense-ingest-same' is in use" in p.read_text()
+                for p in logs
+            ),
+            30,
+            "an ERROR naming the clashing client id",
+        )
+    finally:
+        for proc in procs:
+            stop_process(proc)
