@@ -38,6 +38,7 @@ ENTRY_POINTS: dict[str, str] = {
     "simulate fleet": "simulators.cli:fleet",
     "simulate module": "simulators.cli:module",
     "fleet generate": "simulators.cli:generate",
+    "fleet credentials": "citysense.cli.credentials:run",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -50,6 +51,7 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
+    "fleet credentials": "write one key per registered device (OSCORE or DTLS-PSK), 0600",
 }
 
 
