@@ -578,9 +578,9 @@ def validate(s: Settings, command: str) -> None:
         raise ConfigError(f"--registry {s.registry}: no such file")
     if s.coaps is not None:
         parse_hostport(s.coaps, "--coaps")
-    if s.device_keys is not None and command in (EDGE, SIM_FLEET):
-        if not Path(s.device_keys).is_file():
-            raise ConfigError(f"--device-keys {s.device_keys}: no such file")
+    device_keys = s.device_keys
+    if device_keys is not None and command in (EDGE, SIM_FLEET) and not Path(device_keys).is_file():
+        raise ConfigError(f"--device-keys {s.device_keys}: no such file")
     if command == FLEET_CREDENTIALS and (s.registry is None or s.output in (None, "-")):
         raise ConfigError("fleet credentials needs --registry FILE and --output FILE")
     if command == EDGE_PROBE and not s.serial_device:

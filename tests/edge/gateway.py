@@ -179,6 +179,10 @@ class GatewayProcess:
             "batch_max_readings",
         ):
             out += ["--" + name.replace("_", "-"), str(getattr(s, name))]
+        for name in ("device_keys", "device_auth", "coaps"):
+            if getattr(s, name) is not None:
+                out += ["--" + name.replace("_", "-"), str(getattr(s, name))]
+        out += ["--device-rate", str(s.device_rate), "--device-burst", str(s.device_burst)]
         return out
 
     def start(self) -> None:

@@ -1,0 +1,109 @@
+"""Device-trust helpers for the tests: keys files, device-side OSCORE folders, clients.
+
+The device side is aiocoap's client stack (OSCORE, DTLS through DTLSSocket) and libcoap's
+``coap-client-openssl`` / ``coap-client-gnutls`` (independent DTLS peers); never the
+gateway's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import string
+import subprocess
+from pathlib import Path
+
+import aiocoap
+
+from citysense.credentials import (
+    DTLS_PSK,
+    OSCORE,
+    DeviceKey,
+    generate_device_keys,
+    oscore_context_files,
+    write_device_keys,
+)
+from citysense.senml import CF_SENML_JSON
+
+
+def ascii_secret() -> bytes:
+    """16 printable bytes: libcoap's ``-k`` takes the key literally as text."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(16)).encode()
+
+
+def write_keys(path: Path, devices: list[str], scheme: str) -> dict[str, DeviceKey]:
+    keys = generate_device_keys(devices, scheme)
+    if scheme == DTLS_PSK:
+        keys = [DeviceKey(k.device, k.scheme, k.id, ascii_secret()) for k in keys]
+    write_device_keys(path, keys)
+    return {k.device: k for k in keys}
+
+
+def device_folder(root: Path, key: DeviceKey) -> Path:
+    """The device's own copy of its OSCORE context (ids swapped)."""
+    folder = root / f"dev-{key.id.hex()}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for name, data in oscore_context_files(key, "device").items():
+            (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+async def client(port: int, key: DeviceKey, folder: Path | None = None) -> aiocoap.Context:
+    """An aiocoap client context holding ``key`` for the gateway at ``port``."""
+    ctx = await aiocoap.Context.create_client_context()
+    if key.scheme == OSCORE:
+        assert folder is not None
+        ctx.client_credentials.load_from_dict(
+            {f"coap://127.0.0.1:{port}/*": {"oscore": {"basedir": str(folder) + "/"}}}
+        )
+    else:
+        ctx.client_credentials.load_from_dict(
+            {
+                f"coaps://127.0.0.1:{port}/*": {
+                    "dtls": {
+                        "psk": {"hex": key.secret.hex()},
+                        "client-identity": {"hex": key.id.hex()},
+                    }
+                }
+            }
+        )
+    return ctx
+
+
+async def post(
+    ctx: aiocoap.Context, uri: str, payload: bytes, timeout: float = 20
+) -> aiocoap.Message:
+    request = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload)
+    request.opt.content_format = CF_SENML_JSON
+    return await asyncio.wait_for(ctx.request(request).response, timeout)
+
+
+def libcoap_post(
+    binary: str, port: int, identity: bytes, secret: bytes, payload: bytes, timeout: int = 4
+) -> subprocess.CompletedProcess[str]:
+    """``coap-client-* -m post`` over DTLS PSK; stdout holds the answer's payload."""
+    return subprocess.run(
+        [
+            binary,
+            "-m",
+            "post",
+            "-t",
+            "110",
+            "-B",
+            str(timeout),
+            "-u",
+            identity.decode(),
+            "-k",
+            secret.decode(),
+            "-e",
+            payload.decode(),
+            f"coaps://127.0.0.1:{port}/up",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+        check=False,
+    )
