@@ -28,7 +28,6 @@ timeout); such a handshake is counted as failed when its state is purged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
@@ -183,11 +182,12 @@ async def start_dtls_server(
     Raises ``ValueError`` for an any-address and ``OSError`` when the port is taken.
     """
     host, port = bind
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
-            raise ValueError(f"DTLS needs a specific address to listen on, not {host}")
-    if host in ("", "*"):
-        raise ValueError("DTLS needs a specific address to listen on")
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        unspecified = host in ("", "*")
+    if unspecified:
+        raise ValueError(f"DTLS needs a specific address to listen on, not {host!r}")
     loop = asyncio.get_running_loop()
     made: list[DtlsServer] = []
 
