@@ -152,9 +152,9 @@ class Settings:
     )
     coaps: str | None = _opt(
         None,
-        "CoAPS (DTLS 1.2 PSK) listen address, a specific IP (default: the --coap host, port "
-        "5684); listening when a dtls-psk key is loaded",
-        {EDGE},
+        "CoAPS (DTLS 1.2 PSK) address, a specific IP (default: the --coap host, port "
+        "5684); the edge listens there when a dtls-psk key is loaded",
+        {EDGE, SIM_FLEET},
         metavar="HOST:PORT",
     )
     roaming: bool = _opt(

@@ -62,6 +62,8 @@ def edge_settings(tmp: Path, *, mqtt_url: str | None = None, **extra: object) ->
         "batch_max_delay": "0.05",
         "resend_interval": "3",
         "retry_max_delay": "1",
+        # tests that send many uplinks per device; the flood tests set their own budget
+        "device_rate": "0",
     }
     cli.update({k: str(v) for k, v in extra.items()})
     return load_settings("edge", cli, environ={})

@@ -64,7 +64,9 @@ def test_keys_file_is_private(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="chmod 600"):
         read_device_keys(path)
     assert "000102" not in repr(keys[0])
-    assert format_device_keys(keys).splitlines()[1] == f"urn:imei:1,oscore,01,{bytes(range(16)).hex()}"
+    assert (
+        format_device_keys(keys).splitlines()[1] == f"urn:imei:1,oscore,01,{bytes(range(16)).hex()}"
+    )
 
 
 def test_store_is_indexed(tmp_path: Path) -> None:
@@ -105,7 +107,9 @@ def _handshake(port: int, key: DeviceKey, source: int | None = None) -> None:
 
 def test_dtls_server_binds_the_port_given_bounds_and_purges_states(tmp_path: Path) -> None:
     ensure_binary("coap-client-openssl")
-    keys = [DeviceKey(f"urn:imei:{i}", DTLS_PSK, f"dev-{i}".encode(), ascii_secret()) for i in range(4)]
+    keys = [
+        DeviceKey(f"urn:imei:{i}", DTLS_PSK, f"dev-{i}".encode(), ascii_secret()) for i in range(4)
+    ]
     store = DeviceKeyStore(keys, tmp_path)
     port = free_udp_port()
     outcomes: list[str] = []

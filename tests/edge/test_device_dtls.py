@@ -126,7 +126,7 @@ def test_another_device_behind_the_same_address_and_port(dtls_gateway) -> None: 
 
 
 def test_aiocoap_client_and_junk(dtls_gateway) -> None:  # type: ignore[no-untyped-def]
-    gw, settings, port, devices, keys = dtls_gateway
+    _, settings, port, devices, keys = dtls_gateway
     d = devices[5]
 
     async def scenario() -> None:
@@ -149,7 +149,8 @@ def test_aiocoap_client_and_junk(dtls_gateway) -> None:  # type: ignore[no-untyp
             sock.sendto(b"\x17\xfe\xfd" + bytes(40), ("127.0.0.1", port))
     time.sleep(0.5)
     held = [
-        line for line in metrics_text(settings).splitlines()
+        line
+        for line in metrics_text(settings).splitlines()
         if line.startswith("citysense_edge_dtls_sessions ")
     ]
     assert held and float(held[0].split()[1]) <= 1, held

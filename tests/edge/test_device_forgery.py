@@ -110,7 +110,9 @@ def test_a_flooding_device_does_not_stop_another(tmp_path: Path) -> None:
 
 
 def _block(mid: int, num: int, more: bool, payload: bytes, size1: int | None) -> bytes:
-    msg = aiocoap.Message(_mtype=Type.CON, code=Code.POST, _mid=mid, _token=b"\x42", payload=payload)
+    msg = aiocoap.Message(
+        _mtype=Type.CON, code=Code.POST, _mid=mid, _token=b"\x42", payload=payload
+    )
     msg.opt.uri_path = ("up",)
     msg.opt.content_format = CF_SENML_JSON
     msg.opt.block1 = BlockOption.BlockwiseTuple(num, more, 6)
@@ -163,7 +165,7 @@ def test_tcp_when_asked_and_other_gateways_devices(tmp_path: Path) -> None:
     with GatewayThread(roaming):
         answer = post_uplink(coap_port(roaming), uplink_payload(theirs.device, now_ms()))
         assert answer.code == Code.CHANGED
-    assert GATEWAY != theirs.gateway
+    assert theirs.gateway != GATEWAY
 
 
 def _devices(path: Path) -> list[Device]:

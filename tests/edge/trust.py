@@ -73,12 +73,10 @@ async def client(port: int, key: DeviceKey, folder: Path | None = None) -> aioco
     return ctx
 
 
-async def post(
-    ctx: aiocoap.Context, uri: str, payload: bytes, timeout: float = 20
-) -> aiocoap.Message:
+async def post(ctx: aiocoap.Context, uri: str, payload: bytes) -> aiocoap.Message:
     request = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload)
     request.opt.content_format = CF_SENML_JSON
-    return await asyncio.wait_for(ctx.request(request).response, timeout)
+    return await asyncio.wait_for(ctx.request(request).response, 30)
 
 
 def libcoap_post(
