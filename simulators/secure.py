@@ -70,10 +70,16 @@ class SecureDevices:
 
     def _oscore_folder(self, key: DeviceKey) -> Path:
         folder = self.folder / key.id.hex()
-        if not (folder / "secret.json").exists():
+        files = oscore_context_files(key, "device")
+        try:
+            current = json.loads((folder / "secret.json").read_text())
+        except (OSError, ValueError):
+            current = None
+        if current != files["secret.json"]:  # new, or a new key: a fresh context
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.mkdir(mode=0o700, exist_ok=True)
-            for name, data in oscore_context_files(key, "device").items():
+            (folder / "sequence.json").unlink(missing_ok=True)
+            for name, data in files.items():
                 fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     json.dump(data, f)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from citysense.config import Settings, mask_url, parse_hostport
+from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.model import Reading
 from citysense.registry import Device, format_registry, load_registry
@@ -59,6 +60,8 @@ STATUS_EVERY_TTY = 1.0
 #: How long a service's /metrics may take to answer, seconds.
 SCRAPE_TIMEOUT = 2.0
 REGISTRY_FILE = "demo-registry.csv"
+#: OSCORE keys of the simulated fleet, new on every run
+DEVICE_KEYS_FILE = "demo-device-keys.csv"
 
 #: Stop order (the start order is broker, ingest, gateway, api, fleet).
 STOP_ORDER = ("fleet", "gateway", "ingest", "api", "broker")
@@ -303,6 +306,8 @@ class Demo:
         if _optional("dashboard_api.service") is not None:
             check_bind(s.bind)
         devices, registry_path = self._registry()
+        keys_path = self.state_dir / DEVICE_KEYS_FILE
+        write_device_keys(keys_path, generate_device_keys([d.device for d in devices], OSCORE))
         # The simulated city keeps China Standard Time: local-time analytics follow it
         # unless another zone was asked for.
         zone = s.timezone if s.timezone != "UTC" else _city_timezone()
@@ -350,6 +355,9 @@ class Demo:
                 coap=f"127.0.0.1:{coap_port}",
                 metrics_bind=f"127.0.0.1:{port}",
                 client_id=None,
+                device_keys=str(keys_path),
+                # the fleet's clock runs time-scale times faster than the catalog's intervals
+                device_rate=0.0 if s.report_interval else s.device_rate * s.time_scale,
             )
             await self._start(
                 "gateway",
@@ -357,7 +365,10 @@ class Demo:
                 stop,
                 mask_url(s.mqtt) if s.mqtt else "",
             )
-            say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
+            say(
+                f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} "
+                "devices, each with its own OSCORE key"
+            )
 
         # 4. API and dashboard
         api = _optional("dashboard_api.service")
@@ -380,7 +391,9 @@ class Demo:
             self.missing.append("simulated fleet (simulators.fleet)")
         elif edge is not None:
             # the demo decides when the fleet stops: no --duration of its own
-            fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
+            fleet_settings = dataclasses.replace(
+                base, coap=f"127.0.0.1:{coap_port}", duration=0.0, device_keys=str(keys_path)
+            )
             registry = fleet.load_fleet_registry(fleet_settings)
             self.fleet_counters = fleet.Counters()
             counters = self.fleet_counters

@@ -78,7 +78,9 @@ def open_context(folder: Path, key: DeviceKey, role: str = "gateway") -> DeviceS
     ``ValueError`` for an unreadable folder.
     """
     files = oscore_context_files(key, role)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.parent.chmod(0o700)
+    folder.mkdir(mode=0o700, exist_ok=True)
     secret_file = folder / "secret.json"
     try:
         current = json.loads(secret_file.read_text())
