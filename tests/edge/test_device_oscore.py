@@ -20,6 +20,8 @@ from aiocoap.oscore import FilesystemSecurityContext
 
 from citysense.credentials import OSCORE, DeviceKey
 from citysense.senml import CF_SENML_JSON
+from simulators import coap
+from simulators.oscore import DeviceContext
 from tests.edge.gateway import (
     GatewayProcess,
     GatewayThread,
@@ -66,11 +68,15 @@ def protected_datagram(folder: Path, payload: bytes, mid: int) -> bytes:
         sc._destroy()
 
 
-def send_raw(port: int, datagram: bytes, timeout: float = 20) -> aiocoap.Message:
+def exchange(port: int, datagram: bytes, timeout: float = 20) -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.sendto(datagram, ("127.0.0.1", port))
-        return aiocoap.Message.decode(sock.recvfrom(2048)[0])
+        return sock.recvfrom(2048)[0]
+
+
+def send_raw(port: int, datagram: bytes) -> aiocoap.Message:
+    return aiocoap.Message.decode(exchange(port, datagram))
 
 
 def test_oscore_accepted_replay_refused_plain_refused_other_device_forbidden(
@@ -170,3 +176,30 @@ def test_kill9_then_restart_devices_keep_working_with_echo(tmp_path: Path) -> No
         gateway.close()
     rows = stored(settings)
     assert len(rows) == len(set(rows)) == 5, rows
+
+
+def test_an_independent_oscore_peer(tmp_path: Path) -> None:
+    """simulators.oscore, written from RFC 8613 on ``cryptography``, against the gateway:
+    accepted, its response verifies, a replay is refused, another device's readings 4.03."""
+    devices, keys, keys_file = setup(tmp_path, 2)
+    settings = edge_settings(tmp_path, device_keys=keys_file)
+    port = coap_port(settings)
+    a, b = devices
+    device = DeviceContext(keys[a].id, keys[a].secret)
+    with GatewayThread(settings):
+        datagram, piv = device.protect_post(1, b"\x01", "up", uplink_payload(a, now_ms()), 110)
+        answer = coap.decode(exchange(port, datagram))
+        inner = device.unprotect_response(answer, piv)
+        assert inner.code == coap.CHANGED
+        replay = coap.decode(exchange(port, datagram[:2] + b"\x00\x02" + datagram[4:]))
+        assert replay.code == coap.code(4, 1) and replay.option(9) is None
+        other, piv = device.protect_post(3, b"\x03", "up", uplink_payload(b, now_ms()), 110)
+        inner = device.unprotect_response(coap.decode(exchange(port, other)), piv)
+        assert inner.code == coap.FORBIDDEN
+        forged = bytearray(other)
+        forged[-1] ^= 1  # a flipped bit: the gateway cannot verify it
+        assert send_raw(port, bytes(forged[:2]) + b"\x00\x04" + bytes(forged[4:])).code in (
+            Code.BAD_REQUEST,
+            Code.UNAUTHORIZED,
+        )
+    assert [d for d, _ in stored(settings)] == [a]
