@@ -114,7 +114,22 @@ def build_payloads(count: int, seed: int) -> list[bytes]:
 
 def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -> dict[str, float]:
     """Send ``count`` uplinks keeping ``window`` in flight; rate, latency, answer codes."""
-    datagrams = build_payloads(count, seed)
+    return run_datagrams(port, build_payloads(count, seed), window, seed, rate)
+
+
+def run_datagrams(
+    port: int,
+    datagrams: list[bytes],
+    window: int,
+    seed: int,
+    rate: float = 0.0,
+    answers: dict[int, bytes] | None = None,
+) -> dict[str, float]:
+    """Send prepared CON datagrams (token = their index, MID patched per send) keeping
+    ``window`` in flight; rate, latency, answer codes, bytes. ``answers`` collects each
+    final answer by index (for a caller that decrypts them after the clock)."""
+    count = len(datagrams)
+    sent_bytes = received_bytes = 0
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.connect(("127.0.0.1", port))
@@ -141,6 +156,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
             now = time.perf_counter()
             waiting[next_index] = (mid, now, now, False)
             sock.send(datagrams[next_index])
+            sent_bytes += len(datagrams[next_index])
             next_index += 1
         ready, _, _ = select.select([sock], [], [], 0.05)
         if ready:
@@ -149,6 +165,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
                     data = sock.recv(2048)
                 except BlockingIOError:
                     break
+                received_bytes += len(data)
                 if len(data) < 4:
                     continue
                 mtype = (data[0] >> 4) & 0x3
@@ -165,6 +182,8 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
                     waiting[token] = (entry[0], entry[1], entry[2], True)
                     continue
                 del waiting[token]
+                if answers is not None:
+                    answers[token] = data
                 latencies.append(time.perf_counter() - entry[1])
                 name = f"{code >> 5}.{code & 0x1F:02d}"
                 codes[name] = codes.get(name, 0) + 1
@@ -173,6 +192,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
             if not acked and now - last > 2.0:
                 waiting[token] = (rmid, first, now, acked)
                 sock.send(datagrams[token])
+                sent_bytes += len(datagrams[token])
                 retransmits += 1
     elapsed = time.perf_counter() - start
     sock.close()
@@ -190,6 +210,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
         "p99_ms": pct(0.99),
         "retransmits": retransmits,
         "separate": separate,
+        "bytes_per_uplink": (sent_bytes + received_bytes) / max(1, len(latencies)),
         "codes": codes,  # type: ignore[dict-item]
     }
 

@@ -18,6 +18,8 @@ defects, measured, and what this module does about each:
 * DTLSSocket copies the key into a 16-byte buffer without a length check: keys of any other
   size are refused when the keys file is read (:mod:`citysense.credentials`), identities
   are at most 32 bytes.
+* A peer's close_notify (alert level warning) is logged as unhandled and its state kept: the
+  state is dropped at once.
 * Credentials are found by walking every entry: the store passed in answers
   ``find_dtls_psk`` from an index (:mod:`edge.devicekeys`).
 
@@ -38,7 +40,14 @@ import aiocoap
 from aiocoap import error
 from aiocoap.numbers import COAP_PORT
 from aiocoap.transports import tinydtls_server as _server
-from aiocoap.transports.tinydtls import DTLS_EVENT_CONNECTED, LEVEL_NOALERT
+from aiocoap.transports.tinydtls import (
+    CODE_CLOSE_NOTIFY,
+    DTLS_EVENT_CONNECTED,
+    LEVEL_NOALERT,
+)
+
+#: a DTLS alert's level "warning" (tinydtls reports a peer's close_notify with it)
+LEVEL_WARNING = 1
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,12 @@ class _DeviceAddress(_server._AddressDTLS):
         if (level, code) == (LEVEL_NOALERT, DTLS_EVENT_CONNECTED) and not self.established:
             self.established = True
             self._protocol.on_handshake(OK)
+        if (level, code) == (LEVEL_WARNING, CODE_CLOSE_NOTIFY):
+            # the peer closed its session (libcoap's clients do when they exit): aiocoap logs
+            # an "unhandled alert" and keeps the state; free it now instead
+            self.established = True
+            self._protocol._drop(self, "closed by the peer")
+            return
         super()._event(level, code)
 
     def _inject_error(self, e: Exception) -> None:
@@ -155,6 +170,16 @@ class DtlsServer(_server.MessageInterfaceTinyDTLSServer):
 
     _default_port = COAP_PORT  # aiocoap adds (default port - 5683) to the given port
     _serversocket = _BoundedPool
+
+    async def shutdown(self) -> None:
+        # aiocoap's version injects an error into every state, which reaches a message
+        # manager already shut down (one warning per session); drop them quietly instead
+        pool = self._pool
+        for state in list(pool._connections.values()):
+            state.established = True  # not a failed handshake
+            state._retransmission_task.cancel()
+        pool._connections.clear()
+        await pool.shutdown()
 
     @property
     def states(self) -> int:

@@ -105,3 +105,59 @@ def libcoap_post(
         timeout=timeout + 10,
         check=False,
     )
+
+
+class NatRelay:
+    """Carrier NAT in front of the gateway: every client's datagrams leave from one fixed
+    address:port. ``drop_alerts`` drops DTLS alerts (content type 21) on the way up: a
+    device that goes to sleep or loses power never closes its session."""
+
+    def __init__(self, server_port: int, *, drop_alerts: bool = True) -> None:
+        import socket
+        import threading
+
+        self.server = ("127.0.0.1", server_port)
+        self.drop_alerts = drop_alerts
+        self.inside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.inside.bind(("127.0.0.1", 0))
+        self.port = self.inside.getsockname()[1]
+        self.outside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.outside.bind(("127.0.0.1", 0))
+        self.public_port = self.outside.getsockname()[1]
+        self.client: tuple[str, int] | None = None
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._up, daemon=True),
+            threading.Thread(target=self._down, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _up(self) -> None:
+        self.inside.settimeout(0.1)
+        while not self._stop:
+            try:
+                data, addr = self.inside.recvfrom(4096)
+            except OSError:
+                continue
+            self.client = addr
+            if self.drop_alerts and data[:1] == b"\x15":
+                continue
+            self.outside.sendto(data, self.server)
+
+    def _down(self) -> None:
+        self.outside.settimeout(0.1)
+        while not self._stop:
+            try:
+                data = self.outside.recv(4096)
+            except OSError:
+                continue
+            if self.client is not None:
+                self.inside.sendto(data, self.client)
+
+    def close(self) -> None:
+        self._stop = True
+        for t in self._threads:
+            t.join(2)
+        self.inside.close()
+        self.outside.close()
