@@ -172,3 +172,24 @@ def _devices(path: Path) -> list[Device]:
     from citysense.registry import load_registry
 
     return list(load_registry(path).values())
+
+
+def test_optional_device_auth(tmp_path: Path) -> None:
+    """``--device-auth optional``: a device without a key is accepted on plain CoAP (and
+    ``/metrics`` says the gateway runs so); a device with a key still must prove itself."""
+    devices = write_registry(tmp_path / "registry.csv", 3)
+    write_keys(tmp_path / "keys.csv", devices[:1], OSCORE)
+    settings = edge_settings(tmp_path, device_keys=tmp_path / "keys.csv", device_auth="optional")
+    port = coap_port(settings)
+    with GatewayThread(settings):
+        keyed = post_uplink(port, uplink_payload(devices[0], now_ms()))
+        assert keyed.code == Code.UNAUTHORIZED, keyed
+        assert post_uplink(port, uplink_payload(devices[1], now_ms())).code == Code.CHANGED
+        text = metrics_text(settings)
+        assert "citysense_edge_device_auth_optional 1" in text
+        assert 'citysense_edge_device_uplinks_total{outcome="ok",scheme="none"} 1' in text
+    required = edge_settings(tmp_path, device_keys=tmp_path / "keys.csv")
+    with GatewayThread(required):
+        answer = post_uplink(coap_port(required), uplink_payload(devices[2], now_ms()))
+        assert answer.code == Code.UNAUTHORIZED, answer
+        assert "citysense_edge_device_auth_optional 0" in metrics_text(required)
