@@ -12,8 +12,9 @@ What this contains of aiocoap's internals:
 * :func:`open_context` writes the folder of a key (0700, files 0600) when it is missing or
   its secret changed (a rotated key starts a fresh context), then loads it. The file lock
   aiocoap takes per context refuses a second process on the same folder.
-* :class:`OscoreSite` is aiocoap's ``OscoreSiteWrapper``: unprotected requests go on to the
-  inner site with no claims (the site refuses them for keyed devices itself).
+* :class:`OscoreSite` is aiocoap's ``OscoreSiteWrapper`` without a request formatted per
+  uplink for a task's name. Unprotected requests go on to the inner site with no claims (the
+  site refuses them for keyed devices itself).
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiocoap import oscore
+import aiocoap
+import aiocoap.pipe
+from aiocoap import error, oscore
+from aiocoap.numbers.codes import FETCH, POST
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+from aiocoap.pipe import error_to_message, run_driving_pipe
+from aiocoap.transports.oscore import OSCOREAddress
 
 from citysense.credentials import DeviceKey, oscore_context_files
 
@@ -106,4 +112,78 @@ def save_context(context: DeviceSecurityContext) -> None:
 
 
 class OscoreSite(OscoreSiteWrapper):
-    """aiocoap's OSCORE site wrapper (a named seam: the wrapped site sees ``remote`` claims)."""
+    """aiocoap's OSCORE site wrapper, without formatting every request for a task name.
+
+    ``OscoreSiteWrapper.render_to_pipe`` names the task that renders each unprotected request
+    ``"OSCORE response rendering for %r" % request``, which formats the whole request --
+    resolving the peer's address and interface -- for every uplink, although the name is only
+    ever read by a debugger. This is the same method with a fixed name; EDHOC requests and
+    unprotected ones go to aiocoap's own code.
+    """
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        if request.opt.oscore is None or request.opt.uri_path == (".well-known", "edhoc"):
+            await super().render_to_pipe(pipe)
+            return
+        try:
+            unprotected = oscore.verify_start(request)
+        except oscore.NotAProtectedMessage:
+            await self._inner_site.render_to_pipe(pipe)
+            return
+        if request.code not in (FETCH, POST):
+            raise error.MethodNotAllowed
+        try:
+            sc = self.server_credentials.find_oscore(unprotected)
+        except KeyError:
+            if request.mtype == aiocoap.CON:
+                raise error.Unauthorized("Security context not found") from None
+            return
+        try:
+            unprotected, seqno = sc.unprotect(request)
+        except error.RenderableError:
+            raise
+        except oscore.ReplayError:
+            if request.mtype == aiocoap.CON:
+                pipe.add_response(
+                    aiocoap.Message(
+                        code=aiocoap.UNAUTHORIZED, max_age=0, payload=b"Replay detected"
+                    ),
+                    is_last=True,
+                )
+            return
+        except oscore.DecodeError:
+            if request.mtype == aiocoap.CON:
+                raise error.BadOption("Failed to decode COSE") from None
+            return
+        except oscore.ProtectionInvalid:
+            if request.mtype == aiocoap.CON:
+                raise error.BadRequest("Decryption failed") from None
+            return
+        unprotected.remote = OSCOREAddress(sc, request.remote)
+        sc = sc.context_for_response()
+        inner_pipe = aiocoap.pipe.IterablePipe(unprotected)
+        run_driving_pipe(
+            error_to_message(inner_pipe, self.log),
+            self._inner_site.render_to_pipe(inner_pipe),
+            name="OSCORE response rendering",
+        )
+        async for event in inner_pipe:
+            if event.exception is not None:
+                self.log.warning(
+                    "Turning error raised from renderer into nondescript protected error %r",
+                    event.exception,
+                )
+                message = aiocoap.Message(code=aiocoap.INTERNAL_SERVER_ERROR)
+                is_last = True
+            else:
+                message = event.message
+                is_last = event.is_last
+            if not is_last:
+                message.opt.observe = 0
+            protected_response, _ = sc.protect(message, seqno)
+            if message.opt.observe is not None:
+                protected_response.opt.observe = sc.sender_sequence_number & 0xFFFFFFFF
+            pipe.add_response(protected_response, is_last=is_last)
+            if event.is_last:
+                break
