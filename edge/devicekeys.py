@@ -7,13 +7,17 @@ look-ups. What a resource then sees in ``request.remote.authenticated_claims`` i
 :class:`DeviceClaim`.
 
 OSCORE security contexts live in ``<state>/oscore/<kid hex>/`` (0700) and are loaded on a
-device's first request. At most ``max_open`` are held open (each holds a file lock); the
-least recently used is saved cleanly and closed to make room. :meth:`close` saves all.
+device's first request. At most ``max_open`` are held open (each holds a file lock, so the
+bound also follows the process's open-file limit); the least recently used is saved cleanly
+and closed to make room, unless it was used in the last 30 s (a request may still hold it).
+:meth:`close` saves all.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +32,24 @@ from edge.compat import oscore as oscore_compat
 log = logging.getLogger(__name__)
 
 MAX_OPEN_CONTEXTS = 4096
+#: a context used this recently is not closed to make room (a request may still hold it)
+MIN_IDLE_BEFORE_CLOSE = 30.0
+
+
+def open_files_budget(wanted: int) -> int:
+    """How many contexts may be open: each holds a file (its lock). Raises the process's
+    soft limit of open files towards the hard one and keeps half of it for sockets."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 2 * wanted + 1024)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ValueError, OSError):
+        return max(16, min(wanted, 256))
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, (soft - 512) // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +82,9 @@ class DeviceKeyStore(CredentialsMap):
             elif key.scheme == DTLS_PSK:
                 self._psk[key.id] = (key.secret, DeviceClaim(key.device, DTLS_PSK))
         self.folder = state_dir / "oscore"
-        self.max_open = max_open
+        self.max_open = open_files_budget(max_open)
         self._open: OrderedDict[bytes, oscore_compat.DeviceSecurityContext] = OrderedDict()
+        self._used: dict[bytes, float] = {}
         self._on_oscore_event = on_oscore_event
 
     # ------------------------------------------------------------------ look-ups
@@ -87,6 +110,7 @@ class DeviceKeyStore(CredentialsMap):
         context = self._open.get(kid)  # type: ignore[arg-type]
         if context is not None:
             self._open.move_to_end(kid)  # type: ignore[arg-type]
+            self._used[kid] = time.monotonic()  # type: ignore[index]
             return context
         return self._load(self._kid[kid])  # type: ignore[index]
 
@@ -94,8 +118,13 @@ class DeviceKeyStore(CredentialsMap):
         return set(self._kid)
 
     def _load(self, key: DeviceKey) -> Any:
+        now = time.monotonic()
         while len(self._open) >= self.max_open:
-            _, oldest = self._open.popitem(last=False)
+            kid = next(iter(self._open))
+            if now - self._used.get(kid, 0.0) < MIN_IDLE_BEFORE_CLOSE:
+                break  # every open context is busy: hold one more for now
+            oldest = self._open.pop(kid)
+            self._used.pop(kid, None)
             oscore_compat.save_context(oldest)
         try:
             context = oscore_compat.open_context(self.folder / key.id.hex(), key)
@@ -106,6 +135,7 @@ class DeviceKeyStore(CredentialsMap):
         device = key.device
         context.on_event = lambda outcome: self._on_oscore_event(device, outcome)
         self._open[key.id] = context
+        self._used[key.id] = now
         return context
 
     @property
@@ -114,6 +144,7 @@ class DeviceKeyStore(CredentialsMap):
 
     def close(self) -> None:
         """Save every open OSCORE context (sequence numbers, replay windows) and unlock it."""
+        self._used.clear()
         while self._open:
             _, context = self._open.popitem()
             try:

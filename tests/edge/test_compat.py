@@ -7,6 +7,7 @@ overrun and identities longer than 32 bytes; the credential store is indexed.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -148,3 +149,29 @@ def test_dtls_server_binds_the_port_given_bounds_and_purges_states(tmp_path: Pat
             await ctx.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_open_oscore_contexts_are_bounded_and_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge import devicekeys
+    from edge.compat.oscore import COSE_KID
+
+    keys = [DeviceKey(f"urn:imei:{i}", OSCORE, bytes([i + 1]), bytes(16)) for i in range(20)]
+    busy = DeviceKeyStore(keys, tmp_path / "busy", max_open=16)
+    for key in keys:  # all used just now: none may be closed under a request
+        busy.find_oscore({COSE_KID: key.id})
+    assert busy.open_contexts == 20
+    busy.close()
+    monkeypatch.setattr(devicekeys, "MIN_IDLE_BEFORE_CLOSE", 0.0)
+    store = DeviceKeyStore(keys, tmp_path / "idle", max_open=16)
+    for key in keys:
+        store.find_oscore({COSE_KID: key.id})
+    assert store.open_contexts == 16
+    closed = tmp_path / "idle" / "oscore" / "01"
+    saved = json.loads((closed / "sequence.json").read_text())
+    assert saved["received"] != "unknown"  # saved cleanly: no Echo round trip needed
+    again = DeviceKeyStore(keys, tmp_path / "idle")  # its lock was released
+    again.find_oscore({COSE_KID: keys[0].id})
+    again.close()
+    store.close()
