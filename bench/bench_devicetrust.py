@@ -30,27 +30,22 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.bench_gateway import Confirmer, run_datagrams
+from bench.bench_gateway import GATEWAY, edge_process, run_datagrams
 from bench.harness import (
     WORK_DIR,
     MosquittoServer,
     Result,
     Section,
     cpu_seconds,
-    free_port,
     now_utc,
-    wait_until,
     write_results,
 )
 from citysense.credentials import (
@@ -64,11 +59,11 @@ from citysense.registry import Device, format_registry
 from citysense.senml import CF_SENML_JSON, encode_values
 from simulators import coap
 from simulators.oscore import DeviceContext
+from tests.edge.trust import NatRelay
 from tests.servers import free_udp_port
 
 log = logging.getLogger("bench.devicetrust")
 
-GATEWAY = "gw-bench-01"
 DEVICES = 2_000
 LOOKUP_DEVICES = 100_000
 WINDOW = 64
@@ -129,55 +124,14 @@ def gateway(
     broker: MosquittoServer, work: Path, keys: Path | None, coaps: int | None = None
 ) -> Iterator[tuple[int, int]]:
     """A ``citysense edge`` process; yields (CoAP port, pid)."""
-    state = Path(tempfile.mkdtemp(dir=work))
-    port, metrics_port = free_udp_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "citysense",
-        "edge",
-        "--gateway",
-        GATEWAY,
-        "--coap",
-        f"127.0.0.1:{port}",
-        "--mqtt",
-        broker.url,
-        "--registry",
-        str(work / "registry.csv"),
-        "--state-dir",
-        str(state),
-        "--metrics-bind",
-        f"127.0.0.1:{metrics_port}",
-        "--log-level",
-        "WARNING",
-        # the per-device budget stays on (its cost is measured), wide enough for the load
-        "--device-rate",
-        "100000",
-        "--device-burst",
-        "100000",
-    ]
+    # the per-device budget stays on (its cost is measured), wide enough for the load
+    extra = ["--device-rate", "100000", "--device-burst", "100000"]
     if keys is not None:
-        cmd += ["--device-keys", str(keys)]
+        extra += ["--device-keys", str(keys)]
     if coaps is not None:
-        cmd += ["--coaps", f"127.0.0.1:{coaps}"]
-    confirmer = Confirmer(broker.port)
-    proc = subprocess.Popen(cmd)
-    try:
-
-        def up() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", metrics_port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(up, 60, "the gateway")
-        yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        confirmer.close()
-        shutil.rmtree(state, ignore_errors=True)
+        extra += ["--coaps", f"127.0.0.1:{coaps}"]
+    with edge_process(broker, work / "registry.csv", work, extra) as (port, pid, _):
+        yield port, pid
 
 
 def timed(pid: int, run: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -188,61 +142,6 @@ def timed(pid: int, run: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple
 
 
 # --------------------------------------------------------------------------- DTLS clients
-
-
-class CountingRelay:
-    """A UDP relay between one client and the server that counts bytes both ways."""
-
-    def __init__(self, server_port: int) -> None:
-        self.server = ("127.0.0.1", server_port)
-        self.port = free_udp_port()
-        self.bytes = 0
-        self.datagrams = 0
-        self._client: tuple[str, int] | None = None
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._stop = False
-        self._threads = [
-            threading.Thread(target=self._pump_up, daemon=True),
-            threading.Thread(target=self._pump_down, daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _pump_up(self) -> None:
-        self._sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                data, addr = self._sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            self._client = addr
-            self.bytes += len(data)
-            self.datagrams += 1
-            self._up.sendto(data, self.server)
-
-    def _pump_down(self) -> None:
-        self._up.settimeout(0.2)
-        while not self._stop:
-            try:
-                data = self._up.recv(4096)
-            except (TimeoutError, OSError):
-                continue
-            self.bytes += len(data)
-            self.datagrams += 1
-            if self._client is not None:
-                self._sock.sendto(data, self._client)
-
-    def reset(self) -> None:
-        self.bytes = self.datagrams = 0
-
-    def close(self) -> None:
-        self._stop = True
-        for t in self._threads:
-            t.join(2)
-        self._sock.close()
-        self._up.close()
 
 
 async def dtls_established(
@@ -447,7 +346,7 @@ def measure(quick: bool) -> Section:
             log.info("dtls established: %.0f uplinks/s %s", est["rate"], est["codes"])
             new, new_cpu = timed(pid, dtls_new_sessions, coaps, dkeys[100:], new_sessions, t0)
             log.info("dtls new sessions: %.1f uplinks/s", new["rate"])
-            relay = CountingRelay(coaps)
+            relay = NatRelay(coaps, drop_alerts=False)
             try:
                 ok = coap_client_post(
                     relay.port, dkeys[1500], payload(DEVICES * 90, t0, dkeys[1500].device)

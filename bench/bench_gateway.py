@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.harness import (
@@ -298,26 +300,12 @@ class Confirmer:
         self.client.loop_stop()
 
 
-def gateway_run(
-    broker: MosquittoServer,
-    work: Path,
-    count: int,
-    window: int,
-    seed: int,
-    steady: tuple[int, float] | None = None,
-) -> tuple[dict[str, float], float, int, int, int]:
-    """One gateway process: a paced phase first (``steady`` = count, rate; its RSS is the
-    figure for a city's load), then the burst at full speed."""
-    from citysense.registry import Device, format_registry
-
-    registry = work / "registry.csv"
-    if not registry.exists():
-        registry.write_text(
-            format_registry(
-                Device(f"urn:imei:86{i:013d}", "air_station", "d", "s", 34.7, 113.7, GATEWAY)
-                for i in range(DEVICES)
-            )
-        )
+@contextlib.contextmanager
+def edge_process(
+    broker: MosquittoServer, registry: Path, work: Path, extra: Sequence[str] = ()
+) -> Iterator[tuple[int, int, Confirmer]]:
+    """``citysense edge`` on free loopback ports with its state under ``work`` and a
+    stand-in ingestor confirming its batches; yields (CoAP port, pid, the confirmer)."""
     state = Path(tempfile.mkdtemp(dir=work))
     port, metrics_port = free_udp_port(), free_port()
     cmd = [
@@ -339,6 +327,7 @@ def gateway_run(
         f"127.0.0.1:{metrics_port}",
         "--log-level",
         "WARNING",
+        *extra,
     ]
     confirmer = Confirmer(broker.port)
     proc = subprocess.Popen(cmd)
@@ -352,20 +341,45 @@ def gateway_run(
                 return False
 
         wait_until(up, 60, "the gateway")
-        idle_rss = vm_kib(proc.pid, "VmRSS")
-        steady_rss = 0
-        if steady is not None:
-            load(port, steady[0], 64, seed + 1000, rate=steady[1])
-            steady_rss = vm_kib(proc.pid, "VmHWM")
-        cpu0 = cpu_seconds(proc.pid)
-        result = load(port, count, window, seed)
-        cpu = cpu_seconds(proc.pid) - cpu0
-        wait_until(lambda: confirmer.readings >= result["ok"], 120, "every reading confirmed")
-        peak_rss = vm_kib(proc.pid, "VmHWM")
+        yield port, proc.pid, confirmer
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         confirmer.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def gateway_run(
+    broker: MosquittoServer,
+    work: Path,
+    count: int,
+    window: int,
+    seed: int,
+    steady: tuple[int, float] | None = None,
+) -> tuple[dict[str, float], float, int, int, int]:
+    """One gateway process: a paced phase first (``steady`` = count, rate; its RSS is the
+    figure for a city's load), then the burst at full speed."""
+    from citysense.registry import Device, format_registry
+
+    registry = work / "registry.csv"
+    if not registry.exists():
+        registry.write_text(
+            format_registry(
+                Device(f"urn:imei:86{i:013d}", "air_station", "d", "s", 34.7, 113.7, GATEWAY)
+                for i in range(DEVICES)
+            )
+        )
+    with edge_process(broker, registry, work) as (port, pid, confirmer):
+        idle_rss = vm_kib(pid, "VmRSS")
+        steady_rss = 0
+        if steady is not None:
+            load(port, steady[0], 64, seed + 1000, rate=steady[1])
+            steady_rss = vm_kib(pid, "VmHWM")
+        cpu0 = cpu_seconds(pid)
+        result = load(port, count, window, seed)
+        cpu = cpu_seconds(pid) - cpu0
+        wait_until(lambda: confirmer.readings >= result["ok"], 120, "every reading confirmed")
+        peak_rss = vm_kib(pid, "VmHWM")
     return result, cpu / result["elapsed"], idle_rss, steady_rss, peak_rss
 
 

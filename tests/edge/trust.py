@@ -110,7 +110,8 @@ def libcoap_post(
 class NatRelay:
     """Carrier NAT in front of the gateway: every client's datagrams leave from one fixed
     address:port. ``drop_alerts`` drops DTLS alerts (content type 21) on the way up: a
-    device that goes to sleep or loses power never closes its session."""
+    device that goes to sleep or loses power never closes its session. ``bytes`` and
+    ``datagrams`` count what crossed it both ways (the benchmark's wire cost)."""
 
     def __init__(self, server_port: int, *, drop_alerts: bool = True) -> None:
         import socket
@@ -125,6 +126,8 @@ class NatRelay:
         self.outside.bind(("127.0.0.1", 0))
         self.public_port = self.outside.getsockname()[1]
         self.client: tuple[str, int] | None = None
+        self.bytes = 0
+        self.datagrams = 0
         self._stop = False
         self._threads = [
             threading.Thread(target=self._up, daemon=True),
@@ -143,6 +146,8 @@ class NatRelay:
             self.client = addr
             if self.drop_alerts and data[:1] == b"\x15":
                 continue
+            self.bytes += len(data)
+            self.datagrams += 1
             self.outside.sendto(data, self.server)
 
     def _down(self) -> None:
@@ -152,8 +157,13 @@ class NatRelay:
                 data = self.outside.recv(4096)
             except OSError:
                 continue
+            self.bytes += len(data)
+            self.datagrams += 1
             if self.client is not None:
                 self.inside.sendto(data, self.client)
+
+    def reset(self) -> None:
+        self.bytes = self.datagrams = 0
 
     def close(self) -> None:
         self._stop = True
