@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from citysense.durable import connect_durable
 from citysense.errors import RetryableError
 from ingest.pipeline import DeadLetter
-from timeseries.sqlite_store import connect_durable
 
 FILENAME = "deadletters.sqlite3"
 

@@ -7,7 +7,10 @@ is closed unless asked for; a device of another gateway is refused unless roamin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -193,3 +196,35 @@ def test_optional_device_auth(tmp_path: Path) -> None:
         answer = post_uplink(coap_port(required), uplink_payload(devices[2], now_ms()))
         assert answer.code == Code.UNAUTHORIZED, answer
         assert "citysense_edge_device_auth_optional 0" in metrics_text(required)
+
+
+def test_no_silent_overwrite_on_the_authenticated_paths(tmp_path: Path) -> None:
+    """A second, different value for a held (device, metric, time) from the device itself
+    (OSCORE) is refused as a conflict, never merged; an identical repeat stays harmless."""
+    devices = write_registry(tmp_path / "registry.csv", 1)
+    keys = write_keys(tmp_path / "keys.csv", devices, OSCORE)
+    settings = edge_settings(tmp_path, device_keys=tmp_path / "keys.csv")
+    port = coap_port(settings)
+    uri = f"coap://127.0.0.1:{port}/up"
+    (device,) = devices
+    t = now_ms() - 10_000
+
+    async def scenario() -> list[aiocoap.Message]:
+        ctx = await client(port, keys[device], device_folder(tmp_path / "dev", keys[device]))
+        try:
+            return [
+                await post(ctx, uri, uplink_payload(device, t, {"pm25": 10.0})),
+                await post(ctx, uri, uplink_payload(device, t, {"pm25": 10.0})),
+                await post(ctx, uri, uplink_payload(device, t, {"pm25": 999.0})),
+            ]
+        finally:
+            await ctx.shutdown()
+
+    with GatewayThread(settings):
+        first, repeat, forged = asyncio.run(scenario())
+        assert first.code == Code.CHANGED and repeat.code == Code.CHANGED
+        assert forged.code == Code.BAD_REQUEST and forged.payload == b"conflicting value"
+        assert 'outcome="conflict",scheme="oscore"} 1' in metrics_text(settings)
+    with contextlib.closing(sqlite3.connect(Path(settings.state_dir) / "outbox.db")) as db:
+        (vals,) = db.execute("SELECT vals FROM reading").fetchone()
+    assert json.loads(vals)["pm25"] == 10.0
