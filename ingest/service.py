@@ -43,6 +43,7 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
+from timeseries.rollup import maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
@@ -356,7 +357,8 @@ async def serve(
     """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
-        writer = await stack.enter_async_context(open_writer(settings))
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
         store = await asyncio.to_thread(
             DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
         )
@@ -366,7 +368,8 @@ async def serve(
             host, port = parse_hostport(bind, "--metrics-bind")
 
             async def exposition() -> str:
-                return metrics.render()
+                extra = "\n".join(rollups.exposition()) + "\n" if rollups is not None else ""
+                return metrics.render() + extra
 
             server = await prometheus.serve_http(
                 {"/metrics": prometheus.metrics_route(exposition)}, host, port
