@@ -20,7 +20,7 @@ demo: $(STAMP)
 system-deps:
 	sh deploy/install-system-deps.sh
 
-test: $(STAMP) system-deps
+test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -36,15 +36,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
-bench: $(STAMP) system-deps
+bench: system-deps $(STAMP)
 	$(PY) -m bench
 
 # The end-to-end suite at full size (60 s InfluxDB outage, 2 min partition); not in CI.
-soak: $(STAMP) system-deps
+soak: system-deps $(STAMP)
 	CITYSENSE_SOAK=1 CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e tests/alerts/test_durability.py
 
 # Regenerates docs/reliability.md from the CI-sized end-to-end suite.
-reliability: $(STAMP) system-deps
+reliability: system-deps $(STAMP)
 	CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
 
 # Applies each deliberate defect of tests/mutants/ in a copy of the tree and proves that a test

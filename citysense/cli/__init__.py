@@ -39,6 +39,7 @@ ENTRY_POINTS: tuple[str, ...] = (
     "simulate fleet",
     "simulate module",
     "fleet generate",
+    "fleet credentials",
 )
 
 DESCRIPTIONS: dict[str, str] = {
@@ -52,6 +53,7 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
+    "fleet credentials": "write one key per registered device (OSCORE or DTLS-PSK), 0600",
 }
 
 
@@ -156,6 +158,10 @@ def resolve_entry(command: str) -> Callable[[Settings], int]:
             from simulators.cli import generate
 
             return generate
+        case "fleet credentials":
+            from citysense.cli.credentials import run as credentials
+
+            return credentials
     raise ConfigError(f"unknown command {command!r}")
 
 
