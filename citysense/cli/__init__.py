@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from citysense import __version__
+from citysense import __version__, logs
 from citysense.config import (
     COMMANDS,
     EDGE_PROBE,
@@ -40,6 +41,11 @@ ENTRY_POINTS: dict[str, str] = {
     "fleet generate": "simulators.cli:generate",
 }
 
+_PROJECT_PACKAGES = frozenset(
+    {m.split(".")[0] for m in (e.split(":")[0] for e in ENTRY_POINTS.values())}
+    | {"citysense", "timeseries", "analytics", "firmware_bridge", "mqtt_broker"}
+)
+
 DESCRIPTIONS: dict[str, str] = {
     "demo": "the whole city on one machine with embedded defaults",
     "edge": "a gateway: CoAP server, serial modules, outbox, MQTT uplink",
@@ -51,6 +57,49 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
 }
+
+
+#: The extra that carries each subcommand's dependencies (``pip install 'citysense[EXTRA]'``).
+EXTRA_OF: dict[str, str] = {
+    "demo": "all",
+    "edge": "edge",
+    "edge probe": "edge",
+    "ingest": "ingest",
+    "ingest dead-letters": "ingest",
+    "api": "api",
+    "alerts": "alerts",
+    "simulate fleet": "sim",
+    "simulate module": "sim",
+    "fleet generate": "sim",
+}
+
+#: Top-level modules each extra provides (import names, not distribution names).
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "edge": ("paho", "aiocoap", "serial"),
+    "ingest": ("paho", "httpx", "influxdb_client", "orjson"),
+    "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy"),
+    "alerts": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "paho"),
+    "sim": ("numpy",),
+}
+EXTRA_MODULES["all"] = tuple(sorted({m for mods in EXTRA_MODULES.values() for m in mods}))
+
+
+def missing_extra(command: str) -> str | None:
+    """A one-line reason when ``command``'s extra is not installed, else None."""
+    extra = EXTRA_OF.get(command)
+    if extra is None:
+        return None
+    missing = [m for m in EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return _install_hint(command, extra, missing)
+
+
+def _install_hint(command: str, extra: str, missing: Sequence[str]) -> str:
+    return (
+        f"'citysense {command}' needs the [{extra}] extra (missing: {', '.join(missing)}); "
+        f"install it with: pip install 'citysense[{extra}]'"
+    )
 
 
 def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -114,11 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_entry(command: str) -> Callable[[Settings], int]:
     """The function that runs ``command``; :class:`ConfigError` if it is not available."""
     module_name, func_name = ENTRY_POINTS[command].split(":")
+    reason = missing_extra(command)
+    if reason is not None:
+        raise ConfigError(reason)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise ConfigError(f"'citysense {command}' is not available yet") from exc
+        top = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF.get(command)
+        if extra is not None and top and top not in _PROJECT_PACKAGES:
+            raise ConfigError(_install_hint(command, extra, [top])) from exc
         raise
     func = getattr(module, func_name, None)
     if func is None:
@@ -141,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = load_settings(command, raw)
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        logs.configure(settings.log_level, settings.log_format)
         run = resolve_entry(command)
         return run(settings)
     except ConfigError as exc:
@@ -156,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CitysenseError as exc:
         print(f"citysense: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logs.flush()
 
 
 def console() -> None:
