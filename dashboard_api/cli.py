@@ -11,6 +11,7 @@ import logging
 import signal
 
 from citysense.config import Settings
+from citysense.sdnotify import supervised
 from dashboard_api.app import create_app
 from dashboard_api.service import serve
 
@@ -21,17 +22,18 @@ def run(settings: Settings) -> int:
     app = create_app(settings)  # configuration errors surface before anything starts
 
     async def main() -> None:
-        task = asyncio.create_task(serve(settings, app=app))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info("operator API stopped")
-        finally:
+        async with supervised("citysense api") as ready:
+            task = asyncio.create_task(serve(settings, ready, app=app))
+            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, task.cancel)
+            try:
+                await task
+            except asyncio.CancelledError:
+                log.info("operator API stopped")
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
 
     asyncio.run(main())
     return 0

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from citysense.config import Settings
+from citysense.sdnotify import supervised
 from ingest.deadletters import FILENAME, DeadLetterStore
 from ingest.service import serve
 
@@ -32,14 +33,15 @@ def run(settings: Settings) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(settings))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if task not in done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with supervised("citysense ingest") as ready:
+            task = asyncio.create_task(serve(settings, ready))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if task not in done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     asyncio.run(main())
     return 0
