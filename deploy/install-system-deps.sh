@@ -1,13 +1,18 @@
 #!/bin/sh
 # Installs the Debian packages the tests use, when they are missing:
 # mosquitto (broker), influxdb (influxd 1.x), libcoap3-bin (coap-client, an independent CoAP
-# peer), chromium (headless browser for the dashboard tests).
+# peer), chromium (headless browser for the dashboard tests), systemd (systemd-analyze for
+# the unit checks), dpkg-dev and fakeroot (building and installing the .deb).
 set -eu
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v influxd >/dev/null 2>&1 || missing="$missing influxdb"
 command -v coap-client-notls >/dev/null 2>&1 || missing="$missing libcoap3-bin"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
+command -v useradd >/dev/null 2>&1 || missing="$missing passwd"
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 echo "installing Debian packages:$missing"
 SUDO=""
