@@ -101,7 +101,8 @@ def test_systemd_analyze_verify_passes_for_every_unit(tmp_path: Path) -> None:
         + "ExecStartPre=relative/path\n"
     )
     result = _verify(root, ["citysense-broken.service"])
-    assert result.returncode != 0 and "citysense-broken" in result.stderr, result.stderr
+    # (verify exits 0 for what it ignores; its complaints on stderr are what this test reads)
+    assert "Failed to parse service type" in result.stderr, result.stderr
 
 
 def exposure(unit: Path) -> float:
