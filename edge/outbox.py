@@ -34,6 +34,7 @@ from typing import Protocol, TypeVar
 
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
 from citysense.errors import RetryableError
+from citysense.migrate import Migration, migrate, refuse_newer, statements
 from citysense.model import ENVELOPE_VERSION, Batch, Reading
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,15 @@ CREATE TABLE IF NOT EXISTS downlink (
 );
 CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
 """
+
+#: Schema versions of outbox.db (see :mod:`citysense.migrate`); append, never edit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "citysense 0.1.0: readings, batches, the seq counter, the downlink queue",
+        (*statements(_SCHEMA), "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)"),
+    ),
+)
 
 # A (device, t) seen again merges its values; when that adds or changes a value, the row
 # leaves the batch it was in (a confirmation of that batch must not delete the new value).
@@ -176,13 +186,13 @@ class SqliteOutbox:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_newer(self.path, "outbox", MIGRATIONS)
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA journal_size_limit=8388608")
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)")
+            migrate(db, self.path, "outbox", MIGRATIONS)
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"cannot open outbox {self.path}: {exc}") from exc
         self._db = db

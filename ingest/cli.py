@@ -63,11 +63,15 @@ def dead_letters(settings: Settings) -> int:
     try:
         counts = store.counts()
         letters = store.recent(settings.limit)
+        evictions = store.evictions()
     finally:
         store.close()
     total = sum(counts.values())
     summary = ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
     print(f"{total} dead letter(s): {summary}", file=out)
+    if evictions:
+        causes = ", ".join(f"{cause} {n}" for cause, n in evictions.items())
+        print(f"{sum(evictions.values())} evicted by the store's bounds: {causes}", file=out)
     for d in letters:
         where = d.topic
         if d.gateway:
@@ -75,7 +79,8 @@ def dead_letters(settings: Settings) -> int:
         if d.seq is not None:
             where += f" seq={d.seq}"
         payload = d.payload.decode("utf-8", "backslashreplace")
-        if len(payload) > PAYLOAD_SHOWN:
-            payload = payload[:PAYLOAD_SHOWN] + f"... ({len(d.payload)} bytes)"
+        if len(payload) > PAYLOAD_SHOWN or d.truncated:
+            digest = f", sha256 {d.digest}" if d.digest else ""
+            payload = payload[:PAYLOAD_SHOWN] + f"... ({d.size} bytes{digest})"
         print(f"\n{_time(d.at)}  {d.reason}  {where}\n  {d.message}\n  {payload}", file=out)
     return 0

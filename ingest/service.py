@@ -337,6 +337,20 @@ class Ingestor:
             await asyncio.to_thread(self.consumer.stop)
 
 
+def open_dead_letters(settings: Settings) -> DeadLetterStore:
+    """The dead-letter store with the bounds of ``settings``; evictions are logged."""
+
+    def evicted(cause: str, n: int) -> None:
+        log.warning("dead letters: %d evicted (%s bound)", n, cause)
+
+    return DeadLetterStore(
+        Path(settings.state_dir) / DEAD_LETTER_FILE,
+        max_bytes=int(settings.dead_letter_max_mb * 1024 * 1024),
+        max_age_ms=int(settings.dead_letter_days * 86_400_000),
+        on_evicted=evicted,
+    )
+
+
 async def serve(
     settings: Settings,
     ready: asyncio.Event | None = None,
@@ -347,9 +361,7 @@ async def serve(
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
         writer = await stack.enter_async_context(open_writer(settings))
-        store = await asyncio.to_thread(
-            DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
-        )
+        store = await asyncio.to_thread(open_dead_letters, settings)
         stack.callback(store.close)
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from citysense.errors import RetryableError
+from citysense.migrate import Migration, migrate, refuse_newer, statements
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
 
@@ -38,6 +39,27 @@ def connect_durable(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
+#: Schema versions of the embedded store (see :mod:`citysense.migrate`); append, never edit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "citysense 0.1.0: samples, one row per value", statements(SQLITE_SCHEMA)),
+)
+
+
+def connect_versioned(
+    path: Path, store: str, migrations: tuple[Migration, ...]
+) -> sqlite3.Connection:
+    """:func:`connect_durable` for a versioned store: a database from a newer version is
+    refused untouched (:class:`~citysense.migrate.SchemaTooNewError`), an older one migrated."""
+    refuse_newer(path, store, migrations)
+    db = connect_durable(path, "")
+    try:
+        migrate(db, path, store, migrations)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class SqliteWriter:
     """Writes points to the embedded SQLite store at ``path`` (created if missing)."""
 
@@ -45,7 +67,9 @@ class SqliteWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = connect_durable(self.path, SQLITE_SCHEMA)
+        self._db: sqlite3.Connection | None = connect_versioned(
+            self.path, "embedded store", MIGRATIONS
+        )
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB
 
     def write_blocking(self, points: Sequence[Point]) -> WriteResult:
