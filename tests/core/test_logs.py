@@ -113,3 +113,27 @@ def test_default_state_folder(tmp_path: Path) -> None:
     assert demo.state_dir == DEMO_STATE_DIR
     given = load_settings("edge", {"state_dir": "/srv/x"}, environ={"STATE_DIRECTORY": "/y"})
     assert given.state_dir == "/srv/x"
+
+
+def test_health_reports_what_it_waits_on_and_turns_503_after_the_threshold() -> None:
+    from citysense.health import Health
+
+    now = [0.0]
+    health = Health(("broker", "store"), unhealthy_after=60.0, clock=lambda: now[0])
+    code, body = health.report()
+    assert code == 200 and body["status"] == "waiting"
+    assert [w["what"] for w in body["waiting_on"]] == ["broker", "store"]  # type: ignore[index,union-attr]
+    health.observe("store", True)
+    now[0] = 30.0
+    health.observe("broker", True)
+    assert health.report() == (200, {"status": "ok", "waiting_on": [], "unhealthy_after": 60.0})
+    health.observe("broker", False)
+    now[0] = 90.0
+    assert health.report()[0] == 200  # down 60 s: not longer than the threshold
+    health.observe("broker", False)  # still down: counted from when it went
+    now[0] = 90.5
+    code, body = health.report()
+    assert code == 503 and body["status"] == "unhealthy"
+    assert body["waiting_on"] == [{"what": "broker", "seconds": 60.5}]
+    health.observe("broker", True)
+    assert health.render()[0] == 200
