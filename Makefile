@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench soak reliability clean dist deb
+.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean dist deb
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ dist: $(STAMP)
 # /usr/bin/citysense, systemd units, /etc/citysense examples (see docs/deploy.md).
 deb: dist
 	sh deploy/build-deb.sh dist/citysense-$(VERSION)-py3-none-any.whl dist
+
+# Applies each deliberate defect of tests/mutants/ in a copy of the tree and proves that a test
+# fails for it; writes the table into docs/reliability.md. Not in CI (about an hour).
+mutants: $(STAMP) system-deps
+	$(PY) -m tests.mutants.run --doc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

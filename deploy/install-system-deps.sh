@@ -1,8 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages the tests use, when they are missing:
 # mosquitto (broker), influxdb (influxd 1.x), libcoap3-bin (coap-client, an independent CoAP
-# peer), chromium (headless browser for the dashboard tests), systemd (systemd-analyze for
-# the unit checks), dpkg-dev and fakeroot (building and installing the .deb).
+# peer), chromium (headless browser for the dashboard tests), a C compiler (the end-to-end
+# tests build a small preload library that steps a gateway's wall clock), systemd
+# (systemd-analyze for the unit checks), dpkg, passwd and python3-venv (building the .deb
+# and installing it into a throwaway root).
 set -eu
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
@@ -13,6 +15,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
 command -v useradd >/dev/null 2>&1 || missing="$missing passwd"
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 [ -z "$missing" ] && exit 0
 echo "installing Debian packages:$missing"
 SUDO=""
