@@ -61,22 +61,21 @@ def installed_sizes(work: Path, wheel: Path) -> dict[str, int]:
     for extra in ("", "edge", "all"):
         venv = work / f"venv-{extra or 'base'}"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        if extra:
-            subprocess.run(
-                [
-                    str(venv / "bin/python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--find-links",
-                    str(WHEELS),
-                    f"{wheel}[{extra}]",
-                ],
-                check=True,
-                capture_output=True,
-            )
-        sizes[extra or "empty"] = site_packages_size(venv)
+        subprocess.run(
+            [
+                str(venv / "bin/python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--find-links",
+                str(WHEELS),
+                f"{wheel}[{extra}]" if extra else str(wheel),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        sizes[extra or "base"] = site_packages_size(venv)
     return sizes
 
 
