@@ -129,8 +129,8 @@ def registry(path: Path, n: int) -> list[str]:
 
 
 def con_post(mid: int, payload: bytes) -> bytes:
-    # CoAP CON POST /up, Content-Format 110 (SenML JSON), token 1 byte
-    head = bytes([0x41, 0x02, mid >> 8, mid & 0xFF, 0x07])
+    # CoAP CON POST /up, Content-Format 110 (SenML JSON), a 2-byte token of its own
+    head = bytes([0x42, 0x02, mid >> 8, mid & 0xFF, mid >> 8, mid & 0xFF])
     uri = bytes([0xB2]) + b"up"  # option 11 (Uri-Path), length 2
     cf = bytes([0x11, CF_SENML_JSON])  # option 12 (delta 1), length 1
     return head + uri + cf + b"\xff" + payload
