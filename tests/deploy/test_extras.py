@@ -79,3 +79,19 @@ def test_the_example_configurations_load(service: str) -> None:
     path = ROOT / "deploy" / "etc" / f"{service}.toml"
     settings = load_settings(service, {"config": str(path)}, environ={})
     assert settings.config == str(path)
+
+
+def test_the_base_package_imports_nothing_heavy() -> None:
+    heavy = sorted({m for mods in EXTRA_MODULES.values() for m in mods})
+    code = (
+        "import sys\n"
+        "from citysense.cli import build_parser\n"
+        "from citysense import config, health, logs, migrate, registry, sdnotify, senml\n"
+        "build_parser().parse_args(['edge', '--gateway', 'gw-1'])\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
