@@ -218,115 +218,52 @@ def measure(quick: bool) -> Section:
     section = Section(
         "deploy", "Deployment: sizes, gateway start-up and memory", measured_at=now_utc()
     )
+
+    def add(
+        name: str, value: float, unit: str, vs: tuple[float, str] | None, goal: str = "",
+        note: str = "",
+    ) -> None:  # fmt: skip
+        """A figure where less is better (time, memory, size), with its baseline."""
+        base, base_name = vs if vs is not None else (None, "")
+        section.add(Result(name, value, unit, goal=goal, baseline=base, note=note,
+                           baseline_name=base_name, higher_is_better=False))  # fmt: skip
+
+    mib = 2**20
     rounds = 2 if quick else 5
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         work = Path(tmp)
         bare = [bare_interpreter() for _ in range(rounds)]
         bare_start = statistics.median(b[0] for b in bare)
-        bare_rss = statistics.median(b[1] for b in bare)
+        bare_rss = (statistics.median(b[1] for b in bare) / mib, "bare interpreter")
         small = [run_edge(work, 20, False) for _ in range(rounds)]
         startup = statistics.median(r["startup"] for r in small)
-        section.add(
-            Result(
-                "citysense edge start-up to READY=1 (CoAP answering), 20 devices",
-                startup,
-                "s",
-                baseline=bare_start,
-                baseline_name="bare interpreter start-up",
-                higher_is_better=False,
-                note=f"median of {rounds}",
-            )
-        )
-        section.add(
-            Result(
-                "citysense edge RSS idle, 20 devices",
-                statistics.median(r["rss_idle"] for r in small) / 2**20,
-                "MiB",
-                goal="≤ 40 MB",
-                baseline=bare_rss / 2**20,
-                baseline_name="bare interpreter",
-                higher_is_better=False,
-            )
-        )
+        idle = statistics.median(r["rss_idle"] for r in small) / mib
         big = run_edge(work, 10_000, True, settle=0.0 if quick else 65.0)
-        section.add(
-            Result(
-                "citysense edge start-up to READY=1, 10,000 devices",
-                big["startup"],
-                "s",
-                baseline=startup,
-                baseline_name="20 devices",
-                higher_is_better=False,
-            )
-        )
-        section.add(
-            Result(
-                "citysense edge RSS idle, 10,000 registered devices",
-                big["rss_idle"] / 2**20,
-                "MiB",
-                goal="≤ 60 MB",
-                baseline=bare_rss / 2**20,
-                baseline_name="bare interpreter",
-                higher_is_better=False,
-            )
-        )
-        section.add(
-            Result(
-                "citysense edge RSS after one uplink from each of 10,000 devices",
-                big["rss_after"] / 2**20,
-                "MiB",
-                baseline=big["rss_idle"] / 2**20,
-                baseline_name="idle",
-                higher_is_better=False,
-                note=f"{int(big['answered']):,} answered; the CoAP layer keeps each answer "
-                "60 s to recognise retransmissions",
-            )
-        )
+        big_idle = big["rss_idle"] / mib
+        add("citysense edge start-up to READY=1 (CoAP answering), 20 devices", startup, "s",
+            (bare_start, "bare interpreter start-up"), note=f"median of {rounds}")  # fmt: skip
+        add("citysense edge RSS idle, 20 devices", idle, "MiB", bare_rss, goal="≤ 40 MB")
+        add("citysense edge start-up to READY=1, 10,000 devices", big["startup"], "s",
+            (startup, "20 devices"))  # fmt: skip
+        add("citysense edge RSS idle, 10,000 registered devices", big_idle, "MiB", bare_rss,
+            goal="≤ 60 MB")  # fmt: skip
+        add("citysense edge RSS after one uplink from each of 10,000 devices",
+            big["rss_after"] / mib, "MiB", (big_idle, "idle"),
+            note=f"{int(big['answered']):,} answered; the CoAP layer keeps each answer 60 s "
+            "to recognise retransmissions")  # fmt: skip
         if "rss_settled" in big:
-            section.add(
-                Result(
-                    "citysense edge RSS 65 s after those uplinks",
-                    big["rss_settled"] / 2**20,
-                    "MiB",
-                    baseline=big["rss_idle"] / 2**20,
-                    baseline_name="idle",
-                    higher_is_better=False,
-                )
-            )
+            add("citysense edge RSS 65 s after those uplinks", big["rss_settled"] / mib, "MiB",
+                (big_idle, "idle"))  # fmt: skip
         wheel = build_wheel(work / "dist")
-        sizes = installed_sizes(work, wheel)
-        section.add(
-            Result(
-                "installed size, citysense[edge] (site-packages)",
-                sizes["edge"] / 2**20,
-                "MiB",
-                baseline=sizes["all"] / 2**20,
-                baseline_name="citysense[all]",
-                higher_is_better=False,
-                note="pip and setuptools not counted",
-            )
-        )
-        section.add(
-            Result(
-                "installed size, citysense[all] (site-packages)",
-                sizes["all"] / 2**20,
-                "MiB",
-                baseline=sizes["base"] / 2**20,
-                baseline_name="the base package alone (with cbor2)",
-                higher_is_better=False,
-            )
-        )
+        sizes = {k: v / mib for k, v in installed_sizes(work, wheel).items()}
+        add("installed size, citysense[edge] (site-packages)", sizes["edge"], "MiB",
+            (sizes["all"], "citysense[all]"), note="pip and setuptools not counted")  # fmt: skip
+        add("installed size, citysense[all] (site-packages)", sizes["all"], "MiB",
+            (sizes["base"], "the base package alone (with cbor2)"))  # fmt: skip
         deb = deb_figures(work, wheel)
-        section.add(
-            Result(
-                "citysense_<version>_all.deb ([all], xz)",
-                deb["size"] / 2**20,
-                "MiB",
-                higher_is_better=False,
-                note=f"Installed-Size {deb['installed'] / 2**20:.0f} MiB; "
-                f"built in {deb['seconds']:.0f} s with cached wheels",
-            )
-        )
+        add("citysense_<version>_all.deb ([all], xz)", deb["size"] / mib, "MiB", None,
+            note=f"Installed-Size {deb['installed'] / mib:.0f} MiB; built in "
+            f"{deb['seconds']:.0f} s with cached wheels")  # fmt: skip
     section.body = (
         "RSS is VmRSS from /proc after 3 s idle (2 s after the uplinks). Start-up runs from "
         "exec to the READY=1 datagram on the bench's notify socket, which the gateway sends "
