@@ -20,13 +20,11 @@ from fastapi.responses import JSONResponse
 from citysense import __version__
 from citysense.config import Settings, parse_api_keys
 from citysense.errors import (
-    ConfigError,
     InputError,
     PermanentError,
-    RegistryError,
     RetryableError,
 )
-from citysense.registry import Registry, load_registry
+from citysense.registry import Registry, load_registry_option
 from dashboard_api.auth import KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.routes import ApiContext, PointLimitError, router
@@ -96,10 +94,7 @@ def create_app(
     """
     keys = parse_api_keys(settings.api_keys)
     if registry is None and settings.registry:
-        try:
-            registry = load_registry(settings.registry)
-        except RegistryError as exc:
-            raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+        registry = load_registry_option(settings.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

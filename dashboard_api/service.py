@@ -13,23 +13,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
+from citysense.compat import uvicorn as compat_uvicorn
 from citysense.config import Settings, parse_hostport
 from citysense.errors import ConfigError
 from dashboard_api.app import create_app
 
 log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 10.0
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # signals belong to the caller (the CLI or the demo)
 
 
 async def serve(
@@ -47,7 +41,7 @@ async def serve(
         timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT / 2),
     )
     sock = listen_socket(host, port, settings.bind)
-    server = _Server(config)
+    server = compat_uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
     try:
         while not server.started:

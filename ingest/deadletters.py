@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
 from citysense.migrate import Migration, statements
 from ingest.pipeline import DeadLetter
-from timeseries.sqlite_store import connect_versioned
 
 FILENAME = "deadletters.sqlite3"
 #: Largest payload kept whole, bytes; a longer one keeps its first PAYLOAD_MAX bytes.

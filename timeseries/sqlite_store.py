@@ -15,8 +15,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
-from citysense.migrate import Migration, migrate, refuse_newer, statements
+from citysense.migrate import Migration, statements
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
 
@@ -29,35 +30,10 @@ def _rows(points: Sequence[Point]) -> Iterator[tuple[object, ...]]:
             yield (metric, device, t, float(value), m, kind, district, site, gateway)
 
 
-def connect_durable(path: Path, schema: str) -> sqlite3.Connection:
-    """A connection for one writer thread at a time: WAL, a commit is on disk when it returns
-    (``synchronous=FULL``), explicit transactions, ``schema`` applied."""
-    db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(schema)
-    return db
-
-
 #: Schema versions of the embedded store (see :mod:`citysense.migrate`); append, never edit.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "citysense 0.1.0: samples, one row per value", statements(SQLITE_SCHEMA)),
 )
-
-
-def connect_versioned(
-    path: Path, store: str, migrations: tuple[Migration, ...]
-) -> sqlite3.Connection:
-    """:func:`connect_durable` for a versioned store: a database from a newer version is
-    refused untouched (:class:`~citysense.migrate.SchemaTooNewError`), an older one migrated."""
-    refuse_newer(path, store, migrations)
-    db = connect_durable(path, "")
-    try:
-        migrate(db, path, store, migrations)
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 class SqliteWriter:
