@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 
 class Health:
@@ -57,3 +57,18 @@ class Health:
     def render(self) -> tuple[int, bytes]:
         code, body = self.report()
         return code, (json.dumps(body) + "\n").encode()
+
+
+def health_route(
+    health: Health, observe: Callable[[], None] | None = None
+) -> Callable[[], Awaitable[tuple[int, str, bytes]]]:
+    """A ``GET /health`` handler for :func:`citysense.prometheus.serve_http`; ``observe``
+    refreshes what can be read at once (a connection flag) before answering."""
+
+    async def handle() -> tuple[int, str, bytes]:
+        if observe is not None:
+            observe()
+        code, body = health.render()
+        return code, "application/json", body
+
+    return handle

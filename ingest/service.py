@@ -35,6 +35,7 @@ from citysense import prometheus, topics
 from citysense.backoff import Backoff
 from citysense.config import Settings, parse_hostport, parse_mqtt_url
 from citysense.errors import RetryableError
+from citysense.health import Health, health_route
 from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
@@ -47,6 +48,9 @@ from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
 log = logging.getLogger(__name__)
+
+#: What GET /health reports on.
+HEALTH_DEPENDS_ON = ("broker", "store")
 T = TypeVar("T")
 
 DEFAULT_CLIENT_ID = "citysense-ingest-1"
@@ -81,8 +85,10 @@ class Ingestor:
         metrics: IngestMetrics,
         *,
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or Health(HEALTH_DEPENDS_ON, settings.unhealthy_after)
         self.writer = writer
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -144,6 +150,7 @@ class Ingestor:
                 self.consumer = self._new_consumer(mqtt.MQTTv311)
                 self.consumer.start()
                 continue
+            self.health.observe("broker", consumer.connected.is_set())
             if not announced and consumer.subscribed.is_set():
                 log.info("ingestor ready: subscribed to %s", consumer.subscription)
                 announced = True
@@ -284,14 +291,18 @@ class Ingestor:
         backoff = Backoff(0.2, cap, jitter=True)
         while True:
             try:
-                return await op(*args)
+                result = await op(*args)
             except RetryableError as exc:
+                self.health.observe("store", False)
                 self.metrics.retries += 1
                 wait = backoff.delay()
                 if exc.retry_after is not None:
                     wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
                 log.info("storage not available (%s); retrying in %.1f s", exc, wait)
                 await asyncio.sleep(wait)
+            else:
+                self.health.observe("store", True)
+                return result
 
     async def _ack_in_order(self) -> None:
         while True:
@@ -357,10 +368,9 @@ async def serve(
 ) -> None:
     """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
     metrics = IngestMetrics()
+    health = Health(HEALTH_DEPENDS_ON, settings.unhealthy_after)
     async with AsyncExitStack() as stack:
-        writer = await stack.enter_async_context(open_writer(settings))
-        store = await asyncio.to_thread(open_dead_letters, settings)
-        stack.callback(store.close)
+        # /metrics and /health first: a supervisor sees what the ingestor waits on at start
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
@@ -369,8 +379,17 @@ async def serve(
                 return metrics.render()
 
             server = await prometheus.serve_http(
-                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+                {
+                    "/metrics": prometheus.metrics_route(exposition),
+                    "/health": health_route(health),
+                },
+                host,
+                port,
             )
             stack.push_async_callback(prometheus.close_server, server)
-        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
+        writer = await stack.enter_async_context(open_writer(settings))
+        health.observe("store", True)
+        store = await asyncio.to_thread(open_dead_letters, settings)
+        stack.callback(store.close)
+        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol, health=health)
         await ingestor.run(ready)
