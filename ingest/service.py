@@ -346,10 +346,11 @@ class Ingestor:
             await asyncio.to_thread(self.consumer.stop)
 
 
-def open_dead_letters(settings: Settings) -> DeadLetterStore:
-    """The dead-letter store with the bounds of ``settings``; evictions are logged."""
+def open_dead_letters(settings: Settings, metrics: IngestMetrics) -> DeadLetterStore:
+    """The dead-letter store with the bounds of ``settings``; evictions counted and logged."""
 
-    def evicted(cause: str, n: int) -> None:
+    def evicted(cause: str, n: int) -> None:  # in the thread that added dead letters
+        metrics.dead_letters_evicted[cause] += n
         log.warning("dead letters: %d evicted (%s bound)", n, cause)
 
     return DeadLetterStore(
@@ -389,7 +390,7 @@ async def serve(
             stack.push_async_callback(prometheus.close_server, server)
         writer = await stack.enter_async_context(open_writer(settings))
         health.observe("store", True)
-        store = await asyncio.to_thread(open_dead_letters, settings)
+        store = await asyncio.to_thread(open_dead_letters, settings, metrics)
         stack.callback(store.close)
         ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol, health=health)
         await ingestor.run(ready)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from ingest.deadletters import PAYLOAD_MAX, DeadLetterStore
@@ -70,3 +71,26 @@ def test_the_size_bound_evicts_the_oldest_and_counts_them(tmp_path: Path) -> Non
     # the newest are kept, the oldest went first
     assert [d.message for d in kept] == [f"bad {i}" for i in range(299, 299 - len(kept), -1)]
     assert path.stat().st_size <= 2 * cap
+
+
+def test_the_ingestor_counts_evictions_in_its_metrics(tmp_path: Path) -> None:
+    from citysense.config import load_settings
+    from ingest.metrics import IngestMetrics
+    from ingest.service import open_dead_letters
+
+    settings = load_settings(
+        "ingest", {"state_dir": str(tmp_path), "dead_letter_max_mb": "0.25"}, environ={}
+    )
+    metrics = IngestMetrics()
+    store = open_dead_letters(settings, metrics)
+    try:
+        now = int(time.time() * 1000)
+        for i in range(40):
+            store.add([letter(i, 16 * 1024)], now + i)
+    finally:
+        store.close()
+    assert metrics.dead_letters_evicted["size"] > 0 and "age" not in metrics.dead_letters_evicted
+    assert (
+        f'citysense_ingest_dead_letters_evicted_total{{cause="size"}} {metrics.dead_letters_evicted["size"]}'
+        in metrics.render()
+    )
