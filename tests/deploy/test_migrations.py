@@ -26,14 +26,7 @@ from citysense.migrate import (
 from edge.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
 from ingest.deadletters import MIGRATIONS as DEAD_LETTER_MIGRATIONS
 from ingest.deadletters import DeadLetterStore
-from tests.edge.gateway import (
-    GatewayThread,
-    coap_port,
-    edge_settings,
-    ingestor,
-    post_uplink,
-    uplink_payload,
-)
+from tests.edge import gateway as harness
 from tests.servers import ROOT, MosquittoServer, wait_until
 from timeseries.sqlite_store import MIGRATIONS as STORE_MIGRATIONS
 from timeseries.sqlite_store import SqliteWriter
@@ -60,10 +53,10 @@ def user_version(path: Path) -> int:
 def test_the_0_1_0_outbox_is_migrated_and_every_reading_and_command_delivered(
     tmp_path: Path, mosquitto: MosquittoServer
 ) -> None:
-    settings = edge_settings(tmp_path, mqtt_url=mosquitto.url)
+    settings = harness.edge_settings(tmp_path, mqtt_url=mosquitto.url)
     copy_fixture("outbox.db", Path(settings.state_dir))
     expected = {(d, m, t) for d, m, t, _ in EXPECTED["outbox.db"]["readings"]}
-    with ingestor(mosquitto.url) as ing, GatewayThread(settings):
+    with harness.ingestor(mosquitto.url) as ing, harness.GatewayThread(settings):
         wait_until(lambda: ing.keys >= expected, 60, "every reading of the 0.1.0 outbox")
         # the seq counter went on where 0.1.0 left it: batches 1 and 3 re-sent, then 4, ...
         assert 1 in ing.seqs() and 3 in ing.seqs() and 2 not in ing.seqs()
@@ -72,7 +65,9 @@ def test_the_0_1_0_outbox_is_migrated_and_every_reading_and_command_delivered(
         fresh: set[tuple[str, str, int]] = set()
         for cid, device, command in EXPECTED["outbox.db"]["commands"]:
             now = int(time.time() * 1000)
-            answer = post_uplink(coap_port(settings), uplink_payload(device, now))
+            answer = harness.post_uplink(
+                harness.coap_port(settings), harness.uplink_payload(device, now)
+            )
             assert cid.encode() in answer.payload and command.encode() in answer.payload
             fresh |= {(device, "pm25", now), (device, "pm10", now)}
         wait_until(lambda: ing.keys >= fresh, 30, "the new uplinks")
