@@ -38,6 +38,7 @@ API = "api"
 SIM_FLEET = "simulate fleet"
 SIM_MODULE = "simulate module"
 FLEET_GENERATE = "fleet generate"
+ALERTS = "alerts"
 COMMANDS: tuple[str, ...] = (
     DEMO,
     EDGE,
@@ -45,13 +46,16 @@ COMMANDS: tuple[str, ...] = (
     INGEST,
     DEAD_LETTERS,
     API,
+    ALERTS,
     SIM_FLEET,
     SIM_MODULE,
     FLEET_GENERATE,
 )
-_SERVICES = frozenset({DEMO, EDGE, INGEST, API})
+_SERVICES = frozenset({DEMO, EDGE, INGEST, API, ALERTS})
 _ALL = frozenset(COMMANDS)
-_STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API})
+_STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API, ALERTS})
+#: ``--bind`` of ``citysense alerts`` when left at the API's default.
+ALERTS_DEFAULT_BIND = "127.0.0.1:8001"
 
 
 def _opt(
@@ -89,7 +93,7 @@ class Settings:
         None,
         "MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://... "
         "(default: mqtt://127.0.0.1:1883; demo: an embedded broker)",
-        {DEMO, EDGE, INGEST},
+        {DEMO, EDGE, INGEST, ALERTS},
         metavar="URL",
     )
     influx: str | None = _opt(
@@ -121,7 +125,7 @@ class Settings:
         metavar="DIR",
     )
     registry: str | None = _opt(
-        None, "device registry CSV", {DEMO, EDGE, API, SIM_FLEET}, metavar="FILE"
+        None, "device registry CSV", {DEMO, EDGE, API, ALERTS, SIM_FLEET}, metavar="FILE"
     )
     metrics_bind: str | None = _opt(
         None,
@@ -183,9 +187,9 @@ class Settings:
     )
     retry_max_delay: float = _opt(
         30.0,
-        "cap of the back-off between reconnects to the broker (edge) or retries of the store "
-        "(ingest), seconds",
-        {EDGE, INGEST},
+        "cap of the back-off between reconnects to the broker (edge), retries of the store "
+        "(ingest) or notification attempts (alerts), seconds",
+        {EDGE, INGEST, ALERTS},
         "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
@@ -209,11 +213,16 @@ class Settings:
         "float",
     )
     # --- api
-    bind: str = _opt("127.0.0.1:8000", "HTTP listen address", {DEMO, API}, metavar="HOST:PORT")
+    bind: str = _opt(
+        "127.0.0.1:8000",
+        f"HTTP listen address (alerts: {ALERTS_DEFAULT_BIND} when left at the default)",
+        {DEMO, API, ALERTS},
+        metavar="HOST:PORT",
+    )
     api_keys: tuple[str, ...] = _opt(
         (),
         "API keys with their roles, KEY:ROLE,... (roles: operator, viewer)",
-        {DEMO, API},
+        {DEMO, API, ALERTS},
         "list",
         secret=True,
         metavar="KEY:ROLE,...",
@@ -221,12 +230,48 @@ class Settings:
     point_limit: int = _opt(
         20000, "largest number of points one query may return", {DEMO, API}, "int"
     )
-    rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API}, "int")
+    rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API, ALERTS}, "int")
     timezone: str = _opt(
         "UTC",
         "the city's IANA time zone, for local-time analytics such as the 02:00-04:00 night flow",
-        {DEMO, API},
+        {DEMO, API, ALERTS},
         metavar="ZONE",
+    )
+    alerts: str | None = _opt(
+        None,
+        "URL of `citysense alerts` whose active alarms the dashboard shows (fetched server side)",
+        {API},
+        metavar="URL",
+    )
+    # --- alerts
+    rules: str | None = _opt(
+        None, "alarm rules file (TOML; demo: the default rule set)", {ALERTS, DEMO}, metavar="FILE"
+    )
+    webhook: tuple[str, ...] = _opt(
+        (),
+        "a webhook receiving alarm events, URL; dingtalk+https://... or wecom+https://... "
+        "for those chat robots (repeatable)",
+        {ALERTS},
+        "list",
+        secret=True,  # robot URLs carry their tokens
+        metavar="URL",
+    )
+    webhook_secret_file: str | None = _opt(
+        None,
+        "file holding the secret webhook bodies are signed with (HMAC-SHA256)",
+        {ALERTS},
+        metavar="FILE",
+    )
+    webhook_timeout: float = _opt(10.0, "webhook request timeout, seconds", {ALERTS}, "float")
+    interval: float = _opt(15.0, "seconds between rule evaluations", {ALERTS}, "float")
+    quality_interval: float = _opt(
+        300.0,
+        "seconds between data-quality evaluations (0: only when /quality is asked)",
+        {DEMO, API},
+        "float",
+    )
+    forecast_refresh: float = _opt(
+        3600.0, "seconds between retrainings of the forecast", {DEMO, API}, "float"
     )
     # --- simulators
     devices: int = _opt(
@@ -247,6 +292,13 @@ class Settings:
         (),
         "faults to inject, NAME[=RATE],...",
         {SIM_FLEET, SIM_MODULE},
+        "list",
+        metavar="NAME[=RATE],...",
+    )
+    sensor_faults: tuple[str, ...] = _opt(
+        (),
+        "sensor faults with known truth: stuck, spike, drift, covered_inlet, reversal [=RATE]",
+        {DEMO, SIM_FLEET},
         "list",
         metavar="NAME[=RATE],...",
     )
@@ -543,6 +595,8 @@ def validate(s: Settings, command: str) -> None:
         "receive_maximum": s.receive_maximum,
         "write_batch_points": s.write_batch_points,
         "point_limit": s.point_limit,
+        "webhook_timeout": s.webhook_timeout,
+        "interval": s.interval,
         "rate_limit": s.rate_limit,
         "influx_timeout": s.influx_timeout,
         "time_scale": s.time_scale,
@@ -572,7 +626,17 @@ def validate(s: Settings, command: str) -> None:
         raise ConfigError(f"--timezone {s.timezone!r} is not a known IANA time zone") from None
     if s.receive_maximum > 65535:
         raise ConfigError("--receive-maximum must be at most 65535 (MQTT's limit)")
-    if s.registry is not None and command in (EDGE, API, DEMO) and not Path(s.registry).is_file():
+    if (
+        s.registry is not None
+        and command in (EDGE, API, DEMO, ALERTS)
+        and not Path(s.registry).is_file()
+    ):
         raise ConfigError(f"--registry {s.registry}: no such file")
+    if command == ALERTS and not s.rules:
+        raise ConfigError("alerts needs --rules FILE")
+    if s.alerts is not None:
+        parts = urlsplit(s.alerts)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--alerts must be an http(s) URL, not {mask_url(s.alerts)!r}")
     if command == EDGE_PROBE and not s.serial_device:
         raise ConfigError("edge probe needs --serial-device DEV (or --serial DEV)")

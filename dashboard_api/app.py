@@ -25,8 +25,11 @@ from citysense.errors import (
     RetryableError,
 )
 from citysense.registry import Registry, load_registry_option
+from dashboard_api.alarms import router as alarms_router
 from dashboard_api.auth import KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
+from dashboard_api.quality import ForecastService, QualityMonitor, start_background
+from dashboard_api.quality_routes import router as quality_router
 from dashboard_api.routes import ApiContext, PointLimitError, router
 from timeseries.query import QueryError, Reader, open_reader
 
@@ -102,9 +105,16 @@ def create_app(
             used = reader
             if used is None:
                 used = await stack.enter_async_context(open_reader(settings))
-            app.state.context = ApiContext(
-                used, registry, settings.point_limit, clock, settings.timezone
+            app.state.quality = QualityMonitor(used, clock, settings.quality_interval or 300.0)
+            app.state.forecast = ForecastService(
+                used, clock, settings.forecast_refresh, settings.timezone
             )
+            app.state.context = ApiContext(
+                used, registry, settings.point_limit, clock, settings.timezone, app.state.quality
+            )
+            if settings.quality_interval > 0:  # 0: evaluated only when /quality is asked
+                for task in start_background(app.state.quality, app.state.forecast):
+                    stack.callback(task.cancel)
             if not keys:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)
@@ -124,6 +134,9 @@ def create_app(
     app.state.limiter = RateLimiter(settings.rate_limit)
     app.state.metrics = RequestMetrics()
     app.include_router(router)
+    app.include_router(alarms_router)
+    app.state.alerts_url = settings.alerts
+    app.include_router(quality_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)

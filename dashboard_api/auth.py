@@ -17,25 +17,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
-import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-Role = Literal["viewer", "operator"]
-ROLE_KEY = "x-role"
-_RANK = {"public": 0, "viewer": 1, "operator": 2}
+from citysense.apikeys import RANK as _RANK
+from citysense.apikeys import ROLE_KEY, KeyStore, RateLimiter, Role, role
 
-
-def role(required: Literal["public", "viewer", "operator"]) -> dict[str, object]:
-    """``openapi_extra`` declaring the role a route needs."""
-    return {ROLE_KEY: required}
+__all__ = [
+    "ROLE_KEY",
+    "CurrentPrincipal",
+    "KeyStore",
+    "Principal",
+    "RateLimiter",
+    "authorize",
+    "role",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,52 +46,6 @@ class Principal:
     def require_operator(self, what: str) -> None:
         if self.role != "operator":
             raise HTTPException(403, f"{what}: viewers see district-level data only")
-
-
-class KeyStore:
-    """API keys by SHA-256 digest; lookups compare against every digest in constant time."""
-
-    def __init__(self, keys: Mapping[str, str]) -> None:
-        self._digests: list[tuple[bytes, Role]] = [
-            (hashlib.sha256(k.encode()).digest(), r)  # type: ignore[misc]
-            for k, r in keys.items()
-        ]
-
-    @property
-    def open(self) -> bool:
-        return not self._digests
-
-    def lookup(self, presented: str) -> Principal | None:
-        digest = hashlib.sha256(presented.encode()).digest()
-        found: Principal | None = None
-        for stored, r in self._digests:
-            if hmac.compare_digest(stored, digest):
-                found = Principal(r, stored.hex()[:8])
-        return found
-
-
-class RateLimiter:
-    """Token buckets: ``per_minute`` requests per minute per key, bursts up to that many."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 if allowed, else the seconds until the next request would be."""
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > 10_000:  # bounded memory: forget idle full buckets
-            for k in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1]:
-                del self._buckets[k]
-        return (1.0 - tokens) / self.rate
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys")
@@ -122,7 +76,7 @@ async def authorize(
         found = keys.lookup(credentials.credentials)
         if found is None:
             raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
-        principal = found
+        principal = Principal(found.role, found.key_id)
     wait = state.limiter.take(principal.key_id)
     if wait > 0:
         state.metrics.rate_limited += 1

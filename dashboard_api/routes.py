@@ -68,6 +68,7 @@ from dashboard_api.parameters import (
     parse_time,
     rfc3339,
 )
+from dashboard_api.quality import QualityMonitor, exclude_flagged, excluded_out
 from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
 
 HOUR = 3_600_000
@@ -120,6 +121,7 @@ class ApiContext:
     point_limit: int
     clock: Callable[[], float]  #: seconds since the epoch
     timezone: str = "UTC"  #: the city's time zone (local-time analytics)
+    quality: QualityMonitor | None = None  #: data-quality flags (flagged readings left out)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -368,11 +370,13 @@ async def district_aqi(
                 if 0 <= k < 24:
                     values[k] = v
             hourly[g.group["district"]][pollutant] = values
+    excluded = await exclude_flagged(ctx.reader, ctx.quality, hourly, at_ms, DAY, district)
     out = []
     for name in sorted(hourly):
         conc = {p: window_means(v) for p, v in hourly[name].items()}
         hours = {p: sum(x is not None for x in v) for p, v in hourly[name].items()}
         out.append(_aqi_out(name, compute_aqi(conc, standard), hours))
+        out[-1].excluded = excluded.get(name, [])
     return out
 
 
@@ -448,6 +452,7 @@ async def devices(
     seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms)
     out: list[models.Device] = []
     registry: Mapping[str, Device] = ctx.registry or {}
+    flagged = ctx.quality.open_by_device() if ctx.quality is not None else {}
     for dev_id in sorted(set(seen) | set(registry)):
         reg = registry.get(dev_id)
         s = seen.get(dev_id)
@@ -476,6 +481,10 @@ async def devices(
                 snr=values.get("snr"),
                 ecl=values.get("ecl"),
                 registered=reg is not None,
+                flags=[
+                    models.FlagBrief(metric=f.metric, reason=f.reason, since=rfc3339(f.since))
+                    for f in flagged.get(dev_id, [])
+                ],
             )
         )
     out.sort(key=lambda d: (_STATUS_ORDER[d.status], d.device))
@@ -586,6 +595,8 @@ async def congestion(
     speeds, occs, vehs = last_of(speed), last_of(occ), last_of(veh)
     hist_by = {g.group["device"]: tuple(v for _, v in g.points) for g in hist}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("avg_speed", "occupancy", "vehicle_count"), at_ms - win, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     counters = [
         CounterWindow(
             dev,
@@ -604,6 +615,7 @@ async def congestion(
         window=format_duration(win),
         districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
         sites=[models.CongestionOut(**asdict(c)) for c in sites],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
 
 
@@ -653,6 +665,8 @@ async def leaks(
     flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}
     night_by = {g.group["device"]: min(v for _, v in g.points) for g in nights if g.points}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("water_volume", "water_flow"), first, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     meters = [
         MeterEvidence(dev, dist, site, flag_by.get(dev, 0), night_by.get(dev))
         for dev, (dist, site) in sorted(places.items())
@@ -676,7 +690,18 @@ async def leaks(
             )
             for v in verdicts
         ],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
+
+
+def _flagged(
+    ctx: ApiContext, metrics: tuple[str, ...], start_ms: int, end_ms: int
+) -> dict[str, list[models.ExcludedOut]]:
+    """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
+    out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
+    for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
+        out[f.device].append(excluded_out(f))
+    return out
 
 
 # --------------------------------------------------------------------------- page, metrics

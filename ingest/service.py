@@ -70,6 +70,8 @@ class _Batch:
     lines: list[str] = field(default_factory=list)  #: for InfluxDB, serialised once
     dead: list[DeadLetter] = field(default_factory=list)
     readings: int = 0
+    #: (gateway, seq) -> readings that this batch writes for it
+    seq_readings: dict[tuple[str, int], int] = field(default_factory=dict)
     #: gateway -> seqs to confirm, with each batch's payload digest
     confirm: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
 
@@ -207,6 +209,7 @@ class Ingestor:
                 if not self._seen(batch, gateway, seq, message.payload):
                     batch.lines.extend(lines)
                     batch.readings += readings
+                    batch.seq_readings[(gateway, seq)] = readings
                 return
         result = process_message(message.topic, message.payload, now_ms, self._max_age_ms)
         if result.seq is None or result.topic_gateway is None:
@@ -220,6 +223,7 @@ class Ingestor:
         else:
             batch.points.extend(result.points)
         batch.readings += result.readings
+        batch.seq_readings[(result.topic_gateway, result.seq)] = result.readings
 
     def _seen(self, batch: _Batch, gateway: str, seq: int, payload: bytes) -> bool:
         """Note the batch for confirmation; ``True`` if it is known stored (write nothing)."""
@@ -319,14 +323,22 @@ class Ingestor:
         """The batch is stored: confirm its seqs, acknowledge its messages."""
         consumer = self.consumer
         assert consumer is not None
+        new = 0
         for gateway, seqs in batch.confirm.items():
             for seq, digest in seqs:
+                written = batch.seq_readings.pop((gateway, seq), 0)
+                if self.tracker.known(gateway, seq, digest):
+                    # a re-send written while its first copy was still being written: the
+                    # store holds its readings once (same keys), so they are not new
+                    self.metrics.readings_rewritten += written
+                else:
+                    new += written
                 self.tracker.stored(gateway, seq, digest)
             body = topics.encode_stored(s for s, _ in seqs)
             consumer.publish(topics.topic(gateway, topics.STORED), body)
         consumer.ack(batch.messages)
         self._unacked -= len(batch.messages)
-        self.metrics.readings_written += batch.readings
+        self.metrics.readings_written += new
 
     async def _shutdown(self) -> None:
         """Finish the writes in flight (bounded), acknowledge them in order, disconnect."""

@@ -14,6 +14,7 @@ PROJECT = (
     "timeseries",
     "analytics",
     "dashboard_api",
+    "alerts",
     "simulators",
     "mqtt_broker",
 )
@@ -27,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "timeseries": {"citysense"},
     "analytics": {"citysense"},
     "dashboard_api": {"citysense", "timeseries", "analytics"},
+    "alerts": {"citysense", "timeseries", "analytics"},
     "simulators": {"citysense"},
     "mqtt_broker": {"citysense"},
 }

@@ -259,13 +259,21 @@ function renderLeaks(resp) {
     resp.night_end.slice(11, 16) + " UTC, threshold " + resp.threshold + " m³/h";
 }
 
+// a device with open data-quality flags: marked, the reasons in the tooltip
+function flaggedCell(d) {
+  const flags = d.flags || [];
+  if (!flags.length) return el("td", {}, d.device);
+  const why = flags.map((f) => f.reason + " (" + f.metric + ") since " + f.since).join("\n");
+  return el("td", { class: "flagged", title: why }, "⚑ " + d.device);
+}
+
 function renderDevices(resp) {
   const body = document.querySelector("#device-table tbody");
   clear(body);
   for (const d of resp.devices) {
     body.append(el("tr", {},
       el("td", { class: "st-" + d.status }, d.status),
-      el("td", {}, d.device), el("td", {}, d.kind), el("td", {}, d.district),
+      flaggedCell(d), el("td", {}, d.kind), el("td", {}, d.district),
       el("td", {}, ago(d.last_seen)),
       el("td", { class: "num" }, fmt(d.battery, 0)),
       el("td", { class: "num" }, fmt(d.rsrp, 0)),
@@ -275,6 +283,36 @@ function renderDevices(resp) {
   const c = resp.counts;
   document.getElementById("device-counts").textContent =
     c.offline + " offline, " + c.stale + " stale, " + c.online + " online";
+}
+
+function renderAlarms(resp) {
+  // most severe first, then newest (the alerts service already orders them so)
+  const card = document.getElementById("alarm-card");
+  card.hidden = false;
+  const body = document.querySelector("#alarm-table tbody");
+  clear(body);
+  for (const a of resp.alarms) {
+    const subject = Object.entries(a.subject).map(([k, v]) => k + " " + v).join(", ");
+    body.append(el("tr", {},
+      el("td", { class: "sev-" + a.severity }, a.severity),
+      el("td", {}, a.state), el("td", {}, a.rule), el("td", {}, subject),
+      el("td", { class: "num" }, fmt(a.value, 1)), el("td", {}, ago(a.raised_at))));
+  }
+  document.getElementById("alarm-counts").textContent =
+    resp.alarms.length ? resp.alarms.length + " active" : "none active";
+}
+
+async function alarmSection() {
+  if (state.noAlerts) return true;
+  try {
+    const resp = await api("/api/v1/alarms");
+    if (!resp.configured) { state.noAlerts = true; return true; }  // no alerts service
+    renderAlarms(resp); clearError("alarm-card");
+  } catch (err) {
+    document.getElementById("alarm-card").hidden = false;
+    showError("alarm-card", err);
+  }
+  return true;
 }
 
 function showError(cardId, err) {
@@ -315,6 +353,7 @@ async function refresh() {
       section("leak-card", "/api/v1/utility/leaks", renderLeaks),
       chartSection(),
     ]);
+    await alarmSection();
     if (!state.devicesForbidden) {
       const shown = await section("device-card", "/api/v1/devices", renderDevices);
       // a viewer key may not list devices: ask once, not at every refresh
