@@ -184,3 +184,36 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     # a watchdog meant for another process is not ours
     other = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert other.watchdog_interval is None and other.address == "\0x"
+
+
+def test_run_until_signalled_says_ready_when_the_service_does(notify_dir: Path) -> None:
+    """The API and alerts run through citysense.serving: READY=1 when their ``ready`` is set."""
+    import logging
+
+    from citysense.serving import run_until_signalled
+
+    receiver = NotifySocket(notify_dir / "notify")
+    seen_before_ready: list[list[str]] = []
+
+    async def service(ready: asyncio.Event) -> None:
+        await asyncio.sleep(0.3)
+        seen_before_ready.append([text for _, text in receiver.messages])
+        ready.set()
+        await asyncio.sleep(0.5)
+
+    old = {k: os.environ.get(k) for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    os.environ["NOTIFY_SOCKET"] = str(receiver.path)
+    os.environ["WATCHDOG_USEC"] = "200000"
+    try:
+        assert run_until_signalled(service, logging.getLogger("t"), "stopped", "test") == 0
+        time.sleep(0.2)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        receiver.close()
+    assert seen_before_ready == [[]]
+    assert receiver.times("READY=1") and len(receiver.times("WATCHDOG=1")) >= 2
+    assert receiver.times("STOPPING=1")
