@@ -42,7 +42,13 @@ _PRIORITY = {
     logging.CRITICAL: 2,
 }
 #: Attributes every LogRecord has; anything else came from ``extra=`` and is a field.
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: (uvicorn adds ``color_message``, the message with terminal colours: not a field.)
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def resolve_format(name: str, environ: Mapping[str, str] | None = None) -> str:
