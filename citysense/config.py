@@ -212,6 +212,20 @@ class Settings:
         {EDGE, INGEST},
         "float",
     )
+    # --- reads: rollups and retention (ingest maintains, api reads)
+    rollups: bool = _opt(
+        True,
+        "keep 1-minute and 1-hour rollups beside the raw data (ingest maintains them; "
+        "the API answers series from them)",
+        {DEMO, INGEST, API},
+        "bool",
+    )
+    retention_raw: str = _opt(
+        "90d", "how long raw readings are kept (e.g. 90d)", {DEMO, INGEST, API}, metavar="DURATION"
+    )
+    retention_rollup: str = _opt(
+        "3650d", "how long rollups are kept (e.g. 3650d)", {DEMO, INGEST, API}, metavar="DURATION"
+    )
     # --- api
     bind: str = _opt(
         "127.0.0.1:8000",
@@ -566,6 +580,18 @@ def parse_serial(item: str) -> tuple[str, str]:
     return dev, dialect
 
 
+_RETENTION_RE = re.compile(r"(\d{1,7})([hdw])")
+_RETENTION_UNIT_MS = {"h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def parse_retention(text: str, flag: str) -> int:
+    """``90d`` -> milliseconds (units h, d, w; at least one hour)."""
+    m = _RETENTION_RE.fullmatch(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"{flag} must be a duration like 90d, 52w or 720h, not {text!r}")
+    return int(m.group(1)) * _RETENTION_UNIT_MS[m.group(2)]
+
+
 def validate(s: Settings, command: str) -> None:
     """Cross-check settings for ``command``; raises :class:`ConfigError`."""
     if s.mqtt is not None:
@@ -620,6 +646,9 @@ def validate(s: Settings, command: str) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} must not be negative, not {value}")
+    raw_ms = parse_retention(s.retention_raw, "--retention-raw")
+    if parse_retention(s.retention_rollup, "--retention-rollup") < raw_ms:
+        raise ConfigError("--retention-rollup must be at least --retention-raw")
     try:
         zoneinfo.ZoneInfo(s.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -190,6 +190,10 @@ class SeriesResponse(BaseModel):
     start: str
     end: str
     unit: str
+    source: Literal["raw", "1m", "1h"] = Field(
+        description="what the buckets were computed from: raw readings or a rollup "
+        "(1-minute, 1-hour); rollup answers equal raw-data answers"
+    )
     series: list[SeriesGroupOut]
 
 

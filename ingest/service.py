@@ -44,6 +44,7 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
+from timeseries.rollup import RollupWorker, maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
@@ -384,12 +385,14 @@ async def serve(
     health = Health(HEALTH_DEPENDS_ON, settings.unhealthy_after)
     async with AsyncExitStack() as stack:
         # /metrics and /health first: a supervisor sees what the ingestor waits on at start
+        rollups: RollupWorker | None = None  # running once the writer is open
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
 
             async def exposition() -> str:
-                return metrics.render()
+                extra = "\n".join(rollups.exposition()) + "\n" if rollups is not None else ""
+                return metrics.render() + extra
 
             server = await prometheus.serve_http(
                 {
@@ -400,8 +403,9 @@ async def serve(
                 port,
             )
             stack.push_async_callback(prometheus.close_server, server)
-        writer = await stack.enter_async_context(open_writer(settings))
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
         health.observe("store", True)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
         store = await asyncio.to_thread(open_dead_letters, settings, metrics)
         stack.callback(store.close)
         ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol, health=health)
