@@ -135,7 +135,9 @@ class Settings:
         metavar="HOST:PORT",
     )
     # --- edge
-    gateway: str = _opt("gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET}, metavar="ID")
+    gateway: str = _opt(
+        "gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET, SIM_MODULE}, metavar="ID"
+    )
     coap: str = _opt(
         "0.0.0.0:5683",
         "CoAP address: where the gateway listens (edge), where the devices send (simulate fleet)",
@@ -295,6 +297,12 @@ class Settings:
     gateways: int = _opt(1, "number of gateways devices are assigned to", {FLEET_GENERATE}, "int")
     output: str | None = _opt(
         None, "output file (default: standard output)", {FLEET_GENERATE}, metavar="FILE"
+    )
+    registry_out: str | None = _opt(
+        None,
+        "also write the module's registry rows (CSV) to this file",
+        {SIM_MODULE},
+        metavar="FILE",
     )
     time_scale: float = _opt(
         60.0, "simulated seconds per wall-clock second", {DEMO, SIM_FLEET}, "float"
