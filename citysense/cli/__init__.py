@@ -42,21 +42,6 @@ ENTRY_POINTS: tuple[str, ...] = (
     "fleet generate",
 )
 
-_PROJECT_PACKAGES = frozenset(
-    {
-        "citysense",
-        "edge",
-        "firmware_bridge",
-        "ingest",
-        "timeseries",
-        "analytics",
-        "dashboard_api",
-        "alerts",
-        "simulators",
-        "mqtt_broker",
-    }
-)
-
 DESCRIPTIONS: dict[str, str] = {
     "demo": "the whole city on one machine with embedded defaults",
     "edge": "a gateway: CoAP server, serial modules, outbox, MQTT uplink",
@@ -183,7 +168,7 @@ def resolve_entry(command: str) -> Callable[[Settings], int]:
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         extra = EXTRA_OF.get(command)
-        if extra is not None and top and top not in _PROJECT_PACKAGES:
+        if extra is not None and top in EXTRA_MODULES["all"]:
             raise ConfigError(_install_hint(command, extra, [top])) from exc
         raise
 
