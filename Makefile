@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean
+.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean dist deb
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,10 +47,22 @@ soak: system-deps $(STAMP)
 reliability: system-deps $(STAMP)
 	CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
 
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+# The wheel and the source distribution in dist/.
+dist: $(STAMP)
+	rm -f dist/citysense-$(VERSION)*
+	$(PY) -m build --outdir dist .
+
+# dist/citysense_<version>_all.deb: /opt/citysense (extras: CITYSENSE_DEB_EXTRAS, default all),
+# /usr/bin/citysense, systemd units, /etc/citysense examples (see docs/deploy.md).
+deb: dist
+	sh deploy/build-deb.sh dist/citysense-$(VERSION)-py3-none-any.whl dist
+
 # Applies each deliberate defect of tests/mutants/ in a copy of the tree and proves that a test
 # fails for it; writes the table into docs/reliability.md. Not in CI (about an hour).
 mutants: $(STAMP) system-deps
 	$(PY) -m tests.mutants.run --doc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

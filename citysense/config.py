@@ -111,9 +111,18 @@ class Settings:
     influx_bucket: str = _opt("citysense", "InfluxDB 2.x bucket", _STORAGE)
     influx_gzip: bool = _opt(False, "gzip writes to InfluxDB", _STORAGE, "bool")
     influx_timeout: float = _opt(10.0, "InfluxDB request timeout, seconds", _STORAGE, "float")
+    log_format: str = _opt(
+        "auto",
+        "log line format: text, json (one object per line) or journal (syslog priority "
+        "prefix, no timestamp); auto: journal when JOURNAL_STREAM is set, else text",
+        _ALL,
+        choices=("auto", "text", "json", "journal"),
+    )
     state_dir: str = _opt(
-        "citysense-state",
-        "folder for the outbox, dead letters and the embedded store",
+        "",
+        "folder for the outbox, dead letters and the embedded store (default: "
+        "$STATE_DIRECTORY, else /var/lib/citysense when writable, else ./citysense-state; "
+        "demo: ./citysense-state)",
         _SERVICES | {DEAD_LETTERS},
         metavar="DIR",
     )
@@ -235,6 +244,25 @@ class Settings:
         "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
+    dead_letter_max_mb: float = _opt(
+        64.0,
+        "dead-letter store size cap, MiB; the oldest are evicted (and counted) beyond it",
+        {DEMO, INGEST},
+        "float",
+    )
+    dead_letter_days: float = _opt(
+        30.0,
+        "dead letters older than this many days are evicted (and counted)",
+        {DEMO, INGEST},
+        "float",
+    )
+    unhealthy_after: float = _opt(
+        60.0,
+        "GET /health answers 503 once the broker or the store has been unreachable this many "
+        "seconds",
+        {EDGE, INGEST},
+        "float",
+    )
     # --- reads: rollups and retention (ingest maintains, api reads)
     rollups: bool = _opt(
         True,
@@ -520,9 +548,32 @@ def load_settings(
         known = OPTIONS_BY_NAME.get(name)
         if known is not None:
             values[name] = _convert(known, raw, known.flag)
+    if not values.get("state_dir"):
+        values["state_dir"] = DEMO_STATE_DIR if command == DEMO else str(default_state_dir(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings, command)
     return settings
+
+
+#: The state folder of the demo (and of a service with nowhere better), relative to the
+#: working directory.
+DEMO_STATE_DIR = "citysense-state"
+#: The system-wide state folder the Debian package creates.
+SYSTEM_STATE_DIR = "/var/lib/citysense"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a service keeps its state when ``--state-dir`` is not given:
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``; its first entry), else
+    ``/var/lib/citysense`` when it exists and is writable, else ``./citysense-state``."""
+    env = os.environ if environ is None else environ
+    given = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
+    system = Path(SYSTEM_STATE_DIR)
+    if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
+        return system
+    return Path(DEMO_STATE_DIR)
 
 
 # --------------------------------------------------------------------------- validation
@@ -649,6 +700,9 @@ def validate(s: Settings, command: str) -> None:
         "limit": s.limit,
         "device_burst": s.device_burst,
         "dtls_sessions": s.dtls_sessions,
+        "dead_letter_max_mb": s.dead_letter_max_mb,
+        "dead_letter_days": s.dead_letter_days,
+        "unhealthy_after": s.unhealthy_after,
     }
     for name, value in positive.items():
         if value <= 0:

@@ -36,6 +36,7 @@ from citysense.compat.aiocoap import GatewayTuning
 from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
 from citysense.credentials import DTLS_PSK, OSCORE, read_device_keys
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.health import Health, health_route
 from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
 from edge import clock, coap_site
@@ -74,6 +75,8 @@ PIGGYBACK_WINDOW = 1.0
 #: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
 DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
+#: How often the broker connection is noted for GET /health, seconds.
+HEALTH_TICK = 1.0
 #: Refused uplinks are summarised in one log line at most this often, seconds.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -137,6 +140,9 @@ class Gateway:
         self.serial_health: dict[str, SerialHealth] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.refusals: dict[str, int] = {}
+        #: GET /health: the broker (until connected) and the outbox (while writes fail)
+        self.health = Health(("broker", "store"), settings.unhealthy_after)
+        self.health.observe("store", True)
         self._refusals_logged = -math.inf
         self.keys = keys
         self.dtls: dtls_compat.DtlsServer | None = None
@@ -219,7 +225,9 @@ class Gateway:
             return Answer(coap_site.UNAVAILABLE, b"outbox full", max_age=FULL_MAX_AGE)
         except RetryableError as exc:
             log.error("outbox cannot store an uplink: %s", exc)
+            self.health.observe("store", False)
             return Answer(coap_site.UNAVAILABLE, b"outbox unavailable", max_age=FAILING_MAX_AGE)
+        self.health.observe("store", True)
         self.metrics.inc("citysense_edge_readings_accepted_total", len(readings))
         self.uplink.notify(len(readings))
         for device in {r.device for r in readings}:
@@ -243,6 +251,15 @@ class Gateway:
         )
         self.refusals.clear()
         self._refusals_logged = now
+
+    def observe_broker(self) -> None:
+        self.health.observe("broker", self.link is not None and self.link.connected.is_set())
+
+    async def watch_health(self) -> None:
+        """Notes the broker connection every second (for GET /health)."""
+        while True:
+            self.observe_broker()
+            await asyncio.sleep(HEALTH_TICK)  # a periodic look, not a wait for an event
 
     # ------------------------------------------------------------------ downlink
 
@@ -546,7 +563,12 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 return metrics.render(await gw.gauges())
 
             server = await prometheus.serve_http(
-                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+                {
+                    "/metrics": prometheus.metrics_route(exposition),
+                    "/health": health_route(gw.health, gw.observe_broker),
+                },
+                host,
+                port,
             )
             stack.push_async_callback(prometheus.close_server, server)
 
@@ -593,6 +615,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(gw.uplink.run(link))
             tg.create_task(gw.expire_commands())
+            tg.create_task(gw.watch_health())
             for item in settings.serial:
                 tg.create_task(_run_serial(gw, item))
             if ready is not None:
