@@ -18,4 +18,6 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> int:
     app = create_app(settings)  # configuration errors surface before anything starts
-    return run_until_signalled(lambda: serve(settings, app=app), log, "operator API stopped")
+    return run_until_signalled(
+        lambda ready: serve(settings, ready, app=app), log, "operator API stopped", "citysense api"
+    )

@@ -76,6 +76,58 @@ def test_ingestor_kill_9_during_influxd_outage(
     )
 
 
+def test_ingestor_kill_9_during_influxd_outage_without_resend(
+    make_pipeline: Callable[..., Pipeline], influxd_private: InfluxServer
+) -> None:
+    """The same, with the gateway's re-send out of the picture (an hour's interval): the
+    broker's redelivery of what the ingestor had not acknowledged must cover the crash on its
+    own. Each layer holds by itself; the gateway's re-send is not an excuse for an early ack."""
+    p = make_pipeline(gateway_args=("--resend-interval", "3600"))
+
+    def fault() -> None:
+        influxd_private.stop()
+        time.sleep(5.0)
+        p.ingestors[0].kill()
+        time.sleep(2.0)
+        p.ingestors[0].start()
+        time.sleep(max(OUTAGE_S - 7.0, 1.0))
+        influxd_private.start()
+
+    check(
+        p,
+        run_load(p, fault),
+        "ingestor kill -9 during influxd outage, no re-send",
+        "as above, the gateway's re-send interval 1 h: the broker's redelivery alone",
+    )
+
+
+def test_mosquitto_kill_9_during_influxd_outage(
+    make_pipeline: Callable[..., Pipeline],
+    mosquitto: MosquittoServer,
+    influxd_private: InfluxServer,
+) -> None:
+    """The broker dies while the ingestor holds messages it cannot write: what the broker had
+    not persisted is gone, so only a gateway that still holds every unconfirmed batch (no
+    confirmation before the write) can make it whole."""
+    p = make_pipeline()
+
+    def fault() -> None:
+        influxd_private.stop()
+        time.sleep(5.0)
+        mosquitto.kill()
+        time.sleep(2.0)
+        mosquitto.start()
+        time.sleep(max(OUTAGE_S - 7.0, 1.0))
+        influxd_private.start()
+
+    check(
+        p,
+        run_load(p, fault),
+        "Mosquitto kill -9 during an influxd outage",
+        f"influxd down {OUTAGE_S:.0f} s, the broker killed 5 s in, back after 2 s",
+    )
+
+
 def test_mosquitto_kill_9_while_ingestors_down(
     make_pipeline: Callable[..., Pipeline], mosquitto: MosquittoServer
 ) -> None:
