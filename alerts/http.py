@@ -128,25 +128,44 @@ def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) ->
     app.state.keys = KeyStore(keys)
     app.state.limiter = RateLimiter(rate_limit)
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    async def validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
-            for e in exc.errors()[:5]
-        ]
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, validation)
+    app.middleware("http")(_security_headers)
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/api/v1/health", openapi_extra=role("public"))
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    _alarm_routes(app, backend)
+
+    @app.get("/api/v1/alarm-rules", openapi_extra=role("viewer"))
+    async def rules() -> dict[str, Any]:
+        return {"rules": backend.rules(), "severities": list(SEVERITIES)}
+
+    @app.get("/metrics", openapi_extra=role("operator"), response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        text = await asyncio.to_thread(backend.metrics)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _security_headers(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = [
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+        for e in exc.errors()[:5]
+    ]
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+
+def _alarm_routes(app: FastAPI, backend: AlarmsBackend) -> None:
+    """The alarm listing, one alarm, and its acknowledgement."""
 
     @app.get("/api/v1/alarms", openapi_extra=role("viewer"))
     async def alarms(
@@ -195,14 +214,3 @@ def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) ->
             raise HTTPException(404, "no such alarm") from None
         except AlarmConflict as exc:
             raise HTTPException(409, f"cannot acknowledge: {exc}") from None
-
-    @app.get("/api/v1/alarm-rules", openapi_extra=role("viewer"))
-    async def rules() -> dict[str, Any]:
-        return {"rules": backend.rules(), "severities": list(SEVERITIES)}
-
-    @app.get("/metrics", openapi_extra=role("operator"), response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        text = await asyncio.to_thread(backend.metrics)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
-
-    return app

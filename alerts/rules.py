@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,15 @@ def _build(table: dict[str, Any]) -> Rule:
     kind = table.get("kind")
     if kind not in RULE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(RULE_KINDS)}, not {kind!r}")
+    common = _common(table, str(kind))
+    window_ms = parse_duration(table.get("window", "15m"), "window")
+    if window_ms < 1000:
+        raise ValueError("window must be at least 1s")
+    return _KIND_BUILDERS[str(kind)](table, common, window_ms)
+
+
+def _common(table: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The fields every kind of rule has, checked (name, keys, severity, for, scope)."""
     name = table.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(f"name must match {NAME_RE.pattern}, not {name!r}")
@@ -189,7 +199,7 @@ def _build(table: dict[str, Any]) -> Rule:
     device_kind = table.get("device_kind")
     if device_kind is not None and device_kind not in KINDS:
         raise ValueError(f"device_kind must be one of {', '.join(KINDS)}, not {device_kind!r}")
-    common: dict[str, Any] = {
+    return {
         "name": name,
         "kind": kind,
         "severity": severity,
@@ -199,101 +209,116 @@ def _build(table: dict[str, Any]) -> Rule:
         "device_kind": device_kind,
         "source": dict(table),
     }
-    window_ms = parse_duration(table.get("window", "15m"), "window")
-    if window_ms < 1000:
-        raise ValueError("window must be at least 1s")
-    if kind == "metric":
-        metric = table.get("metric")
-        if metric not in METRICS or METRICS[str(metric)].type != "float":
-            raise ValueError(f"metric {metric!r} is not a numeric metric of the catalog")
-        threshold, above, clear = _sides(table, None, None)
-        return Rule(
-            threshold=threshold,
-            above=above,
-            clear=clear,
-            metric=str(metric),
-            agg=_choice(table, "agg", AGGS, "mean"),
-            window_ms=window_ms,
-            group_by=_choice(table, "group_by", GROUPS, "device"),
-            **common,
-        )
-    if kind == "aqi":
-        level = table.get("level")
-        if level is not None:
-            if "above" in table:
-                raise ValueError("give either above or level, not both")
-            if level not in AQI_LEVEL_FLOOR:
-                raise ValueError(f"level must be 1-6, not {level!r}")
-            table = {**table, "above": AQI_LEVEL_FLOOR[int(level)]}
-        threshold, above, clear = _sides(table, None, None)
-        if not above:
-            raise ValueError("aqi rules take above (an AQI value) or level")
-        standard = _choice(table, "standard", STANDARDS, "hj633-2012")
-        return Rule(
-            threshold=threshold,
-            above=True,
-            clear=clear,
-            inclusive=True,
-            group_by="district",
-            window_ms=24 * 3_600_000,
-            standard=standard,
-            **common,
-        )
-    if kind == "congestion":
-        threshold, above, clear = _sides(table, 6.0, None)
-        if not above:
-            raise ValueError("congestion rules take above (an index 0-10)")
-        group_by = _choice(table, "group_by", ("site", "district"), "district")
-        return Rule(
-            threshold=threshold,
-            above=True,
-            clear=clear,
-            inclusive=True,
-            window_ms=window_ms,
-            group_by=group_by,
-            **common,
-        )
-    if kind == "leak":
-        flow = _number(table, "above")
-        return Rule(
-            threshold=0.5,
-            above=True,
-            clear=0.5,
-            window_ms=parse_duration(table.get("window", "24h"), "window"),
-            group_by="device",
-            metric="water_flow",
-            night_flow=DEFAULT_NIGHT_FLOW_THRESHOLD if flow is None else flow,
-            **common,
-        )
-    if kind == "device_offline":
-        intervals = _number(table, "intervals")
-        intervals = 3.0 if intervals is None else intervals
-        if intervals <= 0:
-            raise ValueError("intervals must be positive")
-        return Rule(threshold=intervals, above=True, clear=intervals, **common)
-    if kind == "gateway_offline":
-        return Rule(
-            threshold=for_ms / 1000,
-            above=True,
-            clear=for_ms / 1000,
-            inclusive=True,
-            group_by="gateway",
-            **{**common, "for_ms": 0, "clear_for_ms": 0},
-        )
-    if kind == "battery_low":
-        threshold, above, clear = _sides(table, None, 15.0)
-        if above:
-            raise ValueError("battery_low rules take below (a charge in %)")
-        return Rule(
-            threshold=threshold,
-            above=False,
-            clear=clear,
-            metric="battery",
-            agg="last",
-            window_ms=7 * 86_400_000,
-            **common,
-        )
-    # radio_poor: rsrp (dBm) below a level, or ecl above one, as a mean over the window
+
+
+def _metric_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    metric = table.get("metric")
+    if metric not in METRICS or METRICS[str(metric)].type != "float":
+        raise ValueError(f"metric {metric!r} is not a numeric metric of the catalog")
+    threshold, above, clear = _sides(table, None, None)
+    return Rule(
+        threshold=threshold,
+        above=above,
+        clear=clear,
+        metric=str(metric),
+        agg=_choice(table, "agg", AGGS, "mean"),
+        window_ms=window_ms,
+        group_by=_choice(table, "group_by", GROUPS, "device"),
+        **common,
+    )
+
+
+def _aqi_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    level = table.get("level")
+    if level is not None:
+        if "above" in table:
+            raise ValueError("give either above or level, not both")
+        if level not in AQI_LEVEL_FLOOR:
+            raise ValueError(f"level must be 1-6, not {level!r}")
+        table = {**table, "above": AQI_LEVEL_FLOOR[int(level)]}
+    threshold, above, clear = _sides(table, None, None)
+    if not above:
+        raise ValueError("aqi rules take above (an AQI value) or level")
+    standard = _choice(table, "standard", STANDARDS, "hj633-2012")
+    return Rule(
+        threshold=threshold,
+        above=True,
+        clear=clear,
+        inclusive=True,
+        group_by="district",
+        window_ms=24 * 3_600_000,
+        standard=standard,
+        **common,
+    )
+
+
+def _congestion_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    threshold, above, clear = _sides(table, 6.0, None)
+    if not above:
+        raise ValueError("congestion rules take above (an index 0-10)")
+    group_by = _choice(table, "group_by", ("site", "district"), "district")
+    return Rule(
+        threshold=threshold,
+        above=True,
+        clear=clear,
+        inclusive=True,
+        window_ms=window_ms,
+        group_by=group_by,
+        **common,
+    )
+
+
+def _leak_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    flow = _number(table, "above")
+    return Rule(
+        threshold=0.5,
+        above=True,
+        clear=0.5,
+        window_ms=parse_duration(table.get("window", "24h"), "window"),
+        group_by="device",
+        metric="water_flow",
+        night_flow=DEFAULT_NIGHT_FLOW_THRESHOLD if flow is None else flow,
+        **common,
+    )
+
+
+def _device_offline_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    intervals = _number(table, "intervals")
+    intervals = 3.0 if intervals is None else intervals
+    if intervals <= 0:
+        raise ValueError("intervals must be positive")
+    return Rule(threshold=intervals, above=True, clear=intervals, **common)
+
+
+def _gateway_offline_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    for_ms = common["for_ms"]
+    return Rule(
+        threshold=for_ms / 1000,
+        above=True,
+        clear=for_ms / 1000,
+        inclusive=True,
+        group_by="gateway",
+        **{**common, "for_ms": 0, "clear_for_ms": 0},
+    )
+
+
+def _battery_low_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    threshold, above, clear = _sides(table, None, 15.0)
+    if above:
+        raise ValueError("battery_low rules take below (a charge in %)")
+    return Rule(
+        threshold=threshold,
+        above=False,
+        clear=clear,
+        metric="battery",
+        agg="last",
+        window_ms=7 * 86_400_000,
+        **common,
+    )
+
+
+def _radio_poor_rule(table: dict[str, Any], common: dict[str, Any], window_ms: int) -> Rule:
+    """rsrp (dBm) or snr below a level, or ecl above one, as a mean over the window."""
     metric = table.get("metric", "rsrp")
     if metric not in ("rsrp", "snr", "ecl"):
         raise ValueError(f"radio_poor metric must be rsrp, snr or ecl, not {metric!r}")
@@ -310,6 +335,19 @@ def _build(table: dict[str, Any]) -> Rule:
         window_ms=parse_duration(table.get("window", "6h"), "window"),
         **common,
     )
+
+
+#: kind -> (table, the common fields, the checked window) -> rule
+_KIND_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int], Rule]] = {
+    "metric": _metric_rule,
+    "aqi": _aqi_rule,
+    "congestion": _congestion_rule,
+    "leak": _leak_rule,
+    "device_offline": _device_offline_rule,
+    "gateway_offline": _gateway_offline_rule,
+    "battery_low": _battery_low_rule,
+    "radio_poor": _radio_poor_rule,
+}
 
 
 def parse_rules(text: str, path: str = "<rules>") -> list[Rule]:

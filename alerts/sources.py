@@ -274,73 +274,91 @@ async def _observe(rule: Rule, cycle: Cycle) -> Observations:
 
 async def _numbers(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
     kind = rule.kind
-    now = cycle.now
-    if kind == "battery_low":  # the newest battery reading of the last 7 days, as kept
-        values: dict[str, float] = {}
-        since = now - rule.window_ms
-        for dev, seen in (await cycle.devices()).items():
-            tv = seen.values.get("battery")
-            if tv is None or tv[0] < since:
-                continue
-            if (rule.district and seen.district != rule.district) or (
-                rule.device_kind and seen.kind != rule.device_kind
-            ):
-                continue
-            values[dev] = tv[1]
-        evidence = {"metric": "battery", "agg": "last", "window_s": rule.window_ms // 1000}
-        return _device_obs(values, await cycle.devices(), rule, evidence)
+    if kind == "battery_low":
+        return await _battery(rule, cycle)
     if kind in ("metric", "radio_poor"):
-        assert rule.metric is not None
-        group = rule.group_by if kind == "metric" else "device"
-        values = await cycle.aggregate(rule, rule.metric, rule.agg, group)
-        evidence = {"metric": rule.metric, "agg": rule.agg, "window_s": rule.window_ms // 1000}
-        if group == "device":
-            return _device_obs(values, await cycle.devices(), rule, evidence)
-        out = {}
-        for name, v in values.items():
-            subject = {group: name}
-            out[subject_key(subject)] = Observation(subject, v, dict(evidence))
-        return out
+        return await _metric(rule, cycle)
     if kind == "device_offline":
-        out = {}
-        for dev, s in (await cycle.devices()).items():
-            if rule.district and s.district != rule.district:
-                continue
-            if rule.device_kind and s.kind != rule.device_kind:
-                continue
-            interval_ms = (KINDS[s.kind].report_interval_s if s.kind in KINDS else 3600) * 1000
-            # a registered device never seen: silent since this service started watching
-            from_ms = s.last_seen if s.last_seen is not None else cycle.directory.started_ms
-            age = max(0, now - (from_ms if from_ms is not None else now))
-            subject = {"device": dev}
-            out[subject_key(subject)] = Observation(
-                subject,
-                round(age / interval_ms, 3),
-                {
-                    "kind": s.kind,
-                    "district": s.district,
-                    "site": s.site,
-                    "last_seen_ms": s.last_seen,
-                    "report_interval_s": interval_ms // 1000,
-                },
-            )
-        return out
+        return await _device_offline(rule, cycle)
     if kind == "gateway_offline":
-        out = {}
-        if cycle.gateways is None:
-            return out
-        for gw, (state, since) in cycle.gateways.snapshot().items():
-            offline_s = max(0.0, (now - since) / 1000) if state == "offline" else 0.0
-            subject = {"gateway": gw}
-            out[subject_key(subject)] = Observation(
-                subject, round(offline_s, 3), {"status": state, "since_ms": since}
-            )
-        return out
+        return _gateway_offline(rule, cycle)
     if kind == "aqi":
         return await _aqi(rule, cycle)
     if kind == "congestion":
         return await _congestion(rule, cycle)
     return await _leak(rule, cycle)
+
+
+async def _battery(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
+    """The newest battery reading of the last 7 days, as kept."""
+    values: dict[str, float] = {}
+    since = cycle.now - rule.window_ms
+    for dev, seen in (await cycle.devices()).items():
+        tv = seen.values.get("battery")
+        if tv is None or tv[0] < since:
+            continue
+        if (rule.district and seen.district != rule.district) or (
+            rule.device_kind and seen.kind != rule.device_kind
+        ):
+            continue
+        values[dev] = tv[1]
+    evidence = {"metric": "battery", "agg": "last", "window_s": rule.window_ms // 1000}
+    return _device_obs(values, await cycle.devices(), rule, evidence)
+
+
+async def _metric(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
+    assert rule.metric is not None
+    group = rule.group_by if rule.kind == "metric" else "device"
+    values = await cycle.aggregate(rule, rule.metric, rule.agg, group)
+    evidence = {"metric": rule.metric, "agg": rule.agg, "window_s": rule.window_ms // 1000}
+    if group == "device":
+        return _device_obs(values, await cycle.devices(), rule, evidence)
+    out = {}
+    for name, v in values.items():
+        subject = {group: name}
+        out[subject_key(subject)] = Observation(subject, v, dict(evidence))
+    return out
+
+
+async def _device_offline(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
+    now = cycle.now
+    out = {}
+    for dev, s in (await cycle.devices()).items():
+        if rule.district and s.district != rule.district:
+            continue
+        if rule.device_kind and s.kind != rule.device_kind:
+            continue
+        interval_ms = (KINDS[s.kind].report_interval_s if s.kind in KINDS else 3600) * 1000
+        # a registered device never seen: silent since this service started watching
+        from_ms = s.last_seen if s.last_seen is not None else cycle.directory.started_ms
+        age = max(0, now - (from_ms if from_ms is not None else now))
+        subject = {"device": dev}
+        out[subject_key(subject)] = Observation(
+            subject,
+            round(age / interval_ms, 3),
+            {
+                "kind": s.kind,
+                "district": s.district,
+                "site": s.site,
+                "last_seen_ms": s.last_seen,
+                "report_interval_s": interval_ms // 1000,
+            },
+        )
+    return out
+
+
+def _gateway_offline(rule: Rule, cycle: Cycle) -> dict[str, Observation]:
+    now = cycle.now
+    out: dict[str, Observation] = {}
+    if cycle.gateways is None:
+        return out
+    for gw, (state, since) in cycle.gateways.snapshot().items():
+        offline_s = max(0.0, (now - since) / 1000) if state == "offline" else 0.0
+        subject = {"gateway": gw}
+        out[subject_key(subject)] = Observation(
+            subject, round(offline_s, 3), {"status": state, "since_ms": since}
+        )
+    return out
 
 
 async def _aqi(rule: Rule, cycle: Cycle) -> dict[str, Observation]:

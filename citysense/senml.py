@@ -389,32 +389,7 @@ def resolve(
         if time < RELATIVE_TIME_LIMIT:
             time += now
         unit = _string(rec, "u", i, limits.max_string) or bu
-        present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
-        if len(present) > 1:
-            raise SenmlError(f"record {i}: more than one value field", "malformed")
-        value: Scalar | None
-        if present == ["v"]:
-            v = _number(rec, "v", i)
-            assert v is not None
-            value = bv + v
-        elif present == ["vb"]:
-            if type(rec["vb"]) is not bool:
-                raise SenmlError(f"record {i}: vb must be a boolean", "malformed")
-            value = bool(rec["vb"])
-        elif present == ["vs"]:
-            value = _string(rec, "vs", i, limits.max_value_string)
-        elif present == ["vd"]:
-            raw_vd = rec["vd"]
-            if isinstance(raw_vd, bytes):
-                value = raw_vd
-            else:
-                text = _string(rec, "vd", i, limits.max_value_string) or ""
-                try:
-                    value = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-                except ValueError as exc:
-                    raise SenmlError(f"record {i}: vd is not base64url", "malformed") from exc
-        else:
-            value = None
+        value = _value(rec, i, bv, limits)
         s = _number(rec, "s", i)
         total = bs + s if s is not None else None
         if value is None and total is None:
@@ -424,6 +399,33 @@ def resolve(
                 raise SenmlError(f"record {i}: no value", "malformed")
         out.append(SenmlRecord(name, time, value, unit, total))
     return out
+
+
+def _value(rec: Mapping[str, object], i: int, bv: float, limits: SenmlLimits) -> Scalar | None:
+    """A record's value (``v`` plus the base value, ``vb``, ``vs`` or ``vd``), or None."""
+    present = [k for k in ("v", "vb", "vs", "vd") if k in rec]
+    if len(present) > 1:
+        raise SenmlError(f"record {i}: more than one value field", "malformed")
+    if present == ["v"]:
+        v = _number(rec, "v", i)
+        assert v is not None
+        return bv + v
+    if present == ["vb"]:
+        if type(rec["vb"]) is not bool:
+            raise SenmlError(f"record {i}: vb must be a boolean", "malformed")
+        return bool(rec["vb"])
+    if present == ["vs"]:
+        return _string(rec, "vs", i, limits.max_value_string)
+    if present == ["vd"]:
+        raw_vd = rec["vd"]
+        if isinstance(raw_vd, bytes):
+            return raw_vd
+        text = _string(rec, "vd", i, limits.max_value_string) or ""
+        try:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except ValueError as exc:
+            raise SenmlError(f"record {i}: vd is not base64url", "malformed") from exc
+    return None
 
 
 # --------------------------------------------------------------------------- samples

@@ -1,4 +1,4 @@
-"""Data-quality flags and the district forecast, kept by the API process.
+"""Data-quality flags, kept by the API process.
 
 Where flags live: :class:`QualityMonitor` evaluates the checks of :mod:`analytics.quality`
 over recent windows read through the :class:`~timeseries.query.Reader` -- on a schedule
@@ -14,10 +14,8 @@ of one minute per device: one report each at the catalog's intervals); tamper_su
 drift on hourly means per device over :data:`HOURLY_WINDOW_MS` against the other stations of
 the device's district; silent_channel on each metric's newest time over the last day.
 
-:class:`ForecastService` trains :mod:`analytics.forecast` on the district hourly means of the
-last :data:`TRAIN_DAYS` days, read by :func:`hourly_district_means` (the one place that
-reads forecast history, so it can move to hourly rollups), retrains every
-``--forecast-refresh`` seconds and answers from the newest complete hour.
+The district forecast lives in :mod:`dashboard_api.forecast` (its :class:`ForecastService`
+is re-exported here; :func:`start_background` runs both loops).
 """
 
 from __future__ import annotations
@@ -27,18 +25,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from analytics import forecast as fc
 from analytics import quality as q
 from citysense.catalog import KINDS, METRICS, QUALITY
 from citysense.errors import RetryableError
 from dashboard_api import models
+from dashboard_api.forecast import ForecastService as ForecastService
 from dashboard_api.parameters import rfc3339
-from timeseries.query import Reader, SeriesQuery
+from timeseries.query import Reader, SeriesGroup, SeriesQuery
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +47,6 @@ SILENT_WINDOW_MS = DAY_MS
 RECENT_MS = 7 * DAY_MS
 #: seconds before evaluating again when the store held no data
 EMPTY_RETRY_S = 30.0
-TRAIN_DAYS = 90
 #: metrics checked on raw reports (stuck, spike, counters)
 RAW_METRICS: tuple[str, ...] = tuple(
     m
@@ -241,75 +236,98 @@ class QualityMonitor:
         for r in latest:
             tags.setdefault(r.device, _Tags(r.kind, r.district, r.site))
             last_seen[r.device][r.metric] = r.t
-        found: list[tuple[str, q.Finding]] = []
-        for metric, groups in zip(RAW_METRICS, answers[: len(raw_q)], strict=True):
-            lim = QUALITY[metric]
-            for g in groups:
-                device = g.group.get("device", "")
-                if len(g.points) < 2:
-                    continue
-                t = np.array([p[0] for p in g.points], dtype=np.int64)
-                v = np.array([p[1] for p in g.points], dtype=np.float64)
-                if METRICS[metric].cumulative:
-                    found += [(device, f) for f in q.check_counter(metric, t, v, lim)]
-                    continue
-                found += [(device, f) for f in q.check_stuck(metric, t, v, lim)]
-                found += [(device, f) for f in q.check_spike(metric, t, v, lim)]
-        hours = hour_start + np.arange(HOURLY_WINDOW_MS // HOUR_MS, dtype=np.int64) * HOUR_MS
-        days = hours[::24]
-        for metric, groups in zip(NEIGHBOUR_METRICS, answers[len(raw_q) :], strict=True):
-            lim = QUALITY[metric]
-            series: dict[str, np.ndarray] = {}
-            for g in groups:
-                row = np.full(hours.size, np.nan)
-                for t_ms, value in g.points:
-                    k = (t_ms - hour_start) // HOUR_MS
-                    if 0 <= k < hours.size:
-                        row[k] = value
-                series[g.group.get("device", "")] = row
-            by_district: dict[str, list[str]] = defaultdict(list)
-            for device in series:
-                if device in tags:
-                    by_district[tags[device].district].append(device)
-            for members in by_district.values():
-                if len(members) < q.MIN_NEIGHBOURS + 1:
-                    continue
-                matrix = np.stack([series[d] for d in members])
-                dailies = np.stack([q.daily_medians(r) for r in matrix])
-                for i, device in enumerate(members):
-                    others = np.delete(matrix, i, axis=0)
-                    tail = slice(hours.size - 72, hours.size)
-                    found += [
-                        (device, f)
-                        for f in q.check_tamper(
-                            metric, hours[tail], matrix[i, tail], others[:, tail], lim
-                        )
-                    ]
-                    found += [
-                        (device, f)
-                        for f in q.check_drift(
-                            metric, days, dailies[i], np.delete(dailies, i, axis=0), lim
-                        )
-                    ]
-        for device, seen in last_seen.items():
-            kind = tags[device].kind
-            if kind not in KINDS:
-                continue
-            expected = tuple(
-                m for m in KINDS[kind].metrics if METRICS[m].type == "float" or m in seen
-            )
-            interval = KINDS[kind].report_interval_s * 1000
-            found += [
-                (device, f)
-                for f in q.check_silent(
-                    dict(seen) | {m: seen.get(m) for m in expected},
-                    expected,
-                    interval,
-                    now,
-                    QUALITY,
-                )
-            ]
+        found = _raw_findings(answers[: len(raw_q)])
+        found += _neighbour_findings(answers[len(raw_q) :], hour_start, tags)
+        found += _silent_findings(last_seen, tags, now)
         return found, tags
+
+
+def _raw_findings(answers: list[list[SeriesGroup]]) -> list[tuple[str, q.Finding]]:
+    """stuck, spike and out_of_pattern on the one-minute buckets of :data:`RAW_METRICS`."""
+    found: list[tuple[str, q.Finding]] = []
+    for metric, groups in zip(RAW_METRICS, answers, strict=True):
+        lim = QUALITY[metric]
+        for g in groups:
+            device = g.group.get("device", "")
+            if len(g.points) < 2:
+                continue
+            t = np.array([p[0] for p in g.points], dtype=np.int64)
+            v = np.array([p[1] for p in g.points], dtype=np.float64)
+            if METRICS[metric].cumulative:
+                found += [(device, f) for f in q.check_counter(metric, t, v, lim)]
+                continue
+            found += [(device, f) for f in q.check_stuck(metric, t, v, lim)]
+            found += [(device, f) for f in q.check_spike(metric, t, v, lim)]
+    return found
+
+
+def _neighbour_findings(
+    answers: list[list[SeriesGroup]], hour_start: int, tags: dict[str, _Tags]
+) -> list[tuple[str, q.Finding]]:
+    """tamper_suspect and drift: hourly means of :data:`NEIGHBOUR_METRICS` per device
+    against the other stations of its district."""
+    found: list[tuple[str, q.Finding]] = []
+    hours = hour_start + np.arange(HOURLY_WINDOW_MS // HOUR_MS, dtype=np.int64) * HOUR_MS
+    days = hours[::24]
+    for metric, groups in zip(NEIGHBOUR_METRICS, answers, strict=True):
+        lim = QUALITY[metric]
+        series: dict[str, np.ndarray] = {}
+        for g in groups:
+            row = np.full(hours.size, np.nan)
+            for t_ms, value in g.points:
+                k = (t_ms - hour_start) // HOUR_MS
+                if 0 <= k < hours.size:
+                    row[k] = value
+            series[g.group.get("device", "")] = row
+        by_district: dict[str, list[str]] = defaultdict(list)
+        for device in series:
+            if device in tags:
+                by_district[tags[device].district].append(device)
+        for members in by_district.values():
+            if len(members) < q.MIN_NEIGHBOURS + 1:
+                continue
+            matrix = np.stack([series[d] for d in members])
+            dailies = np.stack([q.daily_medians(r) for r in matrix])
+            for i, device in enumerate(members):
+                others = np.delete(matrix, i, axis=0)
+                tail = slice(hours.size - 72, hours.size)
+                found += [
+                    (device, f)
+                    for f in q.check_tamper(
+                        metric, hours[tail], matrix[i, tail], others[:, tail], lim
+                    )
+                ]
+                found += [
+                    (device, f)
+                    for f in q.check_drift(
+                        metric, days, dailies[i], np.delete(dailies, i, axis=0), lim
+                    )
+                ]
+    return found
+
+
+def _silent_findings(
+    last_seen: dict[str, dict[str, int]], tags: dict[str, _Tags], now: int
+) -> list[tuple[str, q.Finding]]:
+    """silent_channel: each device's metrics by their newest time over the last day."""
+    found: list[tuple[str, q.Finding]] = []
+    for device, seen in last_seen.items():
+        kind = tags[device].kind
+        if kind not in KINDS:
+            continue
+        expected = tuple(m for m in KINDS[kind].metrics if METRICS[m].type == "float" or m in seen)
+        interval = KINDS[kind].report_interval_s * 1000
+        found += [
+            (device, f)
+            for f in q.check_silent(
+                dict(seen) | {m: seen.get(m) for m in expected},
+                expected,
+                interval,
+                now,
+                QUALITY,
+            )
+        ]
+    return found
 
 
 def _threshold_text(reason: str, metric: str) -> str:
@@ -378,6 +396,33 @@ async def exclude_flagged(
         p: SeriesQuery(p, start, at_ms, HOUR_MS, "count", {}, "district", offset)
         for p in sorted({f.metric for f in flags})
     }
+    flag_q = _flag_queries(flags, start, at_ms, offset)
+    queries = list(counts_q.values()) + [x for _, s, c in flag_q for x in (s, c)]
+    answers = await reader.series_many(queries)
+    counts: dict[tuple[str, str], dict[int, float]] = {}
+    for p, groups in zip(counts_q, answers[: len(counts_q)], strict=True):
+        for g in groups:
+            counts[(g.group.get("district", ""), p)] = dict(g.points)
+    taken: dict[tuple[str, str, int], tuple[float, float]] = {}
+    rest = answers[len(counts_q) :]
+    for i, (f, _, _) in enumerate(flag_q):
+        sums, cnts = rest[2 * i], rest[2 * i + 1]
+        got = 0
+        for gs, gc in zip(sums, cnts, strict=False):
+            for (t, s), (_, c) in zip(gs.points, gc.points, strict=False):
+                key = (f.district, f.metric, t)
+                old = taken.get(key, (0.0, 0.0))
+                taken[key] = (old[0] + s, old[1] + c)
+                got += int(c)
+        out.setdefault(f.district, []).append(excluded_out(f, got))
+    _take_out(hourly, counts, taken, at_ms - HOUR_MS)
+    return out
+
+
+def _flag_queries(
+    flags: list[Flag], start: int, at_ms: int, offset: int
+) -> list[tuple[Flag, SeriesQuery, SeriesQuery]]:
+    """Per flag meeting ``[start, at)``: its device's hourly sum and count over that span."""
     flag_q = []
     for f in flags:
         a = max(start, f.since)
@@ -392,25 +437,16 @@ async def exclude_flagged(
                 SeriesQuery(f.metric, a, b, HOUR_MS, "count", flt, "district", offset),
             )
         )
-    queries = list(counts_q.values()) + [x for _, s, c in flag_q for x in (s, c)]
-    answers = await reader.series_many(queries)
-    counts: dict[tuple[str, str], dict[int, float]] = {}
-    for p, groups in zip(counts_q, answers[: len(counts_q)], strict=True):
-        for g in groups:
-            counts[(g.group.get("district", ""), p)] = dict(g.points)
-    newest = at_ms - HOUR_MS
-    taken: dict[tuple[str, str, int], tuple[float, float]] = {}
-    rest = answers[len(counts_q) :]
-    for i, (f, _, _) in enumerate(flag_q):
-        sums, cnts = rest[2 * i], rest[2 * i + 1]
-        got = 0
-        for gs, gc in zip(sums, cnts, strict=False):
-            for (t, s), (_, c) in zip(gs.points, gc.points, strict=False):
-                key = (f.district, f.metric, t)
-                old = taken.get(key, (0.0, 0.0))
-                taken[key] = (old[0] + s, old[1] + c)
-                got += int(c)
-        out.setdefault(f.district, []).append(excluded_out(f, got))
+    return flag_q
+
+
+def _take_out(
+    hourly: Mapping[str, dict[str, list[float | None]]],
+    counts: dict[tuple[str, str], dict[int, float]],
+    taken: dict[tuple[str, str, int], tuple[float, float]],
+    newest: int,
+) -> None:
+    """Remove the taken (sum, count) from each district's hourly mean, in place."""
     for (name, metric, t), (s, c) in taken.items():
         k = (newest - t) // HOUR_MS
         values = hourly.get(name, {}).get(metric)
@@ -422,120 +458,6 @@ async def exclude_flagged(
             continue
         left = total - c
         values[k] = (mean * total - s) / left if left > 0 else None
-    return out
-
-
-# --------------------------------------------------------------------------- forecast
-
-
-async def hourly_district_means(
-    reader: Reader, metric: str, start_ms: int, end_ms: int
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(districts, hour starts, means (districts x hours)) of ``metric`` in [start, end).
-
-    The one reader of forecast history: hourly buckets of the raw series today; the place to
-    read the 1-hour rollups from once the store keeps them.
-    """
-    groups = await reader.series(
-        SeriesQuery(metric, start_ms, end_ms, HOUR_MS, "mean", {}, "district", start_ms % HOUR_MS)
-    )
-    hours = start_ms + np.arange((end_ms - start_ms) // HOUR_MS, dtype=np.int64) * HOUR_MS
-    names = sorted(g.group.get("district", "") for g in groups)
-    y = np.full((len(names), hours.size), np.nan)
-    row = {n: i for i, n in enumerate(names)}
-    for g in groups:
-        i = row[g.group.get("district", "")]
-        for t_ms, value in g.points:
-            k = (t_ms - start_ms) // HOUR_MS
-            if 0 <= k < hours.size:
-                y[i, k] = value
-    return names, hours, y
-
-
-@dataclass(frozen=True, slots=True)
-class DistrictForecast:
-    district: str
-    trained_until: int
-    skill: dict[int, dict[str, float]]
-    forecast: fc.Forecast
-
-
-class ForecastService:
-    """Trains on the store's history on a schedule; forecasts from the newest hour."""
-
-    def __init__(
-        self, reader: Reader, clock: Callable[[], float], refresh_s: float, timezone: str
-    ) -> None:
-        self.reader = reader
-        self.clock = clock
-        self.refresh_ms = int(max(refresh_s, 1.0) * 1000)
-        self.timezone = timezone
-        self.model: fc.ForecastModel | None = None
-        self.trained_at: int | None = None
-        self._cache: tuple[int, list[DistrictForecast]] | None = None
-        self._lock = asyncio.Lock()
-
-    def _offset_ms(self, at_ms: int) -> int:
-        try:
-            off = datetime.fromtimestamp(at_ms / 1000, ZoneInfo(self.timezone)).utcoffset()
-        except (KeyError, ValueError):  # an unknown zone was refused at start; stay safe
-            return 0
-        return int(off.total_seconds() * 1000) if off is not None else 0
-
-    async def current(self, now_ms: int | None = None) -> list[DistrictForecast]:
-        """The forecast from the newest complete hour; raises HistoryTooShortError."""
-        now = int(self.clock() * 1000) if now_ms is None else now_ms
-        end = now // HOUR_MS * HOUR_MS
-        async with self._lock:
-            if self._cache is not None and self._cache[0] == end:
-                return self._cache[1]
-            names, hours, y = await hourly_district_means(
-                self.reader, "pm25", end - TRAIN_DAYS * DAY_MS, end
-            )
-            offset = self._offset_ms(end)
-            if (
-                self.model is None
-                or self.trained_at is None
-                or abs(end - self.trained_at) >= self.refresh_ms
-            ):
-                first = _first_full(y)
-                if first is None:
-                    raise fc.HistoryTooShortError(
-                        "no pm25 history in storage: the forecast needs at least "
-                        f"{fc.MIN_HISTORY_HOURS // 24} days of hourly means"
-                    )
-                self.model = await asyncio.to_thread(fc.fit, hours[first:], y[:, first:], offset)
-                self.trained_at = end
-            out = [
-                DistrictForecast(name, self.model.trained_until, self.model.skill, f)
-                for name, f in zip(names, fc.forecast(self.model, hours, y, offset), strict=True)
-            ]
-            self._cache = (end, out)
-            return out
-
-    async def run(self) -> None:
-        """Retrain on schedule so that requests find a fresh model."""
-        while True:
-            try:
-                await self.current()
-            except (fc.HistoryTooShortError, RetryableError) as exc:
-                log.info("forecast not trained: %s", exc)
-            except Exception:  # a bug must not stop the API; it is logged with its trace
-                log.exception("forecast training failed")
-            await asyncio.sleep(self.refresh_ms / 1000)
-
-
-def _first_full(y: np.ndarray) -> int | None:
-    """First hour from which every district has data (None: some district has none)."""
-    if y.shape[0] == 0:
-        return None
-    firsts = []
-    for row in y:
-        ok = np.nonzero(~np.isnan(row))[0]
-        if ok.size == 0:
-            return None
-        firsts.append(int(ok[0]))
-    return max(firsts)
 
 
 def start_background(

@@ -23,37 +23,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import math
 import random
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from citysense.catalog import KINDS, METRICS
-from citysense.config import Settings, parse_hostport
-from citysense.credentials import read_device_keys
-from citysense.errors import ConfigError, InputError
-from citysense.registry import Device, Registry, load_registry_option
+from citysense.config import Settings
+from citysense.errors import ConfigError
+from citysense.registry import Device, Registry
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, encode_values
 from simulators import coap
-from simulators.city import generate_fleet, imei
+from simulators.city import imei
 from simulators.coap_client import (
     EXCHANGE_LIFETIME,
     CoapEndpoint,
-    EndpointCounters,
     Result,
     TransmissionParameters,
 )
+from simulators.downlink import downlink_interval as downlink_interval
 from simulators.faults import FaultPlan, corrupt, oversize
+from simulators.fleet_counters import Counters as Counters
+from simulators.fleet_counters import UplinkOutcome as UplinkOutcome
+from simulators.fleet_setup import coap_target as coap_target
+from simulators.fleet_setup import load_fleet_registry as load_fleet_registry
+from simulators.fleet_setup import secure_devices as secure_devices
 from simulators.models import CityModel, salt_of
-from simulators.secure import SecureDevices, device_state_folder
+from simulators.secure import SecureDevices
 
 log = logging.getLogger(__name__)
 
@@ -70,96 +72,6 @@ TICK_S = 0.025
 
 _UNITS: dict[str, str | None] = {m.name: m.senml_unit for m in METRICS.values()}
 _INTEGER = frozenset(m.name for m in METRICS.values() if m.integer)
-_INTERVAL_NAMES = ("report_interval", "set_report_interval", "set_interval", "interval")
-_INTERVAL_ARGS = ("seconds", "report_interval", "interval", "interval_s", "value", "s")
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkOutcome:
-    """How one uplink ended (kept only when :class:`Counters` records)."""
-
-    device: str  #: the id it was sent under
-    t: int  #: its reading time, epoch ms
-    fault: str | None  #: the payload or device fault injected into it
-    outcome: str  #: "2.04", "4.00", ..., "timeout", "reset", "abandoned"
-    transmissions: int
-    content_format: int
-    values: dict[str, float | bool] | None = None  #: what the uplink carried
-
-
-@dataclass(slots=True)
-class Counters:
-    """What the fleet did; safe to read from the event loop's thread at any time."""
-
-    record: bool = False  #: keep an :class:`UplinkOutcome` per uplink
-    devices: int = 0
-    sent: int = 0  #: uplinks sent (first transmission)
-    acknowledged: int = 0  #: answered 2.04
-    rejected: dict[str, int] = field(default_factory=dict)  #: other answers, by code
-    resets: int = 0
-    timeouts: int = 0
-    abandoned: int = 0  #: still open at shutdown
-    queued: int = 0  #: uplinks that waited on a device (busy or outage)
-    queue_dropped: int = 0  #: uplinks a full device queue dropped
-    unsent: int = 0  #: uplinks still queued at shutdown
-    downlinks: int = 0  #: commands obeyed
-    downlinks_ignored: int = 0  #: commands not understood
-    injected: dict[str, int] = field(default_factory=dict)  #: payload faults, by name
-    fired: int = 0  #: report times reached (sent or queued)
-    late_total_s: float = 0.0  #: sum over report times of how late the scheduler reached them
-    late_max_s: float = 0.0
-    endpoint: EndpointCounters = field(default_factory=EndpointCounters)
-    outcomes: list[UplinkOutcome] = field(default_factory=list)
-
-    @property
-    def finished(self) -> int:
-        return (
-            self.acknowledged
-            + sum(self.rejected.values())
-            + self.resets
-            + self.timeouts
-            + self.abandoned
-        )
-
-    @property
-    def in_flight(self) -> int:
-        return self.sent - self.finished
-
-    def as_dict(self) -> dict[str, object]:
-        e = self.endpoint
-        return {
-            "devices": self.devices,
-            "sent": self.sent,
-            "acknowledged": self.acknowledged,
-            "rejected": dict(sorted(self.rejected.items())),
-            "resets": self.resets,
-            "timeouts": self.timeouts,
-            "abandoned": self.abandoned,
-            "in_flight": self.in_flight,
-            "queued": self.queued,
-            "queue_dropped": self.queue_dropped,
-            "unsent": self.unsent,
-            "downlinks": self.downlinks,
-            "downlinks_ignored": self.downlinks_ignored,
-            "injected": dict(sorted(self.injected.items())),
-            "late_mean_s": self.late_total_s / self.fired if self.fired else 0.0,
-            "late_max_s": self.late_max_s,
-            "datagrams": e.datagrams_sent,
-            "retransmissions": e.retransmissions,
-            "lost": e.lost_out + e.lost_in,
-            "duplicated": e.duplicated,
-            "stray_answers": e.stray,
-            "separate_answers": e.separate,
-        }
-
-    def summary(self) -> str:
-        rejected = " ".join(f"{c}:{n}" for c, n in sorted(self.rejected.items())) or "-"
-        return (
-            f"devices {self.devices}  sent {self.sent}  acknowledged {self.acknowledged}  "
-            f"rejected {rejected}  retransmissions {self.endpoint.retransmissions}  "
-            f"timeouts {self.timeouts}  in flight {self.in_flight}  queued {self.queued}  "
-            f"downlinks {self.downlinks}"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,79 +89,15 @@ def stray_id(device: str) -> str:
     return f"urn:imei:{imei(salt_of(device) % 1_000_000, tac='35999999')}"
 
 
-def downlink_interval(payload: bytes) -> tuple[float | None, bool]:
-    """(new report interval in s or None, whether any command was present) from a 2.04 payload.
-
-    Understands a SenML JSON pack with ``{"n": "report_interval", "v": 600}`` (after the
-    base name) or the gateway's command form ``{"n": "cmd", "vs": "report_interval"}``
-    with ``{"n": "cmd_args", "vs": "{\\"seconds\\": 600}"}``. Anything else is ignored.
-    """
-    if not payload:
-        return None, False
-    try:
-        pack = json.loads(payload)
-    except ValueError:
-        return None, True
-    if not isinstance(pack, list):
-        return None, True
-    fields: dict[str, object] = {}
-    for rec in pack:
-        if not isinstance(rec, dict):
-            continue
-        name = str(rec.get("n", "")).rsplit(":", 1)[-1]
-        for key in ("v", "vs", "vb"):
-            if key in rec:
-                fields[name] = rec[key]
-    for name in _INTERVAL_NAMES:
-        value = fields.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return _valid_interval(float(value)), True
-    command = fields.get("cmd")
-    if isinstance(command, str) and command in _INTERVAL_NAMES:
-        args: object = fields.get("cmd_args", "{}")
-        try:
-            parsed = json.loads(args) if isinstance(args, str) else args
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            for key in _INTERVAL_ARGS:
-                value = parsed.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return _valid_interval(float(value)), True
-        elif isinstance(parsed, int | float) and not isinstance(parsed, bool):
-            return _valid_interval(float(parsed)), True
-    return None, bool(fields)
-
-
-def _valid_interval(seconds: float) -> float | None:
-    return seconds if math.isfinite(seconds) and 10.0 <= seconds <= 7 * 86400 else None
-
-
-def coap_target(settings: Settings) -> tuple[str, int]:
-    """Where the fleet sends: ``--coap``, with a wildcard host meaning this machine."""
-    host, port = parse_hostport(settings.coap, "--coap")
-    if host in ("0.0.0.0", "", "*"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return host, port
-
-
-def load_fleet_registry(settings: Settings) -> list[Device]:
-    """The fleet's devices: ``--registry`` (those of ``--gateway`` when it names any), or a
-    generated fleet of ``--devices`` on ``--gateway``."""
-    if settings.registry is None:
-        return generate_fleet(settings.devices, settings.seed, [settings.gateway])
-    registry = load_registry_option(settings.registry)
-    mine = registry.of_gateway(settings.gateway)
-    chosen = mine if len(mine) else registry
-    if not len(mine):
-        log.info(
-            "no device of the registry is on gateway %s: simulating all %d devices",
-            settings.gateway,
-            len(registry),
-        )
-    return list(chosen.values())
+def content_formats(devices: Sequence[Device], senml_format: str) -> np.ndarray:
+    """Each device's uplink content format: ``json``, ``cbor`` or ``mixed`` (by its salt)."""
+    n = len(devices)
+    if senml_format == "json":
+        return np.full(n, CF_SENML_JSON, dtype=np.int64)
+    if senml_format == "cbor":
+        return np.full(n, CF_SENML_CBOR, dtype=np.int64)
+    salts = [salt_of(d.device) for d in devices]
+    return np.array([CF_SENML_CBOR if s % 2 else CF_SENML_JSON for s in salts], dtype=np.int64)
 
 
 class Fleet:
@@ -295,15 +143,7 @@ class Fleet:
             dtype=np.float64,
         )
         self.interval_ms = (interval_s * 1000).astype(np.int64)
-        salts = [salt_of(d.device) for d in self.devices]
-        if senml_format == "json":
-            self.cf = np.full(n, CF_SENML_JSON, dtype=np.int64)
-        elif senml_format == "cbor":
-            self.cf = np.full(n, CF_SENML_CBOR, dtype=np.int64)
-        else:
-            self.cf = np.array(
-                [CF_SENML_CBOR if s % 2 else CF_SENML_JSON for s in salts], dtype=np.int64
-            )
+        self.cf = content_formats(self.devices, senml_format)
         self.send_id = [
             stray_id(d.device) if self.faults.unknown(d.device) else d.device for d in self.devices
         ]
@@ -569,25 +409,22 @@ async def _progress(counters: Counters, stop: asyncio.Event, every: float) -> No
         sys.stderr.write("\n")
 
 
-def secure_devices(settings: Settings) -> SecureDevices | None:
-    """The devices of ``--device-keys`` that send with OSCORE or DTLS, or ``None``."""
-    if settings.device_keys is None:
-        return None
-    try:
-        keys = read_device_keys(settings.device_keys)
-    except InputError as exc:
-        raise ConfigError(f"--device-keys {settings.device_keys}: {exc}") from exc
-    coap = coap_target(settings)
-    if settings.coaps is not None:
-        coaps = parse_hostport(settings.coaps, "--coaps")
-    else:
-        coaps = (coap[0], 5684)
-    return SecureDevices(
-        {k.device: k for k in keys},
-        coap,
-        coaps,
-        device_state_folder(Path(settings.device_keys)),
-    )
+def _fleet_devices(
+    settings: Settings, registry: Registry | Sequence[Device] | None
+) -> list[Device]:
+    if registry is None:
+        return load_fleet_registry(settings)
+    if isinstance(registry, Registry):
+        return list(registry.values())
+    return list(registry)
+
+
+def _faulty_model(settings: Settings, devices: Sequence[Device]) -> CityModel:
+    """The city model with ``--sensor-faults`` turned on."""
+    from simulators.sensor_faults import SensorFaults
+
+    faults = SensorFaults.from_settings(settings.sensor_faults, settings.seed)
+    return CityModel(devices, settings.seed, sensor_faults=faults)
 
 
 async def run_fleet(
@@ -608,17 +445,9 @@ async def run_fleet(
     ``ready`` once the sockets are open. Cancellation stops it cleanly (bounded) and is
     re-raised. Returns the counters (also filled in place when given).
     """
-    if registry is None:
-        devices = load_fleet_registry(settings)
-    elif isinstance(registry, Registry):
-        devices = list(registry.values())
-    else:
-        devices = list(registry)
+    devices = _fleet_devices(settings, registry)
     if model is None and settings.sensor_faults:
-        from simulators.sensor_faults import SensorFaults
-
-        faults = SensorFaults.from_settings(settings.sensor_faults, settings.seed)
-        model = CityModel(devices, settings.seed, sensor_faults=faults)
+        model = _faulty_model(settings, devices)
     fleet = Fleet(
         devices,
         coap_target(settings),

@@ -24,35 +24,46 @@ are whole, cumulative metrics never decrease in time for a device.
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from citysense.catalog import HEALTH_METRICS, KINDS, METRICS
 from citysense.registry import Device
-from simulators.city import KM_PER_DEG_LAT, ZHENGZHOU, District, site_named
+from simulators import meters
+from simulators.city import ZHENGZHOU, District, site_named
+from simulators.signals import (
+    _GOLD,
+    _W,
+    DAY_MS,
+    EPISODE_PROBABILITY,
+    EPISODE_WINDOW_MS,
+    HOUR_MS,
+    BoolArray,
+    Column,
+    FloatArray,
+    HazeEpisode,
+    IntArray,
+    UIntArray,
+    _bump,
+    _hash,
+    _mix,
+    _normal,
+    _smooth,
+    _uniform,
+    local_hour,
+    salt_of,
+    season,
+    traffic_demand,
+    weekday,
+)
+from simulators.signals import CITY_TIMEZONE as CITY_TIMEZONE  # re-exported
+from simulators.signals import LOCAL_OFFSET_MS as LOCAL_OFFSET_MS  # re-exported
 
 if TYPE_CHECKING:
     from simulators.sensor_faults import SensorFaults
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-UIntArray = npt.NDArray[np.uint64]
-BoolArray = npt.NDArray[np.bool_]
-Column = FloatArray | BoolArray
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
-#: The simulated city's time zone (China Standard Time, no daylight saving) and its offset.
-CITY_TIMEZONE = "Asia/Shanghai"
-LOCAL_OFFSET_MS = 8 * HOUR_MS
-_W = 2 * math.pi / 24.0  # radians per hour of a daily cycle
-_YEAR_H = 365.2425 * 24.0
 
 #: decimals a device reports each float metric with (its resolution)
 DECIMALS: dict[str, int] = {
@@ -87,176 +98,12 @@ DECIMALS: dict[str, int] = {
 MAINS_KINDS = frozenset({"air_station", "traffic_counter", "electricity_meter"})
 
 
-# --------------------------------------------------------------------------- hashing
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S11 = np.uint64(11)
-_MASK16 = np.uint64(0xFFFF)
-
-
-def _mix(x: UIntArray) -> UIntArray:
-    """splitmix64's finaliser, element-wise (wrapping uint64 arithmetic)."""
-    x = x ^ (x >> _S30)
-    x = x * _M1
-    x = x ^ (x >> _S27)
-    x = x * _M2
-    return x ^ (x >> _S31)
-
-
-def _hash(salt: UIntArray, stream: int, slot: IntArray) -> UIntArray:
-    """A well-mixed 64-bit hash of (device salt, stream, time slot)."""
-    s = np.uint64(stream & 0xFFFFFFFFFFFFFFFF)
-    return _mix((salt ^ s) + slot.astype(np.uint64) * _GOLD)
-
-
-def _uniform(h: UIntArray) -> FloatArray:
-    """[0, 1) from a hash."""
-    return (h >> _S11).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _normal(h: UIntArray) -> FloatArray:
-    """Approximately standard normal (sum of four 16-bit uniforms, bounded at ±3.46)."""
-    s = (
-        (h & _MASK16)
-        + ((h >> np.uint64(16)) & _MASK16)
-        + ((h >> np.uint64(32)) & _MASK16)
-        + (h >> np.uint64(48))
-    )
-    return (s.astype(np.float64) * (1.0 / 65535.0) - 2.0) * 1.7320508075688772
-
-
-def _smooth(salt: UIntArray, stream: int, t: IntArray, knot_ms: int) -> FloatArray:
-    """Smooth-in-time standard noise: normals at knots, eased between them."""
-    k = t // knot_ms
-    f = (t - k * knot_ms).astype(np.float64) * (1.0 / knot_ms)
-    f = f * f * (3.0 - 2.0 * f)
-    n0 = _normal(_hash(salt, stream, k))
-    n1 = _normal(_hash(salt, stream, k + 1))
-    return n0 + (n1 - n0) * f
-
-
-def salt_of(name: str) -> int:
-    """A stable 64-bit salt of a name (device id, district)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-
-
-def _bump(h: FloatArray, centre: float, width: float) -> FloatArray:
-    """A Gaussian bump in the hour of day (no wrap: centres sit well inside the day)."""
-    z = (h - centre) * (1.0 / width)
-    return np.exp(-0.5 * z * z)
-
-
-# --------------------------------------------------------------------------- time of day
-
-
-def local_hour(t: IntArray) -> FloatArray:
-    """Hour of the local day, 0 <= h < 24."""
-    return ((t + LOCAL_OFFSET_MS) % DAY_MS).astype(np.float64) * (1.0 / HOUR_MS)
-
-
-def weekday(t: IntArray) -> IntArray:
-    """Local day of the week, Monday = 0 (1970-01-01 was a Thursday)."""
-    return ((t + LOCAL_OFFSET_MS) // DAY_MS + 3) % 7
-
-
-def season(t: IntArray) -> FloatArray:
-    """+1 in mid-January (winter) ... -1 in mid-July."""
-    hours = t.astype(np.float64) * (1.0 / HOUR_MS)
-    return np.cos(2 * math.pi * (hours - 14 * 24.0) / _YEAR_H)
-
-
-def traffic_demand(t: IntArray) -> FloatArray:
-    """Road demand 0..1: weekday rush hours at 08:00 and 18:00, broad weekend midday."""
-    h = local_hour(t)
-    weekend = weekday(t) >= 5
-    weekday_d = (
-        0.07 + 0.30 * _bump(h, 13.0, 3.5) + 0.70 * _bump(h, 8.0, 1.0) + 0.75 * _bump(h, 18.0, 1.3)
-    )
-    weekend_d = 0.07 + 0.45 * _bump(h, 14.5, 3.5) + 0.10 * _bump(h, 10.0, 1.5)
-    return np.minimum(np.where(weekend, weekend_d, weekday_d), 1.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """A daily (and optionally yearly) consumption profile with an exact integral.
-
-    ``rate(h) = 1 + a1 cos(w (h - p1)) + a2 cos(2 w (h - p2)) + ay cos(wy (t - py))``; the
-    coefficients keep it positive, so its integral (a cumulative meter) never decreases.
-    """
-
-    a1: float
-    p1: float
-    a2: float
-    p2: float
-    ay: float = 0.0  #: yearly amplitude, peak in mid-January (heating) when positive
-
-    def rate(self, t: IntArray) -> FloatArray:
-        th = (t + LOCAL_OFFSET_MS).astype(np.float64) * (1.0 / HOUR_MS)
-        out = (
-            1.0 + self.a1 * np.cos(_W * (th - self.p1)) + self.a2 * np.cos(2 * _W * (th - self.p2))
-        )
-        if self.ay:
-            out = out + self.ay * np.cos(2 * math.pi * (th - 14 * 24.0) / _YEAR_H)
-        return out
-
-    def integral_h(self, t: IntArray) -> FloatArray:
-        """Integral of :meth:`rate` in hours from the epoch (up to a constant) to ``t``."""
-        th = (t + LOCAL_OFFSET_MS).astype(np.float64) * (1.0 / HOUR_MS)
-        out = (
-            th
-            + (self.a1 / _W) * np.sin(_W * (th - self.p1))
-            + (self.a2 / (2 * _W)) * np.sin(2 * _W * (th - self.p2))
-        )
-        if self.ay:
-            wy = 2 * math.pi / _YEAR_H
-            out = out + (self.ay / wy) * np.sin(wy * (th - 14 * 24.0))
-        return out
-
-
-#: households: morning and evening peaks, near zero around 01:30
-WATER_PROFILE = Profile(0.5, 13.5, 0.45, 7.5)
-ELECTRICITY_PROFILE = Profile(0.35, 19.0, 0.2, 8.0, ay=0.1)
-GAS_PROFILE = Profile(0.45, 13.0, 0.35, 7.0, ay=0.45)
-
-
-# --------------------------------------------------------------------------- episodes
-
-
-@dataclass(frozen=True, slots=True)
-class HazeEpisode:
-    """A regional haze episode: PM2.5 raised around a centre, rising and falling in time."""
-
-    start_ms: int
-    end_ms: int
-    lat: float
-    lon: float
-    radius_km: float
-    peak_pm25: float  #: added at the centre at the height of the episode
-
-    def envelope(self, t: IntArray) -> FloatArray:
-        """0 outside the episode, a smooth sin² rise and fall inside it."""
-        span = self.end_ms - self.start_ms
-        x = (t - self.start_ms).astype(np.float64) * (1.0 / span)
-        inside = (x > 0.0) & (x < 1.0)
-        return np.where(inside, np.sin(math.pi * np.clip(x, 0.0, 1.0)) ** 2, 0.0)
-
-    def weight(self, lat: FloatArray, lon: FloatArray) -> FloatArray:
-        dy = (lat - self.lat) * KM_PER_DEG_LAT
-        dx = (lon - self.lon) * KM_PER_DEG_LAT * math.cos(math.radians(self.lat))
-        return np.exp(-0.5 * (dx * dx + dy * dy) / (self.radius_km * self.radius_km))
-
-
-#: Episodes are drawn per window of this length (at most one per window).
-EPISODE_WINDOW_MS = 5 * DAY_MS
-EPISODE_PROBABILITY = 0.55
-
-
 # --------------------------------------------------------------------------- the model
+
+#: a kind's model: (model, fleet indices, salts, times, broadcast shape) -> metric columns
+KindModel = Callable[
+    ["CityModel", IntArray, UIntArray, IntArray, tuple[int, ...]], dict[str, Column]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +229,7 @@ class CityModel:
         t = np.asarray(t, dtype=np.int64)
         shape = np.broadcast_shapes(idx.shape, t.shape)
         salt = np.broadcast_to(self._static.salt[idx], shape)
-        rate, active, _, _ = self._leak(salt, np.broadcast_to(t, shape))
+        rate, active, _, _ = meters.leak(salt, np.broadcast_to(t, shape))
         return active & (rate > 0)
 
     def incident_active(self, idx: IntArray, t: IntArray) -> BoolArray:
@@ -454,21 +301,7 @@ class CityModel:
         o3 = 22.0 + 150.0 * sun - 0.22 * no2 + 6.0 * _normal(_hash(salt, 14, t))
         so2 = 6.0 + 5.0 * np.maximum(winter, 0.0) + 3.0 * demand + 1.2 * _normal(_hash(salt, 15, t))
         co = 0.35 + 0.009 * pm25 + 0.35 * demand + 0.05 * _normal(_hash(salt, 16, t))
-        temp_base = 14.3 - 13.3 * winter
-        temp_day = 5.0 * np.cos(_W * (h - 15.0))
-        temperature = (
-            temp_base
-            + temp_day
-            + 2.0 * _smooth(city, 3, t, 12 * HOUR_MS)
-            + 0.3 * _normal(n2 >> np.uint64(3))
-        )
-        humidity = (
-            62.0
-            - 4.0 * temp_day
-            + 12.0 * stagnation
-            + 8.0 * _smooth(city, 4, t, 12 * HOUR_MS)
-            + 1.5 * _normal(_hash(salt, 17, t))
-        )
+        temperature, humidity = _weather(salt, city, t, h, winter, stagnation, n2)
         noise = 41.0 + 26.0 * np.sqrt(demand) + 1.8 * _normal(_hash(salt, 18, t))
         return {
             "pm25": pm25,
@@ -478,7 +311,7 @@ class CityModel:
             "o3": np.maximum(o3, 2.0),
             "co": np.maximum(co, 0.1),
             "temperature": temperature,
-            "humidity": np.clip(humidity, 8.0, 100.0),
+            "humidity": humidity,
             "noise": noise,
         }
 
@@ -533,91 +366,6 @@ class CityModel:
         slot = t // (30 * 60_000)  # a space keeps its state for half-hour blocks
         return {"occupied": _uniform(_hash(salt, 31, slot)) < p}
 
-    def _leak(
-        self, salt: UIntArray, t: IntArray
-    ) -> tuple[FloatArray, BoolArray, FloatArray, FloatArray]:
-        """(rate m³/h, active, volume so far m³, hours into the current leak)."""
-        zero = np.zeros(1, dtype=np.int64)
-        h = _hash(salt, 40, zero)
-        leaky = _uniform(h) < 0.12
-        rate = np.where(leaky, 0.015 + 0.07 * _uniform(_mix(h)), 0.0)
-        period = (6.0 + 14.0 * _uniform(_mix(h ^ _GOLD))) * DAY_MS
-        duty = 0.2 + 0.3 * _uniform(_mix(h + _GOLD))
-        phase = _uniform(_mix(h * _GOLD)) * period
-        x = (t.astype(np.float64) - phase) / period
-        cycles = np.floor(x)
-        into = (x - cycles) * period  # ms into the current cycle
-        on_ms = duty * period
-        active = into < on_ms
-        volume = rate * (cycles * on_ms + np.minimum(into, on_ms)) * (1.0 / HOUR_MS)
-        return rate, active, volume, into * (1.0 / HOUR_MS)
-
-    def _installed(self, salt: UIntArray) -> FloatArray:
-        """Installation time (epoch ms), 2021-01-01 plus up to four years."""
-        u = _uniform(_hash(salt, 50, np.zeros(1, dtype=np.int64)))
-        return 1_609_459_200_000.0 + u * (4 * 365.25 * DAY_MS)
-
-    def _meter_total(
-        self, salt: UIntArray, t: IntArray, profile: Profile, mean_rate: FloatArray
-    ) -> FloatArray:
-        """The exact integral of ``mean_rate * profile`` since installation, plus a start reading."""
-        installed = self._installed(salt)
-        t0 = installed.astype(np.int64)
-        used = mean_rate * (profile.integral_h(t) - profile.integral_h(t0))
-        start_reading = 5.0 * _uniform(_hash(salt, 51, np.zeros(1, dtype=np.int64)))
-        return start_reading + np.maximum(used, 0.0)
-
-    def _water(
-        self, idx: IntArray, salt: UIntArray, t: IntArray, shape: tuple[int, ...]
-    ) -> dict[str, Column]:
-        zero = np.zeros(1, dtype=np.int64)
-        u = _uniform(_hash(salt, 41, zero))
-        mean_rate = np.where(u < 0.85, 0.02 + 0.05 * u, 0.15 + 0.5 * (u - 0.85))
-        rate, active, leak_volume, leak_hours = self._leak(salt, t)
-        leaking = active & (rate > 0)
-        volume = self._meter_total(salt, t, WATER_PROFILE, mean_rate)
-        # leak volume is cumulative since the epoch; count only what leaked since installation
-        t0 = self._installed(salt).astype(np.int64)
-        _, _, leak_before, _ = self._leak(salt, np.broadcast_to(t0, t.shape))
-        volume = volume + np.maximum(leak_volume - leak_before, 0.0)
-        n = _hash(salt, 42, t)
-        demand = mean_rate * WATER_PROFILE.rate(t)
-        flow = demand * (1.0 + 0.15 * _normal(n)) + np.where(leaking, rate, 0.0)
-        pressure = (
-            300.0
-            + 120.0 * _uniform(_hash(salt, 43, zero))
-            - 40.0 * (WATER_PROFILE.rate(t) - 1.0)
-            + 6.0 * _normal(n >> np.uint64(7))
-        )
-        return {
-            "water_volume": volume,
-            "water_flow": np.maximum(flow, 0.0),
-            "water_pressure": pressure,
-            "leak": leaking & (leak_hours > 12.0),
-            "reverse_flow": _uniform(_hash(salt, 44, t)) < 0.0005,
-        }
-
-    def _electricity(
-        self, idx: IntArray, salt: UIntArray, t: IntArray, shape: tuple[int, ...]
-    ) -> dict[str, Column]:
-        zero = np.zeros(1, dtype=np.int64)
-        u = _uniform(_hash(salt, 60, zero))
-        mean_w = np.where(u < 0.8, 250.0 + 700.0 * u, 2000.0 + 60000.0 * (u - 0.8) ** 2)
-        n = _hash(salt, 61, t)
-        energy = self._meter_total(salt, t, ELECTRICITY_PROFILE, mean_w * 0.001)
-        power = mean_w * ELECTRICITY_PROFILE.rate(t) * (1.0 + 0.12 * _normal(n))
-        voltage = (
-            229.0 - 6.0 * (ELECTRICITY_PROFILE.rate(t) - 1.0) + 1.5 * _normal(n >> np.uint64(5))
-        )
-        return {"energy": energy, "power": np.maximum(power, 0.0), "voltage": voltage}
-
-    def _gas(
-        self, idx: IntArray, salt: UIntArray, t: IntArray, shape: tuple[int, ...]
-    ) -> dict[str, Column]:
-        u = _uniform(_hash(salt, 70, np.zeros(1, dtype=np.int64)))
-        mean_rate = 0.015 + 0.04 * u
-        return {"gas_volume": self._meter_total(salt, t, GAS_PROFILE, mean_rate)}
-
     # ------------------------------------------------------------------ health
 
     def _health(
@@ -638,7 +386,7 @@ class CityModel:
         rsrp: FloatArray = np.rint(np.clip(median + 2.0 * _normal(n), -140.0, -50.0))
         ecl = np.where(rsrp >= -105.0, 0.0, np.where(rsrp >= -115.0, 1.0, 2.0))
         snr = np.clip(0.45 * (rsrp + 112.0) + 1.5 * _normal(n >> np.uint64(5)), -10.0, 25.0)
-        installed = self._installed(salt)
+        installed = meters.installed(salt)
         uplinks = np.maximum(np.floor((t - installed) / interval_ms), 0.0)
         if kind in MAINS_KINDS:
             battery = np.broadcast_to(97.0 + 3.0 * _uniform(_hash(salt, 82, zero)), shape).astype(
@@ -668,13 +416,41 @@ class CityModel:
         }
 
 
-_KIND_MODELS = {
+def _weather(
+    salt: UIntArray,
+    city: UIntArray,
+    t: IntArray,
+    h: FloatArray,
+    winter: FloatArray,
+    stagnation: FloatArray,
+    n2: UIntArray,
+) -> tuple[FloatArray, FloatArray]:
+    """An air station's temperature and humidity (city-wide weather plus its own noise)."""
+    temp_base = 14.3 - 13.3 * winter
+    temp_day = 5.0 * np.cos(_W * (h - 15.0))
+    temperature = (
+        temp_base
+        + temp_day
+        + 2.0 * _smooth(city, 3, t, 12 * HOUR_MS)
+        + 0.3 * _normal(n2 >> np.uint64(3))
+    )
+    humidity = (
+        62.0
+        - 4.0 * temp_day
+        + 12.0 * stagnation
+        + 8.0 * _smooth(city, 4, t, 12 * HOUR_MS)
+        + 1.5 * _normal(_hash(salt, 17, t))
+    )
+    return temperature, np.clip(humidity, 8.0, 100.0)
+
+
+_KIND_MODELS: dict[str, KindModel] = {
     "air_station": CityModel._air,
     "traffic_counter": CityModel._traffic,
     "parking_sensor": CityModel._parking,
-    "water_meter": CityModel._water,
-    "electricity_meter": CityModel._electricity,
-    "gas_meter": CityModel._gas,
+    "water_meter": meters.water,
+    "electricity_meter": meters.electricity,
+    "gas_meter": meters.gas,
 }
 
 

@@ -268,38 +268,7 @@ class InfluxQLReader:
         results = await self._query(statements, params)
         # a device whose tags changed appears once per tag set: keep its newest value
         newest: dict[tuple[str, str], LatestValue] = {}
-        seen_devices: dict[str, tuple[str, str, str]] = {}
-
-        def keep(tags: Mapping[str, str], metric: str, t: int, value: Any) -> None:
-            v = _num(value)
-            if v is None:
-                return
-            row = LatestValue(
-                tags.get("device", ""),
-                tags.get("kind", ""),
-                tags.get("district", ""),
-                tags.get("site", ""),
-                metric,
-                t,
-                v,
-            )
-            key = (row.device, metric)
-            if key not in newest or newest[key].t < row.t:
-                newest[key] = row
-
-        for result in results:
-            for series in result.get("series", []):
-                tags = series.get("tags", {})
-                columns = series.get("columns", [])
-                seen_devices[tags.get("device", "")] = (
-                    tags.get("kind", ""),
-                    tags.get("district", ""),
-                    tags.get("site", ""),
-                )
-                for row in series.get("values", []):
-                    t = int(row[0])
-                    for name, value in zip(columns[1:], row[1:], strict=False):
-                        keep(tags, name, t, value)
+        seen_devices = _newest_rows(results, newest)
         missing = [m for m in metrics if any((d, m) not in newest for d in seen_devices)]
         if missing:
             answers = await self._query(
@@ -309,7 +278,7 @@ class InfluxQLReader:
                 for series in result.get("series", []):
                     tags = series.get("tags", {})
                     for t, value in series.get("values", []):
-                        keep(tags, metric, int(t), value)
+                        _keep(newest, tags, metric, int(t), value)
         return sorted(newest.values(), key=lambda r: (r.device, r.metric))
 
     async def series(self, query: SeriesQuery) -> list[SeriesGroup]:
@@ -395,3 +364,51 @@ def _parse_groups(
     for points in out.values():
         points.sort()
     return out
+
+
+def _newest_rows(
+    results: list[dict[str, Any]], newest: dict[tuple[str, str], LatestValue]
+) -> dict[str, tuple[str, str, str]]:
+    """Keep the values of the newest rows in ``newest``; the (kind, district, site) of every
+    device seen."""
+    seen_devices: dict[str, tuple[str, str, str]] = {}
+    for result in results:
+        for series in result.get("series", []):
+            tags = series.get("tags", {})
+            columns = series.get("columns", [])
+            seen_devices[tags.get("device", "")] = (
+                tags.get("kind", ""),
+                tags.get("district", ""),
+                tags.get("site", ""),
+            )
+            for row in series.get("values", []):
+                t = int(row[0])
+                for name, value in zip(columns[1:], row[1:], strict=False):
+                    _keep(newest, tags, name, t, value)
+    return seen_devices
+
+
+def _keep(
+    newest: dict[tuple[str, str], LatestValue],
+    tags: Mapping[str, str],
+    metric: str,
+    t: int,
+    value: Any,
+) -> None:
+    """Keep a value unless it is not a number or one of its device and metric at least as
+    new is kept already."""
+    v = _num(value)
+    if v is None:
+        return
+    row = LatestValue(
+        tags.get("device", ""),
+        tags.get("kind", ""),
+        tags.get("district", ""),
+        tags.get("site", ""),
+        metric,
+        t,
+        v,
+    )
+    key = (row.device, metric)
+    if key not in newest or newest[key].t < row.t:
+        newest[key] = row

@@ -18,7 +18,7 @@ from pathlib import Path
 from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
 from citysense.migrate import Migration, statements
-from timeseries.rollup import SQLITE_ROLLUP_SCHEMA
+from timeseries.rollup_sqlite import SQLITE_ROLLUP_SCHEMA
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
 

@@ -1,0 +1,274 @@
+"""InfluxDB 1.x rollups: retention policies, mark points, the worker's queries."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from citysense.catalog import METRICS
+from citysense.errors import PermanentError, RetryableError
+from timeseries.connection import InfluxTarget
+from timeseries.influxql import _num
+from timeseries.rollup_core import (
+    COMPONENTS,
+    DIRTY,
+    DIRTY_LOOKBACK_MS,
+    DONE,
+    HOUR,
+    MINUTE,
+    ROLLUP_RP,
+    Dirty,
+    Rolled,
+    Window,
+    aggregate,
+    combine,
+    new_token,
+)
+from timeseries.schema import TAG_KEYS
+
+log = logging.getLogger(__name__)
+
+
+def influx_duration(ms: int) -> str:
+    """A retention policy's duration and shard group duration (InfluxDB's own advice: 1 h
+    shards under 2 days, 1 d up to 6 months, 7 d beyond)."""
+    shard = "1h" if ms < 48 * HOUR else "1d" if ms <= 183 * 24 * HOUR else "7d"
+    return f"{ms // HOUR}h REPLICATION 1 SHARD DURATION {shard}"
+
+
+def rollup_fields(metric: str, w: Window) -> str:
+    return (
+        f"{metric}_count={w.count},{metric}_sum={w.sum!r},{metric}_min={w.min!r},"
+        f"{metric}_max={w.max!r},{metric}_last={w.last!r},{metric}_last_t={w.last_t}"
+    )
+
+
+def _esc_tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+class InfluxRollupStore:
+    """Rollups in the ``rollup`` retention policy of an InfluxDB 1.x database."""
+
+    def __init__(self, target: InfluxTarget, raw_ms: int, rollup_ms: int) -> None:
+        auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
+        self._client = httpx.AsyncClient(base_url=target.url, auth=auth, timeout=60.0)
+        self.db = target.database
+        self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
+        self._view = MarkView()
+
+    async def _q(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
+        params = {"db": self.db, "q": q, "epoch": "ms"}
+        try:
+            if post:
+                r = await self._client.post("/query", params=params)
+            else:
+                r = await self._client.get("/query", params=params)
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB unreachable: {exc!r}") from exc
+        if r.status_code >= 500 or r.status_code == 429:
+            raise RetryableError(f"InfluxDB answered {r.status_code}")
+        body = r.json()
+        if r.status_code >= 400 or "error" in body:
+            raise PermanentError(f"InfluxDB refused {q[:80]!r}: {body.get('error', body)}")
+        results: list[dict[str, Any]] = body.get("results", [])
+        for res in results:
+            if "error" in res:
+                raise PermanentError(f"InfluxDB refused {q[:80]!r}: {res['error']}")
+        return results
+
+    async def _write(self, lines: list[str], rp: str | None = None) -> None:
+        params = {"db": self.db, "precision": "ms"}
+        if rp:
+            params["rp"] = rp
+        try:
+            r = await self._client.post("/write", params=params, content="\n".join(lines).encode())
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"InfluxDB unreachable: {exc!r}") from exc
+        if r.status_code >= 300:
+            raise RetryableError(f"InfluxDB /write answered {r.status_code}: {r.text[:200]}")
+
+    async def ensure(self) -> None:
+        """The retention policies, created or altered (idempotent)."""
+        raw, roll = influx_duration(self.raw_ms), influx_duration(self.rollup_ms)
+        db = f'"{self.db}"'
+        res = await self._q(f"SHOW RETENTION POLICIES ON {db}")
+        names = {row[0] for series in res[0].get("series", []) for row in series.get("values", [])}
+        if ROLLUP_RP not in names:
+            await self._mark_existing()
+        try:
+            await self._q(
+                f'CREATE RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll}',
+                post=True,
+            )
+        except PermanentError as exc:
+            if "already exists" not in str(exc):
+                raise
+            await self._q(
+                f'ALTER RETENTION POLICY "{ROLLUP_RP}" ON {db} DURATION {roll}', post=True
+            )
+        res = await self._q(f"SHOW RETENTION POLICIES ON {db}")
+        for series in res[0].get("series", []):
+            cols = series["columns"]
+            for row in series.get("values", []):
+                rec = dict(zip(cols, row, strict=False))
+                if rec.get("default"):
+                    await self._q(
+                        f'ALTER RETENTION POLICY "{rec["name"]}" ON {db} DURATION {raw}',
+                        post=True,
+                    )
+
+    async def _mark_existing(self) -> None:
+        """First start over an existing database: every hour holding raw data is marked
+        (before the rollup policy exists, so that a crash here repeats it)."""
+        now = int(time.time() * 1000)
+        span = f"time >= {now - self.raw_ms}ms AND time < {now + DIRTY_LOOKBACK_MS}ms"
+        domains = sorted({spec.domain for spec in METRICS.values()})
+        for domain in domains:
+            res = await self._q(
+                f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1m) fill(none)'
+            )
+            hours = [int(r[0]) for s in res[0].get("series", []) for r in s.get("values", [])]
+            for i in range(0, len(hours), 5000):
+                await self.mark(domain, hours[i : i + 5000])
+
+    async def mark(self, measurement: str, windows: Iterable[int]) -> None:
+        await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
+
+    async def dirty(self, now_ms: int) -> list[Dirty]:
+        res = await self._q(";".join(self._view.statements(now_ms)))
+        marks = self._view.update(res, now_ms)
+        return sorted(
+            (Dirty(m, w, tok) for (m, w), tok in marks.items() if tok > 0),
+            key=lambda d: d.window,
+        )
+
+    async def _rows(
+        self, measurement: str, start: int, end: int, rp: str = ""
+    ) -> list[tuple[tuple[str, ...], str, int, list[Any], list[str]]]:
+        source = f'"{rp}"."{measurement}"' if rp else f'"{measurement}"'
+        res = await self._q(
+            f"SELECT * FROM {source} WHERE time >= {start}ms AND time < {end}ms GROUP BY *"
+        )
+        out = []
+        for series in res[0].get("series", []):
+            tags = series.get("tags", {})
+            key = tuple(tags.get(k, "") for k in TAG_KEYS)
+            cols = series["columns"]
+            for row in series.get("values", []):
+                out.append((key, "", int(row[0]), row[1:], cols[1:]))
+        return out
+
+    async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
+        first, last = dirty[0].window, dirty[-1].window + MINUTE
+        if last - first >= HOUR // 2:  # read the whole hour: its minutes then give the hour
+            first, last = hour, hour + HOUR
+        rows: list[tuple[tuple[str, ...], str, int, float]] = []
+        for key, _, t, values, cols in await self._rows(measurement, first, last):
+            for name, value in zip(cols, values, strict=False):
+                v = _num(value)
+                if v is not None and name in METRICS:
+                    rows.append((key, name, t, v))
+        rows.sort(key=lambda r: r[2])
+        minutes = aggregate(rows, MINUTE)
+        await self._write_rollups(measurement, "1m", minutes)
+        # the hour from its minutes: when the whole hour was read, those just computed; else
+        # those just written and the others already stored
+        windows: list[tuple[tuple[str, ...], str, int, Window]] = []
+        whole = first == hour and last == hour + HOUR
+        stored = (
+            [] if whole else await self._rows(f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP)
+        )
+        if whole:
+            windows = [(tags, metric, t, w) for (tags, metric, t), w in minutes.items()]
+        for key, _, t, values, cols in stored:
+            rec = dict(zip(cols, values, strict=False))
+            for metric, spec in METRICS.items():
+                if spec.domain == measurement and rec.get(f"{metric}_count") is not None:
+                    windows.append(
+                        (key, metric, t, Window(*(rec[f"{metric}_{c}"] for c in COMPONENTS)))
+                    )
+        windows.sort(key=lambda w: w[2])
+        await self._write_rollups(measurement, "1h", combine(windows))
+        await self._write(
+            [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
+        )
+        return len(rows)
+
+    async def _write_rollups(self, measurement: str, name: str, windows: Rolled) -> None:
+        by_point: dict[tuple[tuple[str, ...], int], list[str]] = {}
+        for (tags, metric, t), w in windows.items():
+            by_point.setdefault((tags, t), []).append(rollup_fields(metric, w))
+        lines = []
+        for (tags, t), fields in by_point.items():
+            tagtext = ",".join(
+                f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
+            )
+            lines.append(f"{measurement}_{name},{tagtext} {','.join(fields)} {t}")
+        for i in range(0, len(lines), 5000):
+            await self._write(lines[i : i + 5000], ROLLUP_RP)
+
+    async def retain(self, now_ms: int) -> int:
+        return 0  # InfluxDB's retention policies drop old shards
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def mark_line(name: str, measurement: str, window: int, token: int) -> str:
+    """A dirty mark (``token`` ≈ when written, in ns) or a done mark (``at``: when written)."""
+    at = f",at={time.time_ns()}i" if name == DONE else ""
+    return f"{name},measurement={measurement} token={token}i{at} {window}"
+
+
+#: Marks written up to this long before the last read are read again (clock skew between
+#: the hosts writing marks and the reader, in ns).
+MARK_MARGIN_NS = 600 * 10**9
+
+
+class MarkView:
+    """InfluxDB's dirty and done marks, kept current by reading only the marks written since
+    the last read (plus :data:`MARK_MARGIN_NS`): a refresh costs what changed, not every
+    mark of the last 8 days."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, int], int] = {}
+        self.done: dict[tuple[str, int], int] = {}
+        self.since: int | None = None
+        self._asked = 0
+
+    def statements(self, now_ms: int) -> list[str]:
+        self._asked = time.time_ns()
+        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
+        new_marks = f' AND "token" > {self.since}' if self.since is not None else ""
+        new_done = f' AND "at" > {self.since}' if self.since is not None else ""
+        return [
+            f'SELECT "token" FROM "{DIRTY}" WHERE {span}{new_marks} GROUP BY "measurement"',
+            f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span}{new_done} '
+            'GROUP BY "measurement"',
+        ]
+
+    def update(self, results: list[dict[str, Any]], now_ms: int) -> dict[tuple[str, int], int]:
+        """Fold in the answers to :meth:`statements`; every mark with its token, negative
+        when the window is clean."""
+        self.marks.update(_tokens(results[0]))
+        self.done.update(_tokens(results[1]))
+        oldest = now_ms - DIRTY_LOOKBACK_MS
+        for table in (self.marks, self.done):
+            for key in [k for k in table if k[1] < oldest]:
+                del table[key]
+        self.since = self._asked - MARK_MARGIN_NS
+        return {k: tok if self.done.get(k) != tok else -tok for k, tok in self.marks.items()}
+
+
+def _tokens(result: dict[str, Any]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for series in result.get("series", []):
+        m = series.get("tags", {}).get("measurement", "")
+        for t, tok in series.get("values", []):
+            out[(m, int(t))] = int(tok)
+    return out
