@@ -16,7 +16,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
 from citysense import __version__
 from citysense.config import Settings, parse_api_keys
@@ -148,12 +147,7 @@ def create_app(
     app.include_router(alarms_router)
     app.state.alerts_url = settings.alerts
     app.include_router(quality_router)
-    # every route's success series exists from the start, at 0
-    for table in (router, alarms_router, quality_router):
-        for route in table.routes:
-            if isinstance(route, APIRoute):
-                for method in sorted(route.methods or ()):
-                    app.state.metrics.requests[(method, route.path, 200)] = 0
+    app.state.metrics.seed(r for t in (router, alarms_router, quality_router) for r in t.routes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,6 +40,14 @@ class RequestMetrics:
         self.latency: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self.rate_limited = 0
         self.storage_errors = 0
+
+    def seed(self, routes: Iterable[BaseRoute]) -> None:
+        """Every route's success series exists from the start, at 0 (Prometheus users expect
+        known series before the first request)."""
+        for route in routes:
+            if isinstance(route, APIRoute):
+                for method in sorted(route.methods or ()):
+                    self.requests[(method, route.path, 200)] = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1

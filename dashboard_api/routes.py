@@ -232,10 +232,7 @@ async def latest(
     ] = "24h",
 ) -> JSONResponse:
     ctx = context(request)
-    if device is not None:
-        principal.require_operator("device=")
-    if site is not None:
-        principal.require_operator("site=")
+    viewer.check_filters(principal, device=device, site=site)
     end = _at(ctx, at)
     span = parse_duration(window, "window", min_ms=1000, max_ms=7 * DAY)
     if metric is not None and METRICS[metric].domain != domain:
@@ -254,15 +251,7 @@ async def latest(
     if len(rows) > ctx.point_limit:
         raise PointLimitError(len(rows), ctx.point_limit)
     if principal.role != "operator":  # district-level data only
-        return JSONResponse(
-            {
-                "domain": domain,
-                "start": rfc3339(end - span),
-                "end": rfc3339(end),
-                "devices": [],
-                "districts": viewer.latest(rows),
-            }
-        )
+        return JSONResponse(viewer.latest_answer(domain, end - span, end, rows))
     # Built as plain data (thousands of values): the shape is LatestResponse, checked by
     # the OpenAPI conformance tests.
     devices: dict[str, dict[str, Any]] = {}
@@ -330,12 +319,7 @@ async def series(
     kind: KindQ = None,
 ) -> JSONResponse:
     ctx = context(request)
-    if device is not None:
-        principal.require_operator("device=")
-    if site is not None:
-        principal.require_operator("site=")
-    if group_by in ("device", "site"):
-        principal.require_operator(f"group_by={group_by}")
+    viewer.check_filters(principal, device=device, site=site, group_by=group_by)
     if METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")
     end_ms = _at(ctx, end, "end")
@@ -445,10 +429,15 @@ async def aqi(
     ctx = context(request)
     at_ms = _at(ctx, at)
     districts = await district_aqi(ctx, at_ms, standard, district)
-    answer = models.AqiResponse(
-        standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts
+    return viewer.aqi(
+        principal,
+        models.AqiResponse(
+            standard=standard,
+            at=rfc3339(at_ms),
+            hour_start=rfc3339(at_ms - HOUR),
+            districts=districts,
+        ),
     )
-    return answer if principal.role == "operator" else viewer.aqi(answer)
 
 
 # --------------------------------------------------------------------------- devices
@@ -667,14 +656,16 @@ async def congestion(
         for dev, (dist, site) in sorted(places.items())
     ]
     sites = site_congestion(counters, free_flow)
-    answer = models.CongestionResponse(
-        at=rfc3339(at_ms),
-        window=format_duration(win),
-        districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
-        sites=[models.CongestionOut(**asdict(c)) for c in sites],
-        excluded=[x for xs in left_out.values() for x in xs],
+    return viewer.congestion(
+        principal,
+        models.CongestionResponse(
+            at=rfc3339(at_ms),
+            window=format_duration(win),
+            districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
+            sites=[models.CongestionOut(**asdict(c)) for c in sites],
+            excluded=[x for xs in left_out.values() for x in xs],
+        ),
     )
-    return answer if principal.role == "operator" else viewer.congestion(answer)
 
 
 @router.get(
@@ -730,27 +721,29 @@ async def leaks(
         for dev, (dist, site) in sorted(places.items())
     ]
     verdicts = suspected_leaks(meters, threshold)
-    answer = models.LeaksResponse(
-        at=rfc3339(at_ms),
-        flag_window_start=rfc3339(at_ms - DAY),
-        night_start=rfc3339(night_start),
-        night_end=rfc3339(night_end),
-        threshold=threshold,
-        meters_checked=len(meters),
-        leaks=[
-            models.LeakOut(
-                device=v.evidence.device,
-                district=v.evidence.district,
-                site=v.evidence.site,
-                leak_flags=v.evidence.leak_flags,
-                min_night_flow=v.evidence.min_night_flow,
-                reasons=list(v.reasons),
-            )
-            for v in verdicts
-        ],
-        excluded=[x for xs in left_out.values() for x in xs],
+    return viewer.leaks(
+        principal,
+        models.LeaksResponse(
+            at=rfc3339(at_ms),
+            flag_window_start=rfc3339(at_ms - DAY),
+            night_start=rfc3339(night_start),
+            night_end=rfc3339(night_end),
+            threshold=threshold,
+            meters_checked=len(meters),
+            leaks=[
+                models.LeakOut(
+                    device=v.evidence.device,
+                    district=v.evidence.district,
+                    site=v.evidence.site,
+                    leak_flags=v.evidence.leak_flags,
+                    min_night_flow=v.evidence.min_night_flow,
+                    reasons=list(v.reasons),
+                )
+                for v in verdicts
+            ],
+            excluded=[x for xs in left_out.values() for x in xs],
+        ),
     )
-    return answer if principal.role == "operator" else viewer.leaks(answer)
 
 
 def _flagged(

@@ -14,11 +14,37 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dashboard_api import models
+from dashboard_api.auth import Principal
 from dashboard_api.parameters import rfc3339
 from timeseries.query import LatestValue
 
 #: Alarm subjects a viewer sees (INTERFACES.md section 10.6): places, not devices or sites.
 VIEWER_SUBJECTS = frozenset({"district", "gateway"})
+
+
+def check_filters(
+    principal: Principal, *, device: str | None, site: str | None, group_by: str | None = None
+) -> None:
+    """403 for a viewer who asks for a device, a site, or groups by either."""
+    if device is not None:
+        principal.require_operator("device=")
+    if site is not None:
+        principal.require_operator("site=")
+    if group_by in ("device", "site"):
+        principal.require_operator(f"group_by={group_by}")
+
+
+def latest_answer(
+    domain: str, start_ms: int, end_ms: int, rows: Iterable[LatestValue]
+) -> dict[str, Any]:
+    """A viewer's ``…/latest``: no devices, the districts' aggregates (:func:`latest`)."""
+    return {
+        "domain": domain,
+        "start": rfc3339(start_ms),
+        "end": rfc3339(end_ms),
+        "devices": [],
+        "districts": latest(rows),
+    }
 
 
 def latest(rows: Iterable[LatestValue]) -> list[dict[str, Any]]:
@@ -45,13 +71,19 @@ def latest(rows: Iterable[LatestValue]) -> list[dict[str, Any]]:
     return out
 
 
-def congestion(answer: models.CongestionResponse) -> models.CongestionResponse:
+def congestion(
+    principal: Principal, answer: models.CongestionResponse
+) -> models.CongestionResponse:
     """Districts only: no site indices, no flagged counters."""
+    if principal.role == "operator":
+        return answer
     return answer.model_copy(update={"sites": [], "excluded": []})
 
 
-def leaks(answer: models.LeaksResponse) -> models.LeaksResponse:
+def leaks(principal: Principal, answer: models.LeaksResponse) -> models.LeaksResponse:
     """Suspected leaks counted per district, in place of the meters and their evidence."""
+    if principal.role == "operator":
+        return answer
     per: dict[str, int] = defaultdict(int)
     for leak in answer.leaks:
         per[leak.district] += 1
@@ -60,8 +92,10 @@ def leaks(answer: models.LeaksResponse) -> models.LeaksResponse:
     )
 
 
-def aqi(answer: models.AqiResponse) -> models.AqiResponse:
+def aqi(principal: Principal, answer: models.AqiResponse) -> models.AqiResponse:
     """The districts' AQI without the flagged devices left out of it."""
+    if principal.role == "operator":
+        return answer
     districts = [d.model_copy(update={"excluded": []}) for d in answer.districts]
     return answer.model_copy(update={"districts": districts})
 

@@ -47,6 +47,7 @@ from edge.devicekeys import DeviceClaim, DeviceKeyStore, claim_of
 from edge.devicetrust import DeviceTrust, Verdict, scheme_of
 from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
+from edge.linkstate import claim_coap, report_outbox_at_stop, watch_link
 from edge.metrics import Labels, Metrics
 from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
@@ -75,8 +76,6 @@ PIGGYBACK_WINDOW = 1.0
 #: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
 DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
-#: How often the broker's connection state is checked for a due summary line, seconds.
-LINK_WATCH_TICK = 1.0
 #: How often the broker connection is noted for GET /health, seconds.
 HEALTH_TICK = 1.0
 #: Refused uplinks are summarised in one log line at most this often, seconds.
@@ -513,12 +512,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
-    try:  # before anything starts: one gateway per CoAP address, never a shared one
-        compat_aiocoap.check_udp_free(coap_host, coap_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"--coap {settings.coap}: {exc.strerror or exc} (another process serves it)"
-        ) from exc
+    claim_coap(settings.coap, coap_host, coap_port)  # before anything starts
     broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
@@ -625,7 +619,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(gw.uplink.run(link))
             tg.create_task(gw.expire_commands())
-            tg.create_task(_watch_link(gw, link))
+            tg.create_task(watch_link(gw.outbox, link))
             tg.create_task(gw.watch_health())
             for item in settings.serial:
                 tg.create_task(_run_serial(gw, item))
@@ -640,46 +634,12 @@ async def _stop_intake(gw: Gateway, context: aiocoap.Context) -> None:
         await asyncio.wait_for(context.shutdown(), 5)
 
 
-async def _watch_link(gw: Gateway, link: MqttLink) -> None:
-    """While the broker is down: one summary line per interval (what waits, and how old)."""
-    while True:
-        await asyncio.sleep(LINK_WATCH_TICK)  # a periodic check, not a wait for an event
-        if not link.state.summary_due():
-            continue
-        try:
-            stats = await gw.outbox.stats()
-        except CitysenseError as exc:
-            link.state.summarise(f"the outbox cannot be read ({exc})")
-            continue
-        link.state.summarise(f"{_waiting(stats.depth, stats.oldest_ms)} waiting in the outbox")
-
-
-def _waiting(depth: int, oldest_ms: int | None) -> str:
-    if not depth or oldest_ms is None:
-        return "no readings"
-    age = max(0.0, (_now_ms() - oldest_ms) / 1000)
-    return f"{depth} reading{'s' if depth != 1 else ''} (the oldest {age:.0f} s old)"
-
-
 async def _drain(gw: Gateway) -> None:
     """Publish what is left, wait (bounded) for its confirmation, and say what stays."""
     try:
         await asyncio.wait_for(gw.uplink.drain(), DRAIN_TIMEOUT)
     except (TimeoutError, CitysenseError):
         pass
-    try:
-        stats = await gw.outbox.stats()
-    except CitysenseError as exc:
-        log.error("stopping: the outbox cannot be read (%s); what it holds stays in it", exc)
-    else:
-        if stats.depth:
-            log.warning(
-                "stopping: %s stay in the outbox for the next start "
-                "(%d batches published and unconfirmed)",
-                _waiting(stats.depth, stats.oldest_ms),
-                stats.batches,
-            )
-        else:
-            log.info("stopping: the outbox is empty, every reading is confirmed stored")
+    await report_outbox_at_stop(gw.outbox)
     for task in list(gw.tasks):
         task.cancel()

@@ -37,18 +37,15 @@ import secrets
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from typing import TextIO
 
 from alerts import service as alerts_service
 from citysense import topics
-from citysense.config import Settings, mask_url, parse_hostport, parse_mqtt_url
+from citysense.cli.preflight import preflight
+from citysense.config import Settings, mask_url, parse_hostport
 from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
@@ -59,7 +56,6 @@ from ingest import service as ingest_service
 from mqtt_broker.broker import Broker
 from simulators import fleet as fleet_service
 from simulators.models import CITY_TIMEZONE
-from timeseries.connection import InfluxTarget, detect_api, ensure_storage, storage_target
 
 log = logging.getLogger(__name__)
 
@@ -146,51 +142,6 @@ def check_bind(bind: str) -> None:
             s.bind(address)
         except OSError as exc:
             raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-
-
-def check_broker(url: str, client_id: str, timeout: float = 10.0) -> None:
-    """Refuse (:class:`ConfigError`) a ``--mqtt`` broker that does not accept our connection."""
-    broker = parse_mqtt_url(url)
-    answered = threading.Event()
-    outcome: list[str] = []
-
-    def on_connect(
-        client: mqtt.Client, userdata: object, flags: object, reason: Any, props: Any
-    ) -> None:
-        outcome.append("" if not reason.is_failure else str(reason))
-        answered.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if broker.username is not None:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls:
-        client.tls_set()
-    client.on_connect = on_connect
-    where = f"--mqtt {mask_url(url)}"
-    try:
-        client.connect(broker.host, broker.port, keepalive=10)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot connect: {exc.strerror or exc}") from exc
-    client.loop_start()
-    try:
-        if not answered.wait(timeout):
-            raise ConfigError(f"{where}: no answer to CONNECT within {timeout:.0f} s")
-        if outcome[0]:
-            raise ConfigError(f"{where}: the broker refused the connection: {outcome[0]}")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-async def check_storage(settings: Settings) -> None:
-    """Refuse (:class:`ConfigError`) an ``--influx`` server that cannot be reached or whose
-    database cannot be made sure of (created when the credentials allow)."""
-    target = storage_target(settings)
-    assert isinstance(target, InfluxTarget)
-    try:
-        await ensure_storage(target, await detect_api(target))
-    except RetryableError as exc:
-        raise ConfigError(f"--influx {mask_url(settings.influx or '')}: {exc}") from exc
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -352,10 +303,7 @@ class Demo:
         check_bind(s.bind)
         # servers named on the command line are checked before anything starts: a demo that
         # cannot reach them, or cannot write, refuses at once (exit 2) instead of running empty
-        if s.mqtt is not None:
-            await asyncio.to_thread(check_broker, s.mqtt, f"citysense-demo-{self.run_id}-check")
-        if s.influx is not None:
-            await check_storage(s)
+        await preflight(s, f"citysense-demo-{self.run_id}-check")
         devices, registry_path = self._registry()
         keys_path = self.state_dir / DEVICE_KEYS_FILE
         write_device_keys(keys_path, generate_device_keys([d.device for d in devices], OSCORE))
