@@ -35,8 +35,9 @@ class _Histogram:
 class RequestMetrics:
     """Request counts per (method, route, status) and latency histograms per route."""
 
-    def __init__(self) -> None:
+    def __init__(self, routes: Iterable[BaseRoute] = ()) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.seed(routes)
         self.latency: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self.rate_limited = 0
         self.storage_errors = 0

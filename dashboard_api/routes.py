@@ -419,6 +419,7 @@ async def district_aqi(
     responses=ERRORS,
     summary="AQI per district with each pollutant's IAQI and the table band behind it",
 )
+@viewer.for_viewers(viewer.aqi)
 async def aqi(
     request: Request,
     principal: CurrentPrincipal,
@@ -429,14 +430,8 @@ async def aqi(
     ctx = context(request)
     at_ms = _at(ctx, at)
     districts = await district_aqi(ctx, at_ms, standard, district)
-    return viewer.aqi(
-        principal,
-        models.AqiResponse(
-            standard=standard,
-            at=rfc3339(at_ms),
-            hour_start=rfc3339(at_ms - HOUR),
-            districts=districts,
-        ),
+    return models.AqiResponse(
+        standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts
     )
 
 
@@ -602,6 +597,7 @@ async def districts(
     responses=ERRORS,
     summary="congestion index (0-10) per district and site from speed and occupancy",
 )
+@viewer.for_viewers(viewer.congestion)
 async def congestion(
     request: Request,
     principal: CurrentPrincipal,
@@ -656,15 +652,12 @@ async def congestion(
         for dev, (dist, site) in sorted(places.items())
     ]
     sites = site_congestion(counters, free_flow)
-    return viewer.congestion(
-        principal,
-        models.CongestionResponse(
-            at=rfc3339(at_ms),
-            window=format_duration(win),
-            districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
-            sites=[models.CongestionOut(**asdict(c)) for c in sites],
-            excluded=[x for xs in left_out.values() for x in xs],
-        ),
+    return models.CongestionResponse(
+        at=rfc3339(at_ms),
+        window=format_duration(win),
+        districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
+        sites=[models.CongestionOut(**asdict(c)) for c in sites],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
 
 
@@ -675,6 +668,7 @@ async def congestion(
     responses=ERRORS,
     summary="water meters suspected of a leak, with the evidence",
 )
+@viewer.for_viewers(viewer.leaks)
 async def leaks(
     request: Request,
     principal: CurrentPrincipal,
@@ -721,28 +715,25 @@ async def leaks(
         for dev, (dist, site) in sorted(places.items())
     ]
     verdicts = suspected_leaks(meters, threshold)
-    return viewer.leaks(
-        principal,
-        models.LeaksResponse(
-            at=rfc3339(at_ms),
-            flag_window_start=rfc3339(at_ms - DAY),
-            night_start=rfc3339(night_start),
-            night_end=rfc3339(night_end),
-            threshold=threshold,
-            meters_checked=len(meters),
-            leaks=[
-                models.LeakOut(
-                    device=v.evidence.device,
-                    district=v.evidence.district,
-                    site=v.evidence.site,
-                    leak_flags=v.evidence.leak_flags,
-                    min_night_flow=v.evidence.min_night_flow,
-                    reasons=list(v.reasons),
-                )
-                for v in verdicts
-            ],
-            excluded=[x for xs in left_out.values() for x in xs],
-        ),
+    return models.LeaksResponse(
+        at=rfc3339(at_ms),
+        flag_window_start=rfc3339(at_ms - DAY),
+        night_start=rfc3339(night_start),
+        night_end=rfc3339(night_end),
+        threshold=threshold,
+        meters_checked=len(meters),
+        leaks=[
+            models.LeakOut(
+                device=v.evidence.device,
+                district=v.evidence.district,
+                site=v.evidence.site,
+                leak_flags=v.evidence.leak_flags,
+                min_night_flow=v.evidence.min_night_flow,
+                reasons=list(v.reasons),
+            )
+            for v in verdicts
+        ],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
 
 

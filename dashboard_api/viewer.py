@@ -9,14 +9,34 @@ API with a viewer key. The filters a viewer may not use (``device=``, ``site=``,
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from dashboard_api import models
 from dashboard_api.auth import Principal
 from dashboard_api.parameters import rfc3339
 from timeseries.query import LatestValue
+
+A = TypeVar("A")
+
+
+def for_viewers(
+    transform: Callable[[Principal, A], A],
+) -> Callable[[Callable[..., Awaitable[A]]], Callable[..., Awaitable[A]]]:
+    """Route decorator: the route's answer goes through ``transform`` (which returns an
+    operator's answer unchanged). FastAPI sees the route's own signature (``__wrapped__``)."""
+
+    def wrap(route: Callable[..., Awaitable[A]]) -> Callable[..., Awaitable[A]]:
+        @functools.wraps(route)
+        async def answer(*args: Any, **kwargs: Any) -> A:
+            return transform(kwargs["principal"], await route(*args, **kwargs))
+
+        return answer
+
+    return wrap
+
 
 #: Alarm subjects a viewer sees (INTERFACES.md section 10.6): places, not devices or sites.
 VIEWER_SUBJECTS = frozenset({"district", "gateway"})

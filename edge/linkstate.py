@@ -9,7 +9,10 @@ import asyncio
 import logging
 import time
 
+import aiocoap
+
 from citysense.compat import aiocoap as compat_aiocoap
+from citysense.config import parse_hostport
 from citysense.errors import CitysenseError, ConfigError
 from edge.outbox import Outbox
 from edge.uplink import MqttLink
@@ -24,14 +27,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def claim_coap(option: str, host: str, port: int) -> None:
-    """One gateway per CoAP address: :class:`ConfigError` when another process serves it."""
+def claim_coap(option: str) -> tuple[str, int]:
+    """``--coap``'s host and port; one gateway per CoAP address: :class:`ConfigError` when
+    another process serves it."""
+    host, port = parse_hostport(option, "--coap")
     try:
         compat_aiocoap.check_udp_free(host, port)
     except OSError as exc:
         raise ConfigError(
             f"--coap {option}: {exc.strerror or exc} (another process serves it)"
         ) from exc
+    return host, port
+
+
+def exclusive(context: aiocoap.Context) -> None:
+    """No later process can join the CoAP socket (see :func:`compat_aiocoap.make_exclusive`)."""
+    if not compat_aiocoap.make_exclusive(context):
+        log.warning("aiocoap's UDP socket not found: a second process could share --coap")
 
 
 async def watch_link(outbox: Outbox, link: MqttLink) -> None:

@@ -47,7 +47,7 @@ from edge.devicekeys import DeviceClaim, DeviceKeyStore, claim_of
 from edge.devicetrust import DeviceTrust, Verdict, scheme_of
 from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
-from edge.linkstate import claim_coap, report_outbox_at_stop, watch_link
+from edge.linkstate import claim_coap, exclusive, report_outbox_at_stop, watch_link
 from edge.metrics import Labels, Metrics
 from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
@@ -511,8 +511,7 @@ async def _run_serial(gw: Gateway, item: str) -> None:
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
-    coap_host, coap_port = parse_hostport(settings.coap, "--coap")
-    claim_coap(settings.coap, coap_host, coap_port)  # before anything starts
+    coap_host, coap_port = claim_coap(settings.coap)  # before anything starts
     broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
@@ -597,8 +596,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             log.info("aiocoap's rendering internals not found: its own request path is used")
         if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
             log.warning("aiocoap's message layer not found: its default CoAP timings apply")
-        if not compat_aiocoap.make_exclusive(context):
-            log.warning("aiocoap's UDP socket not found: a second process could share --coap")
+        exclusive(context)
         granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
         log.info(
             "CoAP on %s:%d (UDP%s; receive buffer %s bytes)",
