@@ -32,7 +32,7 @@ import aiocoap
 from aiocoap.numbers.constants import TransportTuning
 
 from citysense.catalog import DEFAULT_MAX_AGE_MS
-from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
+from citysense.config import Settings, broker_url, parse_hostport, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.model import topic_root
 from citysense.registry import Device, Registry, load_registry
@@ -55,6 +55,8 @@ COAP_RCVBUF = 4 * 1024 * 1024
 FULL_MAX_AGE = 30
 FAILING_MAX_AGE = 10
 DRAIN_TIMEOUT = 3.0
+#: Longest wait at start for the broker's first answer (a refusal then exits 2).
+MQTT_START_CHECK = 15.0
 GC_THRESHOLD = 50_000
 #: How long an answer may wait for the outbox commit and still ride on the ACK, seconds.
 #: aiocoap's default (0.1 s) turns answers that queue behind a commit under load into
@@ -382,7 +384,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
-    broker = parse_mqtt_url(settings.mqtt or DEFAULT_MQTT)
+    broker = broker_url(settings, DEFAULT_MQTT)
     if settings.serial:
         try:
             importlib.import_module("firmware_bridge.source")
@@ -433,6 +435,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         gw.link = link
         link.start()
         stack.push_async_callback(link.stop)
+        # refused credentials or certificates: one line and exit 2, the outbox closed intact
+        await link.watch.settled(MQTT_START_CHECK)
         stack.push_async_callback(_drain, gw)
 
         metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND

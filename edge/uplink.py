@@ -35,6 +35,7 @@ from citysense import __version__
 from citysense.config import BrokerUrl
 from citysense.errors import CitysenseError
 from citysense.model import topic_root
+from citysense.mqttsecurity import secure
 from edge.metrics import Metrics
 from edge.outbox import SqliteOutbox
 
@@ -87,10 +88,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set()
+        self.watch = secure(client, broker)
         client.max_inflight_messages_set(max_inflight + 20)
         client.reconnect_delay_set(1, max(1, math.ceil(retry_max_delay)))
         client.will_set(
@@ -106,8 +104,8 @@ class MqttLink:
     def _handle_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        self.watch.connack(reason)
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
             return
         self._connections += 1
         if self._connections > 1:

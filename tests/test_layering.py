@@ -16,6 +16,7 @@ PROJECT = (
     "dashboard_api",
     "simulators",
     "mqtt_broker",
+    "provision",
 )
 
 #: package -> project packages it may import (besides itself).
@@ -29,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "dashboard_api": {"citysense", "timeseries", "analytics"},
     "simulators": {"citysense"},
     "mqtt_broker": {"citysense"},
+    "provision": {"citysense"},
 }
 #: The composition root may import every service.
 COMPOSITION_ROOT = "citysense/cli"

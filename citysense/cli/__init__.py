@@ -22,6 +22,7 @@ from citysense.config import (
     Settings,
     load_settings,
     options_for,
+    secrets_on_command_line,
 )
 from citysense.errors import CitysenseError, ConfigError
 
@@ -38,6 +39,9 @@ ENTRY_POINTS: dict[str, str] = {
     "simulate fleet": "simulators.cli:fleet",
     "simulate module": "simulators.cli:module",
     "fleet generate": "simulators.cli:generate",
+    "deploy broker": "provision.cli:deploy_broker",
+    "deploy influx": "provision.cli:deploy_influx",
+    "api keys add": "provision.cli:api_keys_add",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -50,6 +54,9 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
+    "deploy broker": "write a Mosquitto configuration, users, ACL and certificates for the fleet",
+    "deploy influx": "create the InfluxDB database and its writer and reader users",
+    "api keys add": "create an API key: print it once, append only its hash to a file",
 }
 
 
@@ -95,15 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.set_defaults(_command=command)
             _add_options(sub, command)
-            if command in ("edge", "ingest"):
+            if command in ("edge", "ingest", "api"):
                 groups[command] = sub.add_subparsers(dest="action", metavar="ACTION")
             continue
-        head, tail = words
-        if head not in groups:
-            top = subs.add_parser(head, help=f"{head} commands")
+        *heads, tail = words
+        for depth in range(len(heads)):
+            head = " ".join(heads[: depth + 1])
+            if head in groups:
+                continue
+            parent = subs if depth == 0 else groups[" ".join(heads[:depth])]
+            top = parent.add_parser(heads[depth], help=f"{head} commands")
             top.set_defaults(_command=None, _group=top)
-            groups[head] = top.add_subparsers(dest="action", metavar="ACTION")
-        sub = groups[head].add_parser(
+            groups[head] = top.add_subparsers(dest=f"action{depth}", metavar="ACTION")
+        sub = groups[" ".join(heads)].add_parser(
             tail, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command]
         )
         sub.set_defaults(_command=command)
@@ -137,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = {
         k: v
         for k, v in vars(args).items()
-        if not k.startswith("_") and k not in ("command", "action")
+        if not k.startswith("_") and k != "command" and not k.startswith("action")
     }
     try:
         settings = load_settings(command, raw)
@@ -146,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        for flag in secrets_on_command_line(raw):
+            log.warning(
+                "%s was given on the command line, where other users of this machine can read "
+                "it; use its -file twin or the environment instead",
+                flag,
+            )
         run = resolve_entry(command)
         return run(settings)
     except ConfigError as exc:
