@@ -315,3 +315,51 @@ def running(server: _Process):  # type: ignore[no-untyped-def]
         yield server
     finally:
         server.stop()
+
+
+class ProvisionedMosquitto(_Process):
+    """Mosquitto serving a configuration written by ``citysense deploy broker``."""
+
+    name = "mosquitto-provisioned"
+
+    def __init__(self, folder: Path, port: int) -> None:
+        super().__init__(folder / "run")
+        self.folder = folder
+        self.port = port  #: user name and password over TLS
+        self.cert_port = port + 1  #: client certificate over TLS
+        self.binary = ensure_binary("mosquitto")
+        conf = (folder / "mosquitto.conf").read_text()
+        # the tests run as root: Mosquitto would otherwise drop to the 'mosquitto' user,
+        # which cannot read the 0700 folder
+        self.conf = folder / "run" / "mosquitto.conf"
+        self.conf.write_text(conf + "\nuser root\n")
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+    def ready(self) -> bool:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.crt"))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return True
+        except OSError:
+            return False
+
+
+def free_port_pair() -> int:
+    """A TCP port ``p`` free on 127.0.0.1 with ``p + 1`` free too (a provisioned broker)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _picked.add(port + 1)
+        return port
+    raise RuntimeError("no free pair of ports")
