@@ -4,10 +4,14 @@ Configuration is read once and passed in; the lifespan owns the storage reader (
 the settings unless one is given, closed on shutdown). Errors are answered as
 ``{"detail": "..."}``: input errors 400/422 naming the parameter, storage outages 503 with
 ``Retry-After``, never a 500 for anything a caller can send.
+
+Every response carries :data:`SECURITY_HEADERS`; every GET route answers HEAD too. A
+non-loopback ``--bind`` with no API keys is refused (exit 2) unless ``--insecure-open``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +20,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citysense import __version__
-from citysense.config import Settings, parse_api_keys
+from citysense.apikeys import load_keys_file
+from citysense.config import Settings, parse_api_keys, parse_hostport
 from citysense.errors import (
     ConfigError,
     InputError,
@@ -27,7 +34,7 @@ from citysense.errors import (
     RetryableError,
 )
 from citysense.registry import Registry, load_registry
-from dashboard_api.auth import KeyStore, RateLimiter, authorize
+from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.routes import ApiContext, PointLimitError, router
 from timeseries.query import QueryError, Reader, open_reader
@@ -81,6 +88,67 @@ async def _storage_refused(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "storage refused the query"}, status_code=502)
 
 
+#: On every response (INTERFACES §10.3): only our own scripts, never in a frame, no sniffing,
+#: no referrer leaking a URL with parameters.
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`SECURITY_HEADERS` to every HTTP response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def load_keys(settings: Settings) -> KeyStore:
+    """The API keys of ``--api-keys`` and ``--api-keys-file``; ConfigError when bad."""
+    stored = load_keys_file(settings.api_keys_file) if settings.api_keys_file else []
+    return KeyStore(parse_api_keys(settings.api_keys), stored)
+
+
+def reload_keys(app: FastAPI, settings: Settings) -> bool:
+    """Read the keys again (SIGHUP); a bad file keeps the keys in use. True if reloaded."""
+    try:
+        keys = load_keys(settings)
+    except ConfigError as exc:
+        log.error("API keys not reloaded, the previous ones stay in use: %s", exc)
+        return False
+    if keys.open and not app.state.keys.open:
+        log.error("API keys not reloaded: the new set is empty and would open the API")
+        return False
+    app.state.keys = keys
+    log.info("API keys reloaded: %d keys", len(keys))
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(
     settings: Settings,
     *,
@@ -94,7 +162,13 @@ def create_app(
     ``registry`` (default: ``settings.registry`` when set) may be given by the caller, which
     then owns them; ``clock`` returns seconds since the epoch.
     """
-    keys = parse_api_keys(settings.api_keys)
+    keys = load_keys(settings)
+    host, _ = parse_hostport(settings.bind, "--bind")
+    if keys.open and not is_loopback(host) and not settings.insecure_open:
+        raise ConfigError(
+            f"--bind {settings.bind} is reachable from other machines and no API keys are "
+            "configured: give --api-keys-file (or --insecure-open to serve it open)"
+        )
     if registry is None and settings.registry:
         try:
             registry = load_registry(settings.registry)
@@ -110,7 +184,7 @@ def create_app(
             app.state.context = ApiContext(
                 used, registry, settings.point_limit, clock, settings.timezone
             )
-            if not keys:
+            if keys.open:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)
             yield
@@ -125,14 +199,19 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.keys = KeyStore(keys)
+    app.state.keys = keys
     app.state.limiter = RateLimiter(settings.rate_limit)
+    app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
     app.state.metrics = RequestMetrics()
     app.include_router(router)
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
+            route.methods.add("HEAD")
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RetryableError, _storage_down)
     app.add_exception_handler(PermanentError, _storage_refused)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

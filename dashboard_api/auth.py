@@ -1,7 +1,10 @@
 """Who may call what: bearer keys with roles, deny by default, and a rate limit per key.
 
-* Keys come from configuration (``--api-keys KEY:ROLE,...``); only their SHA-256 digests are
-  kept, and a presented key is compared with every digest in constant time.
+* Keys come from ``--api-keys-file`` (digests only, named; SIGHUP reloads it) and from
+  ``--api-keys KEY:ROLE,...``; only SHA-256 digests are kept, and a presented key is compared
+  with every digest in constant time. The key id logged is the key's name (or a digest prefix).
+* Failed authentication is limited per client address: over :data:`FAILED_AUTH_PER_MINUTE`
+  failures a minute, 429 with ``Retry-After`` -- checked before any key is hashed or compared.
 * Every route declares the role it needs in ``openapi_extra["x-role"]`` (``public``,
   ``viewer`` or ``operator``); :func:`authorize`, an app-wide dependency, refuses any route
   that declares none -- a route added without a decision is closed, not open.
@@ -21,12 +24,14 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from citysense.apikeys import StoredKey
 
 Role = Literal["viewer", "operator"]
 ROLE_KEY = "x-role"
@@ -48,25 +53,36 @@ class Principal:
             raise HTTPException(403, f"{what}: viewers see district-level data only")
 
 
+#: Failed authentications per client address and minute before 429 (bursts up to this many).
+FAILED_AUTH_PER_MINUTE = 30
+
+
 class KeyStore:
     """API keys by SHA-256 digest; lookups compare against every digest in constant time."""
 
-    def __init__(self, keys: Mapping[str, str]) -> None:
-        self._digests: list[tuple[bytes, Role]] = [
-            (hashlib.sha256(k.encode()).digest(), r)  # type: ignore[misc]
+    def __init__(self, keys: Mapping[str, str], stored: Sequence[StoredKey] = ()) -> None:
+        self._digests: list[tuple[bytes, Role, str]] = [
+            (d := hashlib.sha256(k.encode()).digest(), r, d.hex()[:8])  # type: ignore[misc]
             for k, r in keys.items()
+        ]
+        self._digests += [
+            (bytes.fromhex(k.sha256), k.role, k.name)  # type: ignore[misc]
+            for k in stored
         ]
 
     @property
     def open(self) -> bool:
         return not self._digests
 
+    def __len__(self) -> int:
+        return len(self._digests)
+
     def lookup(self, presented: str) -> Principal | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found: Principal | None = None
-        for stored, r in self._digests:
+        for stored, r, key_id in self._digests:
             if hmac.compare_digest(stored, digest):
-                found = Principal(r, stored.hex()[:8])
+                found = Principal(r, key_id)
         return found
 
 
@@ -93,6 +109,27 @@ class RateLimiter:
                 del self._buckets[k]
         return (1.0 - tokens) / self.rate
 
+    def wait(self, key: str) -> float:
+        """Like :meth:`take` without taking: 0 if a request would be allowed now."""
+        entry = self._buckets.get(key)
+        if entry is None:
+            return 0.0
+        tokens, last = entry
+        tokens = min(self.capacity, tokens + (self._clock() - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+def _refuse_auth(request: Request, detail: str) -> HTTPException:
+    """A 401, counted against the client's address."""
+    state = request.app.state
+    state.auth_failures.take(_address(request))
+    state.metrics.auth_failed += 1
+    return HTTPException(401, detail, {"WWW-Authenticate": "Bearer"})
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys")
 
@@ -110,19 +147,33 @@ async def authorize(
     state = request.app.state
     keys: KeyStore = state.keys
     if needed == "public":
-        return Principal("viewer", "public")
+        # a public route answers more to a caller who shows a valid key (the health detail)
+        principal = Principal("viewer", "public")
+        if keys.open:
+            principal = Principal("operator", f"open:{_address(request)}")
+        elif credentials is not None and not state.auth_failures.wait(_address(request)):
+            principal = keys.lookup(credentials.credentials) or principal
+        request.state.principal = principal
+        return principal
     if keys.open:
-        client = request.client.host if request.client else "unknown"
-        principal = Principal("operator", f"open:{client}")
+        principal = Principal("operator", f"open:{_address(request)}")
     else:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        # before any key work: an address that keeps failing is told to wait
+        blocked = state.auth_failures.wait(_address(request))
+        if blocked > 0:
+            state.metrics.auth_limited += 1
             raise HTTPException(
-                401, "Authorization: Bearer <key> required", {"WWW-Authenticate": "Bearer"}
+                429,
+                "too many failed authentications",
+                {"Retry-After": str(max(1, math.ceil(blocked)))},
             )
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise _refuse_auth(request, "Authorization: Bearer <key> required")
         found = keys.lookup(credentials.credentials)
         if found is None:
-            raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
+            raise _refuse_auth(request, "unknown API key")
         principal = found
+    request.state.principal = principal
     wait = state.limiter.take(principal.key_id)
     if wait > 0:
         state.metrics.rate_limited += 1

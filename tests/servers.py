@@ -210,8 +210,17 @@ class InfluxServer(_Process):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path, port: int | None = None, db: str = "citysense") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        db: str = "citysense",
+        *,
+        admin: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(workdir)
+        #: ``(user, password)``: run with ``auth-enabled = true``; the tests query as admin
+        self.admin = admin
         self.port = port or free_port()
         self.rpc_port = free_port()
         self.db = db
@@ -244,6 +253,8 @@ class InfluxServer(_Process):
                 line = "  query-log-enabled = false"
             elif section == "http" and key == "bind-address":
                 line = f'  bind-address = "127.0.0.1:{self.port}"'
+            elif section == "http" and key == "auth-enabled":
+                line = f"  auth-enabled = {'true' if self.admin else 'false'}"
             elif section == "http" and key == "log-enabled":
                 line = "  log-enabled = false"
             elif section == "monitor" and key == "store-enabled":
@@ -271,7 +282,26 @@ class InfluxServer(_Process):
 
     def start(self, timeout: float = 60.0) -> None:
         super().start(timeout)
+        if self.admin is not None:
+            # with auth on and no user yet, influxd accepts only the first admin's creation
+            user, password = self.admin
+            q = f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+            data = urllib.parse.urlencode({"q": q}).encode()
+            req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")
+            with (
+                contextlib.suppress(urllib.error.HTTPError),
+                urllib.request.urlopen(req, timeout=30),
+            ):
+                pass
         self.query(f'CREATE DATABASE "{self.db}"', method="POST")
+
+    def _authorize(self, req: urllib.request.Request) -> urllib.request.Request:
+        if self.admin is not None:
+            import base64
+
+            token = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return req
 
     def query(self, q: str, db: str | None = None, method: str = "GET") -> dict:  # type: ignore[type-arg]
         """Run InfluxQL directly (the tests' own independent reader)."""
@@ -285,7 +315,7 @@ class InfluxServer(_Process):
             req = urllib.request.Request(f"{self.url}/query", data=data.encode(), method="POST")
         else:
             req = urllib.request.Request(f"{self.url}/query?{data}")
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(self._authorize(req), timeout=30) as r:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
     def write(self, lines: str, db: str | None = None, precision: str = "ms") -> None:
@@ -294,7 +324,7 @@ class InfluxServer(_Process):
         req = urllib.request.Request(
             f"{self.url}/write?{params}", data=lines.encode(), method="POST"
         )
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(self._authorize(req), timeout=30) as r:
             assert r.status == 204, r.status
 
     def rows(self, q: str) -> list[list[object]]:

@@ -22,7 +22,7 @@ def test_passwords_are_hashed_as_mosquitto_passwd_does(tmp_path: Path) -> None:
     tool = ensure_binary("mosquitto_passwd")
     path = tmp_path / "passwd"
     subprocess.run([tool, "-c", "-b", str(path), "alice", "p@ss/w#rd"], check=True)
-    user, hashed = path.read_text().strip().split(":", 1)
+    _, hashed = path.read_text().strip().split(":", 1)
     salt = base64.b64decode(hashed.split("$")[3])
     assert hash_password("p@ss/w#rd", salt=salt) == hashed
     assert verify_password("p@ss/w#rd", hashed)
