@@ -20,7 +20,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citysense import __version__
@@ -119,6 +118,29 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class HeadMiddleware:
+    """HEAD on every GET route: routed as GET, answered with the headers alone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {
+                    "type": "http.response.body",
+                    "body": b"",
+                    "more_body": message.get("more_body", False),
+                }
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, send_headers_only)
+
+
 def load_keys(settings: Settings) -> KeyStore:
     """The API keys of ``--api-keys`` and ``--api-keys-file``; ConfigError when bad."""
     stored = load_keys_file(settings.api_keys_file) if settings.api_keys_file else []
@@ -204,14 +226,12 @@ def create_app(
     app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
     app.state.metrics = RequestMetrics()
     app.include_router(router)
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
-            route.methods.add("HEAD")
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RetryableError, _storage_down)
     app.add_exception_handler(PermanentError, _storage_refused)
+    app.add_middleware(HeadMiddleware)  # innermost: the metrics still see HEAD
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
