@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 _REFUSALS = {
     133: "the client identifier is not valid",
     134: "bad user name or password (check --mqtt-username and --mqtt-password-file)",
-    135: "not authorised (check the user's entry in the broker's password file and ACL)",
+    # Mosquitto 2.0 answers a wrong password with 135 too
+    135: "not authorised: wrong user name or password, or a user that may not connect "
+    "(check --mqtt-username and --mqtt-password-file)",
     138: "this client is banned",
     140: "the authentication method is not supported",
 }

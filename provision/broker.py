@@ -148,14 +148,25 @@ class BrokerFiles:
     port: int
 
 
-def write_broker(gateways: Iterable[str], output: Path, bind: str, port: int) -> BrokerFiles:
-    """Write the whole configuration (see the module doc) into ``output``."""
+def write_broker(
+    gateways: Iterable[str],
+    output: Path,
+    bind: str,
+    port: int,
+    *,
+    authority: Authority | None = None,
+) -> BrokerFiles:
+    """Write the whole configuration (see the module doc) into ``output``.
+
+    The CA's private key is not written: re-running issues a new CA and new credentials for
+    everyone (see docs/security.md, rotation). ``authority`` is for tests that issue more.
+    """
     gateway_ids = sorted(set(gateways))
     clients = (*gateway_ids, *SERVICE_CLIENTS)
     folder = private_dir(output)
     private_dir(folder / "data")
     client_dir = private_dir(folder / "clients")
-    ca = Authority()
+    ca = authority or Authority()
     server = ca.issue("citysense broker", server_names=server_names(bind))
     write_private(folder / "ca.crt", ca.cert, 0o644)
     write_private(folder / "server.crt", server.cert, 0o644)

@@ -15,6 +15,7 @@ from paho.mqtt.properties import Properties
 
 from citysense.registry import Device, format_registry
 from provision.broker import write_broker
+from provision.pki import Authority
 from tests.servers import ProvisionedMosquitto, free_port_pair
 
 GATEWAYS = ("gw-01", "gw-02")
@@ -30,8 +31,14 @@ def write_registry(path: Path, gateways: tuple[str, ...] = GATEWAYS) -> Path:
 
 
 @pytest.fixture
-def broker_dir(tmp_path: Path) -> Path:
-    write_broker(GATEWAYS, tmp_path / "broker", "127.0.0.1", free_port_pair())
+def authority() -> Authority:
+    """The broker's CA, kept by the test to issue certificates of its own."""
+    return Authority()
+
+
+@pytest.fixture
+def broker_dir(tmp_path: Path, authority: Authority) -> Path:
+    write_broker(GATEWAYS, tmp_path / "broker", "127.0.0.1", free_port_pair(), authority=authority)
     return tmp_path / "broker"
 
 
