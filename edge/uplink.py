@@ -110,7 +110,7 @@ class MqttLink:
         self._connections += 1
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
-        log.info("connected to mqtt://%s:%d", self.broker.host, self.broker.port)
+        log.info("connected to %s", self.watch.where)
         client.subscribe(
             [(f"{self.root}/stored", 1), (f"{self.root}/down", 1)],
         )

@@ -21,18 +21,21 @@ READINGS = 50
 NOW = 1_780_000_000_000
 
 
-def fill_outbox(state: Path, n: int = READINGS) -> None:
+def fill_outbox(
+    state: Path, n: int = READINGS, *, prefix: str = "dev", now: int = NOW
+) -> list[Reading]:
+    readings = [
+        Reading(f"{prefix}-{i}", "air_station", "d", "s", now + i, {"pm25": float(i)})
+        for i in range(n)
+    ]
+
     async def fill() -> None:
         async with SqliteOutbox(state / "outbox.db") as outbox:
-            await outbox.add(
-                [
-                    Reading(f"dev-{i}", "air_station", "d", "s", NOW + i, {"pm25": float(i)})
-                    for i in range(n)
-                ]
-            )
+            await outbox.add(readings)
 
     state.mkdir(mode=0o700, exist_ok=True)
     asyncio.run(fill())
+    return readings
 
 
 def outbox_rows(state: Path) -> int:
