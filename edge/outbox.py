@@ -35,6 +35,7 @@ from typing import Protocol, TypeVar
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
 from citysense.errors import RetryableError
 from citysense.model import ENVELOPE_VERSION, Batch, Reading
+from citysense.privatefiles import private_file
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,10 @@ class SqliteOutbox:
         self._executor.shutdown(wait=True)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_file(self.path)
+        except OSError as exc:
+            raise OutboxUnavailableError(f"cannot create outbox {self.path}: {exc}") from exc
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")

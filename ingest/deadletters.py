@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from citysense.errors import RetryableError
+from citysense.privatefiles import private_file
 from ingest.pipeline import DeadLetter
 from timeseries.sqlite_store import connect_durable
 
@@ -54,7 +55,7 @@ class DeadLetterStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect_durable(self.path, _SCHEMA)
 

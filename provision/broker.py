@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from citysense.model import INGEST_SHARED_SUBSCRIPTION, topic_root
-from provision.files import private_dir, write_private
+from citysense.privatefiles import private_dir, write_private
 from provision.pki import Authority
 
 #: Mosquitto's PBKDF2-SHA512 password hash: ``$7$<iterations>$<salt b64>$<hash b64>``.
@@ -163,9 +163,9 @@ def write_broker(
     """
     gateway_ids = sorted(set(gateways))
     clients = (*gateway_ids, *SERVICE_CLIENTS)
-    folder = private_dir(output)
-    private_dir(folder / "data")
-    client_dir = private_dir(folder / "clients")
+    folder = private_dir(output, tighten=True)
+    private_dir(folder / "data", tighten=True)
+    client_dir = private_dir(folder / "clients", tighten=True)
     ca = authority or Authority()
     server = ca.issue("citysense broker", server_names=server_names(bind))
     write_private(folder / "ca.crt", ca.cert, 0o644)

@@ -15,9 +15,9 @@ from pathlib import Path
 from citysense.apikeys import key_entry, load_keys_file, new_key
 from citysense.config import DEFAULT_API_BIND, Settings, read_secret_file
 from citysense.errors import ConfigError, InputError
+from citysense.privatefiles import PRIVATE_FILE
 from citysense.registry import load_registry
 from provision.broker import write_broker
-from provision.files import PRIVATE_FILE
 from provision.influx import deploy_influx as _deploy_influx
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from citysense.errors import ConfigError
-from provision.files import private_dir, write_private
+from citysense.privatefiles import private_dir, write_private
 
 WRITER = "citysense_writer"
 READER = "citysense_reader"
@@ -78,7 +78,7 @@ def deploy_influx(
     """Create (or update) the database and both users; returns the password files."""
     client = InfluxAdmin(url, admin, admin_password, ca=ca)
     try:
-        folder = private_dir(output)
+        folder = private_dir(output, tighten=True)
         client.run(f"CREATE DATABASE {_ident(database)}")
         existing = client.users()
         written: dict[str, Path] = {}

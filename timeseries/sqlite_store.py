@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from citysense.errors import RetryableError
+from citysense.privatefiles import private_file
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
 
@@ -43,7 +44,7 @@ class SqliteWriter:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect_durable(self.path, SQLITE_SCHEMA)
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB

@@ -43,6 +43,7 @@ from typing import Any, TextIO
 from citysense.config import Settings, mask_url, parse_hostport
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.model import Reading
+from citysense.privatefiles import private_dir
 from citysense.registry import Device, format_registry, load_registry
 from mqtt_broker.broker import Broker
 
@@ -287,7 +288,7 @@ class Demo:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start everything, show status until ``stop``, stop everything; exit code."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         try:
             return await self._run(stop)
         except _Stopped:
