@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.harness import (
@@ -251,12 +252,18 @@ def bare_run(count: int, window: int, seed: int) -> tuple[dict[str, float], floa
 class Confirmer:
     """Plays the ingestor: confirms every batch on ``.../stored`` (the outbox drains)."""
 
-    def __init__(self, url_port: int) -> None:
+    def __init__(self, url_port: int, tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (CA file, user, password) for a provisioned broker."""
+        import ssl
+
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.readings = 0
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if tls is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=tls[0]))
+            self.client.username_pw_set(tls[1], tls[2])
         root = f"citysense/v1/{GATEWAY}"
 
         def on_connect(client: mqtt.Client, *_: object) -> None:
@@ -284,9 +291,14 @@ def gateway_run(
     window: int,
     seed: int,
     steady: tuple[int, float] | None = None,
+    *,
+    mqtt_args: Sequence[str] = (),
+    tls: tuple[str, str, str] | None = None,
 ) -> tuple[dict[str, float], float, int, int, int]:
     """One gateway process: a paced phase first (``steady`` = count, rate; its RSS is the
-    figure for a city's load), then the burst at full speed."""
+    figure for a city's load), then the burst at full speed. ``mqtt_args`` (given after the
+    plain ``--mqtt``, so they win) and ``tls`` (the confirmer's) run it against a provisioned
+    broker."""
     from citysense.registry import Device, format_registry
 
     registry = work / "registry.csv"
@@ -318,8 +330,9 @@ def gateway_run(
         f"127.0.0.1:{metrics_port}",
         "--log-level",
         "WARNING",
+        *mqtt_args,
     ]
-    confirmer = Confirmer(broker.port)
+    confirmer = Confirmer(broker.port, tls)
     proc = subprocess.Popen(cmd)
     try:
 

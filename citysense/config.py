@@ -629,7 +629,7 @@ def validate(s: Settings, command: str) -> None:
             )
     if not GATEWAY_ID_RE.fullmatch(s.gateway):
         raise ConfigError(f"--gateway {s.gateway!r} must match [a-z0-9][a-z0-9-]{{0,47}}")
-    if command in (DEMO, API):
+    if command != DEPLOY_BROKER:  # there --bind is a host alone
         parse_hostport(s.bind, "--bind")
     if command == DEPLOY_BROKER and s.port is not None and not 0 < s.port < 65536:
         raise ConfigError(f"--port must be 1-65535, not {s.port}")
