@@ -44,7 +44,7 @@ from bench.harness import (
     wait_until,
     write_results,
 )
-from tests.servers import free_udp_port
+from tests.servers import ProvisionedMosquitto, free_udp_port
 
 log = logging.getLogger("bench.gateway")
 
@@ -285,7 +285,7 @@ class Confirmer:
 
 
 def gateway_run(
-    broker: MosquittoServer,
+    broker: MosquittoServer | ProvisionedMosquitto,
     work: Path,
     count: int,
     window: int,

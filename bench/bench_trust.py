@@ -88,7 +88,7 @@ def gateway_rounds(work: Path, rounds: int, count: int) -> tuple[list[float], li
         for r in range(rounds):
             p = gateway_run(plain_broker, work, count, 256, seed=r)[0]["rate"]
             t = gateway_run(
-                secure,  # type: ignore[arg-type]  # its url is replaced by mqtt_args
+                secure,
                 work,
                 count,
                 256,

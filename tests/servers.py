@@ -364,6 +364,10 @@ class ProvisionedMosquitto(_Process):
         self.conf = folder / "run" / "mosquitto.conf"
         self.conf.write_text(conf + "\nuser root\n")
 
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
     def command(self) -> list[str]:
         return [self.binary, "-c", str(self.conf)]
 
