@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench soak reliability clean
+.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ soak: $(STAMP) system-deps
 # Regenerates docs/reliability.md from the CI-sized end-to-end suite.
 reliability: $(STAMP) system-deps
 	CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
+
+# Applies each deliberate defect of tests/mutants/ in a copy of the tree and proves that a test
+# fails for it; writes the table into docs/reliability.md. Not in CI (about an hour).
+mutants: $(STAMP) system-deps
+	$(PY) -m tests.mutants.run --doc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

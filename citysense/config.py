@@ -96,7 +96,7 @@ class Settings:
         None,
         "MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://... "
         "(default: mqtt://127.0.0.1:1883; demo: an embedded broker)",
-        {DEMO, EDGE, INGEST, SIM_FLEET},
+        {DEMO, EDGE, INGEST},
         metavar="URL",
     )
     mqtt_ca: str | None = _opt(
@@ -175,7 +175,12 @@ class Settings:
     )
     # --- edge
     gateway: str = _opt("gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET}, metavar="ID")
-    coap: str = _opt("0.0.0.0:5683", "CoAP listen address", {EDGE, SIM_FLEET}, metavar="HOST:PORT")
+    coap: str = _opt(
+        "0.0.0.0:5683",
+        "CoAP address: where the gateway listens (edge), where the devices send (simulate fleet)",
+        {EDGE, SIM_FLEET},
+        metavar="HOST:PORT",
+    )
     serial: tuple[str, ...] = _opt(
         (),
         "an NB-IoT module on a serial port, DEV:DIALECT (repeatable)",
@@ -220,7 +225,11 @@ class Settings:
         0.2, "longest a message waits before its write, seconds", {INGEST}, "float"
     )
     retry_max_delay: float = _opt(
-        30.0, "cap of the back-off between storage retries, seconds", {EDGE, INGEST}, "float"
+        30.0,
+        "cap of the back-off between reconnects to the broker (edge) or retries of the store "
+        "(ingest), seconds",
+        {EDGE, INGEST},
+        "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
     # --- api

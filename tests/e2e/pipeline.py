@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -39,8 +40,16 @@ MEASUREMENTS = ("environment", "traffic", "utility", "device_health")
 class Service:
     """A ``citysense`` subcommand running as a process of the test's own."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, metrics_port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        workdir: Path,
+        metrics_port: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = env
         self.args = args
         self.workdir = workdir
         self.metrics_port = metrics_port
@@ -55,6 +64,7 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
         self.starts += 1
         wait_until(self._ready, 60, f"{self.name} to start\n{self.log_tail()}", interval=0.1)
@@ -133,6 +143,10 @@ class Pipeline:
         ingestors: int = 1,
         proxy: bool = False,
         seed: int = 7,
+        ingest_args: tuple[str, ...] = (),
+        gateway_args: tuple[str, ...] = (),
+        gateway_state: Path | None = None,
+        gateway_env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.mosquitto = mosquitto
@@ -163,7 +177,7 @@ class Pipeline:
                 "--registry",
                 str(self.registry),
                 "--state-dir",
-                str(gw_dir / "state"),
+                str(gateway_state or gw_dir / "state"),
                 "--metrics-bind",
                 f"127.0.0.1:{gw_metrics}",
                 "--batch-max-delay",
@@ -174,9 +188,11 @@ class Pipeline:
                 "2",
                 "--log-level",
                 "INFO",
+                *gateway_args,
             ],
             gw_dir,
             gw_metrics,
+            env=gateway_env,
         )
         self.ingestors: list[Service] = []
         for i in range(ingestors):
@@ -206,6 +222,7 @@ class Pipeline:
                         "2",
                         "--log-level",
                         "INFO",
+                        *ingest_args,
                     ],
                     d,
                     port,
