@@ -89,6 +89,8 @@ class _BufferedClient(mqtt.Client):
         pos = self._rpos
         if pos >= len(buf):
             data = super()._sock_recv(max(bufsize, RECV_SIZE))
+            if self._ssl and data:
+                data = self._more_records(data)
             if len(data) <= bufsize:
                 self._rbuf, self._rpos = b"", 0
                 return data
@@ -97,6 +99,22 @@ class _BufferedClient(mqtt.Client):
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def _more_records(self, data: bytes) -> bytes:
+        """A TLS socket's ``recv()`` returns one record (16 KiB at most): read on while
+        records are ready, so that a burst is one buffer (one wake-up) as on plain TCP."""
+        parts = [data]
+        size = len(data)
+        while size < RECV_SIZE:
+            try:
+                more = super()._sock_recv(RECV_SIZE - size)
+            except OSError:  # nothing ready yet (or an error the next read reports again)
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
 
     def _buffered(self) -> bool:
         return self._rpos < len(self._rbuf)
