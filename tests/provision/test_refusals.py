@@ -90,43 +90,41 @@ def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in last, last
 
 
-def test_wrong_password(
-    tmp_path: Path, secure_broker: ProvisionedMosquitto, broker_dir: Path
+@pytest.mark.parametrize(
+    ("wrong", "words"),
+    [
+        ("password", ("not authorised", "--mqtt-password-file")),
+        ("ca", ("certificate does not verify", "--mqtt-ca")),
+    ],
+)
+def test_wrong_password_or_ca(
+    wrong: str,
+    words: tuple[str, ...],
+    tmp_path: Path,
+    secure_broker: ProvisionedMosquitto,
+    broker_dir: Path,
 ) -> None:
     fill_outbox(tmp_path / "state")
+    ca = str(broker_dir / "ca.crt")
+    password = str(broker_dir / "clients" / "gw-01.password")
+    if wrong == "password":
+        password = write(tmp_path / "pw", "not-the-password\n")
+    else:
+        ca = write(tmp_path / "other-ca.crt", Authority("another CA").cert)
     result = run_citysense(
         *edge_args(
             tmp_path,
             secure_broker,
             secure_broker.port,
             "--mqtt-ca",
-            str(broker_dir / "ca.crt"),
+            ca,
             "--mqtt-username",
             "gw-01",
             "--mqtt-password-file",
-            write(tmp_path / "pw", "not-the-password\n"),
+            password,
         )
     )
-    assert_refused(result, "not authorised")
-    assert outbox_rows(tmp_path / "state") == READINGS
-
-
-def test_wrong_ca(tmp_path: Path, secure_broker: ProvisionedMosquitto, broker_dir: Path) -> None:
-    fill_outbox(tmp_path / "state")
-    result = run_citysense(
-        *edge_args(
-            tmp_path,
-            secure_broker,
-            secure_broker.port,
-            "--mqtt-ca",
-            write(tmp_path / "other-ca.crt", Authority("another CA").cert),
-            "--mqtt-username",
-            "gw-01",
-            "--mqtt-password-file",
-            str(broker_dir / "clients" / "gw-01.password"),
-        )
-    )
-    assert_refused(result, "certificate does not verify", "--mqtt-ca")
+    assert_refused(result, *words)
     assert outbox_rows(tmp_path / "state") == READINGS
 
 
