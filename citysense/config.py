@@ -259,7 +259,7 @@ class Settings:
         metavar="FILE",
     )
     insecure_open: bool = _opt(
-        False, "serve a non-loopback --bind with no API keys (anyone may read)", {API}, "bool"
+        False, "serve a non-loopback --bind with no API keys (anyone may read)", {DEMO, API}, "bool"
     )
     allow_writable_reader: bool = _opt(
         False, "start even when the InfluxDB credentials can write", {API}, "bool"
