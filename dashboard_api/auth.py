@@ -152,7 +152,12 @@ async def authorize(
         if keys.open:
             principal = Principal("operator", f"open:{_address(request)}")
         elif credentials is not None and not state.auth_failures.wait(_address(request)):
-            principal = keys.lookup(credentials.credentials) or principal
+            found = keys.lookup(credentials.credentials)
+            if found is None:  # a wrong key counts here too: /health must not be an oracle
+                state.auth_failures.take(_address(request))
+                state.metrics.auth_failed += 1
+            else:
+                principal = found
         request.state.principal = principal
         return principal
     if keys.open:

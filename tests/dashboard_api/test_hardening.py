@@ -94,6 +94,7 @@ def test_health_tells_anonymous_callers_the_status_only(make_api: MakeApi) -> No
         assert r.status_code == 200 and r.json() == {"status": "ok"}
         r = anonymous.get("/api/v1/health", headers={"Authorization": "Bearer wrong-key-0000"})
         assert r.json() == {"status": "ok"}
+        assert api.app.state.metrics.auth_failed == 1  # counted: no oracle for guessing keys
         full = viewer.get("/api/v1/health").json()
         assert full["status"] == "ok" and "storage" in full and "version" in full
 
