@@ -29,19 +29,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
+
+from citysense.catalog import METRICS
 
 Standard = Literal["hj633-2012", "hj633-2026", "us-epa"]
-STANDARDS: tuple[str, ...] = ("hj633-2012", "hj633-2026", "us-epa")
+STANDARDS: tuple[str, ...] = get_args(Standard)
+DEFAULT_STANDARD: Standard = "hj633-2012"
 POLLUTANTS: tuple[str, ...] = ("pm25", "pm10", "so2", "no2", "o3", "co")
-UNITS: Mapping[str, str] = {
-    "pm25": "µg/m³",
-    "pm10": "µg/m³",
-    "so2": "µg/m³",
-    "no2": "µg/m³",
-    "o3": "µg/m³",
-    "co": "mg/m³",
-}
+#: The unit of each pollutant's concentration: the catalog's.
+UNITS: Mapping[str, str] = {name: METRICS[name].unit for name in POLLUTANTS}
 
 _IAQI = (0, 50, 100, 150, 200, 300, 400, 500)
 

@@ -60,7 +60,7 @@ def run_bare(port: int) -> None:
     import aiocoap
     import aiocoap.resource
 
-    from edge.coap_site import raise_receive_buffer
+    from citysense.compat.aiocoap import raise_receive_buffer
 
     class Bare(aiocoap.resource.Resource):
         async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:

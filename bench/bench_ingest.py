@@ -28,8 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import Result, Section, make_payloads, now_utc, write_results
-from ingest.pipeline import LineFastPath, _loads, process_message
-from timeseries.lineprotocol import LineSerializer, escape_key, escape_measurement
+from ingest.pipeline import process_message
+from timeseries.lineprotocol import (
+    LineFastPath,
+    LineSerializer,
+    _loads,
+    escape_key,
+    escape_measurement,
+)
 from timeseries.schema import Point
 from timeseries.sqlite_store import SqliteWriter
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 ValueType = Literal["float", "bool"]
 
-DOMAINS: tuple[str, ...] = ("environment", "traffic", "utility", "device_health")
+Domain = Literal["environment", "traffic", "utility", "device_health"]
+DOMAINS: tuple[str, ...] = get_args(Domain)
 
 #: A reading time further than this in the future is rejected.
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from citysense.errors import ConfigError
-from citysense.model import GATEWAY_ID_RE
+from citysense.model import GATEWAY_ID_RE, SERIAL_DIALECTS
 
 ENV_PREFIX = "CITYSENSE_"
 
@@ -320,7 +320,7 @@ class Settings:
         "bc95",
         "NB-IoT module dialect",
         {SIM_MODULE, EDGE_PROBE},
-        choices=("bc95", "sim7020", "bc66"),
+        choices=SERIAL_DIALECTS,
     )
     serial_device: str | None = _opt(
         None, "serial device of the module", {EDGE_PROBE}, metavar="DEV"
@@ -619,9 +619,10 @@ def parse_api_keys(items: tuple[str, ...]) -> dict[str, str]:
 def parse_serial(item: str) -> tuple[str, str]:
     """``/dev/ttyUSB0:bc95`` -> (device, dialect)."""
     dev, sep, dialect = item.rpartition(":")
-    if not sep or not dev or dialect not in ("bc95", "sim7020", "bc66"):
+    if not sep or not dev or dialect not in SERIAL_DIALECTS:
         raise ConfigError(
-            f"--serial must be DEV:DIALECT with DIALECT in bc95, sim7020, bc66, not {item!r}"
+            f"--serial must be DEV:DIALECT with DIALECT in {', '.join(SERIAL_DIALECTS)}, "
+            f"not {item!r}"
         )
     return dev, dialect
 

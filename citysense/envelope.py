@@ -20,11 +20,30 @@ from citysense.model import (
     Batch,
     Reading,
 )
+from citysense.strictjson import reject_constant
 
 MAX_ENVELOPE_BYTES = 256 * 1024
 MAX_READINGS = 5000
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
+#: The fields of a reading object in an envelope, in the order they are written.
+READING_FIELDS: tuple[str, ...] = ("device", "kind", "district", "site", "t", "values")
+
+
+def envelope_of(
+    gateway: str, seq: int, sent: int, readings_json: str, *, v: int = ENVELOPE_VERSION
+) -> bytes:
+    """The envelope around readings already written as a JSON array of reading objects.
+
+    The one place the envelope's own fields are written: :func:`encode_batch` uses it, and so
+    does the gateway's outbox, which has SQLite write the readings array.
+    """
+    gw = gateway if GATEWAY_ID_RE.fullmatch(gateway) else _dumps(gateway)[1:-1]
+    return (
+        f'{{"v":{v},"gateway":"{gw}","seq":{seq},"sent":{sent},"readings":{readings_json}}}'
+    ).encode()
 
 
 def reading_to_dict(r: Reading) -> dict[str, object]:
@@ -43,15 +62,13 @@ def encode_batch(batch: Batch) -> bytes:
     if len(batch.readings) > MAX_READINGS:
         raise EnvelopeError(f"{len(batch.readings)} readings exceed {MAX_READINGS}", "too_large")
     try:
-        body = _dumps(
-            {
-                "v": batch.v,
-                "gateway": batch.gateway,
-                "seq": batch.seq,
-                "sent": batch.sent,
-                "readings": [reading_to_dict(r) for r in batch.readings],
-            }
-        ).encode()
+        body = envelope_of(
+            batch.gateway,
+            batch.seq,
+            batch.sent,
+            _dumps([reading_to_dict(r) for r in batch.readings]),
+            v=batch.v,
+        )
     except ValueError as exc:  # NaN or Inf in values
         raise EnvelopeError(f"cannot encode batch: {exc}", "not_finite") from exc
     if len(body) > MAX_ENVELOPE_BYTES:
@@ -75,10 +92,6 @@ def _id(obj: Mapping[str, object], key: str, where: str, pattern: object) -> str
     if not isinstance(value, str) or not pattern.fullmatch(value):  # type: ignore[attr-defined]
         raise EnvelopeError(f"{where}{key} {value!r} is not a valid id", "bad_field")
     return value
-
-
-def _reject_constant(name: str) -> float:
-    raise EnvelopeError(f"{name} is not a valid number", "malformed")
 
 
 def decode_reading(obj: object, index: int) -> Reading:
@@ -114,7 +127,7 @@ def decode_batch(payload: bytes) -> Batch:
             f"envelope of {len(payload)} bytes exceeds {MAX_ENVELOPE_BYTES}", "too_large"
         )
     try:
-        data = json.loads(payload, parse_constant=_reject_constant)
+        data = json.loads(payload, parse_constant=reject_constant)
     except EnvelopeError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

@@ -21,6 +21,9 @@ PLACE_ID_RE = re.compile(r"[a-z0-9_-]{1,48}")
 
 ENVELOPE_VERSION = 1
 
+#: AT command dialects of the NB-IoT modules a gateway drives over serial (PROTOCOLS.md).
+SERIAL_DIALECTS: tuple[str, ...] = ("bc95", "sim7020", "bc66")
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -43,20 +46,3 @@ class Batch:
     sent: int
     readings: tuple[Reading, ...]
     v: int = ENVELOPE_VERSION
-
-
-def topic_root(gateway: str) -> str:
-    """``citysense/v1/{gateway}``, the root of a gateway's MQTT topics."""
-    return f"citysense/v1/{gateway}"
-
-
-#: The shared subscription every ingestor uses.
-INGEST_SHARED_SUBSCRIPTION = "$share/citysense-ingest/citysense/v1/+/up"
-
-
-def gateway_of_topic(topic: str) -> str | None:
-    """The gateway id in ``citysense/v1/{gateway}/...``, or ``None`` for another topic."""
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != "citysense" or parts[1] != "v1":
-        return None
-    return parts[2]

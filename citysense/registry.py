@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from citysense.catalog import KINDS
-from citysense.errors import RegistryError
+from citysense.errors import ConfigError, InputError, RegistryError
 from citysense.model import DEVICE_ID_RE, GATEWAY_ID_RE, PLACE_ID_RE
 
 COLUMNS: tuple[str, ...] = ("device", "kind", "district", "site", "lat", "lon", "gateway")
@@ -103,6 +103,15 @@ def load_registry(path: str | Path) -> Registry:
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"cannot read {path}: {exc}", 0, "unreadable") from exc
     return parse_registry(text)
+
+
+def load_registry_option(path: str | Path, option: str = "--registry") -> Registry:
+    """:func:`load_registry` for a command-line option: a bad file is a :class:`ConfigError`
+    naming the option (the command exits 2 with that one line)."""
+    try:
+        return load_registry(path)
+    except InputError as exc:
+        raise ConfigError(f"{option} {path}: {exc}") from exc
 
 
 def format_registry(devices: Iterable[Device]) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cbor2
 
 from citysense.errors import SenmlError
+from citysense.strictjson import reject_constant
 
 CF_SENML_JSON = 110
 CF_SENML_CBOR = 112
@@ -103,8 +104,70 @@ def decode_senml(
     return resolve(raw, now, limits)
 
 
-def _reject_constant(name: str) -> float:
-    raise SenmlError(f"{name} is not a valid SenML number", "malformed")
+# ---------------------------------------------------------------------------- fast path
+
+_FAST_KEYS = frozenset({"bn", "bt", "bu", "n", "u", "v", "vb", "t"})
+# one decoder for every call: json.loads with options builds a new one each time
+_plain_decoder = json.JSONDecoder(object_pairs_hook=list, parse_constant=reject_constant)
+
+
+def fast_json_records(
+    payload: bytes, now: float, limits: SenmlLimits = DEFAULT_LIMITS
+) -> list[SenmlRecord] | None:
+    """The records of a plain SenML JSON pack, or ``None`` to let :func:`decode_senml` decide.
+
+    The uplinks devices send are plain packs: base name and time, names, numbers or booleans,
+    units. For those this returns exactly what :func:`citysense.senml.decode_senml` returns
+    (a test holds the two side by side), at a fraction of the cost: JSON is parsed by the C
+    decoder and only the fields a plain pack uses are resolved. Anything else -- another
+    field, a wrong type, a duplicate key, NaN, a bad name, too many records -- returns
+    ``None``, and the full decoder accepts it or explains the refusal.
+    """
+    try:
+        data = _plain_decoder.decode(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not list or len(data) > limits.max_records:
+        return None
+    bn, bu, bt = "", None, 0.0
+    out: list[SenmlRecord] = []
+    for pairs in data:
+        if type(pairs) is not list:
+            return None
+        rec: dict[str, object] = {}
+        for pair in pairs:
+            if type(pair) is not tuple or pair[0] in rec or pair[0] not in _FAST_KEYS:
+                return None
+            rec[pair[0]] = pair[1]
+        for key in ("bn", "bu", "n", "u"):
+            text = rec.get(key)
+            if key in rec and (type(text) is not str or len(text) > limits.max_string):
+                return None
+        for key in ("bt", "t", "v"):
+            number = rec.get(key)
+            if key in rec and (type(number) not in (int, float) or not math.isfinite(number)):  # type: ignore[arg-type]
+                return None
+        if "bn" in rec:
+            bn = rec["bn"]  # type: ignore[assignment]
+        if "bu" in rec:
+            bu = rec["bu"]
+        if "bt" in rec:
+            bt = float(rec["bt"])  # type: ignore[arg-type]
+        name = bn + (rec.get("n") or "")  # type: ignore[operator]
+        if not name or len(name) > limits.max_string or not _NAME_RE.fullmatch(name):
+            return None
+        time = bt + float(rec.get("t") or 0.0)  # type: ignore[arg-type]
+        if time < RELATIVE_TIME_LIMIT:
+            time += now
+        value: float | bool
+        if "v" in rec and "vb" not in rec:
+            value = 0.0 + float(rec["v"])  # type: ignore[arg-type]
+        elif "vb" in rec and "v" not in rec and type(rec["vb"]) is bool:
+            value = bool(rec["vb"])
+        else:
+            return None
+        out.append(SenmlRecord(name, time, value, rec.get("u") or bu))  # type: ignore[arg-type]
+    return out
 
 
 def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -139,7 +202,7 @@ def _read_json(payload: bytes, limits: SenmlLimits) -> list[dict[str, object]]:
             depth -= 1
     try:
         text = payload.decode("utf-8")
-        data = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+        data = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=reject_constant)
     except SenmlError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

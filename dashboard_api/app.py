@@ -29,10 +29,9 @@ from citysense.errors import (
     ConfigError,
     InputError,
     PermanentError,
-    RegistryError,
     RetryableError,
 )
-from citysense.registry import Registry, load_registry
+from citysense.registry import Registry, load_registry_option
 from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.routes import ApiContext, PointLimitError, router
@@ -192,10 +191,7 @@ def create_app(
             "configured: give --api-keys-file (or --insecure-open to serve it open)"
         )
     if registry is None and settings.registry:
-        try:
-            registry = load_registry(settings.registry)
-        except RegistryError as exc:
-            raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+        registry = load_registry_option(settings.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from analytics.aqi import Standard
+
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what is wrong, naming the parameter")
@@ -83,7 +85,7 @@ class DistrictAqi(BaseModel):
 
 
 class AqiResponse(BaseModel):
-    standard: Literal["hj633-2012", "hj633-2026", "us-epa"]
+    standard: Standard
     at: str
     hour_start: str = Field(description="start of the newest hourly mean")
     districts: list[DistrictAqi]

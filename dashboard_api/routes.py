@@ -27,7 +27,14 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from analytics.aqi import POLLUTANTS, AqiResult, Standard, compute_aqi, window_means
+from analytics.aqi import (
+    DEFAULT_STANDARD,
+    POLLUTANTS,
+    AqiResult,
+    Standard,
+    compute_aqi,
+    window_means,
+)
 from analytics.congestion import (
     CounterWindow,
     district_congestion,
@@ -46,9 +53,11 @@ from citysense.catalog import (
     KINDS,
     MAX_FUTURE_SKEW_MS,
     METRICS,
+    Domain,
     catalog_document,
 )
 from citysense.errors import RetryableError
+from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Device, Registry
 from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
@@ -68,7 +77,6 @@ HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
-Domain = Literal["environment", "traffic", "utility", "device_health"]
 if TYPE_CHECKING:
     MetricName = str
     KindName = str
@@ -77,11 +85,10 @@ else:  # enums in OpenAPI, built from the catalog
     KindName = Literal[tuple(KINDS)]
 AggName = Literal["mean", "min", "max", "sum", "count", "last"]
 GroupName = Literal["district", "device", "site"]
-StandardName = Literal["hj633-2012", "hj633-2026", "us-epa"]
 StatusName = Literal["online", "stale", "offline"]
 
-_PLACE = r"^[a-z0-9_-]{1,48}$"
-_DEVICE = r"^[A-Za-z0-9:._-]{1,96}$"
+_PLACE = f"^{PLACE_ID_RE.pattern}$"
+_DEVICE = f"^{DEVICE_ID_RE.pattern}$"
 DistrictQ = Annotated[str | None, Query(pattern=_PLACE, description="district id")]
 SiteQ = Annotated[str | None, Query(pattern=_PLACE, description="site id")]
 DeviceQ = Annotated[str | None, Query(pattern=_DEVICE, description="device id (operators only)")]
@@ -386,7 +393,7 @@ async def aqi(
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     at: TimeQ = None,
-    standard: StandardName = "hj633-2012",
+    standard: Standard = DEFAULT_STANDARD,
 ) -> models.AqiResponse:
     ctx = context(request)
     at_ms = _at(ctx, at)
@@ -494,7 +501,7 @@ async def districts(
     request: Request,
     principal: CurrentPrincipal,
     at: TimeQ = None,
-    standard: StandardName = "hj633-2012",
+    standard: Standard = DEFAULT_STANDARD,
 ) -> models.DistrictList:
     ctx = context(request)
     at_ms = _at(ctx, at)

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
+from citysense.compat import uvicorn as compat_uvicorn
 from citysense.config import Settings, parse_hostport
 from citysense.errors import ConfigError, RetryableError
 from dashboard_api.app import create_app
@@ -51,12 +51,6 @@ async def refuse_writable_reader(settings: Settings) -> None:
         )
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # signals belong to the caller (the CLI or the demo)
-
-
 async def serve(
     settings: Settings, ready: asyncio.Event | None = None, *, app: FastAPI | None = None
 ) -> None:
@@ -76,7 +70,7 @@ async def serve(
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
     )
     sock = listen_socket(host, port, settings.bind)
-    server = _Server(config)
+    server = compat_uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
     try:
         while not server.started:

@@ -10,7 +10,6 @@ retransmission it misses is absorbed by the outbox's idempotency.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import aiocoap
 import aiocoap.resource
 from aiocoap.numbers.codes import Code
-from aiocoap.pipe import error_to_message, run_driving_pipe
 
 log = logging.getLogger(__name__)
 
@@ -119,52 +117,3 @@ def build_site(accept: Accept) -> aiocoap.resource.Site:
         aiocoap.resource.WKCResource(site.get_resources_as_linkheader, impl_info=None),
     )
     return site
-
-
-class GatewayContext(aiocoap.Context):
-    """aiocoap's server context, without formatting every request for a task name.
-
-    ``Context.render_to_pipe`` names each rendering task ``"Rendering for %r" % request``,
-    which formats the whole request -- parsing the peer's address -- for every uplink, even
-    though the name is only ever read by a debugger. Same behaviour otherwise.
-    """
-
-    def render_to_pipe(self, pipe: Any) -> None:
-        run_driving_pipe(
-            error_to_message(pipe, self.log), self._render_to_pipe(pipe), name="CoAP request"
-        )
-
-
-def raise_receive_buffer(context: aiocoap.Context, size: int) -> int | None:
-    """Raise ``SO_RCVBUF`` of the server's UDP socket(s); returns the size granted.
-
-    The kernel default holds about 166 datagrams: a burst beyond that would be dropped before
-    aiocoap sees it. As root ``SO_RCVBUFFORCE`` passes ``net.core.rmem_max``.
-    """
-    granted: int | None = None
-    for sock in _udp_sockets(context):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-            except OSError as exc:
-                log.warning("cannot raise the CoAP receive buffer: %s", exc)
-                continue
-        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    return granted
-
-
-def _udp_sockets(context: aiocoap.Context) -> list[socket.socket]:
-    # aiocoap keeps its transports behind token and message managers; walk to the sockets.
-    found: list[socket.socket] = []
-    for tokenman in getattr(context, "request_interfaces", []):
-        msgman = getattr(tokenman, "token_interface", None)
-        iface = getattr(msgman, "message_interface", None)
-        transport = getattr(iface, "transport", None)
-        if transport is None:
-            continue
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.type == socket.SOCK_DGRAM:
-            found.append(sock)
-    return found

@@ -1,20 +1,15 @@
-"""The gateway's own counters and gauges, and a tiny HTTP server for ``GET /metrics``.
+"""The gateway's own counters and gauges, rendered by :mod:`citysense.prometheus`.
 
-Prometheus text exposition (version 0.0.4). Counters only grow; gauges are computed when the
-endpoint is scraped (``gauges`` callback), so the hot path pays one dict update per event.
-The server binds where it is told (default ``127.0.0.1:9101``) and answers only ``/metrics``.
+Counters only grow; gauges are computed when the endpoint is scraped (a ``gauges``
+callback), so the hot path pays one dict update per event.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
-log = logging.getLogger(__name__)
-
-Labels = tuple[tuple[str, str], ...]
+from citysense import prometheus
+from citysense.prometheus import Labels
 
 HELP: Mapping[str, str] = {
     "citysense_edge_uplinks_total": "CoAP uplinks by answer code",
@@ -25,6 +20,9 @@ HELP: Mapping[str, str] = {
     "citysense_edge_batches_sent_total": "batches published for the first time",
     "citysense_edge_batches_resent_total": "batches published again with the same seq",
     "citysense_edge_batches_confirmed_total": "batches confirmed on .../stored",
+    "citysense_edge_confirmations_ignored_total": (
+        "seqs confirmed on .../stored that were not in flight (ignored, nothing deleted)"
+    ),
     "citysense_edge_mqtt_reconnects_total": "MQTT connections established after the first",
     "citysense_edge_downlinks_total": "downlink commands by state reported on .../ack",
     "citysense_edge_unknown_modules_total": "radio reports of a module IMEI not in the registry",
@@ -58,55 +56,15 @@ class Metrics:
         return sum(self.counters.get(name, {}).values())
 
     def render(self, gauges: Mapping[str, Mapping[Labels, float]]) -> str:
-        lines: list[str] = []
-        for kind, table in (("counter", self.counters), ("gauge", gauges)):
-            for name in sorted(table):
-                lines.append(f"# HELP {name} {HELP.get(name, name)}")
-                lines.append(f"# TYPE {name} {kind}")
-                for labels, value in sorted(table[name].items()):
-                    lines.append(f"{name}{_labels(labels)} {value:g}")
-        return "\n".join(lines) + "\n"
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(
-        '{}="{}"'.format(k, v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
-        for k, v in labels
-    )
-    return "{" + inner + "}"
-
-
-GaugeSource = Callable[[], Awaitable[Mapping[str, Mapping[Labels, float]]]]
-
-
-async def serve_metrics(
-    metrics: Metrics, gauges: GaugeSource, host: str, port: int
-) -> asyncio.Server:
-    """Start the ``/metrics`` endpoint; the caller closes the returned server."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(line) >= 2 and line[0] == "GET" and line[1].split("?")[0] == "/metrics":
-                body = metrics.render(await gauges()).encode()
-                head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found\n"
-                head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(
-                f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    return await asyncio.start_server(handle, host, port)
+        return prometheus.render(
+            [
+                *(
+                    prometheus.counter(name, HELP.get(name, name), self.counters[name])
+                    for name in sorted(self.counters)
+                ),
+                *(
+                    prometheus.gauge(name, HELP.get(name, name), gauges[name])
+                    for name in sorted(gauges)
+                ),
+            ]
+        )

@@ -26,16 +26,19 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS
-from citysense.errors import RetryableError
-from citysense.model import ENVELOPE_VERSION, Batch, Reading
+from citysense import strictjson
+from citysense.durable import connect_durable
+from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
+from citysense.errors import InputError, RetryableError
+from citysense.model import Batch, Reading, Value
 from citysense.privatefiles import private_file
+from citysense.topics import Command
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,11 @@ CREATE TABLE IF NOT EXISTS reading (
     UNIQUE (device, t)
 );
 CREATE INDEX IF NOT EXISTS reading_batch ON reading (batch, id);
-CREATE TABLE IF NOT EXISTS batch (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batch (
+    seq INTEGER PRIMARY KEY,
+    created INTEGER NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0  -- epoch ms of the last publish; 0: due at once
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS downlink (
     id TEXT PRIMARY KEY,
@@ -71,8 +78,10 @@ CREATE TABLE IF NOT EXISTS downlink (
 CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
 """
 
-# A (device, t) seen again merges its values; when that adds or changes a value, the row
-# leaves the batch it was in (a confirmation of that batch must not delete the new value).
+# A (device, t) seen again merges its values: an identical repeat changes nothing; a metric
+# not held yet is added and the row leaves the batch it was in (a confirmation of that batch
+# must not delete the new value). A *different* value for a metric already held never gets
+# here: :data:`_CONFLICTS` finds those uplinks first and they are refused as a whole.
 # The whole group goes in as one JSON array through one statement: one sqlite3_step, so the
 # worker thread gives up and takes back the GIL a handful of times per commit instead of
 # twice per row (a convoy with the event loop thread that costs milliseconds each time).
@@ -85,7 +94,29 @@ ON CONFLICT (device, t) DO UPDATE SET
     vals = json_patch(vals, excluded.vals)
 """
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# The uplinks (index 7 of a row) carrying a value that differs from the one held for the same
+# device, time and metric.
+_CONFLICTS = """
+SELECT DISTINCT g.value ->> 7 FROM json_each(?) AS g
+JOIN reading AS r ON r.device = g.value ->> 0 AND r.t = g.value ->> 1
+WHERE EXISTS (
+    SELECT 1 FROM json_each(g.value -> 5) AS n JOIN json_each(r.vals) AS o ON o.key = n.key
+    WHERE o.value IS NOT n.value OR o.type IS NOT n.type
+)
+"""
+
+#: One reading as it goes into the insert: device, t, kind, district, site, values, received,
+#: index of its uplink in the commit group.
+_Row = tuple[str, int, str, str, str, dict[str, Value], int, int]
+
+_dumps = strictjson.dumps
+
+# The readings of one batch as the envelope's JSON array (fields in READING_FIELDS order).
+_BATCH_JSON = (
+    "SELECT count(*), json_group_array(json_object("
+    + ", ".join(f"'{name}', " + {"values": "json(vals)"}.get(name, name) for name in READING_FIELDS)
+    + ")) FROM (SELECT * FROM reading WHERE batch = ? ORDER BY id)"
+)
 
 # Bytes of envelope per reading besides its strings (keys, punctuation, time), and the room
 # left for readings in an envelope.
@@ -101,15 +132,33 @@ class OutboxFullError(RetryableError):
     """The outbox reached its quota and the policy is to refuse new readings."""
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A downlink command waiting for its device's next uplink."""
+class OutboxConflictError(InputError):
+    """The uplink carries a different value for a (device, metric, time) the outbox holds."""
 
-    id: str
-    device: str
-    command: str
-    args: dict[str, object]
-    expires: int
+
+def _conflicts_within(group: Sequence[tuple[Sequence[Reading], object]]) -> set[int]:
+    """Indexes of the uplinks of one commit group that give a (device, metric, time) another
+    value than an earlier uplink of the same group (the database sees the group at once)."""
+    if len(group) < 2:
+        return set()
+    seen: dict[tuple[str, int], tuple[int, dict[str, Value]]] = {}
+    bad: set[int] = set()
+    for i, (readings, _) in enumerate(group):
+        for r in readings:
+            key = (r.device, r.t)
+            held = seen.get(key)
+            if held is None:
+                seen[key] = (i, r.values)
+            elif held[0] != i and _differs(held[1], r.values):
+                bad.add(i)
+    return bad
+
+
+def _differs(held: Mapping[str, Value], new: Mapping[str, Value]) -> bool:
+    return any(
+        name in held and (held[name] != v or type(held[name]) is not type(v))
+        for name, v in new.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +171,26 @@ class OutboxStats:
 
 
 class Outbox(Protocol):
-    """What the gateway needs from durable storage (one implementation: SQLite)."""
+    """The gateway's durable buffer, in the manner of Telegraf's output buffers.
+
+    Readings go in with :meth:`add` (durable when it returns). :meth:`batch` takes the oldest
+    into a new batch, in flight from then; :meth:`accept` releases batches an ingestor
+    stored (only those in flight); :meth:`reject` makes batches due at once (a publish may
+    have been lost); :meth:`due` names the batches to publish now. The publish times live
+    with the batches, so the whole at-least-once state is here, in one place.
+    """
 
     async def add(self, readings: Sequence[Reading]) -> None: ...
-    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None: ...
-    async def form_batch(self, max_readings: int, now_ms: int) -> int | None: ...
-    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None: ...
-    async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None: ...
-    async def unconfirmed(self) -> list[int]: ...
-    async def confirm(self, seqs: Iterable[int]) -> int: ...
+    async def batch(self, max_readings: int, now_ms: int) -> int | None: ...
+    async def payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None: ...
+    async def inflight(self) -> list[int]: ...
+    async def inflight_count(self) -> int: ...
+    async def due(self, now_ms: int, resend_after_ms: int) -> list[int]: ...
+    async def sent(self, seqs: Sequence[int], now_ms: int) -> None: ...
+    async def reject(self, seqs: Iterable[int] | None = None) -> None: ...
+    async def accept(self, seqs: Iterable[int]) -> list[int]: ...
     async def stats(self) -> OutboxStats: ...
+    async def next_seq(self) -> int: ...
 
 
 class SqliteOutbox:
@@ -158,6 +217,8 @@ class SqliteOutbox:
         self._over_quota = False  # inside an episode of refusals or evictions
         self._episode_count = 0
         self.committed_groups = 0
+        self.conflicts = 0  #: uplinks refused for a conflicting value
+        self._downlinks = DownlinkQueue(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,11 +242,10 @@ class SqliteOutbox:
         except OSError as exc:
             raise OutboxUnavailableError(f"cannot create outbox {self.path}: {exc}") from exc
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=8388608")
-            db.executescript(_SCHEMA)
+            db = connect_durable(self.path, _SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(batch)")}
+            if "sent" not in columns:  # an outbox written before publish times were kept
+                db.execute("ALTER TABLE batch ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)")
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"cannot open outbox {self.path}: {exc}") from exc
@@ -241,25 +301,28 @@ class SqliteOutbox:
             group, self._pending = self._pending, []
             now = int(time.time() * 1000)
             rows = [
-                (r.device, r.t, r.kind, r.district, r.site, r.values, now)
-                for readings, _ in group
+                (r.device, r.t, r.kind, r.district, r.site, r.values, now, i)
+                for i, (readings, _) in enumerate(group)
                 for r in readings
             ]
             error: BaseException | None = None
+            conflicts: set[int] = set()
             try:
-                await self._run(self._insert, _dumps(rows), len(rows))
+                conflicts = await self._run(self._insert, rows, _conflicts_within(group))
             except RetryableError as exc:
                 error = exc
             except Exception as exc:  # an own failure: refuse, never a false yes
                 log.exception("outbox commit failed")
                 error = OutboxUnavailableError(f"outbox commit failed: {exc}", retry_after=10)
-            for _, future in group:
+            for i, (_, future) in enumerate(group):
                 if future.done():
                     continue
-                if error is None:
-                    future.set_result(None)
-                else:
+                if error is not None:
                     future.set_exception(error)
+                elif i in conflicts:
+                    future.set_exception(OutboxConflictError("conflicting value", "conflict"))
+                else:
+                    future.set_result(None)
 
     def _used_bytes(self, db: sqlite3.Connection) -> int:
         used = db.execute(
@@ -268,25 +331,43 @@ class SqliteOutbox:
         ).fetchone()[0]
         return int(used) * self._page_size
 
-    def _insert(self, rows: str, count: int) -> None:
+    def _insert(self, rows: list[_Row], conflicts: set[int]) -> set[int]:
+        """Insert the group's rows in one transaction, except those of the uplinks (by index
+        in the group) that carry a different value for a reading already held; returns the
+        indexes of those uplinks."""
+
         def work(db: sqlite3.Connection) -> int:
+            nonlocal rows
+            if conflicts:
+                rows = [row for row in rows if row[7] not in conflicts]
+            doc = _dumps(rows)
+            clashing = {int(i) for (i,) in db.execute(_CONFLICTS, (doc,))}
+            if clashing:
+                conflicts.update(clashing)
+                rows = [row for row in rows if row[7] not in conflicts]
+                doc = _dumps(rows)
+            if not rows:
+                return 0
             evicted = 0
             if self._used_bytes(db) >= self.quota_bytes:
                 if self.policy == REFUSE:
                     raise OutboxFullError("outbox quota reached", retry_after=30)
                 evicted = db.execute(
                     "DELETE FROM reading WHERE id IN (SELECT id FROM reading ORDER BY id LIMIT ?)",
-                    (max(2 * count, 64),),
+                    (max(2 * len(rows), 64),),
                 ).rowcount
-            db.execute(_INSERT, (rows,))
+            db.execute(_INSERT, (doc,))
             return evicted
 
+        count = len(rows)
         try:
             evicted = self._write(work)
         except OutboxFullError:
             self._quota_event(count, refused=True)
             raise
         self.committed_groups += 1
+        if conflicts:
+            self.conflicts += len(conflicts)
         if evicted:
             self._quota_event(evicted, refused=False)
             if self._on_evicted is not None:
@@ -299,6 +380,7 @@ class SqliteOutbox:
             )
             self._over_quota = False
             self._episode_count = 0
+        return conflicts
 
     def _quota_event(self, count: int, refused: bool) -> None:
         self._episode_count += count
@@ -312,15 +394,9 @@ class SqliteOutbox:
 
     # ------------------------------------------------------------------ batches out
 
-    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None:
-        """Assign the oldest unbatched readings to a new ``seq`` (committed); ``None`` if none."""
-        seq = await self.form_batch(max_readings, now_ms)
-        if seq is None:
-            return None
-        return await self.batch(gateway, seq, now_ms)
-
-    async def form_batch(self, max_readings: int, now_ms: int) -> int | None:
-        """Assign the oldest unbatched readings to a new ``seq`` (committed); its ``seq``."""
+    async def batch(self, max_readings: int, now_ms: int) -> int | None:
+        """Assign the oldest unbatched readings to a new ``seq``, in flight from ``now_ms``
+        (the caller publishes it now); ``None`` when nothing waits."""
         return await self._run(self._form_batch, max_readings, now_ms)
 
     def _form_batch(self, max_readings: int, now_ms: int) -> int | None:
@@ -337,38 +413,43 @@ class SqliteOutbox:
                 "WHERE size <= ? OR id = (SELECT min(id) FROM reading WHERE batch = 0))",
                 (seq, _READING_OVERHEAD, max(1, min(max_readings, MAX_READINGS)), _ENVELOPE_BUDGET),
             )
-            db.execute("INSERT INTO batch (seq, created) VALUES (?, ?)", (seq, now_ms))
+            db.execute(
+                "INSERT INTO batch (seq, created, sent) VALUES (?, ?, ?)", (seq, now_ms, now_ms)
+            )
             db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             return seq
 
         return self._write(work)
 
-    async def batch_payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None:
-        """The envelope of batch ``seq`` (INTERFACES.md section 5), built by SQLite.
-
-        The same document :func:`citysense.envelope.encode_batch` writes, assembled in the
-        worker thread so the event loop does not parse and re-encode every reading.
-        """
+    async def payload(self, gateway: str, seq: int, now_ms: int) -> bytes | None:
+        """The envelope of batch ``seq`` (INTERFACES.md section 5), its readings written by
+        SQLite (:func:`citysense.envelope.envelope_of` around them) in the worker thread, so
+        the event loop does not parse and re-encode every reading. ``None`` when the batch is
+        not in flight or has no readings left (they moved to a later batch; it is dropped)."""
         readings = await self._run(self._batch_json, seq)
         if readings is None:
             return None
-        head = f'{{"v":{ENVELOPE_VERSION},"gateway":"{gateway}","seq":{seq},"sent":{now_ms},'
-        return (head + '"readings":' + readings + "}").encode()
+        return envelope_of(gateway, seq, now_ms, readings)
 
     def _batch_json(self, seq: int) -> str | None:
         try:
-            count, readings = self.db.execute(
-                "SELECT count(*), json_group_array(json_object('device', device, 'kind', kind, "
-                "'district', district, 'site', site, 't', t, 'values', json(vals))) "
-                "FROM (SELECT * FROM reading WHERE batch = ? ORDER BY id)",
-                (seq,),
-            ).fetchone()
+            count, readings = self.db.execute(_BATCH_JSON, (seq,)).fetchone()
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
-        return str(readings) if count else None
+        if count:
+            return str(readings)
+        self._write(lambda db: db.execute("DELETE FROM batch WHERE seq = ?", (seq,)))
+        return None
 
-    async def batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None:
-        """The batch ``seq`` as it stands now (for publishing or re-sending)."""
+    async def next_batch(self, gateway: str, max_readings: int, now_ms: int) -> Batch | None:
+        """:meth:`batch`, then that batch as a :class:`Batch`."""
+        seq = await self.batch(max_readings, now_ms)
+        if seq is None:
+            return None
+        return await self.read_batch(gateway, seq, now_ms)
+
+    async def read_batch(self, gateway: str, seq: int, now_ms: int) -> Batch | None:
+        """The batch ``seq`` as it stands now."""
         rows = await self._run(self._batch_rows, seq)
         if not rows:
             return None
@@ -388,11 +469,11 @@ class SqliteOutbox:
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
 
-    async def unconfirmed(self) -> list[int]:
-        """Every published ``seq`` still waiting for its confirmation, oldest first."""
-        return await self._run(self._unconfirmed)
+    async def inflight(self) -> list[int]:
+        """Every batch in flight (formed, not yet accepted), oldest first."""
+        return await self._run(self._inflight)
 
-    def _unconfirmed(self) -> list[int]:
+    def _inflight(self) -> list[int]:
         def work(db: sqlite3.Connection) -> list[int]:
             # a batch whose readings all moved to later batches has nothing left to confirm
             db.execute(
@@ -403,20 +484,61 @@ class SqliteOutbox:
 
         return self._write(work)
 
-    async def confirm(self, seqs: Iterable[int]) -> int:
-        """An ingestor stored these batches: delete their readings; returns readings deleted."""
-        wanted = sorted({s for s in seqs if isinstance(s, int) and s > 0})
-        if not wanted:
-            return 0
-        return await self._run(self._confirm, wanted)
+    async def inflight_count(self) -> int:
+        return await self._run(
+            lambda: int(self.db.execute("SELECT count(*) FROM batch").fetchone()[0])
+        )
 
-    def _confirm(self, seqs: list[int]) -> int:
-        def work(db: sqlite3.Connection) -> int:
-            deleted = 0
+    async def due(self, now_ms: int, resend_after_ms: int) -> list[int]:
+        """Batches in flight to publish now: rejected ones, and those last sent at least
+        ``resend_after_ms`` ago without an acceptance; oldest first."""
+        return await self._run(
+            lambda: [
+                int(r[0])
+                for r in self.db.execute(
+                    "SELECT seq FROM batch WHERE sent <= ? ORDER BY seq",
+                    (now_ms - resend_after_ms,),
+                )
+            ]
+        )
+
+    async def sent(self, seqs: Sequence[int], now_ms: int) -> None:
+        """Batches ``seqs`` were published (again) at ``now_ms``."""
+        if seqs:
+            await self._run(self._set_sent, list(seqs), now_ms)
+
+    def _set_sent(self, seqs: list[int], at: int) -> None:
+        self._write(
+            lambda db: db.executemany(
+                "UPDATE batch SET sent = ? WHERE seq = ?", [(at, seq) for seq in seqs]
+            )
+        )
+
+    async def reject(self, seqs: Iterable[int] | None = None) -> None:
+        """Publishing ``seqs`` (default: every batch in flight) may have failed: they are due
+        at once."""
+        if seqs is None:
+            await self._run(self._write, lambda db: db.execute("UPDATE batch SET sent = 0"))
+        else:
+            await self._run(self._set_sent, list(seqs), 0)
+
+    async def accept(self, seqs: Iterable[int]) -> list[int]:
+        """An ingestor stored these batches: those in flight leave the outbox with their
+        readings; any other seq (forged, stale, repeated) changes nothing. Returns the seqs
+        accepted."""
+        wanted = sorted({s for s in seqs if type(s) is int and s > 0})
+        if not wanted:
+            return []
+        return await self._run(self._accept, wanted)
+
+    def _accept(self, seqs: list[int]) -> list[int]:
+        def work(db: sqlite3.Connection) -> list[int]:
+            accepted = []
             for seq in seqs:
-                deleted += db.execute("DELETE FROM reading WHERE batch = ?", (seq,)).rowcount
-                db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
-            return deleted
+                if db.execute("DELETE FROM batch WHERE seq = ?", (seq,)).rowcount:
+                    db.execute("DELETE FROM reading WHERE batch = ?", (seq,))
+                    accepted.append(seq)
+            return accepted
 
         return self._write(work)
 
@@ -441,7 +563,27 @@ class SqliteOutbox:
             raise OutboxUnavailableError(f"outbox read failed: {exc}") from exc
         return OutboxStats(int(depth), oldest, int(batches), used, int(downlinks))
 
-    # ------------------------------------------------------------------ downlink queue
+    @property
+    def downlinks(self) -> DownlinkQueue:
+        """The downlink queue, kept in the same database (one connection, one thread)."""
+        return self._downlinks
+
+
+class DownlinkQueue:
+    """Pending downlink commands for sleeping devices, durable in the outbox's database."""
+
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self._outbox = outbox
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._outbox._run(fn, *args)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._outbox._write(fn)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._outbox.db
 
     async def queue_command(self, cmd: Command, now_ms: int) -> bool:
         """Keep ``cmd`` durably until delivery or expiry; ``False`` if it was already queued."""

@@ -18,36 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
-import json
 import logging
 import math
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import aiocoap
-from aiocoap.numbers.constants import TransportTuning
 
+from citysense import prometheus, topics
+from citysense.backoff import Backoff
 from citysense.catalog import DEFAULT_MAX_AGE_MS
+from citysense.compat import aiocoap as compat_aiocoap
+from citysense.compat.aiocoap import GatewayTuning
 from citysense.config import Settings, broker_url, parse_hostport, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
-from citysense.model import topic_root
-from citysense.registry import Device, Registry, load_registry
+from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
 from edge import coap_site
 from edge.coap_site import Answer
-from edge.downlink import ack_payload, command_ref, parse_command, response_payload
+from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
-from edge.metrics import Labels, Metrics, serve_metrics
-from edge.outbox import EVICT_OLDEST, OutboxFullError, SqliteOutbox
+from edge.metrics import Labels, Metrics
+from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
 from edge.uplink import MqttLink, Uplink
+from firmware_bridge.source import Datagram, RadioReport, SerialHealth, SerialSource, new_health
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 DEFAULT_METRICS_BIND = "127.0.0.1:9101"
 #: Receive buffer asked for the CoAP socket (the kernel default holds ~166 datagrams).
 COAP_RCVBUF = 4 * 1024 * 1024
@@ -122,12 +121,14 @@ class Gateway:
             resend_interval=settings.resend_interval,
             max_inflight=settings.max_inflight_batches,
         )
-        self.root = topic_root(settings.gateway)
+        self.stored_topic = topics.topic(settings.gateway, topics.STORED)
+        self.down_topic = topics.topic(settings.gateway, topics.DOWN)
+        self.ack_topic = topics.topic(settings.gateway, topics.ACK)
         self.link: MqttLink | None = None
         self.accepting = True
         self.commands: dict[str, int] = {}  # device -> queued commands
         self.unknown_modules: set[str] = set()
-        self.serial_health: dict[str, dict[str, object]] = {}
+        self.serial_health: dict[str, SerialHealth] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.refusals: dict[str, int] = {}
         self._refusals_logged = -math.inf
@@ -158,6 +159,11 @@ class Gateway:
             )
         try:
             await self.outbox.add(readings)
+        except OutboxConflictError as exc:
+            # another value for a (device, metric, time) held: never merged, never stored
+            self.metrics.inc("citysense_edge_rejected_total", reason=exc.reason)
+            self._note_refusal(exc.reason, f"{readings[0].device}: {exc}")
+            return Answer(coap_site.BAD_REQUEST, b"conflicting value")
         except OutboxFullError:
             return Answer(coap_site.UNAVAILABLE, b"outbox full", max_age=FULL_MAX_AGE)
         except RetryableError as exc:
@@ -190,11 +196,11 @@ class Gateway:
     # ------------------------------------------------------------------ downlink
 
     async def load_commands(self) -> None:
-        self.commands.update(await self.outbox.command_devices())
+        self.commands.update(await self.outbox.downlinks.command_devices())
 
     async def _deliver(self, device: str, now: int) -> bytes:
         try:
-            cmd, left = await self.outbox.take_command(device, now)
+            cmd, left = await self.outbox.downlinks.take_command(device, now)
         except CitysenseError as exc:
             log.error("cannot read the downlink queue: %s", exc)
             return b""
@@ -210,14 +216,14 @@ class Gateway:
     def _ack(self, cid: str, device: str, state: str) -> None:
         self.metrics.inc("citysense_edge_downlinks_total", state=state)
         if self.link is not None:
-            self.link.publish(f"{self.root}/ack", ack_payload(cid, device, state, _now_ms()))
+            self.link.publish(self.ack_topic, topics.encode_ack(cid, device, state, _now_ms()))
 
     async def on_down(self, payload: bytes) -> None:
         now = _now_ms()
         try:
             cmd = parse_command(payload)
         except InputError as exc:
-            cid, device = command_ref(payload)
+            cid, device = topics.down_ref(payload)
             log.warning("downlink command refused: %s", exc)
             self._ack(cid, device, "rejected")
             return
@@ -228,7 +234,7 @@ class Gateway:
         if cmd.expires <= now:
             self._ack(cmd.id, cmd.device, "expired")
             return
-        if await self.outbox.queue_command(cmd, now):
+        if await self.outbox.downlinks.queue_command(cmd, now):
             self.commands[cmd.device] = self.commands.get(cmd.device, 0) + 1
             self._ack(cmd.id, cmd.device, "queued")
 
@@ -236,7 +242,7 @@ class Gateway:
         while True:
             await asyncio.sleep(EXPIRY_TICK)  # a periodic sweep, not a wait for an event
             try:
-                expired = await self.outbox.expire_commands(_now_ms())
+                expired = await self.outbox.downlinks.expire_commands(_now_ms())
             except CitysenseError as exc:
                 log.error("cannot sweep expired downlinks: %s", exc)
                 continue
@@ -253,13 +259,13 @@ class Gateway:
 
     async def _handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         try:
-            if topic == f"{self.root}/stored":
-                seqs = _parse_stored(payload)
+            if topic == self.stored_topic:
+                seqs = topics.decode_stored(payload)
                 if seqs is None:
                     log.warning("malformed confirmation on %s: %r", topic, payload[:100])
                 else:
                     await self.uplink.confirmed(seqs)
-            elif topic == f"{self.root}/down":
+            elif topic == self.down_topic:
                 await self.on_down(payload)
         except CitysenseError as exc:
             # not acknowledged: the broker redelivers it on the next session
@@ -270,8 +276,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ serial
 
-    async def on_datagram(self, datagram: Any) -> None:
-        payload: bytes = datagram.payload
+    async def on_datagram(self, datagram: Datagram) -> None:
+        payload = datagram.payload
         answer = await self._accept(
             payload, content_format_of(payload), f"serial:{datagram.module_imei}"
         )
@@ -285,8 +291,8 @@ class Gateway:
                 answer.payload.decode(errors="replace"),
             )
 
-    async def on_radio(self, report: Any) -> None:
-        imei: str = report.imei
+    async def on_radio(self, report: RadioReport) -> None:
+        imei = report.imei
         device_id = next(
             (d for d in (f"urn:imei:{imei}", imei) if d in self.registry), f"urn:imei:{imei}"
         )
@@ -311,7 +317,7 @@ class Gateway:
 
     async def gauges(self) -> Mapping[str, Mapping[Labels, float]]:
         out: dict[str, dict[Labels, float]] = {
-            "citysense_edge_inflight_batches": {(): len(self.uplink.inflight)},
+            "citysense_edge_inflight_batches": {(): self.uplink.inflight},
             "citysense_edge_mqtt_connected": {
                 (): 1.0 if self.link is not None and self.link.connected.is_set() else 0.0
             },
@@ -325,82 +331,54 @@ class Gateway:
         age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
         out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
         out["citysense_edge_serial_module_up"] = {
-            (("device", dev),): 1.0 if health.get("state") == "ready" else 0.0
+            (("device", dev),): 1.0 if health["state"] == "ready" else 0.0
             for dev, health in self.serial_health.items()
         }
-        for key in ("reconnects", "reboots", "garbage_lines"):
-            out[f"citysense_edge_serial_module_{key}"] = {
-                (("device", dev),): float(_number(health.get(key)))
-                for dev, health in self.serial_health.items()
-            }
+        health_of = self.serial_health.items()
+        out["citysense_edge_serial_module_reconnects"] = {
+            (("device", dev),): h["reconnects"] for dev, h in health_of
+        }
+        out["citysense_edge_serial_module_reboots"] = {
+            (("device", dev),): h["reboots"] for dev, h in health_of
+        }
+        out["citysense_edge_serial_module_garbage_lines"] = {
+            (("device", dev),): h["garbage_lines"] for dev, h in health_of
+        }
         return out
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _parse_stored(payload: bytes) -> list[int] | None:
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None
-    seqs = data.get("seq") if isinstance(data, dict) else None
-    if not isinstance(seqs, list) or not all(type(s) is int for s in seqs):
-        return None
-    return seqs
 
 
 def open_registry(settings: Settings) -> Registry:
     if settings.registry is None:
         log.warning("no --registry given: every device is unknown and is answered 4.03")
         return Registry()
-    try:
-        return load_registry(settings.registry)
-    except InputError as exc:
-        raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+    return load_registry_option(settings.registry)
 
 
 async def _run_serial(gw: Gateway, item: str) -> None:
     """Run one serial module, restarting it (with back-off) when it fails."""
     device, dialect = parse_serial(item)
-    source_mod = importlib.import_module("firmware_bridge.source")
-    delay = 1.0
+    backoff = Backoff(1.0, max(1.0, gw.settings.retry_max_delay))
     while True:
-        source = source_mod.SerialSource(device, dialect)
+        source = SerialSource(device, dialect)
         gw.serial_health[device] = source.health
         try:
             await source.run(gw.on_datagram, gw.on_radio)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("serial module on %s failed: %s; restarting in %.0f s", device, exc, delay)
-        gw.serial_health[device] = {"state": "failed"}
-        await asyncio.sleep(delay)  # back-off before reopening the port
-        delay = min(delay * 2, max(1.0, gw.settings.retry_max_delay))
+            log.error("serial module on %s failed: %s; restarting with back-off", device, exc)
+        gw.serial_health[device] = new_health("failed")
+        await backoff.sleep()  # before reopening the port
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = parse_hostport(settings.coap, "--coap")
-    broker = broker_url(settings, DEFAULT_MQTT)
-    if settings.serial:
-        try:
-            importlib.import_module("firmware_bridge.source")
-        except ImportError as exc:
-            raise ConfigError(f"--serial: serial sources are not available: {exc}") from exc
+    broker = broker_url(settings, topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
-        # aiocoap reads these per incoming message from its default transport tuning
-        # (process-wide); restored when the gateway stops
-        for name, value in (
-            ("EMPTY_ACK_DELAY", PIGGYBACK_WINDOW),
-            ("EXCHANGE_LIFETIME", DEDUP_WINDOW),
-        ):
-            stack.callback(setattr, TransportTuning, name, TransportTuning.__dict__[name])
-            setattr(TransportTuning, name, value)
         outbox = SqliteOutbox(
             state_dir / "outbox.db",
             quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
@@ -433,6 +411,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             metrics=metrics,
         )
         gw.link = link
+        await gw.uplink.restore()
         link.start()
         stack.push_async_callback(link.stop)
         # refused credentials or certificates: one line and exit 2, the outbox closed intact
@@ -442,20 +421,27 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if metrics_bind != "off":
             host, port = parse_hostport(metrics_bind, "--metrics-bind")
-            try:
-                server = await serve_metrics(metrics, gw.gauges, host, port)
-            except OSError as exc:
-                raise ConfigError(f"--metrics-bind {metrics_bind}: {exc.strerror}") from exc
-            stack.push_async_callback(_close_server, server)
+
+            async def exposition() -> str:
+                return metrics.render(await gw.gauges())
+
+            server = await prometheus.serve_http(
+                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+            )
+            stack.push_async_callback(prometheus.close_server, server)
 
         try:
-            context = await coap_site.GatewayContext.create_server_context(
+            context = await compat_aiocoap.ServerContext.create_server_context(
                 coap_site.build_site(gw.accept), bind=(coap_host, coap_port)
             )
         except OSError as exc:
             raise ConfigError(f"--coap {settings.coap}: {exc.strerror or exc}") from exc
         stack.push_async_callback(_stop_intake, gw, context)
-        granted = coap_site.raise_receive_buffer(context, COAP_RCVBUF)
+        if not compat_aiocoap.LEAN_RENDERING:
+            log.info("aiocoap's rendering internals not found: its own request path is used")
+        if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
+            log.warning("aiocoap's message layer not found: its default CoAP timings apply")
+        granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
         log.info("CoAP on %s:%d (receive buffer %s bytes)", coap_host, coap_port, granted)
 
         # Long-lived objects (the registry, modules) leave the collector's view, and young
@@ -488,16 +474,10 @@ async def _drain(gw: Gateway) -> None:
         await asyncio.wait_for(gw.uplink.drain(), DRAIN_TIMEOUT)
     except (TimeoutError, CitysenseError):
         pass
-    held = len(gw.uplink.inflight)
+    held = gw.uplink.inflight
     if held:
         log.info("%d batches unconfirmed at stop; they stay in the outbox", held)
     else:
         log.info("every published batch is confirmed")
     for task in list(gw.tasks):
         task.cancel()
-
-
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.wait_closed(), 2)

@@ -18,31 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from citysense import __version__
+from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.errors import CitysenseError
-from citysense.model import topic_root
 from citysense.mqttsecurity import secure
 from edge.metrics import Metrics
-from edge.outbox import SqliteOutbox
+from edge.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-#: How long the broker keeps our session (and queued QoS 1 messages) while we are away.
-SESSION_EXPIRY_S = 7 * 24 * 3600
 KEEPALIVE_S = 30
 
 
@@ -51,9 +47,7 @@ def _now_ms() -> int:
 
 
 def status_payload(state: str, since_ms: int) -> bytes:
-    return json.dumps(
-        {"state": state, "version": __version__, "since": since_ms}, separators=(",", ":")
-    ).encode()
+    return topics.encode_status(state, __version__, since_ms)
 
 
 class MqttLink:
@@ -72,7 +66,8 @@ class MqttLink:
         metrics: Metrics | None = None,
     ) -> None:
         self.broker = broker
-        self.root = topic_root(gateway)
+        self.status_topic = topics.topic(gateway, topics.STATUS)
+        self.subscriptions = [(topics.topic(gateway, t), 1) for t in (topics.STORED, topics.DOWN)]
         self.metrics = metrics or Metrics()
         self.connected = asyncio.Event()
         self._on_message = on_message
@@ -92,8 +87,10 @@ class MqttLink:
         client.max_inflight_messages_set(max_inflight + 20)
         client.reconnect_delay_set(1, max(1, math.ceil(retry_max_delay)))
         client.will_set(
-            f"{self.root}/status", status_payload("offline", self._started_ms), qos=1, retain=True
+            self.status_topic, status_payload("offline", self._started_ms), qos=1, retain=True
         )
+        self._json_props = Properties(PacketTypes.PUBLISH)
+        self._json_props.ContentType = topics.UP_CONTENT_TYPE
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -111,12 +108,8 @@ class MqttLink:
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
         log.info("connected to %s", self.watch.where)
-        client.subscribe(
-            [(f"{self.root}/stored", 1), (f"{self.root}/down", 1)],
-        )
-        client.publish(
-            f"{self.root}/status", status_payload("online", _now_ms()), qos=1, retain=True
-        )
+        client.subscribe(self.subscriptions)
+        client.publish(self.status_topic, status_payload("online", _now_ms()), qos=1, retain=True)
         self._loop.call_soon_threadsafe(self._set_connected, True)
 
     def _handle_disconnect(
@@ -144,7 +137,7 @@ class MqttLink:
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = topics.SESSION_EXPIRY_S
         self.client.connect_async(
             self.broker.host,
             self.broker.port,
@@ -154,9 +147,16 @@ class MqttLink:
         )
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish at QoS 1; ``False`` when not connected (paho then queues it)."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, json_content: bool = False
+    ) -> bool:
+        """Publish at QoS 1; ``False`` when not connected (paho then queues it).
+
+        ``json_content`` marks the message with the MQTT v5 content type ``application/json``
+        (the envelopes on ``…/up``).
+        """
+        props = self._json_props if json_content else None
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def ack(self, mid: int, qos: int) -> None:
@@ -168,7 +168,7 @@ class MqttLink:
         self._closing = True
         if self.connected.is_set():
             info = self.client.publish(
-                f"{self.root}/status", status_payload("offline", _now_ms()), qos=1, retain=True
+                self.status_topic, status_payload("offline", _now_ms()), qos=1, retain=True
             )
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(info.wait_for_publish, grace)
@@ -176,12 +176,24 @@ class MqttLink:
         await asyncio.to_thread(self.client.loop_stop)
 
 
+class Link(Protocol):
+    """What the uplink needs of a broker connection (:class:`MqttLink` is one)."""
+
+    connected: asyncio.Event
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, json_content: bool = False
+    ) -> bool: ...
+
+
 class Uplink:
-    """Batches readings out of the outbox and keeps each one until it is confirmed."""
+    """A thin publish loop over the outbox: it forms batches, publishes what is due, and
+    hands confirmations back. The state (which batches are in flight, when each was last
+    published) lives in the outbox."""
 
     def __init__(
         self,
-        outbox: SqliteOutbox,
+        outbox: Outbox,
         gateway: str,
         *,
         metrics: Metrics,
@@ -192,15 +204,17 @@ class Uplink:
     ) -> None:
         self.outbox = outbox
         self.gateway = gateway
-        self.topic = f"{topic_root(gateway)}/up"
+        self.topic = topics.topic(gateway, topics.UP)
         self.metrics = metrics
         self.batch_max_readings = batch_max_readings
         self.batch_max_delay = batch_max_delay
+        self.resend_ms = int(resend_interval * 1000)
         self.resend_interval = resend_interval
         self.max_inflight = max_inflight
-        self.link: MqttLink | None = None
-        self.inflight: dict[int, float] = {}  #: seq -> monotonic time of its last publish
+        self.link: Link | None = None
+        self.inflight = 0  #: batches in flight (the outbox's count, kept current here)
         self._pending = 0  # readings committed since the last batch was formed
+        self._reconnected = False
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._slot = asyncio.Event()
@@ -217,61 +231,74 @@ class Uplink:
 
     def on_connected(self) -> None:
         # The broker may have lost what it acknowledged before the break: publish again.
-        for seq in self.inflight:
-            self.inflight[seq] = -math.inf
+        self._reconnected = True
         self._resend_now.set()
         self._wake.set()
 
+    async def restore(self) -> None:
+        """Count the batches in flight from before a restart (call before connecting)."""
+        self.inflight = await self.outbox.inflight_count()
+
     async def confirmed(self, seqs: list[int]) -> None:
-        deleted = await self.outbox.confirm(seqs)
-        known = [s for s in seqs if s in self.inflight]
-        for seq in known:
-            del self.inflight[seq]
-        if known:
-            self.metrics.inc("citysense_edge_batches_confirmed_total", len(known))
-            log.debug("batches %s confirmed, %d readings released", known, deleted)
-        if len(self.inflight) < self.max_inflight:
+        """An ingestor confirmed ``seqs``: the outbox releases those in flight; any other
+        seq -- forged, stale, or repeated -- deletes nothing and is counted
+        (INTERFACES.md section 10.1)."""
+        accepted = await self.outbox.accept(seqs)
+        ignored = len(set(seqs)) - len(accepted)
+        if ignored:
+            self.metrics.inc("citysense_edge_confirmations_ignored_total", ignored)
+            log.debug("confirmation of %d seqs not in flight ignored", ignored)
+        if not accepted:
+            return
+        self.inflight = max(0, self.inflight - len(accepted))
+        self.metrics.inc("citysense_edge_batches_confirmed_total", len(accepted))
+        log.debug("batches %s confirmed", accepted)
+        if self.inflight < self.max_inflight:
             self._slot.set()
             self._wake.set()
-        if not self.inflight:
-            self._settled.set()
+        self._settled.set()
+
+    async def _publish(self, seq: int, *, again: bool) -> bool:
+        """Publish batch ``seq``; ``False`` when it has nothing left (the outbox dropped it)."""
+        assert self.link is not None
+        payload = await self.outbox.payload(self.gateway, seq, _now_ms())
+        if payload is None:
+            self.inflight = await self.outbox.inflight_count()
+            self._slot.set()
+            return False
+        self.link.publish(self.topic, payload, json_content=True)
+        if again:
+            self.metrics.inc("citysense_edge_batches_resent_total")
+            log.info("batch %d re-sent (not confirmed yet)", seq)
+        else:
+            self.metrics.inc("citysense_edge_batches_sent_total")
+            log.debug("batch %d published", seq)
+        return True
 
     async def drain(self) -> None:
-        """At stop: publish every unbatched reading, then wait until all are confirmed."""
+        """At stop: publish every unbatched reading and whatever is due, then wait until
+        every batch is confirmed (the caller bounds the wait)."""
         link = self.link
         if link is None or not link.connected.is_set():
             return
-        while (seq := await self.outbox.form_batch(self.batch_max_readings, _now_ms())) is not None:
-            self.inflight[seq] = -math.inf
-        # a batch formed by the batch loop just before it was cancelled was never published
-        for seq in await self.outbox.unconfirmed():
-            self.inflight.setdefault(seq, -math.inf)
-        for seq, at in list(self.inflight.items()):
-            if at != -math.inf:
-                continue
-            payload = await self._payload(seq)
-            if payload is None:
-                del self.inflight[seq]
-                continue
-            self.inflight[seq] = time.monotonic()
-            link.publish(self.topic, payload)
-            self.metrics.inc("citysense_edge_batches_sent_total")
-        while self.inflight:
+        while (seq := await self.outbox.batch(self.batch_max_readings, _now_ms())) is not None:
+            self.inflight += 1
+            await self._publish(seq, again=False)
+        await self._resend_due()
+        while (count := await self.outbox.inflight_count()) > 0:
+            self.inflight = count
             self._settled.clear()
             await self._settled.wait()
+        self.inflight = 0
 
-    async def run(self, link: MqttLink) -> None:
+    async def run(self, link: Link) -> None:
         self.link = link
-        for seq in await self.outbox.unconfirmed():
-            self.inflight[seq] = -math.inf
+        await self.restore()
         self._pending = self.batch_max_readings  # whatever is waiting goes out at once
         self._wake.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._batch_loop())
             tg.create_task(self._resend_loop())
-
-    async def _payload(self, seq: int) -> bytes | None:
-        return await self.outbox.batch_payload(self.gateway, seq, _now_ms())
 
     async def _batch_loop(self) -> None:
         assert self.link is not None
@@ -285,28 +312,31 @@ class Uplink:
             self._pending = 0
             while True:
                 await self.link.connected.wait()
-                while len(self.inflight) >= self.max_inflight:
+                while self.inflight >= self.max_inflight:
                     self._slot.clear()
                     await self._slot.wait()
                 try:
-                    seq = await self.outbox.form_batch(self.batch_max_readings, _now_ms())
-                    if seq is None:
-                        break
                     # in flight from the moment it exists: if publishing fails or is
                     # cancelled, the re-send loop (or the stop's drain) publishes it
-                    self.inflight[seq] = -math.inf
-                    payload = await self._payload(seq)
+                    seq = await self.outbox.batch(self.batch_max_readings, _now_ms())
+                    if seq is None:
+                        break
+                    self.inflight += 1
+                    await self._publish(seq, again=False)
                 except CitysenseError as exc:
                     log.error("cannot form or read a batch: %s", exc)
                     await asyncio.sleep(1)  # back off on a failing disk
-                    continue
-                if payload is None:
-                    del self.inflight[seq]
-                    continue
-                self.inflight[seq] = time.monotonic()
-                self.link.publish(self.topic, payload)
-                self.metrics.inc("citysense_edge_batches_sent_total")
-                log.debug("batch %d published", seq)
+
+    async def _resend_due(self) -> None:
+        if self._reconnected:
+            self._reconnected = False
+            await self.outbox.reject()
+        published = [seq for seq in await self.outbox.due(_now_ms(), self.resend_ms)]
+        done = []
+        for seq in published:
+            if await self._publish(seq, again=True):
+                done.append(seq)
+        await self.outbox.sent(done, _now_ms())
 
     async def _resend_loop(self) -> None:
         assert self.link is not None
@@ -317,20 +347,10 @@ class Uplink:
             self._resend_now.clear()
             if not self.link.connected.is_set():
                 continue
-            due = time.monotonic() - self.resend_interval
-            for seq in [s for s, at in self.inflight.items() if at <= due]:
-                try:
-                    payload = await self._payload(seq)
-                except CitysenseError as exc:
-                    log.error("cannot read batch %d: %s", seq, exc)
-                    break
-                if seq not in self.inflight:
-                    continue  # confirmed meanwhile
-                if payload is None:  # every reading moved on to a later batch
-                    del self.inflight[seq]
-                    self._slot.set()
-                    continue
-                self.inflight[seq] = time.monotonic()
-                self.link.publish(self.topic, payload)
-                self.metrics.inc("citysense_edge_batches_resent_total")
-                log.info("batch %d re-sent (not confirmed yet)", seq)
+            try:
+                await self._resend_due()
+                self.inflight = await self.outbox.inflight_count()
+            except CitysenseError as exc:
+                log.error("cannot re-send batches: %s", exc)
+            if self.inflight < self.max_inflight:
+                self._slot.set()

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from citysense.model import SERIAL_DIALECTS
+
 RecvMode = Literal["read", "hex", "raw"]
 LengthUnit = Literal["bytes", "hex"]
 
@@ -178,6 +180,8 @@ _BC66 = Dialect(
 )
 
 DIALECTS: Mapping[str, Dialect] = {d.name: d for d in (_BC95, _SIM7020, _BC66)}
+if tuple(DIALECTS) != SERIAL_DIALECTS:
+    raise RuntimeError("firmware_bridge.dialects and citysense.model.SERIAL_DIALECTS differ")
 
 
 def dialect_of(name: str) -> Dialect:

@@ -12,7 +12,7 @@ module (sync, echo off, identity, registration, attach), opens a UDP socket on
 * re-initialises after a module reboot (banner, echo back on, or repeated failures) and
   reopens a vanished port with capped exponential back-off.
 
-:attr:`SerialSource.health` is a plain dict for ``/metrics``: state, reconnects, reboots,
+:attr:`SerialSource.health` is a :class:`SerialHealth` (a typed dict) for ``/metrics``: state, reconnects, reboots,
 garbage_lines, datagrams, last_error (and imei, timeouts).
 """
 
@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from firmware_bridge.at import Stray, Urc
 from firmware_bridge.dialects import dialect_of
@@ -67,6 +68,32 @@ class RadioReport:
     extra: dict[str, object]  #: rsrq, rssi, cell_id, pci, earfcn, tx_power, band, tac
 
 
+class SerialHealth(TypedDict):
+    """What a serial source reports of itself (``/metrics`` of the gateway)."""
+
+    state: str  #: stopped, opening, initialising, ready, failed...
+    reconnects: int
+    reboots: int
+    garbage_lines: int
+    datagrams: int
+    timeouts: int
+    last_error: str | None
+    imei: str | None
+
+
+def new_health(state: str = "stopped") -> SerialHealth:
+    return SerialHealth(
+        state=state,
+        reconnects=0,
+        reboots=0,
+        garbage_lines=0,
+        datagrams=0,
+        timeouts=0,
+        last_error=None,
+        imei=None,
+    )
+
+
 class _Unhealthy(ModuleError):
     """Too many failures in a row: re-initialise."""
 
@@ -106,16 +133,7 @@ class SerialSource:
         self.identity: Identity | None = None
         self.driver: ModuleDriver | None = None
         self.ready = asyncio.Event()
-        self.health: dict[str, object] = {
-            "state": "stopped",
-            "reconnects": 0,
-            "reboots": 0,
-            "garbage_lines": 0,
-            "datagrams": 0,
-            "timeouts": 0,
-            "last_error": None,
-            "imei": None,
-        }
+        self.health: SerialHealth = new_health()
         self._garbage_base = 0
         self._timeouts_base = 0
         self._handled_episode = 0
@@ -136,7 +154,7 @@ class SerialSource:
         try:
             while True:
                 if not first:
-                    self.health["reconnects"] = int(self.health["reconnects"]) + 1  # type: ignore[call-overload]
+                    self.health["reconnects"] += 1
                 first = False
                 self._state("connecting")
                 try:
@@ -214,7 +232,7 @@ class SerialSource:
     def _reboot_seen(self, driver: ModuleDriver, reason: str) -> None:
         episode = max(driver.boot_episodes, self._handled_episode + 1)
         if episode > self._handled_episode:
-            self.health["reboots"] = int(self.health["reboots"]) + 1  # type: ignore[call-overload]
+            self.health["reboots"] += 1
             self._handled_episode = episode
         self.health["last_error"] = reason
         log.info("%s: module rebooted (%s); re-initialising", self.device, reason)
@@ -378,7 +396,7 @@ class SerialSource:
         self, received: Received, on_datagram: Callable[[Datagram], Awaitable[None]]
     ) -> None:
         assert self.identity is not None
-        self.health["datagrams"] = int(self.health["datagrams"]) + 1  # type: ignore[call-overload]
+        self.health["datagrams"] += 1
         await on_datagram(Datagram(received.payload, received.remote, self.identity.imei))
 
     def _failed(self, exc: Exception) -> None:

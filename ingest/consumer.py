@@ -14,17 +14,9 @@ queued here and the event loop is woken once per burst. Invariants:
   those again with the same packet id, and a late ack could otherwise hit a reused id.
   ``ack`` and the disconnect callback hold one lock so that check and send are atomic.
 
-Reading: paho reads a packet's fixed header one byte per ``recv()`` and builds an MQTT v5
-``Properties`` object for every PUBLISH. :class:`_BufferedClient` serves paho's reads from a
-buffer filled by large ``recv()`` calls and decodes a plain PUBLISH (QoS 0/1, no properties)
-itself; its ``loop_read`` processes every buffered packet before paho waits in ``select()``
-again, so a buffered byte is never left waiting for the socket to become readable. The event
-loop is woken once per read burst, not once per message.
-
-Acknowledging from the event loop's thread is safe: paho's ``client.ack`` and the
-``_packet_queue`` it calls append to a deque and wake paho's loop through its socket pair.
-All PUBACKs of one write are queued as one buffer through ``_packet_queue`` (paho 2.x; the
-public ``client.ack`` is used where it is missing).
+Reading: :mod:`citysense.compat.paho` (buffered reads, a lean PUBLISH path and batched
+PUBACKs, each with a fallback to paho's public API); the event loop is woken once per read
+burst, not once per message (once per message on paho's own path).
 """
 
 from __future__ import annotations
@@ -33,7 +25,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,120 +35,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from citysense.compat import paho as compat_paho
 from citysense.config import BrokerUrl
-from citysense.model import INGEST_SHARED_SUBSCRIPTION
 from citysense.mqttsecurity import secure
+from citysense.topics import INGEST_SHARED_SUBSCRIPTION, SESSION_EXPIRY_S
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
-PUBACK = 0x40
 #: Connection generations, unique across consumers of the process (a fallback makes a new one).
 _GENERATIONS = itertools.count(1)
-_PUBACK = struct.Struct("!BBH")
 #: CONNACK reason codes meaning "this broker does not speak MQTT v5".
 _UNSUPPORTED_VERSION = (132, 1)
-#: Bytes asked of the socket per ``recv()`` (a burst of PUBLISH packets at once).
-RECV_SIZE = 256 * 1024
-_PUBLISH = 0x30
-_U16 = struct.Struct("!H")
-
-#: ``(topic, payload, mid, qos)`` of one PUBLISH, called on paho's thread.
-PublishHandler = Callable[[str, bytes, int, int], None]
-
-
-class _BufferedClient(mqtt.Client):
-    """paho's client with buffered reads and a lean PUBLISH path (see the module doc).
-
-    Invariants: ``_sock_recv`` returns at most ``bufsize`` bytes, as ``recv()`` does, and
-    reads the socket only when the buffer is empty; ``loop_read`` returns with the buffer
-    empty (or the connection gone), so paho's ``select()`` never waits on bytes already
-    read; the buffer is dropped with its socket (no byte crosses into a new connection).
-    """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._rbuf = b""
-        self._rpos = 0
-        #: Called for a plain PUBLISH instead of building an MQTTMessage (None: paho's path).
-        self.on_publish_fast: PublishHandler | None = None
-        #: Called on paho's thread after each read burst.
-        self.after_read: Callable[[], None] | None = None
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf = self._rbuf
-        pos = self._rpos
-        if pos >= len(buf):
-            data = super()._sock_recv(max(bufsize, RECV_SIZE))
-            if self._ssl and data:
-                data = self._more_records(data)
-            if len(data) <= bufsize:
-                self._rbuf, self._rpos = b"", 0
-                return data
-            self._rbuf, self._rpos = data, bufsize
-            return data[:bufsize]
-        end = pos + bufsize
-        self._rpos = end
-        return buf[pos:end]
-
-    def _more_records(self, data: bytes) -> bytes:
-        """A TLS socket's ``recv()`` returns one record (16 KiB at most): read on while
-        records are ready, so that a burst is one buffer (one wake-up) as on plain TCP."""
-        parts = [data]
-        size = len(data)
-        while size < RECV_SIZE:
-            try:
-                more = super()._sock_recv(RECV_SIZE - size)
-            except OSError:  # nothing ready yet (or an error the next read reports again)
-                break
-            if not more:
-                break
-            parts.append(more)
-            size += len(more)
-        return b"".join(parts)
-
-    def _buffered(self) -> bool:
-        return self._rpos < len(self._rbuf)
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        try:
-            rc = super().loop_read(max_packets)
-            while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
-                rc = super().loop_read(max_packets)
-            return rc
-        finally:
-            if self.after_read is not None:
-                self.after_read()
-
-    def _sock_close(self) -> None:
-        self._rbuf, self._rpos = b"", 0
-        super()._sock_close()
-
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
-        handler = self.on_publish_fast
-        command = self._in_packet["command"]
-        qos = (command & 0x06) >> 1
-        if handler is None or qos > 1 or command & 0xF0 != _PUBLISH:
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        try:
-            (topic_len,) = _U16.unpack_from(packet, 0)
-            pos = 2 + topic_len
-            topic = packet[2:pos].decode()
-            mid = 0
-            if qos:
-                (mid,) = _U16.unpack_from(packet, pos)
-                pos += 2
-            if self._protocol == mqtt.MQTTv5:
-                if packet[pos] != 0:  # properties present: paho decodes them
-                    return super()._handle_publish()
-                pos += 1
-        except (struct.error, IndexError, UnicodeDecodeError):
-            return super()._handle_publish()  # paho names what is wrong
-        if pos > len(packet):
-            return super()._handle_publish()
-        handler(topic, bytes(packet[pos:]), mid, qos)
-        return mqtt.MQTT_ERR_SUCCESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +90,12 @@ class MqttConsumer:
         self.disconnected = threading.Event()
         self.unsupported_v5 = threading.Event()
         self.connects = 0
+        self._per_message = False
         self._client = self._build()
 
     def _build(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
-        client = _BufferedClient(
+        client = compat_paho.consumer_client_class()(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=self.protocol,
@@ -220,8 +109,16 @@ class MqttConsumer:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_publish_fast = self._on_publish
-        client.after_read = self._announce
+        if isinstance(client, compat_paho.BufferedClient):
+            client.on_publish_fast = self._on_publish
+            client.after_read = self._announce
+        else:  # paho's own path: wake the event loop per message
+            self._per_message = True
+            log.warning(
+                "paho-mqtt %s lacks %s: reading through its public API (slower)",
+                getattr(mqtt, "__version__", "?"),
+                ", ".join(compat_paho.MISSING),
+            )
         return client
 
     # ------------------------------------------------------------------ lifecycle
@@ -304,6 +201,8 @@ class MqttConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        if self._per_message:
+            self._announce()
 
     def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         self._pending.append(Message(topic, payload, mid, qos, self._generation))
@@ -344,17 +243,7 @@ class MqttConsumer:
             mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
             if not mids:
                 return 0
-            queue = getattr(self._client, "_packet_queue", None)
-            if queue is not None and len(mids) > 1:
-                # All PUBACKs of a write as one buffer: paho's client.ack() queues one packet
-                # per message and wakes its thread through a socket pair for each, which at
-                # 1 reading per message costs more than the messages themselves. A PUBACK
-                # with reason "success" is the same 4 bytes in MQTT 3.1.1 and 5.
-                packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
-                queue(PUBACK, packet, 0, 0)
-            else:
-                for mid in mids:
-                    self._client.ack(mid, 1)
+            compat_paho.ack_many(self._client, mids)
         return len(mids)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from citysense.durable import connect_durable
 from citysense.errors import RetryableError
 from citysense.privatefiles import private_file
 from ingest.pipeline import DeadLetter
-from timeseries.sqlite_store import connect_durable
 
 FILENAME = "deadletters.sqlite3"
 

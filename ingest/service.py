@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -33,23 +31,24 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 
+from citysense import prometheus, topics
+from citysense.backoff import Backoff
 from citysense.config import Settings, broker_url, parse_hostport
 from citysense.errors import RetryableError
-from citysense.model import gateway_of_topic, topic_root
+from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
 from ingest.deadletters import DeadLetterStore
-from ingest.metrics import IngestMetrics, start_metrics_server
-from ingest.pipeline import DeadLetter, LineFastPath, SeqTracker, process_message
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
-from timeseries.lineprotocol import LineSerializer
+from timeseries.lineprotocol import LineFastPath, LineSerializer
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 DEFAULT_CLIENT_ID = "citysense-ingest-1"
 DEFAULT_METRICS_BIND = "127.0.0.1:9102"
 WRITE_CONCURRENCY = 2
@@ -114,7 +113,7 @@ class Ingestor:
     # ------------------------------------------------------------------ running
 
     def _new_consumer(self, protocol: mqtt.MQTTProtocolVersion) -> MqttConsumer:
-        broker = broker_url(self.settings, DEFAULT_MQTT)
+        broker = broker_url(self.settings, topics.DEFAULT_MQTT)
         return MqttConsumer(
             broker,
             self.settings.client_id or DEFAULT_CLIENT_ID,
@@ -285,19 +284,18 @@ class Ingestor:
         return await asyncio.to_thread(self.dead_letters.add, dead, at_ms)
 
     async def _retrying(self, op: Callable[..., Awaitable[T]], *args: object) -> T:
-        delay = 0.2
         cap = max(self.settings.retry_max_delay, 0.2)
+        backoff = Backoff(0.2, cap, jitter=True)
         while True:
             try:
                 return await op(*args)
             except RetryableError as exc:
                 self.metrics.retries += 1
-                wait = min(delay, cap) * (0.5 + random.random() / 2)
+                wait = backoff.delay()
                 if exc.retry_after is not None:
                     wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
                 log.info("storage not available (%s); retrying in %.1f s", exc, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, cap)
 
     async def _ack_in_order(self) -> None:
         while True:
@@ -317,8 +315,8 @@ class Ingestor:
         for gateway, seqs in batch.confirm.items():
             for seq, digest in seqs:
                 self.tracker.stored(gateway, seq, digest)
-            body = json.dumps({"seq": sorted({s for s, _ in seqs})}, separators=(",", ":"))
-            consumer.publish(f"{topic_root(gateway)}/stored", body.encode())
+            body = topics.encode_stored(s for s, _ in seqs)
+            consumer.publish(topics.topic(gateway, topics.STORED), body)
         consumer.ack(batch.messages)
         self._unacked -= len(batch.messages)
         self.metrics.readings_written += batch.readings
@@ -358,9 +356,13 @@ async def serve(
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
-            server = await start_metrics_server(metrics.render, host, port)
-            if server is not None:
-                stack.push_async_callback(server.wait_closed)
-                stack.callback(server.close)
+
+            async def exposition() -> str:
+                return metrics.render()
+
+            server = await prometheus.serve_http(
+                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+            )
+            stack.push_async_callback(prometheus.close_server, server)
         ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
         await ingestor.run(ready)

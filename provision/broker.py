@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from citysense.model import INGEST_SHARED_SUBSCRIPTION, topic_root
 from citysense.privatefiles import private_dir, write_private
+from citysense.topics import ACK, DOWN, INGEST_SHARED_SUBSCRIPTION, STATUS, STORED, UP, topic
 from provision.pki import Authority
 
 #: Mosquitto's PBKDF2-SHA512 password hash: ``$7$<iterations>$<salt b64>$<hash b64>``.
@@ -72,31 +72,24 @@ def acl_rules(gateways: Iterable[str]) -> str:
     """The ACL file: each client may touch its own topics and nothing else."""
     lines = ["# citysense broker ACL: written by 'citysense deploy broker'", ""]
     for gateway in gateways:
-        root = topic_root(gateway)
-        lines += [
-            f"user {gateway}",
-            f"topic write {root}/up",
-            f"topic write {root}/status",
-            f"topic write {root}/ack",
-            f"topic read {root}/stored",
-            f"topic read {root}/down",
-            "",
-        ]
-    every = topic_root("+")
+        lines += [f"user {gateway}"]
+        lines += [f"topic write {topic(gateway, kind)}" for kind in (UP, STATUS, ACK)]
+        lines += [f"topic read {topic(gateway, kind)}" for kind in (STORED, DOWN)]
+        lines += [""]
     lines += [
         f"user {INGEST}",
         f"topic read {INGEST_SHARED_SUBSCRIPTION}",
-        f"topic read {every}/up",
-        f"topic write {every}/stored",
+        f"topic read {topic('+', UP)}",
+        f"topic write {topic('+', STORED)}",
         "",
         f"user {ALERTS}",
-        f"topic read {every}/status",
-        "topic write citysense/v1/alarms/#",
+        f"topic read {topic('+', STATUS)}",
+        f"topic write {topic('alarms', '#')}",
         "",
         f"user {OPERATOR}",
-        f"topic write {every}/down",
-        f"topic read {every}/ack",
-        f"topic read {every}/status",
+        f"topic write {topic('+', DOWN)}",
+        f"topic read {topic('+', ACK)}",
+        f"topic read {topic('+', STATUS)}",
         "",
     ]
     return "\n".join(lines)

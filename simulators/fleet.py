@@ -36,8 +36,8 @@ import numpy as np
 
 from citysense.catalog import KINDS, METRICS
 from citysense.config import Settings, parse_hostport
-from citysense.errors import ConfigError, RegistryError
-from citysense.registry import Device, Registry, load_registry
+from citysense.errors import ConfigError
+from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, encode_values
 from simulators import coap
 from simulators.city import generate_fleet, imei
@@ -236,10 +236,7 @@ def load_fleet_registry(settings: Settings) -> list[Device]:
     generated fleet of ``--devices`` on ``--gateway``."""
     if settings.registry is None:
         return generate_fleet(settings.devices, settings.seed, [settings.gateway])
-    try:
-        registry = load_registry(settings.registry)
-    except RegistryError as exc:
-        raise ConfigError(f"--registry {settings.registry}: {exc}") from exc
+    registry = load_registry_option(settings.registry)
     mine = registry.of_gateway(settings.gateway)
     chosen = mine if len(mine) else registry
     if not len(mine):

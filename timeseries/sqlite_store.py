@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from citysense.durable import connect_durable
 from citysense.errors import RetryableError
 from citysense.privatefiles import private_file
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
@@ -27,16 +28,6 @@ def _rows(points: Sequence[Point]) -> Iterator[tuple[object, ...]]:
         m, t = p.measurement, p.t
         for metric, value in p.fields.items():
             yield (metric, device, t, float(value), m, kind, district, site, gateway)
-
-
-def connect_durable(path: Path, schema: str) -> sqlite3.Connection:
-    """A connection for one writer thread at a time: WAL, a commit is on disk when it returns
-    (``synchronous=FULL``), explicit transactions, ``schema`` applied."""
-    db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(schema)
-    return db
 
 
 class SqliteWriter:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import random
 import signal
@@ -38,14 +37,19 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from citysense.config import Settings, mask_url, parse_hostport
-from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
 from citysense.privatefiles import private_dir
-from citysense.registry import Device, format_registry, load_registry
+from citysense.registry import Device, format_registry, load_registry_option
+from dashboard_api import service as api_service
+from edge import service as edge_service
+from ingest import service as ingest_service
 from mqtt_broker.broker import Broker
+from simulators import fleet as fleet_service
+from simulators.models import CITY_TIMEZONE
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,7 @@ class _Stopped(Exception):
 
 
 def _city_timezone() -> str:
-    models = _optional("simulators.models")
-    return str(getattr(models, "CITY_TIMEZONE", "UTC")) if models is not None else "UTC"
+    return CITY_TIMEZONE
 
 
 def _ephemeral_low() -> int:
@@ -170,16 +173,6 @@ async def scrape(host: str, port: int) -> dict[str, float]:
     return parse_prometheus(body.decode("utf-8", "replace"))
 
 
-def _optional(module: str) -> Any | None:
-    """``module`` imported, or ``None`` when that part of citysense is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            return None
-        raise
-
-
 class Status:
     """The live counts line."""
 
@@ -225,10 +218,9 @@ class Demo:
         self.status = Status(self.out, bool(getattr(self.out, "isatty", lambda: False)()))
         self.state_dir = Path(settings.state_dir)
         self.tasks: dict[str, asyncio.Task[object]] = {}
-        self.missing: list[str] = []
         self.broker: Broker | None = None
         self.fleet_stop = asyncio.Event()
-        self.fleet_counters: Any = None
+        self.fleet_counters: fleet_service.Counters | None = None
         self.edge_metrics: tuple[str, int] | None = None
         self.ingest_metrics: tuple[str, int] | None = None
         self.backfilled = 0
@@ -241,10 +233,7 @@ class Demo:
         """The fleet's devices and the registry file every service reads."""
         s = self.settings
         if s.registry is not None:
-            try:
-                return list(load_registry(s.registry).values()), s.registry
-            except InputError as exc:
-                raise ConfigError(f"--registry {s.registry}: {exc}") from exc
+            return list(load_registry_option(s.registry).values()), s.registry
         from simulators.city import generate_fleet
 
         devices = generate_fleet(s.devices, s.seed, [s.gateway])
@@ -255,7 +244,7 @@ class Demo:
     async def _start(
         self,
         name: str,
-        serve: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+        serve: Callable[[asyncio.Event], Coroutine[object, object, object]],
         stop: asyncio.Event,
         needs: str = "",
     ) -> None:
@@ -301,8 +290,7 @@ class Demo:
 
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        if _optional("dashboard_api.service") is not None:
-            check_bind(s.bind)
+        check_bind(s.bind)
         devices, registry_path = self._registry()
         # The simulated city keeps China Standard Time: local-time analytics follow it
         # unless another zone was asked for.
@@ -322,52 +310,38 @@ class Demo:
         base = dataclasses.replace(base, mqtt=mqtt_url)
 
         # 2. ingestor
-        ingest = _optional("ingest.service")
-        if ingest is None:
-            self.missing.append("ingestor (ingest.service)")
-        else:
-            port = free_tcp_port()
-            self.ingest_metrics = ("127.0.0.1", port)
-            ingest_settings = dataclasses.replace(
-                base, metrics_bind=f"127.0.0.1:{port}", client_id=None
-            )
-            needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
-            await self._start("ingest", lambda r: ingest.serve(ingest_settings, r), stop, needs)
-            where = (
-                mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
-            )
-            say(f"storage   {where}")
+        port = free_tcp_port()
+        self.ingest_metrics = ("127.0.0.1", port)
+        ingest_settings = dataclasses.replace(
+            base, metrics_bind=f"127.0.0.1:{port}", client_id=None
+        )
+        needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
+        await self._start("ingest", lambda r: ingest_service.serve(ingest_settings, r), stop, needs)
+        where = mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
+        say(f"storage   {where}")
 
         # 3. gateway
-        edge = _optional("edge.service")
         coap_port = free_udp_port()
-        if edge is None:
-            self.missing.append("gateway (edge.service)")
-        else:
-            port = free_tcp_port()
-            self.edge_metrics = ("127.0.0.1", port)
-            edge_settings = dataclasses.replace(
-                base,
-                coap=f"127.0.0.1:{coap_port}",
-                metrics_bind=f"127.0.0.1:{port}",
-                client_id=None,
-            )
-            await self._start(
-                "gateway",
-                lambda r: edge.serve(edge_settings, r),
-                stop,
-                mask_url(s.mqtt) if s.mqtt else "",
-            )
-            say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
+        port = free_tcp_port()
+        self.edge_metrics = ("127.0.0.1", port)
+        edge_settings = dataclasses.replace(
+            base,
+            coap=f"127.0.0.1:{coap_port}",
+            metrics_bind=f"127.0.0.1:{port}",
+            client_id=None,
+        )
+        await self._start(
+            "gateway",
+            lambda r: edge_service.serve(edge_settings, r),
+            stop,
+            mask_url(s.mqtt) if s.mqtt else "",
+        )
+        say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
 
         # 4. API and dashboard
-        api = _optional("dashboard_api.service")
-        if api is None:
-            self.missing.append("API and dashboard (dashboard_api.service)")
-        else:
-            await self._start("api", lambda r: api.serve(base, r), stop)
-            host, port = parse_hostport(s.bind, "--bind")
-            say(f"dashboard http://{host}:{port}/")
+        await self._start("api", lambda r: api_service.serve(base, r), stop)
+        host, port = parse_hostport(s.bind, "--bind")
+        say(f"dashboard http://{host}:{port}/")
 
         # 5. history
         if s.backfill_hours > 0:
@@ -376,29 +350,23 @@ class Demo:
             return 0
 
         # 6. fleet
-        fleet = _optional("simulators.fleet")
-        if fleet is None:
-            self.missing.append("simulated fleet (simulators.fleet)")
-        elif edge is not None:
-            # the demo decides when the fleet stops: no --duration of its own
-            fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
-            registry = fleet.load_fleet_registry(fleet_settings)
-            self.fleet_counters = fleet.Counters()
-            counters = self.fleet_counters
-            await self._start(
-                "fleet",
-                lambda r: fleet.run_fleet(
-                    fleet_settings,
-                    registry,
-                    stop_event=self.fleet_stop,
-                    counters=counters,
-                    ready=r,
-                ),
-                stop,
-            )
-            say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
-        for part in self.missing:
-            say(f"missing   {part}: not available in this installation, left out")
+        # the demo decides when the fleet stops: no --duration of its own
+        fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
+        registry = fleet_service.load_fleet_registry(fleet_settings)
+        self.fleet_counters = fleet_service.Counters()
+        counters = self.fleet_counters
+        await self._start(
+            "fleet",
+            lambda r: fleet_service.run_fleet(
+                fleet_settings,
+                registry,
+                stop_event=self.fleet_stop,
+                counters=counters,
+                ready=r,
+            ),
+            stop,
+        )
+        say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
         say("Ctrl-C stops everything.")
         return await self._watch(stop)
 

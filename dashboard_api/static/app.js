@@ -217,6 +217,8 @@ async function loadChart() {
 
 // ------------------------------------------------------------------ traffic, leaks, devices
 
+const CONGESTION_COLOURS = { free: "#2ca02c", light: "#98c44a", moderate: "#ffbf00", heavy: "#ff7f0e", severe: "#d62728" };
+
 function renderCongestion(resp) {
   const chart = document.getElementById("congestion");
   clear(chart);
@@ -226,7 +228,8 @@ function renderCongestion(resp) {
   if (!rows.length) chart.append(svg("text", { x: 200, y: 30, "text-anchor": "middle", class: "tick" }, "no traffic counters reporting"));
   rows.forEach((d, i) => {
     const yy = 8 + i * 26, w = 200 * (d.index || 0) / 10;
-    const colour = d.index === null ? "#c8d0d8" : d.index < 2 ? "#2ca02c" : d.index < 4 ? "#98c44a" : d.index < 6 ? "#ffbf00" : d.index < 8 ? "#ff7f0e" : "#d62728";
+    // the level comes from the API (analytics/congestion.py holds the thresholds)
+    const colour = d.index === null ? "#c8d0d8" : CONGESTION_COLOURS[d.level] || "#c8d0d8";
     chart.append(svg("text", { x: 90, y: yy + 14, "text-anchor": "end", "font-size": 12 }, d.district));
     chart.append(svg("rect", { x: 96, y: yy, width: 200, height: 18, fill: "#eef1f4", rx: 3 }));
     chart.append(svg("rect", { x: 96, y: yy, width: Math.max(1, w), height: 18, fill: colour, rx: 3, class: "bar" }));

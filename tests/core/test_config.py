@@ -126,3 +126,10 @@ def test_bad_usage_exits_2_with_one_line() -> None:
         timeout=60,
     )
     assert result.returncode == 2
+
+
+def test_every_command_resolves_to_its_entry() -> None:
+    from citysense.cli import resolve_entry
+
+    for command in ENTRY_POINTS:
+        assert callable(resolve_entry(command)), command

@@ -27,6 +27,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from paho.mqtt.enums import CallbackAPIVersion
 
+from citysense import topics
 from citysense.config import Settings, load_settings
 from citysense.registry import Device, format_registry
 from citysense.senml import CF_SENML_JSON, encode_values
@@ -317,13 +318,14 @@ class Ingestor:
 
     def __init__(self, url: str, gateway: str = GATEWAY, *, confirm: bool = True) -> None:
         host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-        self.root = f"citysense/v1/{gateway}"
+        self.gateway = gateway
         self.confirm = confirm
         self.lock = threading.Lock()
         self.batches: list[dict[str, Any]] = []
         self.keys: set[tuple[str, str, int]] = set()
         self.acks: list[dict[str, Any]] = []
         self.status: list[dict[str, Any]] = []
+        self.content_types: list[str | None] = []  #: MQTT v5 content type of each envelope
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -340,7 +342,7 @@ class Ingestor:
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe(
-            [(f"{self.root}/up", 1), (f"{self.root}/ack", 1), (f"{self.root}/status", 1)]
+            [(topics.topic(self.gateway, t), 1) for t in (topics.UP, topics.ACK, topics.STATUS)]
         )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -353,11 +355,16 @@ class Ingestor:
                 self.status.append(data)
                 return
             self.batches.append(data)
+            self.content_types.append(getattr(msg.properties, "ContentType", None))
             for r in data["readings"]:
                 for metric_name in r["values"]:
                     self.keys.add((r["device"], metric_name, r["t"]))
         if self.confirm:
-            client.publish(f"{self.root}/stored", json.dumps({"seq": [data["seq"]]}), qos=1)
+            client.publish(
+                topics.topic(self.gateway, topics.STORED),
+                topics.encode_stored([data["seq"]]),
+                qos=1,
+            )
 
     def wait_online(self, timeout: float = 30) -> None:
         """Until the gateway announced itself: it subscribed to .../down and .../stored
@@ -367,10 +374,14 @@ class Ingestor:
         )
 
     def confirm_seqs(self, seqs: list[int]) -> None:
-        self.client.publish(f"{self.root}/stored", json.dumps({"seq": seqs}), qos=1)
+        self.client.publish(
+            topics.topic(self.gateway, topics.STORED), json.dumps({"seq": seqs}), qos=1
+        )
 
     def send_down(self, command: dict[str, Any]) -> None:
-        self.client.publish(f"{self.root}/down", json.dumps(command), qos=1).wait_for_publish(10)
+        self.client.publish(
+            topics.topic(self.gateway, topics.DOWN), json.dumps(command), qos=1
+        ).wait_for_publish(10)
 
     def seqs(self) -> list[int]:
         with self.lock:

@@ -5,9 +5,12 @@ aiocoap's client and with libcoap's ``coap-client`` as an independent peer; retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import re
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from tests.edge.gateway import (
     con_post,
     edge_settings,
     metric,
+    metrics_text,
     outbox_depth,
     uplink_payload,
     write_registry,
@@ -227,3 +231,35 @@ def test_unknown_path_is_404_and_the_site_still_serves(tmp_path: Path) -> None:
         assert asyncio.run(post("down")).code == Code.NOT_FOUND
         assert asyncio.run(post("up/x")).code == Code.NOT_FOUND
         assert asyncio.run(post("up")).code == Code.BAD_REQUEST
+
+
+def test_a_conflicting_value_is_refused_over_udp(tmp_path: Path) -> None:
+    """Another value for the same device, metric and time (a second source, say) is answered
+    4.00 "conflicting value" and nothing of its uplink is stored; an identical repeat is 2.04
+    and stored once (INTERFACES.md section 10.4)."""
+    settings = gateway_settings(tmp_path)
+    devices = write_registry(tmp_path / "registry.csv", 5)
+    t = now_ms() - 5000
+    with GatewayThread(settings) as gw:
+        port = coap_port(settings)
+
+        def post(payload: bytes) -> aiocoap.Message:
+            return asyncio.run(aiocoap_post(port, payload, CF_SENML_JSON))
+
+        assert post(uplink_payload(devices[0], t, {"pm25": 10.0})).code == Code.CHANGED
+        assert post(uplink_payload(devices[0], t, {"pm25": 10.0})).code == Code.CHANGED
+        # the forged value rides with a harmless reading of another device: both refused
+        forged = (
+            uplink_payload(devices[0], t, {"pm25": 999.0})[:-1]
+            + b","
+            + (uplink_payload(devices[1], t, {"pm25": 1.0})[1:])
+        )
+        answer = post(forged)
+        assert answer.code == Code.BAD_REQUEST
+        assert answer.payload == b"conflicting value"
+        assert 'citysense_edge_rejected_total{reason="conflict"} 1' in metrics_text(settings)
+        depth = outbox_depth(gw.settings)
+    assert depth == 1
+    with contextlib.closing(sqlite3.connect(Path(settings.state_dir) / "outbox.db")) as db:
+        rows = [(d, json.loads(v)) for d, v in db.execute("SELECT device, vals FROM reading")]
+    assert rows == [(devices[0], {"pm25": 10.0})]

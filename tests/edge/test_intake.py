@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from citysense.errors import SenmlError
 from citysense.registry import Device, Registry
-from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, decode_senml, encode_senml, encode_values
+from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, encode_senml, encode_values
 from edge.intake import (
     BAD_REQUEST,
     FORBIDDEN,
@@ -19,7 +13,6 @@ from edge.intake import (
     UNSUPPORTED_FORMAT,
     Intake,
     UplinkRefused,
-    fast_json_records,
 )
 from edge.service import content_format_of
 
@@ -160,90 +153,3 @@ def test_radio_figures_become_health_readings() -> None:
 )
 def test_serial_payload_format_is_sniffed(payload: bytes, cf: int | None) -> None:
     assert content_format_of(payload) == cf
-
-
-# --------------------------------------------------------------------------- the fast path
-
-
-_numbers = st.one_of(
-    st.integers(-(2**40), 2**40),
-    st.floats(allow_nan=False, allow_infinity=False, width=64),
-    st.sampled_from([0, -0.0, 1.7e9, 2**28, 2**28 - 1, -60, 1e300]),
-)
-_wild = st.one_of(
-    st.floats(),
-    st.booleans(),
-    st.none(),
-    st.text(max_size=4),
-    st.sampled_from(["", "bad name", "x" * 300, "9a", "_x", "ug/m3"]),
-    st.lists(st.integers(), max_size=2),
-)
-_plain = st.builds(
-    lambda fields, value: {**fields, **value},
-    st.fixed_dictionaries(
-        {"n": st.sampled_from(["pm25", "pm10", "leak", "temperature"])},
-        optional={
-            "bn": st.sampled_from([f"{AIR}:", "urn:imei:1:", "", "a b:"]),
-            "bt": _numbers,
-            "bu": st.sampled_from(["ug/m3", "Cel", ""]),
-            "t": _numbers,
-            "u": st.sampled_from(["ug/m3", "Cel", ""]),
-        },
-    ),
-    st.one_of(st.fixed_dictionaries({"v": _numbers}), st.fixed_dictionaries({"vb": st.booleans()})),
-)
-
-
-@st.composite
-def _packs(draw: st.DrawFn) -> list[dict[str, object]]:
-    """Plain packs, now and then with one field that takes them off the fast path."""
-    records = draw(st.lists(_plain, min_size=1, max_size=5))
-    if draw(st.booleans()) and draw(st.booleans()):
-        rec = draw(st.sampled_from(records))
-        key = draw(st.sampled_from(["bn", "bt", "n", "u", "v", "vb", "t", "bv", "s", "vs", "x_"]))
-        rec[key] = draw(_wild)
-    return records
-
-
-def _full(payload: bytes) -> object:
-    try:
-        return decode_senml(payload, CF_SENML_JSON, NOW / 1000)
-    except SenmlError:
-        return "refused"
-
-
-@settings(max_examples=400, deadline=None)
-@given(_packs())
-def test_fast_path_agrees_with_the_full_decoder(records: list[dict[str, object]]) -> None:
-    try:
-        payload = json.dumps(records).encode()
-    except ValueError:
-        return
-    fast = fast_json_records(payload, NOW / 1000)
-    if fast is not None:
-        assert fast == _full(payload)
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b'[{"bn":"a:","n":"pm25","v":1,"v":2}]',  # duplicate field
-        b'[{"bn":"a:","n":"pm25","v":NaN}]',
-        b'[{"bn":"a:","n":"pm25","v":1}',  # truncated
-        '[{"bn":"a:","n":"pm25","v":1}]'.encode("utf-16"),
-        b'[{"bn":"a:","n":"pm25","vb":1}]',
-        b'[{"bn":"a:","n":"pm25"}]',
-        b'[[["bn","a:"]]]',
-        b'{"bn":"a:"}',
-        b"[" * 600 + b"]" * 600,
-    ],
-)
-def test_fast_path_leaves_the_unusual_to_the_full_decoder(payload: bytes) -> None:
-    assert fast_json_records(payload, NOW / 1000) is None
-
-
-def test_fast_path_takes_the_common_pack() -> None:
-    payload = encode_values(AIR, NOW, {"pm25": 35.0, "leak": True}, CF_SENML_JSON)
-    fast = fast_json_records(payload, NOW / 1000)
-    assert fast is not None and fast == _full(payload)
-    assert not math.isnan(fast[0].time)

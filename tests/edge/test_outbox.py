@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from citysense.model import Reading
-from edge.outbox import Command, OutboxFullError, SqliteOutbox
+from edge.outbox import Command, OutboxConflictError, OutboxFullError, SqliteOutbox
 
 NOW = 1_764_000_000_000
 
@@ -35,9 +35,9 @@ def test_idempotent_on_device_metric_time(tmp_path: Path) -> None:
             again = await ob.next_batch("gw-1", 10, NOW)
             assert again is not None and again.seq == 2
             assert again.readings[0].values == {"pm25": 1.0, "pm10": 5.0}
-            assert await ob.confirm([1]) == 1
+            assert await ob.accept([1]) == [1]
             assert (await ob.stats()).depth == 1
-            assert await ob.confirm([2, 2, 99]) == 1
+            assert await ob.accept([2, 2, 99]) == [2]
             assert (await ob.stats()).depth == 0
 
     asyncio.run(main())
@@ -49,12 +49,12 @@ def test_seq_and_unconfirmed_batches_survive_reopening(tmp_path: Path) -> None:
             await ob.add([reading(i) for i in range(10)])
             for _ in range(3):
                 assert await ob.next_batch("gw-1", 3, NOW) is not None
-            await ob.confirm([2])
+            await ob.accept([2])
 
     async def second() -> None:
         async with SqliteOutbox(tmp_path / "o.db") as ob:
-            assert await ob.unconfirmed() == [1, 3]
-            batch = await ob.batch("gw-1", 3, NOW + 5)
+            assert await ob.inflight() == [1, 3]
+            batch = await ob.read_batch("gw-1", 3, NOW + 5)
             assert batch is not None and batch.seq == 3 and batch.sent == NOW + 5
             nxt = await ob.next_batch("gw-1", 3, NOW)
             assert nxt is not None and nxt.seq == 4 and len(nxt.readings) == 1
@@ -89,7 +89,7 @@ def test_quota_refuse_then_recover(tmp_path: Path) -> None:
             assert (await ob.stats()).depth == stored, "the refused reading is not stored"
             while await ob.next_batch("gw-1", 100, NOW) is not None:
                 pass
-            await ob.confirm(await ob.unconfirmed())
+            await ob.accept(await ob.inflight())
             await ob.add([reading(1)])
 
     asyncio.run(main())
@@ -120,13 +120,15 @@ def test_downlink_queue(tmp_path: Path) -> None:
         async with SqliteOutbox(tmp_path / "o.db") as ob:
             a = Command("a", "dev-1", "ping", {}, NOW + 100)
             b = Command("b", "dev-1", "reboot", {"x": 1}, NOW + 1000)
-            assert await ob.queue_command(a, NOW)
-            assert not await ob.queue_command(a, NOW), "a redelivered command is queued once"
-            assert await ob.queue_command(b, NOW + 1)
-            assert await ob.command_devices() == {"dev-1": 2}
-            assert await ob.expire_commands(NOW + 100) == [a]
-            assert await ob.take_command("dev-1", NOW + 200) == (b, 0)
-            assert await ob.take_command("dev-1", NOW + 200) == (None, 0)
+            assert await ob.downlinks.queue_command(a, NOW)
+            assert not await ob.downlinks.queue_command(a, NOW), (
+                "a redelivered command is queued once"
+            )
+            assert await ob.downlinks.queue_command(b, NOW + 1)
+            assert await ob.downlinks.command_devices() == {"dev-1": 2}
+            assert await ob.downlinks.expire_commands(NOW + 100) == [a]
+            assert await ob.downlinks.take_command("dev-1", NOW + 200) == (b, 0)
+            assert await ob.downlinks.take_command("dev-1", NOW + 200) == (None, 0)
 
     asyncio.run(main())
 
@@ -140,13 +142,67 @@ def test_envelope_built_by_sqlite_is_the_contract(tmp_path: Path) -> None:
         async with SqliteOutbox(tmp_path / "o.db") as ob:
             await ob.add([reading(1, pm25=12.5, pm10=3.0), reading(2, pm25=1e-5)])
             await ob.add([Reading("w-1", "water_meter", "d", "s", NOW, {"leak": True})])
-            seq = await ob.form_batch(100, NOW)
+            seq = await ob.batch(100, NOW)
             assert seq == 1
-            payload = await ob.batch_payload("gw-1", 1, NOW + 7)
-            batch = await ob.batch("gw-1", 1, NOW + 7)
+            payload = await ob.payload("gw-1", 1, NOW + 7)
+            batch = await ob.read_batch("gw-1", 1, NOW + 7)
             assert payload is not None and batch is not None
             assert decode_batch(payload) == decode_batch(encode_batch(batch))
             assert json.loads(payload) == json.loads(encode_batch(batch))
-            assert await ob.batch_payload("gw-1", 2, NOW) is None
+            assert await ob.payload("gw-1", 2, NOW) is None
+
+    asyncio.run(main())
+
+
+def test_a_different_value_is_refused_never_merged(tmp_path: Path) -> None:
+    """INTERFACES.md section 10.4: another value for a (device, metric, time) held is refused
+    with the whole uplink that carries it; an identical repeat is a harmless duplicate."""
+
+    async def main() -> None:
+        async with SqliteOutbox(tmp_path / "o.db") as ob:
+            await ob.add([reading(1, pm25=10.0)])
+            await ob.add([reading(1, pm25=10.0)])  # identical repeat: fine
+            with pytest.raises(OutboxConflictError, match="conflicting value"):
+                # the clashing reading takes its innocent neighbour down with it
+                await ob.add([reading(2, pm25=3.0), reading(1, pm25=999.0)])
+            assert (await ob.stats()).depth == 1
+            batch = await ob.next_batch("gw-1", 10, NOW)
+            assert batch is not None and batch.readings[0].values == {"pm25": 10.0}
+            # once in flight the row is still held: still refused
+            with pytest.raises(OutboxConflictError):
+                await ob.add([reading(1, pm25=11.0)])
+            # a bool and a number are different values too
+            await ob.add([reading(3, pm25=1.0)])
+            with pytest.raises(OutboxConflictError):
+                await ob.add([Reading("dev-3", "air_station", "d", "s", NOW + 3, {"pm25": True})])
+            assert ob.conflicts == 3
+
+    asyncio.run(main())
+
+
+def test_conflicts_inside_one_group_commit(tmp_path: Path) -> None:
+    """Uplinks committed together: the later of two clashing ones is refused, the others
+    (duplicates included) are stored."""
+
+    async def main() -> None:
+        async with SqliteOutbox(tmp_path / "o.db") as ob:
+            results = await asyncio.gather(
+                ob.add([reading(1, pm25=10.0)]),
+                ob.add([reading(1, pm25=10.0)]),
+                ob.add([reading(1, pm25=12.0), reading(5)]),
+                ob.add([reading(1, pm10=4.0)]),
+                return_exceptions=True,
+            )
+            assert ob.committed_groups == 1
+            assert [type(r).__name__ for r in results] == [
+                "NoneType",
+                "NoneType",
+                "OutboxConflictError",
+                "NoneType",
+            ]
+            batch = await ob.next_batch("gw-1", 10, NOW)
+            assert batch is not None and [r.values for r in batch.readings] == [
+                {"pm25": 10.0, "pm10": 4.0}
+            ]
 
     asyncio.run(main())

@@ -144,3 +144,38 @@ def test_broker_kill9_loses_nothing(tmp_path: Path, mosquitto: MosquittoServer) 
         with ingestor(mosquitto.url) as ing:
             wait_until(lambda: acked <= ing.keys, 60, "every reading re-sent after the kill")
             wait_until(lambda: outbox_depth(settings) == 0, 30, "the outbox to empty")
+
+
+def test_only_batches_in_flight_are_released(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """INTERFACES.md section 10.1: a ``…/stored`` for a seq that is not in flight (forged,
+    stale, repeated) deletes nothing and is counted; the envelopes carry the MQTT v5 content
+    type ``application/json`` (seen by a real subscriber)."""
+    devices = write_registry(tmp_path / "registry.csv", 3)
+    settings = edge_settings(tmp_path, mqtt_url=mosquitto.url, max_inflight_batches=1)
+    with ingestor(mosquitto.url, confirm=False) as ing, GatewayThread(settings):
+        acked = send(coap_port(settings), devices, 6, now_ms() - 10_000)
+        assert len(acked) == 12
+        wait_until(lambda: len(ing.seqs()) >= 1, 30, "the first batch published")
+        first = ing.seqs()[0]
+        # one batch in flight at a time: the forger names every other seq it can think of
+        forged = [s for s in range(1, 50) if s != first]
+        ing.confirm_seqs(forged)
+        wait_until(
+            lambda: metric(settings, "citysense_edge_confirmations_ignored_total") == len(forged),
+            30,
+            "the forged confirmation counted",
+        )
+        assert outbox_depth(settings) == 6, "a seq not in flight deletes nothing"
+        assert metric(settings, "citysense_edge_batches_confirmed_total") == 0
+        # the true confirmation still releases its batch
+        ing.confirm_seqs([first])
+        wait_until(lambda: outbox_depth(settings) < 6, 30, "the real confirmation")
+        ing.confirm_seqs([first])  # repeated: ignored too
+        wait_until(
+            lambda: (
+                metric(settings, "citysense_edge_confirmations_ignored_total") == len(forged) + 1
+            ),
+            30,
+            "the repeat counted",
+        )
+        assert set(ing.content_types) == {"application/json"}

@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from citysense import topics
 from citysense.config import Settings
 from citysense.envelope import encode_batch
 from citysense.model import Batch, Reading
@@ -81,7 +82,7 @@ class GatewayDouble:
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:  # type: ignore[no-untyped-def]
         if not reason.is_failure:
-            client.subscribe(f"citysense/v1/{self.gateway}/stored", qos=1)
+            client.subscribe(topics.topic(self.gateway, topics.STORED), qos=1)
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
         seqs = json.loads(msg.payload)["seq"]
@@ -89,7 +90,7 @@ class GatewayDouble:
             self.confirmed.update(seqs)
 
     def publish_raw(self, payload: bytes, topic: str | None = None) -> None:
-        info = self.client.publish(topic or f"citysense/v1/{self.gateway}/up", payload, qos=1)
+        info = self.client.publish(topic or topics.topic(self.gateway, topics.UP), payload, qos=1)
         info.wait_for_publish(20)
 
     def publish(self, batch: Batch) -> None:

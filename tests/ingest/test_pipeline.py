@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from citysense.envelope import encode_batch
 from citysense.model import Batch, Reading
-from ingest.pipeline import LineFastPath, SeqTracker, process_message
-from timeseries.lineprotocol import LineSerializer
+from ingest.pipeline import SeqTracker, process_message
+from timeseries.lineprotocol import LineFastPath
 from timeseries.schema import Point
 
 NOW = 1764000000000
@@ -127,85 +125,6 @@ def test_seq_tracker_is_bounded() -> None:
         t.stored("gw", seq, seq)
     assert t.observe("gw", 1, 1) is False
     assert t.observe("gw", 99, 99) is True
-
-
-# --------------------------------------------------------------------------- fast path
-
-
-def _mostly(valid: list[object], invalid: list[object]) -> st.SearchStrategy[object]:
-    """Valid choices 9 times in 10, so that whole valid batches are common."""
-    return st.sampled_from(valid * 9 * max(1, len(invalid)) + invalid)
-
-
-_kinds = _mostly(["air_station"], ["parking_sensor", "water_meter", "toaster", 7])
-_metric_names = _mostly(
-    ["pm25", "no2", "battery", "humidity"],
-    ["ecl", "occupied", "leak", "water_flow", "vehicle_count", "nope"],
-)
-_values = st.one_of(
-    *[st.floats(min_value=0, max_value=100), st.integers(min_value=0, max_value=100)] * 6,
-    st.one_of(
-        st.floats(allow_nan=True, allow_infinity=True, width=64),
-        st.integers(min_value=-10, max_value=10**20),
-        st.booleans(),
-        st.just("12"),
-    ),
-)
-_ids = _mostly(["urn:imei:490154203237518", "dev-1"], ["bad id", "", "x" * 97, None])
-_places = _mostly(["zhengdong", "p_1"], ["Bad", "", None])
-_times = _mostly(
-    [NOW - 1000, NOW, NOW + 299_000],
-    [NOW + 301_000, -5, 1.5, NOW - 8 * 86_400_000],
-)
-
-
-@st.composite
-def _envelopes(draw: st.DrawFn) -> bytes:
-    readings = [
-        {
-            "device": draw(_ids),
-            "kind": draw(_kinds),
-            "district": draw(_places),
-            "site": draw(_places),
-            "t": draw(_times),
-            "values": draw(st.dictionaries(_metric_names, _values, min_size=1, max_size=4)),
-        }
-        for _ in range(draw(st.integers(0, 3)))
-    ]
-    env = {
-        "v": draw(_mostly([1], [2, True])),
-        "gateway": draw(_mostly(["gw-1"], ["gw-2", "GW"])),
-        "seq": draw(_mostly([1, 5], [0, "5"])),
-        "sent": NOW,
-        "readings": readings,
-    }
-    return json.dumps(env).encode()
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payload=_envelopes())
-def test_fast_path_accepts_exactly_what_the_general_path_stores_whole(payload: bytes) -> None:
-    general = process_message(TOPIC, payload, NOW)
-    fast = LineFastPath().lines("gw-1", payload, NOW)
-    if general.dead or general.seq is None:
-        assert fast is None
-    else:
-        assert fast is not None
-        serializer = LineSerializer()
-        assert fast == (general.seq, general.readings, [serializer.line(p) for p in general.points])
-
-
-def test_fast_path_on_a_typical_batch() -> None:
-    payload = _payload(_reading(), _reading(device="urn:imei:2", values={"pm25": 1, "rsrp": -90}))
-    fast = LineFastPath().lines("gw-1", payload, NOW)
-    assert fast is not None
-    seq, readings, lines = fast
-    assert (seq, readings) == (5, 2)
-    assert lines[0] == (
-        "environment,device=urn:imei:1,district=zhengdong,gateway=gw-1,kind=air_station,"
-        f"site=ruyi pm25=35.2 {NOW - 1000}"
-    )
-    assert lines[-1].startswith("device_health,device=urn:imei:2,") and " rsrp=-90.0 " in lines[-1]
 
 
 def test_huge_integer_is_dead_lettered_not_a_crash() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from citysense import topics
 from citysense.config import Settings, load_settings
 from citysense.envelope import decode_batch
 from citysense.registry import format_registry
@@ -36,7 +37,7 @@ class Cloud:
 
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-        self.root = f"citysense/v1/{GATEWAY}"
+
         self.lock = threading.Lock()
         self.keys: set[tuple[str, int]] = set()
         self.subscribed = threading.Event()
@@ -45,7 +46,7 @@ class Cloud:
             client_id=f"sim-test-cloud-{random.randrange(1 << 30)}",
             protocol=mqtt.MQTTv5,
         )
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{self.root}/up", 1)
+        self.client.on_connect = lambda c, *_: c.subscribe(topics.topic(GATEWAY, topics.UP), 1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect_async(host, int(port), 30)
@@ -56,10 +57,14 @@ class Cloud:
         batch = decode_batch(bytes(msg.payload))
         with self.lock:
             self.keys.update((r.device, r.t) for r in batch.readings)
-        client.publish(f"{self.root}/stored", json.dumps({"seq": [batch.seq]}), qos=1)
+        client.publish(
+            topics.topic(GATEWAY, topics.STORED), topics.encode_stored([batch.seq]), qos=1
+        )
 
     def send_down(self, command: dict[str, Any]) -> None:
-        self.client.publish(f"{self.root}/down", json.dumps(command), qos=1).wait_for_publish(10)
+        self.client.publish(
+            topics.topic(GATEWAY, topics.DOWN), json.dumps(command), qos=1
+        ).wait_for_publish(10)
 
     def snapshot(self) -> set[tuple[str, int]]:
         with self.lock:
