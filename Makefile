@@ -41,7 +41,7 @@ bench: $(STAMP) system-deps
 
 # The end-to-end suite at full size (60 s InfluxDB outage, 2 min partition); not in CI.
 soak: $(STAMP) system-deps
-	CITYSENSE_SOAK=1 CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
+	CITYSENSE_SOAK=1 CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e tests/alerts/test_durability.py
 
 # Regenerates docs/reliability.md from the CI-sized end-to-end suite.
 reliability: $(STAMP) system-deps

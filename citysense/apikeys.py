@@ -1,5 +1,10 @@
-"""API keys at rest: a TOML file of key digests, never the keys (INTERFACES §10.3).
+"""API keys and roles shared by every HTTP service (the operator API and ``citysense alerts``).
 
+Pure: no web framework here. Only SHA-256 digests of the keys are kept, and a presented key is
+compared with every digest in constant time. Roles rank ``public`` < ``viewer`` < ``operator``;
+a route declares the role it needs in its ``openapi_extra`` under :data:`ROLE_KEY`.
+
+At rest (INTERFACES §10.3) keys live in a TOML file of digests, never the keys;
 ``citysense api keys add`` appends one ``[[key]]`` table per key::
 
     [[key]]
@@ -9,18 +14,104 @@
     created = "2026-12-05T02:00:00Z"
 
 A key is ``KEY_BYTES`` random bytes, URL-safe base64: with that much entropy one SHA-256 is
-as strong as a slow password hash, and lets every request be checked in constant time.
+as strong as a slow password hash, and lets every request be checked in constant time. The
+key id logged for a stored key is its name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
+import time
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from citysense.errors import ConfigError
+
+Role = Literal["viewer", "operator"]
+ROLE_KEY = "x-role"
+RANK = {"public": 0, "viewer": 1, "operator": 2}
+
+
+def role(required: Literal["public", "viewer", "operator"]) -> dict[str, object]:
+    """``openapi_extra`` declaring the role a route needs."""
+    return {ROLE_KEY: required}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMatch:
+    role: Role
+    key_id: str  #: short digest prefix, safe to log
+
+
+class KeyStore:
+    """API keys by SHA-256 digest; lookups compare against every digest in constant time.
+
+    ``keys`` are given keys (``KEY: role``; id: a digest prefix), ``stored`` the entries of a
+    keys file (id: the name)."""
+
+    def __init__(self, keys: Mapping[str, str], stored: Sequence[StoredKey] = ()) -> None:
+        self._digests: list[tuple[bytes, Role, str]] = []
+        for k, r in keys.items():
+            digest = hashlib.sha256(k.encode()).digest()
+            self._digests.append((digest, r, digest.hex()[:8]))  # type: ignore[arg-type]
+        for entry in stored:
+            self._digests.append((bytes.fromhex(entry.sha256), entry.role, entry.name))  # type: ignore[arg-type]
+
+    @property
+    def open(self) -> bool:
+        return not self._digests
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def lookup(self, presented: str) -> KeyMatch | None:
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: KeyMatch | None = None
+        for stored, r, key_id in self._digests:
+            if hmac.compare_digest(stored, digest):
+                found = KeyMatch(r, key_id)
+        return found
+
+
+class RateLimiter:
+    """Token buckets: ``per_minute`` requests per minute per key, bursts up to that many."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else the seconds until the next request would be."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > 10_000:  # bounded memory: forget idle full buckets
+            for k in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1]:
+                del self._buckets[k]
+        return (1.0 - tokens) / self.rate
+
+    def wait(self, key: str) -> float:
+        """Like :meth:`take` without taking: 0 if a request would be allowed now."""
+        entry = self._buckets.get(key)
+        if entry is None:
+            return 0.0
+        tokens, last = entry
+        tokens = min(self.capacity, tokens + (self._clock() - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+# --------------------------------------------------------------------------- the keys file
 
 KEY_BYTES = 32
 ROLES = ("operator", "viewer")

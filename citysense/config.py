@@ -38,6 +38,7 @@ API = "api"
 SIM_FLEET = "simulate fleet"
 SIM_MODULE = "simulate module"
 FLEET_GENERATE = "fleet generate"
+ALERTS = "alerts"
 DEPLOY_BROKER = "deploy broker"
 DEPLOY_INFLUX = "deploy influx"
 API_KEYS_ADD = "api keys add"
@@ -48,6 +49,7 @@ COMMANDS: tuple[str, ...] = (
     INGEST,
     DEAD_LETTERS,
     API,
+    ALERTS,
     SIM_FLEET,
     SIM_MODULE,
     FLEET_GENERATE,
@@ -55,10 +57,12 @@ COMMANDS: tuple[str, ...] = (
     DEPLOY_INFLUX,
     API_KEYS_ADD,
 )
-_SERVICES = frozenset({DEMO, EDGE, INGEST, API})
+_SERVICES = frozenset({DEMO, EDGE, INGEST, API, ALERTS})
 _ALL = frozenset(COMMANDS)
-_STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API})
-_MQTT_CLIENTS = frozenset({DEMO, EDGE, INGEST})
+_STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API, ALERTS})
+#: ``--bind`` of ``citysense alerts`` when left at the API's default.
+ALERTS_DEFAULT_BIND = "127.0.0.1:8001"
+_MQTT_CLIENTS = frozenset({DEMO, EDGE, INGEST, ALERTS})
 
 
 def _opt(
@@ -96,7 +100,7 @@ class Settings:
         None,
         "MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://... "
         "(default: mqtt://127.0.0.1:1883; demo: an embedded broker)",
-        {DEMO, EDGE, INGEST},
+        {DEMO, EDGE, INGEST, ALERTS},
         metavar="URL",
     )
     mqtt_ca: str | None = _opt(
@@ -164,7 +168,10 @@ class Settings:
         metavar="DIR",
     )
     registry: str | None = _opt(
-        None, "device registry CSV", {DEMO, EDGE, API, SIM_FLEET, DEPLOY_BROKER}, metavar="FILE"
+        None,
+        "device registry CSV",
+        {DEMO, EDGE, API, ALERTS, SIM_FLEET, DEPLOY_BROKER},
+        metavar="FILE",
     )
     metrics_bind: str | None = _opt(
         None,
@@ -226,18 +233,18 @@ class Settings:
     )
     retry_max_delay: float = _opt(
         30.0,
-        "cap of the back-off between reconnects to the broker (edge) or retries of the store "
-        "(ingest), seconds",
-        {EDGE, INGEST},
+        "cap of the back-off between reconnects to the broker (edge), retries of the store "
+        "(ingest) or notification attempts (alerts), seconds",
+        {EDGE, INGEST, ALERTS},
         "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
     # --- api
     bind: str = _opt(
         "127.0.0.1:8000",
-        "listen address: api and demo HOST:PORT (default 127.0.0.1:8000); "
-        "deploy broker HOST (default 0.0.0.0)",
-        {DEMO, API, DEPLOY_BROKER},
+        f"listen address: HOST:PORT (alerts: {ALERTS_DEFAULT_BIND} when left at the default); "
+        "deploy broker: HOST (default 0.0.0.0)",
+        {DEMO, API, ALERTS, DEPLOY_BROKER},
         metavar="ADDRESS",
     )
     port: int | None = _opt(
@@ -247,7 +254,7 @@ class Settings:
         (),
         "API keys with their roles, KEY:ROLE,... (roles: operator, viewer; visible to other "
         "users: prefer --api-keys-file)",
-        {DEMO, API},
+        {DEMO, API, ALERTS},
         "list",
         secret=True,
         metavar="KEY:ROLE,...",
@@ -267,13 +274,40 @@ class Settings:
     point_limit: int = _opt(
         20000, "largest number of points one query may return", {DEMO, API}, "int"
     )
-    rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API}, "int")
+    rate_limit: int = _opt(600, "requests per minute per API key", {DEMO, API, ALERTS}, "int")
     timezone: str = _opt(
         "UTC",
         "the city's IANA time zone, for local-time analytics such as the 02:00-04:00 night flow",
-        {DEMO, API},
+        {DEMO, API, ALERTS},
         metavar="ZONE",
     )
+    alerts: str | None = _opt(
+        None,
+        "URL of `citysense alerts` whose active alarms the dashboard shows (fetched server side)",
+        {API},
+        metavar="URL",
+    )
+    # --- alerts
+    rules: str | None = _opt(
+        None, "alarm rules file (TOML; demo: the default rule set)", {ALERTS, DEMO}, metavar="FILE"
+    )
+    webhook: tuple[str, ...] = _opt(
+        (),
+        "a webhook receiving alarm events, URL; dingtalk+https://... or wecom+https://... "
+        "for those chat robots (repeatable)",
+        {ALERTS},
+        "list",
+        secret=True,  # robot URLs carry their tokens
+        metavar="URL",
+    )
+    webhook_secret_file: str | None = _opt(
+        None,
+        "file holding the secret webhook bodies are signed with (HMAC-SHA256)",
+        {ALERTS},
+        metavar="FILE",
+    )
+    webhook_timeout: float = _opt(10.0, "webhook request timeout, seconds", {ALERTS}, "float")
+    interval: float = _opt(15.0, "seconds between rule evaluations", {ALERTS}, "float")
     # --- simulators
     devices: int = _opt(
         300, "number of simulated devices", {DEMO, SIM_FLEET, FLEET_GENERATE}, "int"
@@ -665,6 +699,8 @@ def validate(s: Settings, command: str) -> None:
         "receive_maximum": s.receive_maximum,
         "write_batch_points": s.write_batch_points,
         "point_limit": s.point_limit,
+        "webhook_timeout": s.webhook_timeout,
+        "interval": s.interval,
         "rate_limit": s.rate_limit,
         "influx_timeout": s.influx_timeout,
         "time_scale": s.time_scale,
@@ -691,7 +727,17 @@ def validate(s: Settings, command: str) -> None:
         raise ConfigError(f"--timezone {s.timezone!r} is not a known IANA time zone") from None
     if s.receive_maximum > 65535:
         raise ConfigError("--receive-maximum must be at most 65535 (MQTT's limit)")
-    if s.registry is not None and command in (EDGE, API, DEMO) and not Path(s.registry).is_file():
+    if (
+        s.registry is not None
+        and command in (EDGE, API, DEMO, ALERTS)
+        and not Path(s.registry).is_file()
+    ):
         raise ConfigError(f"--registry {s.registry}: no such file")
+    if command == ALERTS and not s.rules:
+        raise ConfigError("alerts needs --rules FILE")
+    if s.alerts is not None:
+        parts = urlsplit(s.alerts)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--alerts must be an http(s) URL, not {mask_url(s.alerts)!r}")
     if command == EDGE_PROBE and not s.serial_device:
         raise ConfigError("edge probe needs --serial-device DEV (or --serial DEV)")

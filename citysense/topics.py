@@ -46,6 +46,11 @@ SESSION_EXPIRY_S: Final = 7 * 24 * 3600
 #: The shared subscription every ingestor uses.
 INGEST_SHARED_SUBSCRIPTION: Final = f"$share/citysense-ingest/{PREFIX}/+/{UP}"
 #: MQTT v5 content type of an envelope on ``…/up`` (INTERFACES.md sections 5 and 10.1).
+#: every gateway's retained status (read by the alarms service)
+STATUS_SUBSCRIPTION: Final = f"{PREFIX}/+/{STATUS}"
+#: ``{ALARMS}/<id>`` holds each open alarm's state, retained
+ALARMS: Final = f"{PREFIX}/alarms"
+
 UP_CONTENT_TYPE: Final = "application/json"
 
 #: The states a downlink command goes through, reported on ``…/ack``.

@@ -32,6 +32,7 @@ from citysense.errors import (
     RetryableError,
 )
 from citysense.registry import Registry, load_registry_option
+from dashboard_api.alarms import router as alarms_router
 from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.routes import ApiContext, PointLimitError, router
@@ -222,6 +223,8 @@ def create_app(
     app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
     app.state.metrics = RequestMetrics()
     app.include_router(router)
+    app.include_router(alarms_router)
+    app.state.alerts_url = settings.alerts
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)

@@ -20,27 +20,29 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from citysense.apikeys import StoredKey
+from citysense.apikeys import RANK as _RANK
+from citysense.apikeys import ROLE_KEY, KeyStore, RateLimiter, Role, role
 
-Role = Literal["viewer", "operator"]
-ROLE_KEY = "x-role"
-_RANK = {"public": 0, "viewer": 1, "operator": 2}
+#: Failed authentications per client address and minute before 429 (bursts up to this many).
+FAILED_AUTH_PER_MINUTE = 30
 
-
-def role(required: Literal["public", "viewer", "operator"]) -> dict[str, object]:
-    """``openapi_extra`` declaring the role a route needs."""
-    return {ROLE_KEY: required}
+__all__ = [
+    "FAILED_AUTH_PER_MINUTE",
+    "ROLE_KEY",
+    "CurrentPrincipal",
+    "KeyStore",
+    "Principal",
+    "RateLimiter",
+    "authorize",
+    "role",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,70 +55,8 @@ class Principal:
             raise HTTPException(403, f"{what}: viewers see district-level data only")
 
 
-#: Failed authentications per client address and minute before 429 (bursts up to this many).
-FAILED_AUTH_PER_MINUTE = 30
-
-
-class KeyStore:
-    """API keys by SHA-256 digest; lookups compare against every digest in constant time."""
-
-    def __init__(self, keys: Mapping[str, str], stored: Sequence[StoredKey] = ()) -> None:
-        self._digests: list[tuple[bytes, Role, str]] = [
-            (d := hashlib.sha256(k.encode()).digest(), r, d.hex()[:8])  # type: ignore[misc]
-            for k, r in keys.items()
-        ]
-        self._digests += [
-            (bytes.fromhex(k.sha256), k.role, k.name)  # type: ignore[misc]
-            for k in stored
-        ]
-
-    @property
-    def open(self) -> bool:
-        return not self._digests
-
-    def __len__(self) -> int:
-        return len(self._digests)
-
-    def lookup(self, presented: str) -> Principal | None:
-        digest = hashlib.sha256(presented.encode()).digest()
-        found: Principal | None = None
-        for stored, r, key_id in self._digests:
-            if hmac.compare_digest(stored, digest):
-                found = Principal(r, key_id)
-        return found
-
-
-class RateLimiter:
-    """Token buckets: ``per_minute`` requests per minute per key, bursts up to that many."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 if allowed, else the seconds until the next request would be."""
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > 10_000:  # bounded memory: forget idle full buckets
-            for k in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1]:
-                del self._buckets[k]
-        return (1.0 - tokens) / self.rate
-
-    def wait(self, key: str) -> float:
-        """Like :meth:`take` without taking: 0 if a request would be allowed now."""
-        entry = self._buckets.get(key)
-        if entry is None:
-            return 0.0
-        tokens, last = entry
-        tokens = min(self.capacity, tokens + (self._clock() - last) * self.rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _refuse_auth(request: Request, detail: str) -> HTTPException:
@@ -125,10 +65,6 @@ def _refuse_auth(request: Request, detail: str) -> HTTPException:
     state.auth_failures.take(_address(request))
     state.metrics.auth_failed += 1
     return HTTPException(401, detail, {"WWW-Authenticate": "Bearer"})
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys")
@@ -152,12 +88,12 @@ async def authorize(
         if keys.open:
             principal = Principal("operator", f"open:{_address(request)}")
         elif credentials is not None and not state.auth_failures.wait(_address(request)):
-            found = keys.lookup(credentials.credentials)
-            if found is None:  # a wrong key counts here too: /health must not be an oracle
+            match = keys.lookup(credentials.credentials)
+            if match is None:  # a wrong key counts here too: /health must not be an oracle
                 state.auth_failures.take(_address(request))
                 state.metrics.auth_failed += 1
             else:
-                principal = found
+                principal = Principal(match.role, match.key_id)
         request.state.principal = principal
         return principal
     if keys.open:
@@ -177,7 +113,7 @@ async def authorize(
         found = keys.lookup(credentials.credentials)
         if found is None:
             raise _refuse_auth(request, "unknown API key")
-        principal = found
+        principal = Principal(found.role, found.key_id)
     request.state.principal = principal
     wait = state.limiter.take(principal.key_id)
     if wait > 0:

@@ -12,6 +12,7 @@ import logging
 import signal
 
 from citysense.config import Settings
+from citysense.serving import run_until_signalled
 from dashboard_api.app import create_app, reload_keys
 from dashboard_api.service import refuse_writable_reader, serve
 
@@ -23,18 +24,11 @@ def run(settings: Settings) -> int:
 
     async def main() -> None:
         await refuse_writable_reader(settings)  # the API reads: it must not hold a writer
-        task = asyncio.create_task(serve(settings, app=app))
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
         loop.add_signal_handler(signal.SIGHUP, reload_keys, app, settings)
         try:
-            await task
-        except asyncio.CancelledError:
-            log.info("operator API stopped")
+            await serve(settings, app=app)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGHUP)
 
-    asyncio.run(main())
-    return 0
+    return run_until_signalled(main, log, "operator API stopped")

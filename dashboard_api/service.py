@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,6 +19,7 @@ from fastapi import FastAPI
 from citysense.compat import uvicorn as compat_uvicorn
 from citysense.config import Settings, parse_hostport
 from citysense.errors import ConfigError, RetryableError
+from citysense.serving import listen_socket
 from dashboard_api.app import create_app
 from timeseries.connection import InfluxTarget, can_write, storage_target
 
@@ -93,23 +93,3 @@ async def serve(
         raise
     finally:
         sock.close()
-
-
-def listen_socket(host: str, port: int, bind: str) -> socket.socket:
-    """A listening TCP socket on ``host:port``; a taken or bad address is a ConfigError."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-    return sock

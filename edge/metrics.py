@@ -28,6 +28,7 @@ HELP: Mapping[str, str] = {
     "citysense_edge_unknown_modules_total": "radio reports of a module IMEI not in the registry",
     "citysense_edge_outbox_depth": "readings held in the outbox",
     "citysense_edge_outbox_oldest_age_seconds": "age of the oldest reading in the outbox",
+    "citysense_edge_next_seq": "the seq the next batch will carry (grows, never reused)",
     "citysense_edge_outbox_bytes": "bytes used by the outbox database",
     "citysense_edge_inflight_batches": "batches published and awaiting confirmation",
     "citysense_edge_mqtt_connected": "1 while connected to the broker",

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from citysense.errors import InputError, RetryableError
 from citysense.model import Batch, Reading, Value
 from citysense.privatefiles import private_file
 from citysense.topics import Command
+from edge import clock
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class SqliteOutbox:
     async def _flush(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
-            now = int(time.time() * 1000)
+            now = clock.now_ms()
             rows = [
                 (r.device, r.t, r.kind, r.district, r.site, r.values, now, i)
                 for i, (readings, _) in enumerate(group)
@@ -491,13 +491,14 @@ class SqliteOutbox:
 
     async def due(self, now_ms: int, resend_after_ms: int) -> list[int]:
         """Batches in flight to publish now: rejected ones, and those last sent at least
-        ``resend_after_ms`` ago without an acceptance; oldest first."""
+        ``resend_after_ms`` ago without an acceptance; oldest first. A batch "sent" after
+        ``now_ms`` (the clock was stepped back across a restart) is due too."""
         return await self._run(
             lambda: [
                 int(r[0])
                 for r in self.db.execute(
-                    "SELECT seq FROM batch WHERE sent <= ? ORDER BY seq",
-                    (now_ms - resend_after_ms,),
+                    "SELECT seq FROM batch WHERE sent <= ? OR sent > ? ORDER BY seq",
+                    (now_ms - resend_after_ms, now_ms + 60_000),
                 )
             ]
         )

@@ -36,7 +36,7 @@ from citysense.config import Settings, broker_url, parse_hostport, parse_serial
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
-from edge import coap_site
+from edge import clock, coap_site
 from edge.coap_site import Answer
 from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
@@ -80,7 +80,7 @@ _REFUSAL_CODES = {
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def content_format_of(payload: bytes) -> int | None:
@@ -330,6 +330,7 @@ class Gateway:
         out["citysense_edge_outbox_bytes"] = {(): stats.used_bytes}
         age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
         out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
+        out["citysense_edge_next_seq"] = {(): float(await self.outbox.next_seq())}
         out["citysense_edge_serial_module_up"] = {
             (("device", dev),): 1.0 if health["state"] == "ready" else 0.0
             for dev, health in self.serial_health.items()

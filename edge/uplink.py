@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,6 +33,7 @@ from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.errors import CitysenseError
 from citysense.mqttsecurity import secure
+from edge import clock
 from edge.metrics import Metrics
 from edge.outbox import Outbox
 
@@ -43,7 +43,7 @@ KEEPALIVE_S = 30
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def status_payload(state: str, since_ms: int) -> bytes:

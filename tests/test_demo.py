@@ -214,6 +214,10 @@ def test_demo_runs_the_whole_city_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert set(page["aqi_districts"]) == names, page
         assert page["chart_points"] > 20, page
         assert "online" in page["device_status"], page
+        # the demo runs citysense alerts with the default rules; the page shows its panel
+        alarms = _get(f"{demo.base}/api/v1/alarms")
+        assert isinstance(alarms["alarms"], list), alarms
+        assert '<section class="card wide" id="alarm-card">' in dom, "the alarm panel is hidden"
     finally:
         code = demo.ctrl_c()
     demo.assert_stopped_cleanly(code)

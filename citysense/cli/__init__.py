@@ -36,6 +36,7 @@ ENTRY_POINTS: tuple[str, ...] = (
     "ingest",
     "ingest dead-letters",
     "api",
+    "alerts",
     "simulate fleet",
     "simulate module",
     "fleet generate",
@@ -51,6 +52,7 @@ DESCRIPTIONS: dict[str, str] = {
     "ingest": "an ingestor: MQTT (shared subscription) -> storage",
     "ingest dead-letters": "list rejected input with its reason and raw payload",
     "api": "the operator API and dashboard",
+    "alerts": "alarm rules, alarm lifecycle and durable notifications",
     "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
@@ -149,6 +151,10 @@ def resolve_entry(command: str) -> Callable[[Settings], int]:
             from dashboard_api.cli import run as api
 
             return api
+        case "alerts":
+            from alerts.cli import run as alerts
+
+            return alerts
         case "simulate fleet":
             from simulators.cli import fleet
 

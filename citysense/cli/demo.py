@@ -7,9 +7,11 @@ This is the composition root: it imports every package and starts, in order,
 2. the ingestor (``ingest.service.serve``) writing to the embedded SQLite store in the state
    directory, or to the InfluxDB named by ``--influx``;
 3. the gateway (``edge.service.serve``) with CoAP on a free loopback UDP port;
-4. the API and dashboard (``dashboard_api.service.serve``) on ``--bind``;
-5. ``--backfill-hours`` of history written straight to storage, so charts are not empty;
-6. the simulated fleet (``simulators.fleet.run_fleet``) sending CoAP uplinks to the gateway.
+4. the alarms service (``alerts.service.serve``) on a free loopback port with the default
+   rule set (``--rules`` names another), its active alarms shown on the dashboard;
+5. the API and dashboard (``dashboard_api.service.serve``) on ``--bind``;
+6. ``--backfill-hours`` of history written straight to storage, so charts are not empty;
+7. the simulated fleet (``simulators.fleet.run_fleet``) sending CoAP uplinks to the gateway.
 
 Each service is started through its ``serve(settings, ready)`` and waited for on its ready
 event (bounded); settings are derived from the demo's with :func:`dataclasses.replace`. It
@@ -17,7 +19,7 @@ prints the dashboard URL, then a status line (on a terminal rewritten in place, 
 line every few seconds).
 
 Invariants: SIGINT, SIGTERM or ``--duration`` stop everything in this order -- fleet, gateway
-(which flushes its outbox), ingestor, API, broker -- each bounded by :data:`STOP_TIMEOUT`,
+(which flushes its outbox), ingestor, API, alarms, broker -- each bounded by :data:`STOP_TIMEOUT`,
 and the command exits 0. A service that fails to start stops what was started and its error
 is the command's (a :class:`~citysense.errors.ConfigError` exits 2); a service that dies while
 running stops the demo with exit code 1. A service whose package is missing is reported and
@@ -39,6 +41,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from alerts import service as alerts_service
 from citysense.config import Settings, mask_url, parse_hostport
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
@@ -65,8 +68,8 @@ STATUS_EVERY_TTY = 1.0
 SCRAPE_TIMEOUT = 2.0
 REGISTRY_FILE = "demo-registry.csv"
 
-#: Stop order (the start order is broker, ingest, gateway, api, fleet).
-STOP_ORDER = ("fleet", "gateway", "ingest", "api", "broker")
+#: Stop order (the start order is broker, ingest, gateway, alerts, api, fleet).
+STOP_ORDER = ("fleet", "gateway", "ingest", "api", "alerts", "broker")
 
 
 _LABELS = (
@@ -338,18 +341,32 @@ class Demo:
         )
         say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
 
-        # 4. API and dashboard
+        # 4. alarms, with the default rule set unless --rules names another
+        port = free_tcp_port()
+        alerts_settings = dataclasses.replace(
+            base,
+            bind=f"127.0.0.1:{port}",
+            rules=s.rules or str(alerts_service.DEFAULT_RULES),
+        )
+        await self._start("alerts", lambda r: alerts_service.serve(alerts_settings, r), stop)
+        base = dataclasses.replace(base, alerts=f"http://127.0.0.1:{port}")
+        say(
+            f"alarms    http://127.0.0.1:{port}/api/v1/alarms "
+            f"({Path(alerts_settings.rules or '').name})"
+        )
+
+        # 5. API and dashboard
         await self._start("api", lambda r: api_service.serve(base, r), stop)
         host, port = parse_hostport(s.bind, "--bind")
         say(f"dashboard http://{host}:{port}/")
 
-        # 5. history
+        # 6. history
         if s.backfill_hours > 0:
             await self._backfill(devices, base, stop)
         if stop.is_set():
             return 0
 
-        # 6. fleet
+        # 7. fleet
         # the demo decides when the fleet stops: no --duration of its own
         fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
         registry = fleet_service.load_fleet_registry(fleet_settings)

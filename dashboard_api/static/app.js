@@ -277,6 +277,36 @@ function renderDevices(resp) {
     c.offline + " offline, " + c.stale + " stale, " + c.online + " online";
 }
 
+function renderAlarms(resp) {
+  // most severe first, then newest (the alerts service already orders them so)
+  const card = document.getElementById("alarm-card");
+  card.hidden = false;
+  const body = document.querySelector("#alarm-table tbody");
+  clear(body);
+  for (const a of resp.alarms) {
+    const subject = Object.entries(a.subject).map(([k, v]) => k + " " + v).join(", ");
+    body.append(el("tr", {},
+      el("td", { class: "sev-" + a.severity }, a.severity),
+      el("td", {}, a.state), el("td", {}, a.rule), el("td", {}, subject),
+      el("td", { class: "num" }, fmt(a.value, 1)), el("td", {}, ago(a.raised_at))));
+  }
+  document.getElementById("alarm-counts").textContent =
+    resp.alarms.length ? resp.alarms.length + " active" : "none active";
+}
+
+async function alarmSection() {
+  if (state.noAlerts) return true;
+  try {
+    const resp = await api("/api/v1/alarms");
+    if (!resp.configured) { state.noAlerts = true; return true; }  // no alerts service
+    renderAlarms(resp); clearError("alarm-card");
+  } catch (err) {
+    document.getElementById("alarm-card").hidden = false;
+    showError("alarm-card", err);
+  }
+  return true;
+}
+
 function showError(cardId, err) {
   const card = document.getElementById(cardId);
   let p = card.querySelector(".error");
@@ -315,6 +345,7 @@ async function refresh() {
       section("leak-card", "/api/v1/utility/leaks", renderLeaks),
       chartSection(),
     ]);
+    await alarmSection();
     if (!state.devicesForbidden) {
       const shown = await section("device-card", "/api/v1/devices", renderDevices);
       // a viewer key may not list devices: ask once, not at every refresh

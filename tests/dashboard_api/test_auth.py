@@ -30,6 +30,7 @@ SAMPLE_REQUEST: dict[str, str] = {
     "/api/v1/environment/aqi": "/api/v1/environment/aqi",
     "/api/v1/traffic/congestion": "/api/v1/traffic/congestion",
     "/api/v1/utility/leaks": "/api/v1/utility/leaks",
+    "/api/v1/alarms": "/api/v1/alarms",
     "/metrics": "/metrics",
     "/": "/",
     "/static/{name}": "/static/app.js",

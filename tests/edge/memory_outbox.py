@@ -94,7 +94,11 @@ class MemoryOutbox:
         return len(self.batches)
 
     async def due(self, now_ms: int, resend_after_ms: int) -> list[int]:
-        return sorted(s for s, at in self.batches.items() if at <= now_ms - resend_after_ms)
+        return sorted(
+            s
+            for s, at in self.batches.items()
+            if at <= now_ms - resend_after_ms or at > now_ms + 60_000
+        )
 
     async def sent(self, seqs: Sequence[int], now_ms: int) -> None:
         for seq in seqs:

@@ -84,6 +84,20 @@ def test_batches_are_due_again_after_the_resend_interval_and_on_reject(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_sent_in_the_future_is_due(kind: str, tmp_path: Path) -> None:
+    """The clock went back across a restart: a batch "sent" an hour from now is re-sent now,
+    not in an hour."""
+
+    async def main() -> None:
+        async with opened(kind, tmp_path) as ob:
+            await ob.add([reading(0)])
+            assert await ob.batch(3, NOW + 3_600_000) == 1
+            assert await ob.due(NOW, 60_000) == [1]
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_only_batches_in_flight_are_accepted(kind: str, tmp_path: Path) -> None:
     async def main() -> None:
         async with opened(kind, tmp_path) as ob:
