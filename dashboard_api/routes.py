@@ -75,7 +75,11 @@ DAY = 24 * HOUR
 MAX_RANGE_MS = 366 * DAY
 HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
 STATIC = Path(__file__).parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",  # served from here: the CSP allows no data: URL
+}
 
 if TYPE_CHECKING:
     MetricName = str
