@@ -290,7 +290,14 @@ def profile_section(influx: InfluxServer, loads: tuple[Load, ...]) -> Section:
 def run_other_benches(quick: bool, budget_s: float) -> list[tuple[str, str, float]]:
     """Run each ``bench/bench_*.py`` in its own process; (name, outcome, seconds) each."""
     outcomes: list[tuple[str, str, float]] = []
-    expected = ["bench_gateway", "bench_ingest", "bench_api", "bench_simulators", "bench_alerts"]
+    expected = [
+        "bench_gateway",
+        "bench_ingest",
+        "bench_api",
+        "bench_simulators",
+        "bench_alerts",
+        "bench_quality",
+    ]
     found = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
     names = [n for n in expected if n in found] + [n for n in found if n not in expected]
     for name in expected:

@@ -155,6 +155,73 @@ _KINDS: tuple[Kind, ...] = (
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRICS})
+
+
+@dataclass(frozen=True, slots=True)
+class QualityLimits:
+    """Data-quality thresholds of one metric (``analytics.quality`` reads them; one home).
+
+    Thresholds are per report at the kind's nominal interval. ``None`` switches a check off
+    for the metric (a constant night-time vehicle count or a mains battery is normal).
+    """
+
+    resolution: float  #: smallest step a device reports (values closer are equal)
+    stuck_reports: int | None = None  #: this many equal reports in a row is a stuck sensor
+    spike_step: float | None = None  #: a jump there and back larger than this is a spike
+    drift_per_day: float | None = None  #: growth per day of the gap to the neighbours
+    drift_total: float | None = None  #: ... and the gap grown at least this much in the window
+    tamper_ratio: float | None = None  #: station below this share of its neighbours' median
+    tamper_level: float | None = None  #: ... while that median is at least this high
+    tamper_rise: float | None = None  #: ... having risen at least this much in 48 h
+    silent_reports: int = 6  #: missing for this many intervals while others report
+    detection_limit: float | None = None  #: readings at or below it sit at the sensor's floor
+
+
+def _q(resolution: float, stuck: int | None, spike: float | None, **kw: float) -> QualityLimits:
+    return QualityLimits(resolution, stuck, spike, **kw)  # type: ignore[arg-type]
+
+
+_QUALITY: dict[str, QualityLimits] = {
+    # optical PM counters: a wet counter jumps by hundreds for one report; a covered inlet
+    # reads clean air while the district's stations rise through a haze together
+    "pm25": _q(
+        0.1,
+        12,
+        150.0,
+        drift_per_day=2.0,
+        drift_total=12.0,
+        tamper_ratio=0.35,
+        tamper_level=75.0,
+        tamper_rise=40.0,
+        detection_limit=2.0,
+    ),
+    "pm10": _q(
+        0.1,
+        12,
+        250.0,
+        drift_per_day=3.0,
+        drift_total=18.0,
+        tamper_ratio=0.35,
+        tamper_level=120.0,
+        tamper_rise=60.0,
+    ),
+    "no2": _q(0.1, 12, 150.0, drift_per_day=2.0, drift_total=12.0, detection_limit=2.0),
+    "so2": _q(0.1, 12, 100.0, detection_limit=1.0),
+    "o3": _q(0.1, 12, 150.0, drift_per_day=3.0, drift_total=18.0, detection_limit=2.0),
+    "co": _q(0.01, 12, 3.0, detection_limit=0.1),
+    "temperature": _q(0.1, 24, 8.0),
+    "humidity": _q(0.1, 24, 30.0),
+    "noise": _q(0.1, 12, 40.0),
+    "avg_speed": _q(0.1, 12, None),
+    "occupancy": _q(0.1, 12, None),
+    "water_pressure": _q(1.0, None, 400.0),
+    "voltage": _q(0.1, 12, 150.0),
+    "water_volume": _q(0.001, None, None),
+    "energy": _q(0.01, None, None),
+    "gas_volume": _q(0.001, None, None),
+}
+#: Data-quality thresholds per metric (metrics without an entry are not checked).
+QUALITY: Mapping[str, QualityLimits] = MappingProxyType(_QUALITY)
 KINDS: Mapping[str, Kind] = MappingProxyType({k.name: k for k in _KINDS})
 HEALTH_METRICS: tuple[str, ...] = tuple(m.name for m in _METRICS if m.domain == "device_health")
 

@@ -239,6 +239,20 @@ class Settings:
         "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
+    # --- reads: rollups and retention (ingest maintains, api reads)
+    rollups: bool = _opt(
+        True,
+        "keep 1-minute and 1-hour rollups beside the raw data (ingest maintains them; "
+        "the API answers series from them)",
+        {DEMO, INGEST, API},
+        "bool",
+    )
+    retention_raw: str = _opt(
+        "90d", "how long raw readings are kept (e.g. 90d)", {DEMO, INGEST, API}, metavar="DURATION"
+    )
+    retention_rollup: str = _opt(
+        "3650d", "how long rollups are kept (e.g. 3650d)", {DEMO, INGEST, API}, metavar="DURATION"
+    )
     # --- api
     bind: str = _opt(
         "127.0.0.1:8000",
@@ -308,6 +322,15 @@ class Settings:
     )
     webhook_timeout: float = _opt(10.0, "webhook request timeout, seconds", {ALERTS}, "float")
     interval: float = _opt(15.0, "seconds between rule evaluations", {ALERTS}, "float")
+    quality_interval: float = _opt(
+        300.0,
+        "seconds between data-quality evaluations (0: only when /quality is asked)",
+        {DEMO, API},
+        "float",
+    )
+    forecast_refresh: float = _opt(
+        3600.0, "seconds between retrainings of the forecast", {DEMO, API}, "float"
+    )
     # --- simulators
     devices: int = _opt(
         300, "number of simulated devices", {DEMO, SIM_FLEET, FLEET_GENERATE}, "int"
@@ -347,6 +370,13 @@ class Settings:
         (),
         "faults to inject, NAME[=RATE],...",
         {SIM_FLEET, SIM_MODULE},
+        "list",
+        metavar="NAME[=RATE],...",
+    )
+    sensor_faults: tuple[str, ...] = _opt(
+        (),
+        "sensor faults with known truth: stuck, spike, drift, covered_inlet, reversal [=RATE]",
+        {DEMO, SIM_FLEET},
         "list",
         metavar="NAME[=RATE],...",
     )
@@ -661,6 +691,18 @@ def parse_serial(item: str) -> tuple[str, str]:
     return dev, dialect
 
 
+_RETENTION_RE = re.compile(r"(\d{1,7})([hdw])")
+_RETENTION_UNIT_MS = {"h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def parse_retention(text: str, flag: str) -> int:
+    """``90d`` -> milliseconds (units h, d, w; at least one hour)."""
+    m = _RETENTION_RE.fullmatch(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"{flag} must be a duration like 90d, 52w or 720h, not {text!r}")
+    return int(m.group(1)) * _RETENTION_UNIT_MS[m.group(2)]
+
+
 def validate(s: Settings, command: str) -> None:
     """Cross-check settings for ``command``; raises :class:`ConfigError`."""
     if s.mqtt is not None:
@@ -721,6 +763,9 @@ def validate(s: Settings, command: str) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} must not be negative, not {value}")
+    raw_ms = parse_retention(s.retention_raw, "--retention-raw")
+    if parse_retention(s.retention_rollup, "--retention-rollup") < raw_ms:
+        raise ConfigError("--retention-rollup must be at least --retention-raw")
     try:
         zoneinfo.ZoneInfo(s.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -34,7 +34,10 @@ from citysense.errors import (
 from citysense.registry import Registry, load_registry_option
 from dashboard_api.alarms import router as alarms_router
 from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
+from dashboard_api.latest_cache import LatestCache, keep_latest, open_rollup_reads
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
+from dashboard_api.quality import ForecastService, QualityMonitor, start_background
+from dashboard_api.quality_routes import router as quality_router
 from dashboard_api.routes import ApiContext, PointLimitError, router
 from timeseries.query import QueryError, Reader, open_reader
 
@@ -200,9 +203,25 @@ def create_app(
             used = reader
             if used is None:
                 used = await stack.enter_async_context(open_reader(settings))
-            app.state.context = ApiContext(
-                used, registry, settings.point_limit, clock, settings.timezone
+            rollups = open_rollup_reads(settings, used, clock)
+            latest = await stack.enter_async_context(keep_latest(LatestCache(used, clock, rollups)))
+            app.state.quality = QualityMonitor(used, clock, settings.quality_interval or 300.0)
+            app.state.forecast = ForecastService(
+                used, clock, settings.forecast_refresh, settings.timezone
             )
+            app.state.context = ApiContext(
+                used,
+                registry,
+                settings.point_limit,
+                clock,
+                settings.timezone,
+                app.state.quality,
+                latest=latest,
+                rollups=rollups,
+            )
+            if settings.quality_interval > 0:  # 0: evaluated only when /quality is asked
+                for task in start_background(app.state.quality, app.state.forecast):
+                    stack.callback(task.cancel)
             if keys.open:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)
@@ -225,6 +244,7 @@ def create_app(
     app.include_router(router)
     app.include_router(alarms_router)
     app.state.alerts_url = settings.alerts
+    app.include_router(quality_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
     app.add_exception_handler(InputError, _input_error)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from analytics.aqi import Standard
+from analytics.quality import Reason
 
 
 class ErrorBody(BaseModel):
@@ -22,6 +23,23 @@ class BadRequestBody(ErrorBody):
 
     points: int | None = Field(None, description="points the query would have returned")
     limit: int | None = Field(None, description="the point limit")
+
+
+class ExcludedOut(BaseModel):
+    """Readings left out of an answer because their device's metric was flagged."""
+
+    device: str
+    metric: str
+    reason: str
+    since: str
+    until: str | None = Field(description="null: the flag is still open")
+    readings: int | None = Field(None, description="readings left out (where counted)")
+
+
+class FlagBrief(BaseModel):
+    metric: str
+    reason: str
+    since: str
 
 
 class Health(BaseModel):
@@ -82,6 +100,9 @@ class DistrictAqi(BaseModel):
     primary_pollutants: list[str]
     iaqi: list[IaqiOut]
     hours: dict[str, int] = Field(description="hourly means available per pollutant (of 24)")
+    excluded: list[ExcludedOut] = Field(
+        default_factory=list, description="flagged readings left out of these means"
+    )
 
 
 class AqiResponse(BaseModel):
@@ -128,6 +149,7 @@ class Device(BaseModel):
     snr: float | None
     ecl: float | None
     registered: bool
+    flags: list[FlagBrief] = Field(default_factory=list, description="open data-quality flags")
 
 
 class DeviceList(BaseModel):
@@ -168,6 +190,10 @@ class SeriesResponse(BaseModel):
     start: str
     end: str
     unit: str
+    source: Literal["raw", "1m", "1h"] = Field(
+        description="what the buckets were computed from: raw readings or a rollup "
+        "(1-minute, 1-hour); rollup answers equal raw-data answers"
+    )
     series: list[SeriesGroupOut]
 
 
@@ -191,6 +217,9 @@ class CongestionResponse(BaseModel):
     window: str
     districts: list[CongestionOut]
     sites: list[CongestionOut]
+    excluded: list[ExcludedOut] = Field(
+        default_factory=list, description="flagged counters left out of the index"
+    )
 
 
 class LeakOut(BaseModel):
@@ -210,3 +239,52 @@ class LeaksResponse(BaseModel):
     threshold: float
     meters_checked: int
     leaks: list[LeakOut]
+    excluded: list[ExcludedOut] = Field(
+        default_factory=list, description="flagged meters left out of the check"
+    )
+
+
+# --------------------------------------------------------------------------- quality, forecast
+
+
+class QualityFlag(BaseModel):
+    device: str
+    kind: str
+    district: str
+    site: str
+    metric: str
+    reason: Reason
+    since: str
+    until: str | None = Field(description="null: still open")
+    open: bool
+    evidence: dict[str, object] = Field(description="values, neighbours and window behind it")
+
+
+class QualityResponse(BaseModel):
+    evaluated_at: str | None
+    flags: list[QualityFlag]
+
+
+class ForecastPoint(BaseModel):
+    time: str = Field(description="start of the forecast hour")
+    pm25: float
+    pm25_low: float = Field(description="10th percentile (80% interval)")
+    pm25_high: float = Field(description="90th percentile (80% interval)")
+    aqi: int | None
+    level: str | None
+
+
+class DistrictForecastOut(BaseModel):
+    district: str
+    trained_until: str
+    skill: dict[str, dict[str, float]] = Field(
+        description="horizon hours -> RMSE of the model, persistence and climatology "
+        "on held-out history"
+    )
+    points: list[ForecastPoint]
+
+
+class ForecastResponse(BaseModel):
+    issued_at: str
+    standard: str
+    districts: list[DistrictForecastOut]

@@ -61,6 +61,7 @@ from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Device, Registry
 from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.latest_cache import ALL_METRICS, LatestCache, latest_of_all
 from dashboard_api.parameters import (
     ParameterError,
     format_duration,
@@ -68,7 +69,9 @@ from dashboard_api.parameters import (
     parse_time,
     rfc3339,
 )
+from dashboard_api.quality import QualityMonitor, exclude_flagged, excluded_out
 from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
+from timeseries.rollup_query import RollupReads
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -124,6 +127,15 @@ class ApiContext:
     point_limit: int
     clock: Callable[[], float]  #: seconds since the epoch
     timezone: str = "UTC"  #: the city's time zone (local-time analytics)
+    quality: QualityMonitor | None = None  #: data-quality flags (flagged readings left out)
+    latest: LatestCache | None = None  #: the live latest-value table
+    rollups: RollupReads | None = None  #: series from rollups
+
+    def live(self, at: str | None) -> LatestCache | None:
+        """The latest-value table, when it can answer a question about now."""
+        if at is None and self.latest is not None and self.latest.ready:
+            return self.latest
+        return None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -165,21 +177,22 @@ def _at(ctx: ApiContext, at: str | None, name: str = "at") -> int:
 async def health(request: Request, response: Response) -> models.Health | JSONResponse:
     ctx = context(request)
     known = getattr(request.state, "principal", None)
+    detail: str | None = None
     try:
         await asyncio.wait_for(ctx.reader.ping(), timeout=5.0)
     except (RetryableError, TimeoutError) as exc:
-        response.status_code = 503
-        if known is None or known.key_id == "public":  # anonymous: the status alone
-            return JSONResponse({"status": "degraded"}, status_code=503)
-        return models.Health(
-            status="degraded",
-            storage=ctx.reader.description,
-            version=__version__,
-            detail=str(exc) or "storage did not answer in time",
-        )
-    if known is None or known.key_id == "public":
-        return JSONResponse({"status": "ok"})
-    return models.Health(status="ok", storage=ctx.reader.description, version=__version__)
+        detail = str(exc) or "storage did not answer in time"
+    else:
+        if ctx.latest is not None and not ctx.latest.ready:
+            detail = "the latest-value table is being primed"
+    status: Literal["ok", "degraded"] = "ok" if detail is None else "degraded"
+    code = 200 if detail is None else 503
+    if known is None or known.key_id == "public":  # anonymous: the status alone
+        return JSONResponse({"status": status}, status_code=code)
+    response.status_code = code
+    return models.Health(
+        status=status, storage=ctx.reader.description, version=__version__, detail=detail
+    )
 
 
 @router.get(
@@ -230,7 +243,11 @@ async def latest(
         else tuple(m for m, spec in METRICS.items() if spec.domain == domain)
     )
     filters = _filters(district=district, kind=kind, device=device, site=site)
-    rows = await ctx.reader.latest(metrics, filters, end - span, end)
+    live = ctx.live(at)
+    if live is not None:
+        rows = live.rows(metrics, filters, end - span, end)
+    else:
+        rows = await ctx.reader.latest(metrics, filters, end - span, end)
     if len(rows) > ctx.point_limit:
         raise PointLimitError(len(rows), ctx.point_limit)
     # Built as plain data (thousands of values): the shape is LatestResponse, checked by
@@ -260,8 +277,9 @@ async def latest(
 _AUTO_EVERY = (60_000, 300_000, 900_000, HOUR, 6 * HOUR, DAY, 7 * DAY)
 
 
-async def run_series(ctx: ApiContext, q: SeriesQuery) -> list[SeriesGroup]:
-    """Size the query, refuse it over the point limit, else run it."""
+async def run_series(ctx: ApiContext, q: SeriesQuery) -> tuple[list[SeriesGroup], str]:
+    """Size the query, refuse it over the point limit, else run it (from rollups where they
+    fit); the answer and its source."""
     groups = 1
     if q.group_by is not None:
         groups = len(await ctx.reader.tag_values(q.group_by, q.metric, q.filters))
@@ -269,7 +287,9 @@ async def run_series(ctx: ApiContext, q: SeriesQuery) -> list[SeriesGroup]:
         exact = await ctx.reader.count_series(q)
         if exact > ctx.point_limit:
             raise PointLimitError(exact, ctx.point_limit)
-    return await ctx.reader.series(q)
+    if ctx.rollups is not None:
+        return await ctx.rollups.series(q)
+    return await ctx.reader.series(q), "raw"
 
 
 @router.get(
@@ -324,7 +344,7 @@ async def series(
         group_by,
         start_ms % every_ms,  # buckets start at ``start``
     )
-    groups = await run_series(ctx, q)
+    groups, source = await run_series(ctx, q)
     return JSONResponse(  # plain data (up to the point limit): the shape is SeriesResponse
         {
             "metric": metric,
@@ -333,6 +353,7 @@ async def series(
             "start": rfc3339(start_ms),
             "end": rfc3339(end_ms),
             "unit": METRICS[metric].unit,
+            "source": source,
             "series": [
                 {"group": g.group, "points": [[rfc3339(t), v] for t, v in g.points]} for g in groups
             ],
@@ -360,14 +381,18 @@ def _aqi_out(district: str, r: AqiResult, hours: dict[str, int]) -> models.Distr
 async def district_aqi(
     ctx: ApiContext, at_ms: int, standard: Standard, district: str | None
 ) -> list[models.DistrictAqi]:
-    """AQI per district from hourly means of the 24 hours ending at ``at`` (newest first)."""
+    """AQI per district from hourly means of the 24 clock hours up to ``at`` (the newest is
+    the hour holding ``at``, up to ``at``), from the hourly rollup where it is kept."""
     filters = _filters(district=district)
+    hour_end = -(-at_ms // HOUR) * HOUR
     queries = [
-        SeriesQuery(p, at_ms - DAY, at_ms, HOUR, "mean", filters, "district", at_ms % HOUR)
-        for p in POLLUTANTS
+        SeriesQuery(p, hour_end - DAY, at_ms, HOUR, "mean", filters, "district") for p in POLLUTANTS
     ]
-    results = await ctx.reader.series_many(queries)
-    newest = at_ms - HOUR
+    if ctx.rollups is not None:
+        results = [g for g, _ in await ctx.rollups.series_many(queries)]
+    else:
+        results = await ctx.reader.series_many(queries)
+    newest = hour_end - HOUR
     hourly: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
     for pollutant, groups in zip(POLLUTANTS, results, strict=True):
         for g in groups:
@@ -377,11 +402,14 @@ async def district_aqi(
                 if 0 <= k < 24:
                     values[k] = v
             hourly[g.group["district"]][pollutant] = values
+    # the same 24 clock hours (its newest bucket: the hour holding ``at``)
+    excluded = await exclude_flagged(ctx.reader, ctx.quality, hourly, hour_end, DAY, district)
     out = []
     for name in sorted(hourly):
         conc = {p: window_means(v) for p, v in hourly[name].items()}
         hours = {p: sum(x is not None for x in v) for p, v in hourly[name].items()}
         out.append(_aqi_out(name, compute_aqi(conc, standard), hours))
+        out[-1].excluded = excluded.get(name, [])
     return out
 
 
@@ -419,10 +447,17 @@ class _Seen:
     values: dict[str, float]
 
 
-async def seen_devices(ctx: ApiContext, filters: dict[str, str], at_ms: int) -> dict[str, _Seen]:
-    """Devices with a health reading in the last 7 days, with their newest values."""
-    rows: list[LatestValue] = await ctx.reader.latest(
-        HEALTH_SHOWN, filters, at_ms - DEFAULT_MAX_AGE_MS, at_ms + MAX_FUTURE_SKEW_MS
+async def seen_devices(
+    ctx: ApiContext, filters: dict[str, str], at_ms: int, at: str | None
+) -> dict[str, _Seen]:
+    """Devices with a reading of any metric in the last 7 days: last seen at their newest
+    reading, with their newest health figures."""
+    span = (at_ms - DEFAULT_MAX_AGE_MS, at_ms + MAX_FUTURE_SKEW_MS)
+    live = ctx.live(at)
+    rows: list[LatestValue] = (
+        live.rows(ALL_METRICS, filters, *span)
+        if live is not None
+        else await latest_of_all(ctx.reader, filters, *span)
     )
     seen: dict[str, _Seen] = {}
     for r in rows:
@@ -430,7 +465,8 @@ async def seen_devices(ctx: ApiContext, filters: dict[str, str], at_ms: int) -> 
         if s is None:
             s = seen[r.device] = _Seen(r.kind, r.district, r.site, r.t, {})
         s.last_seen = max(s.last_seen, r.t)
-        s.values[r.metric] = r.value
+        if r.metric in HEALTH_SHOWN:
+            s.values[r.metric] = r.value
     return seen
 
 
@@ -454,9 +490,10 @@ async def devices(
 ) -> models.DeviceList:
     ctx = context(request)
     at_ms = _at(ctx, at)
-    seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms)
+    seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms, at)
     out: list[models.Device] = []
     registry: Mapping[str, Device] = ctx.registry or {}
+    flagged = ctx.quality.open_by_device() if ctx.quality is not None else {}
     for dev_id in sorted(set(seen) | set(registry)):
         reg = registry.get(dev_id)
         s = seen.get(dev_id)
@@ -485,6 +522,10 @@ async def devices(
                 snr=values.get("snr"),
                 ecl=values.get("ecl"),
                 registered=reg is not None,
+                flags=[
+                    models.FlagBrief(metric=f.metric, reason=f.reason, since=rfc3339(f.since))
+                    for f in flagged.get(dev_id, [])
+                ],
             )
         )
     out.sort(key=lambda d: (_STATUS_ORDER[d.status], d.device))
@@ -510,7 +551,7 @@ async def districts(
     ctx = context(request)
     at_ms = _at(ctx, at)
     seen, aqis = await asyncio.gather(
-        seen_devices(ctx, {}, at_ms), district_aqi(ctx, at_ms, standard, None)
+        seen_devices(ctx, {}, at_ms, at), district_aqi(ctx, at_ms, standard, None)
     )
     kinds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     places: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -595,6 +636,8 @@ async def congestion(
     speeds, occs, vehs = last_of(speed), last_of(occ), last_of(veh)
     hist_by = {g.group["device"]: tuple(v for _, v in g.points) for g in hist}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("avg_speed", "occupancy", "vehicle_count"), at_ms - win, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     counters = [
         CounterWindow(
             dev,
@@ -613,6 +656,7 @@ async def congestion(
         window=format_duration(win),
         districts=[models.CongestionOut(**asdict(c)) for c in district_congestion(sites)],
         sites=[models.CongestionOut(**asdict(c)) for c in sites],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
 
 
@@ -662,6 +706,8 @@ async def leaks(
     flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}
     night_by = {g.group["device"]: min(v for _, v in g.points) for g in nights if g.points}
     places = {r.device: (r.district, r.site) for r in tags}
+    left_out = _flagged(ctx, ("water_volume", "water_flow"), first, at_ms)
+    places = {d: p for d, p in places.items() if d not in left_out}
     meters = [
         MeterEvidence(dev, dist, site, flag_by.get(dev, 0), night_by.get(dev))
         for dev, (dist, site) in sorted(places.items())
@@ -685,7 +731,18 @@ async def leaks(
             )
             for v in verdicts
         ],
+        excluded=[x for xs in left_out.values() for x in xs],
     )
+
+
+def _flagged(
+    ctx: ApiContext, metrics: tuple[str, ...], start_ms: int, end_ms: int
+) -> dict[str, list[models.ExcludedOut]]:
+    """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
+    out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
+    for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
+        out[f.device].append(excluded_out(f))
+    return out
 
 
 # --------------------------------------------------------------------------- page, metrics
@@ -700,6 +757,9 @@ async def leaks(
 )
 async def metrics(request: Request, principal: CurrentPrincipal) -> PlainTextResponse:
     text = cast(str, request.app.state.metrics.exposition())
+    ctx = context(request)
+    if ctx.latest is not None:
+        text += "\n".join(ctx.latest.exposition()) + "\n"
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

@@ -19,6 +19,7 @@ class IngestMetrics:
     def __init__(self) -> None:
         self.messages = 0
         self.readings_written = 0
+        self.readings_rewritten = 0
         self.points_written = 0
         self.writes = 0
         self.retries = 0
@@ -40,8 +41,14 @@ class IngestMetrics:
                 c("citysense_ingest_messages_total", "MQTT messages received", self.messages),
                 c(
                     "citysense_ingest_readings_written_total",
-                    "readings stored",
+                    "distinct readings stored (a re-sent batch is counted once)",
                     self.readings_written,
+                ),
+                c(
+                    "citysense_ingest_readings_rewritten_total",
+                    "readings of a re-sent batch written again while the first copy was being "
+                    "written (stored once: same keys)",
+                    self.readings_rewritten,
                 ),
                 c("citysense_ingest_points_written_total", "points stored", self.points_written),
                 c("citysense_ingest_writes_total", "storage writes", self.writes),

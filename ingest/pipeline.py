@@ -167,6 +167,10 @@ class SeqTracker:
             self.repeats += 1
         return known == digest
 
+    def known(self, gateway: str, seq: int, digest: int) -> bool:
+        """``True`` when this exact batch is already recorded as stored (counts nothing)."""
+        return self._stored.get((gateway, seq)) == digest
+
     def stored(self, gateway: str, seq: int, digest: int) -> None:
         """Remember that this batch is in storage."""
         key = (gateway, seq)

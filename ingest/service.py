@@ -43,6 +43,7 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
+from timeseries.rollup import maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
@@ -68,6 +69,8 @@ class _Batch:
     lines: list[str] = field(default_factory=list)  #: for InfluxDB, serialised once
     dead: list[DeadLetter] = field(default_factory=list)
     readings: int = 0
+    #: (gateway, seq) -> readings that this batch writes for it
+    seq_readings: dict[tuple[str, int], int] = field(default_factory=dict)
     #: gateway -> seqs to confirm, with each batch's payload digest
     confirm: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
 
@@ -204,6 +207,7 @@ class Ingestor:
                 if not self._seen(batch, gateway, seq, message.payload):
                     batch.lines.extend(lines)
                     batch.readings += readings
+                    batch.seq_readings[(gateway, seq)] = readings
                 return
         result = process_message(message.topic, message.payload, now_ms, self._max_age_ms)
         if result.seq is None or result.topic_gateway is None:
@@ -217,6 +221,7 @@ class Ingestor:
         else:
             batch.points.extend(result.points)
         batch.readings += result.readings
+        batch.seq_readings[(result.topic_gateway, result.seq)] = result.readings
 
     def _seen(self, batch: _Batch, gateway: str, seq: int, payload: bytes) -> bool:
         """Note the batch for confirmation; ``True`` if it is known stored (write nothing)."""
@@ -312,14 +317,22 @@ class Ingestor:
         """The batch is stored: confirm its seqs, acknowledge its messages."""
         consumer = self.consumer
         assert consumer is not None
+        new = 0
         for gateway, seqs in batch.confirm.items():
             for seq, digest in seqs:
+                written = batch.seq_readings.pop((gateway, seq), 0)
+                if self.tracker.known(gateway, seq, digest):
+                    # a re-send written while its first copy was still being written: the
+                    # store holds its readings once (same keys), so they are not new
+                    self.metrics.readings_rewritten += written
+                else:
+                    new += written
                 self.tracker.stored(gateway, seq, digest)
             body = topics.encode_stored(s for s, _ in seqs)
             consumer.publish(topics.topic(gateway, topics.STORED), body)
         consumer.ack(batch.messages)
         self._unacked -= len(batch.messages)
-        self.metrics.readings_written += batch.readings
+        self.metrics.readings_written += new
 
     async def _shutdown(self) -> None:
         """Finish the writes in flight (bounded), acknowledge them in order, disconnect."""
@@ -348,7 +361,8 @@ async def serve(
     """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
     metrics = IngestMetrics()
     async with AsyncExitStack() as stack:
-        writer = await stack.enter_async_context(open_writer(settings))
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
         store = await asyncio.to_thread(
             DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
         )
@@ -358,7 +372,8 @@ async def serve(
             host, port = parse_hostport(bind, "--metrics-bind")
 
             async def exposition() -> str:
-                return metrics.render()
+                extra = "\n".join(rollups.exposition()) + "\n" if rollups is not None else ""
+                return metrics.render() + extra
 
             server = await prometheus.serve_http(
                 {"/metrics": prometheus.metrics_route(exposition)}, host, port

@@ -58,30 +58,39 @@ SKEW_MIN_MS = 3_600_000
 SKEW_MAX_MS = 12 * 3_600_000
 
 
-def parse_faults(items: Iterable[str]) -> dict[str, float]:
-    """``["loss=0.1", "corrupt"]`` -> ``{"loss": 0.1, "corrupt": 0.02}``; ConfigError if bad."""
+def parse_rates(
+    items: Iterable[str],
+    defaults: dict[str, float],
+    option: str,
+    durations: frozenset[str] = frozenset(),
+) -> dict[str, float]:
+    """``NAME[=RATE]`` items -> rates (``defaults`` when no rate is given); ConfigError
+    naming ``option``. Rates are in [0, 1], except ``durations`` (positive seconds)."""
     out: dict[str, float] = {}
     for item in items:
         name, sep, raw = item.partition("=")
-        name = name.strip().lower()
-        if name not in DEFAULT_RATES:
-            raise ConfigError(
-                f"--faults: unknown fault {name!r} (known: {', '.join(DEFAULT_RATES)})"
-            )
+        name = name.strip().lower().replace("-", "_")
+        if name not in defaults:
+            raise ConfigError(f"{option}: unknown fault {name!r} (known: {', '.join(defaults)})")
         if not sep:
-            out[name] = DEFAULT_RATES[name]
+            out[name] = defaults[name]
             continue
         try:
             rate = float(raw)
         except ValueError as exc:
-            raise ConfigError(f"--faults: {name}={raw!r} is not a number") from exc
-        if name == "outage":
+            raise ConfigError(f"{option}: {name}={raw!r} is not a number") from exc
+        if name in durations:
             if rate <= 0:
-                raise ConfigError("--faults: outage needs a positive number of seconds")
+                raise ConfigError(f"{option}: {name} needs a positive number of seconds")
         elif not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"--faults: {name} rate must be between 0 and 1, not {rate}")
+            raise ConfigError(f"{option}: {name} rate must be between 0 and 1, not {rate}")
         out[name] = rate
     return out
+
+
+def parse_faults(items: Iterable[str]) -> dict[str, float]:
+    """``["loss=0.1", "corrupt"]`` -> ``{"loss": 0.1, "corrupt": 0.02}``; ConfigError if bad."""
+    return parse_rates(items, DEFAULT_RATES, "--faults", frozenset({"outage"}))
 
 
 def _device_share(device: str, seed: int, fault: str) -> float:

@@ -576,6 +576,11 @@ async def run_fleet(
         devices = list(registry.values())
     else:
         devices = list(registry)
+    if model is None and settings.sensor_faults:
+        from simulators.sensor_faults import SensorFaults
+
+        faults = SensorFaults.from_settings(settings.sensor_faults, settings.seed)
+        model = CityModel(devices, settings.seed, sensor_faults=faults)
     fleet = Fleet(
         devices,
         coap_target(settings),

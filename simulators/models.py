@@ -28,6 +28,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,9 @@ import numpy.typing as npt
 from citysense.catalog import HEALTH_METRICS, KINDS, METRICS
 from citysense.registry import Device
 from simulators.city import KM_PER_DEG_LAT, ZHENGZHOU, District, site_named
+
+if TYPE_CHECKING:
+    from simulators.sensor_faults import SensorFaults
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -283,8 +287,11 @@ class CityModel:
         episodes: Iterable[HazeEpisode] = (),
         random_episodes: bool = True,
         districts: Sequence[District] = ZHENGZHOU,
+        sensor_faults: SensorFaults | None = None,
     ) -> None:
         self.devices: tuple[Device, ...] = tuple(devices)
+        #: injected sensor faults with known truth (``simulators.sensor_faults``), or none
+        self.sensor_faults = sensor_faults
         self.seed = seed
         self.extra_episodes: tuple[HazeEpisode, ...] = tuple(episodes)
         self.random_episodes = random_episodes
@@ -337,6 +344,8 @@ class CityModel:
         s = self._static
         salt = np.broadcast_to(s.salt[idx], shape)
         own = _KIND_MODELS[kind](self, idx, salt, t, shape)
+        if self.sensor_faults is not None:
+            own = self.sensor_faults.apply(self, kind, idx, salt, t, own)
         own.update(self._health(kind, idx, salt, t, shape))
         return _finish(own)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from citysense.durable import connect_durable
@@ -39,6 +39,15 @@ class SqliteWriter:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect_durable(self.path, SQLITE_SCHEMA)
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        self._mark: tuple[str, Callable[[], int]] | None = None
+
+    def enable_marks(self, schema: str, upsert: str, token: Callable[[], int]) -> None:
+        """Also record, in each write's own transaction, the (measurement, hour) windows it
+        touched (:mod:`timeseries.rollup`)."""
+        with self._lock:
+            assert self._db is not None
+            self._db.executescript(schema)
+            self._mark = (upsert, token)
 
     def write_blocking(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` in one transaction (blocking; for threads and scripts)."""
@@ -52,6 +61,11 @@ class SqliteWriter:
                     # In key order: each batch then touches the B-tree's pages in one sweep
                     # (2-3x faster once the table outgrows the page cache).
                     db.executemany(SQLITE_UPSERT, sorted(_rows(points)))
+                    if self._mark is not None:
+                        upsert, token = self._mark
+                        tok = token()
+                        windows = {(p.measurement, p.t - p.t % 60_000) for p in points}
+                        db.executemany(upsert, [(m, w, tok) for m, w in sorted(windows)])
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise

@@ -116,7 +116,7 @@ def citysense_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from citysense.cli import main; sys.exit(main())"]
 
 
-def _citysense(processes: int) -> CommandFactory:
+def _citysense(processes: int, *extra: str) -> CommandFactory:
     def commands(
         broker: MosquittoServer, influx: InfluxServer, db: str, work: Path
     ) -> list[list[str]]:
@@ -140,6 +140,7 @@ def _citysense(processes: int) -> CommandFactory:
                 f"bench-ingest-{i}",
                 "--log-level",
                 "WARNING",
+                *extra,
             ]
             for i in range(processes)
         ]
@@ -176,6 +177,9 @@ def _node_red(join: bool) -> CommandFactory:
 
 
 CITYSENSE = Consumer("citysense", "citysense ingest (1 process)", _citysense(1))
+CITYSENSE_NO_ROLLUPS = Consumer(
+    "citysense-no-rollups", "citysense ingest, rollups off", _citysense(1, "--no-rollups")
+)
 CITYSENSE_2 = Consumer(
     "citysense-2", "citysense ingest (2 processes, shared subscription)", _citysense(2)
 )
@@ -256,6 +260,7 @@ def measure(
     per_message: int,
     seconds: float,
     profile: bool = False,
+    until_stored: bool = False,
 ) -> Measurement:
     """Measure ``consumer`` on ``messages`` envelopes of ``per_message`` readings."""
     tag = f"{consumer.key}-{per_message}{'-profile' if profile else ''}"
@@ -334,7 +339,8 @@ def measure(
         written = 0
         while True:
             written = influx_points_written(influx, db) - base
-            if written >= offered:
+            # until_stored: the consumer writes more than the readings (rollups): count them
+            if written >= offered and (not until_stored or influx_count(influx, db) >= offered):
                 complete = True
                 break
             if any(p.poll() is not None for p in procs):

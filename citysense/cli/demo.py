@@ -76,7 +76,7 @@ _LABELS = (
     ("sent", "uplinks sent"),
     ("acked", "acknowledged"),
     ("accepted", "readings at the gateway"),
-    ("stored", "stored"),
+    ("stored", "distinct readings stored"),
     ("mqtt", "MQTT messages"),
 )
 
@@ -467,7 +467,14 @@ class Demo:
         gateway_of = {d.device: d.gateway for d in devices}
         end_ms = int(time.time() * 1000)
         start_ms = end_ms - int(hours * 3600 * 1000)
-        batches = backfill(devices, start_ms, end_ms, self.settings.seed)
+        model = None
+        if self.settings.sensor_faults:
+            from simulators.models import CityModel
+            from simulators.sensor_faults import SensorFaults
+
+            faults = SensorFaults.from_settings(self.settings.sensor_faults, self.settings.seed)
+            model = CityModel(devices, self.settings.seed, sensor_faults=faults)
+        batches = backfill(devices, start_ms, end_ms, self.settings.seed, model=model)
         rejected = 0
         self.status.show(f"history   writing {hours:g} h of history ...")
         async with open_writer(settings) as writer:

@@ -259,13 +259,21 @@ function renderLeaks(resp) {
     resp.night_end.slice(11, 16) + " UTC, threshold " + resp.threshold + " m³/h";
 }
 
+// a device with open data-quality flags: marked, the reasons in the tooltip
+function flaggedCell(d) {
+  const flags = d.flags || [];
+  if (!flags.length) return el("td", {}, d.device);
+  const why = flags.map((f) => f.reason + " (" + f.metric + ") since " + f.since).join("\n");
+  return el("td", { class: "flagged", title: why }, "⚑ " + d.device);
+}
+
 function renderDevices(resp) {
   const body = document.querySelector("#device-table tbody");
   clear(body);
   for (const d of resp.devices) {
     body.append(el("tr", {},
       el("td", { class: "st-" + d.status }, d.status),
-      el("td", {}, d.device), el("td", {}, d.kind), el("td", {}, d.district),
+      flaggedCell(d), el("td", {}, d.kind), el("td", {}, d.district),
       el("td", {}, ago(d.last_seen)),
       el("td", { class: "num" }, fmt(d.battery, 0)),
       el("td", { class: "num" }, fmt(d.rsrp, 0)),

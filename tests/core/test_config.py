@@ -133,3 +133,19 @@ def test_every_command_resolves_to_its_entry() -> None:
 
     for command in ENTRY_POINTS:
         assert callable(resolve_entry(command)), command
+
+
+@pytest.mark.parametrize(
+    ("cli", "needle"),
+    [
+        ({"retention_raw": "90x"}, "--retention-raw"),
+        ({"retention_raw": "0d"}, "--retention-raw"),
+        ({"retention_raw": "30d", "retention_rollup": "7d"}, "at least --retention-raw"),
+    ],
+)
+def test_bad_retention_is_a_config_error(cli: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings("ingest", cli, environ={})
+    assert needle in str(err.value)
+    ok = load_settings("ingest", {"retention_raw": "52w", "retention_rollup": "3650d"}, environ={})
+    assert (ok.retention_raw, ok.rollups) == ("52w", True)

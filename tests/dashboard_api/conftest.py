@@ -94,6 +94,9 @@ def city_settings(tmp_path: Path, storage: str, request: pytest.FixtureRequest) 
         registry=str(registry),
         api_keys=KEYS,
         rate_limit=100_000,
+        # the known city holds still by design (formula values): no scheduled quality flags
+        # here (tests/dashboard_api/test_quality_api.py covers them over the simulated city)
+        quality_interval=0.0,
     )
     if storage == "sqlite":
         write_sqlite(tmp_path / "state" / "timeseries.sqlite3", SAMPLES)

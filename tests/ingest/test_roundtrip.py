@@ -250,3 +250,40 @@ def test_dead_letters_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "malformed  citysense" not in out  # --limit 1: the newest only
     assert dead_letters(Settings(state_dir=str(tmp_path / "none"))) == 0
     assert "no dead letters" in capsys.readouterr().out
+
+
+def test_a_resent_batch_is_counted_once(mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    """A re-send that arrives while its first copy is still being written is written again
+    (same keys: stored once), and the count of readings stored says so: distinct readings,
+    with the rewrites counted apart."""
+    port = free_port()
+    settings = ingest_settings(
+        mosquitto.url,
+        None,
+        tmp_path / "state",
+        metrics_bind=f"127.0.0.1:{port}",
+        write_max_delay=1.0,
+    )
+    batches = [make_batch("gw-test-01", seq, 5) for seq in range(1, 4)]
+    gw = GatewayDouble(mosquitto.port)
+    try:
+        with ingestor_thread(settings):
+            for b in batches:
+                gw.publish(b)
+                gw.publish(b)  # re-sent before the first copy is stored
+            gw.wait_all_confirmed(30)
+            wait_until(
+                lambda: "citysense_ingest_in_flight_messages 0" in _scrape(port),
+                30,
+                "every message acknowledged",
+            )
+            metrics = _scrape(port)
+    finally:
+        gw.close()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["citysense_ingest_messages_total"] == 6
+    assert values["citysense_ingest_readings_written_total"] == 15

@@ -1,0 +1,244 @@
+"""The live latest-value table: device × metric -> (time, value), kept current without
+reading history.
+
+* **Prime** at start: one query for the newest value of every metric per device over the last
+  7 days (the window ``/devices`` looks at). ``/health`` answers 503 until it is done, so a
+  restarted API gives correct answers as soon as it reports healthy.
+* **Refresh** every :data:`REFRESH_S`: the newest values over the last :data:`OVERLAP_MS`
+  (readings that arrive up to 10 minutes after their time), every :data:`WIDE_EVERY_S` over
+  the last 2 hours, and -- for readings delivered hours or days late by a gateway's outbox --
+  over each older hour whose rollup mark changed (the ingestor marks every hour it writes,
+  :mod:`timeseries.rollup`). A value replaces the table's only when it is newer.
+* The same loop refreshes the rollup view's dirty hours (:class:`RollupReads`).
+
+Answers for a past ``at`` still go to storage; this table serves "now".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS, METRICS
+from citysense.config import Settings, parse_retention
+from citysense.errors import PermanentError, RetryableError
+from timeseries.query import LatestValue, Reader
+from timeseries.rollup import HOUR, running
+from timeseries.rollup_query import RollupReads, open_partials
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 1.0
+OVERLAP_MS = 10 * 60_000
+WIDE_EVERY_S = 60.0
+WIDE_MS = 2 * HOUR
+ALL_METRICS: tuple[str, ...] = tuple(METRICS)
+BY_DOMAIN: dict[str, tuple[str, ...]] = {
+    d: tuple(m for m, spec in METRICS.items() if spec.domain == d)
+    for d in sorted({spec.domain for spec in METRICS.values()})
+}
+
+
+async def latest_of_all(
+    reader: Reader, filters: Mapping[str, str], start: int, end: int
+) -> list[LatestValue]:
+    """The newest value of every metric per device: one question per measurement, so a
+    device is asked only for its own measurement's metrics."""
+    answers = await asyncio.gather(
+        *(reader.latest(ms, filters, start, end) for ms in BY_DOMAIN.values())
+    )
+    return [row for rows in answers for row in rows]
+
+
+@dataclass(slots=True)
+class DeviceEntry:
+    kind: str
+    district: str
+    site: str
+    last_seen: int
+    values: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+class LatestCache:
+    """The table and the loop that keeps it current (see the module doc)."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        clock: Callable[[], float],
+        rollups: RollupReads | None = None,
+    ) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.rollups = rollups
+        self.devices: dict[str, DeviceEntry] = {}
+        self.ready = False
+        self.refreshed_ms: int | None = None
+        self.refreshes = 0
+        self.errors = 0
+        self._wide_at = 0.0
+        self._tokens: dict[tuple[str, int], int] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def merge(self, rows: Iterable[LatestValue]) -> int:
+        changed = 0
+        for r in rows:
+            e = self.devices.get(r.device)
+            if e is None:
+                e = self.devices[r.device] = DeviceEntry(r.kind, r.district, r.site, r.t)
+            old = e.values.get(r.metric)
+            if old is None or old[0] <= r.t:
+                e.values[r.metric] = (r.t, r.value)
+                changed += 1
+            if r.t >= e.last_seen:
+                e.last_seen = r.t
+                e.kind, e.district, e.site = r.kind, r.district, r.site
+        return changed
+
+    async def _read(self, start: int, end: int) -> None:
+        self.merge(await latest_of_all(self.reader, {}, start, end))
+
+    async def prime(self) -> None:
+        now = self.now_ms()
+        await self._read(now - DEFAULT_MAX_AGE_MS, now + MAX_FUTURE_SKEW_MS)
+        if self.rollups is not None:
+            await self.rollups.refresh()
+            self._tokens = self._mark_tokens()
+        self.refreshed_ms = now
+        self._wide_at = time.monotonic()
+        self.ready = True
+        log.info("latest-value table primed: %d devices", len(self.devices))
+
+    def _mark_tokens(self) -> dict[tuple[str, int], int]:
+        assert self.rollups is not None
+        return dict(self.rollups.tokens)
+
+    async def refresh(self) -> None:
+        now = self.now_ms()
+        wide = time.monotonic() - self._wide_at >= WIDE_EVERY_S
+        since = now - (WIDE_MS if wide else OVERLAP_MS)
+        await self._read(since, now + MAX_FUTURE_SKEW_MS)
+        if wide:
+            self._wide_at = time.monotonic()
+        if self.rollups is not None:
+            await self.rollups.refresh()
+            tokens = self._mark_tokens()
+            late = sorted(
+                {
+                    w - w % HOUR
+                    for key, tok in tokens.items()
+                    if self._tokens.get(key) != tok and (w := key[1]) < since
+                }
+            )
+            for w in late:  # readings delivered late into an older hour
+                await self._read(w, w + HOUR)
+            self._tokens = tokens
+        self.refreshed_ms = now
+        self.refreshes += 1
+
+    async def run(self) -> None:
+        """Prime (retrying until storage answers), then refresh until cancelled."""
+        delay = 0.5
+        while not self.ready:
+            try:
+                await self.prime()
+            except (RetryableError, PermanentError) as exc:
+                self.errors += 1
+                log.warning("latest-value table: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.refresh()
+            except (RetryableError, PermanentError) as exc:
+                self.errors += 1
+                log.warning("latest-value table refresh: %s", exc)
+
+    def rows(
+        self, metrics: tuple[str, ...], filters: Mapping[str, str], start: int, end: int
+    ) -> list[LatestValue]:
+        """As :meth:`Reader.latest`, from the table."""
+        wanted = set(metrics)
+        device = filters.get("device")
+        items = (
+            [(device, self.devices[device])]
+            if device in self.devices
+            else []
+            if device is not None
+            else sorted(self.devices.items())
+        )
+        out = []
+        for dev, e in items:
+            if (
+                ("district" in filters and e.district != filters["district"])
+                or ("kind" in filters and e.kind != filters["kind"])
+                or ("site" in filters and e.site != filters["site"])
+            ):
+                continue
+            for metric, (t, v) in sorted(e.values.items()):
+                if metric in wanted and start <= t < end:
+                    out.append(LatestValue(dev, e.kind, e.district, e.site, metric, t, v))
+        return out
+
+    def exposition(self) -> list[str]:
+        age = (self.now_ms() - self.refreshed_ms) / 1000 if self.refreshed_ms else -1.0
+        out = [
+            "# HELP citysense_api_latest_cache_age_seconds Time since the latest-value table "
+            "was last refreshed (-1: not primed).",
+            "# TYPE citysense_api_latest_cache_age_seconds gauge",
+            f"citysense_api_latest_cache_age_seconds {age:.3f}",
+            "# HELP citysense_api_latest_cache_devices Devices in the latest-value table.",
+            "# TYPE citysense_api_latest_cache_devices gauge",
+            f"citysense_api_latest_cache_devices {len(self.devices)}",
+            "# HELP citysense_api_latest_cache_errors_total Failed refreshes.",
+            "# TYPE citysense_api_latest_cache_errors_total counter",
+            f"citysense_api_latest_cache_errors_total {self.errors}",
+        ]
+        r = self.rollups
+        if r is not None:
+            dirty = [w for ws in r.dirty.values() for w in ws]
+            lag = (self.now_ms() - min(dirty)) / 1000 if dirty else 0.0
+            out += [
+                "# HELP citysense_api_rollup_lag_seconds Age of the oldest hour awaiting "
+                "recompute, as the API sees it (its buckets come from raw data meanwhile).",
+                "# TYPE citysense_api_rollup_lag_seconds gauge",
+                f"citysense_api_rollup_lag_seconds {lag:.3f}",
+                "# HELP citysense_api_rollup_dirty_windows Hour windows awaiting recompute.",
+                "# TYPE citysense_api_rollup_dirty_windows gauge",
+                f"citysense_api_rollup_dirty_windows {len(dirty)}",
+                "# HELP citysense_api_rollups_available 1 when the store keeps rollups.",
+                "# TYPE citysense_api_rollups_available gauge",
+                f"citysense_api_rollups_available {int(r.ready)}",
+            ]
+        return out
+
+
+def open_rollup_reads(
+    settings: Settings, reader: Reader, clock: Callable[[], float]
+) -> RollupReads | None:
+    """Series from rollups when they are on and the store keeps them."""
+    if not settings.rollups:
+        return None
+    partial = open_partials(reader)
+    if partial is None:
+        return None
+    raw_ms = parse_retention(settings.retention_raw, "--retention-raw")
+    return RollupReads(reader, partial, raw_ms, clock)
+
+
+@contextlib.asynccontextmanager
+async def keep_latest(cache: LatestCache) -> AsyncIterator[LatestCache]:
+    """Run the cache's loop for the lifetime of the context."""
+    try:
+        async with running(cache.run(), "latest-cache"):
+            yield cache
+    finally:
+        if cache.rollups is not None:
+            await cache.rollups.partial.aclose()

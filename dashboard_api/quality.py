@@ -1,0 +1,548 @@
+"""Data-quality flags and the district forecast, kept by the API process.
+
+Where flags live: :class:`QualityMonitor` evaluates the checks of :mod:`analytics.quality`
+over recent windows read through the :class:`~timeseries.query.Reader` -- on a schedule
+(``--quality-interval``, a task of the API's lifespan) and on demand when ``/quality`` is
+asked and the last evaluation is older than the interval -- into an in-memory flag table.
+The table is rebuilt from storage after a restart by the first evaluation (every check looks
+back far enough to find what is still wrong: raw reports 6 h, hourly means 8 days). Flags
+never touch stored data; a flag whose condition is gone at the next evaluation is closed
+(``until``) and listed as recent for :data:`RECENT_MS`.
+
+Windows: stuck, spike, out_of_pattern on the last :data:`RAW_WINDOW_MS` of reports (buckets
+of one minute per device: one report each at the catalog's intervals); tamper_suspect and
+drift on hourly means per device over :data:`HOURLY_WINDOW_MS` against the other stations of
+the device's district; silent_channel on each metric's newest time over the last day.
+
+:class:`ForecastService` trains :mod:`analytics.forecast` on the district hourly means of the
+last :data:`TRAIN_DAYS` days, read by :func:`hourly_district_means` (the one place that
+reads forecast history, so it can move to hourly rollups), retrains every
+``--forecast-refresh`` seconds and answers from the newest complete hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from analytics import forecast as fc
+from analytics import quality as q
+from citysense.catalog import KINDS, METRICS, QUALITY
+from citysense.errors import RetryableError
+from dashboard_api import models
+from dashboard_api.parameters import rfc3339
+from timeseries.query import Reader, SeriesQuery
+
+log = logging.getLogger(__name__)
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+RAW_WINDOW_MS = 6 * HOUR_MS
+HOURLY_WINDOW_MS = 8 * DAY_MS
+SILENT_WINDOW_MS = DAY_MS
+RECENT_MS = 7 * DAY_MS
+#: seconds before evaluating again when the store held no data
+EMPTY_RETRY_S = 30.0
+TRAIN_DAYS = 90
+#: metrics checked on raw reports (stuck, spike, counters)
+RAW_METRICS: tuple[str, ...] = tuple(
+    m
+    for m, lim in QUALITY.items()
+    if lim.stuck_reports is not None or lim.spike_step is not None or METRICS[m].cumulative
+)
+#: metrics checked against neighbours (tamper, drift)
+NEIGHBOUR_METRICS: tuple[str, ...] = tuple(
+    m for m, lim in QUALITY.items() if lim.tamper_ratio is not None or lim.drift_per_day is not None
+)
+
+
+@dataclass(slots=True)
+class Flag:
+    """One open or recently closed flag of one device's metric."""
+
+    device: str
+    kind: str
+    district: str
+    site: str
+    metric: str
+    reason: str
+    since: int
+    until: int | None
+    evidence: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return self.until is None
+
+    def covers(self, start_ms: int, end_ms: int) -> bool:
+        """Whether the flagged span meets ``[start, end)``."""
+        return self.since < end_ms and (self.until is None or self.until > start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tags:
+    kind: str
+    district: str
+    site: str
+
+
+class QualityMonitor:
+    """The flag table and its evaluation (see the module docstring)."""
+
+    def __init__(self, reader: Reader, clock: Callable[[], float], interval_s: float) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.interval_ms = int(max(interval_s, 1.0) * 1000)
+        self.flags: dict[tuple[str, str, str, int], Flag] = {}
+        self.evaluated_at: int | None = None
+        self.evaluations = 0
+        self.saw_data = False  #: the last evaluation found any device (else: retry soon)
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ reading the table
+
+    def listing(
+        self,
+        *,
+        district: str | None = None,
+        reason: str | None = None,
+        device: str | None = None,
+        since_ms: int | None = None,
+    ) -> list[Flag]:
+        out = []
+        for f in self.flags.values():
+            if district is not None and f.district != district:
+                continue
+            if reason is not None and f.reason != reason:
+                continue
+            if device is not None and f.device != device:
+                continue
+            if since_ms is not None and f.until is not None and f.until < since_ms:
+                continue
+            out.append(f)
+        out.sort(key=lambda f: (not f.open, -f.since, f.device, f.metric))
+        return out
+
+    def affecting(self, metrics: Iterable[str], start_ms: int, end_ms: int) -> list[Flag]:
+        """Flags on any of ``metrics`` whose span meets ``[start, end)`` and whose readings are
+        to be left out (a silent channel has none: nothing to leave out)."""
+        wanted = set(metrics)
+        return [
+            f
+            for f in self.flags.values()
+            if f.metric in wanted and f.reason != "silent_channel" and f.covers(start_ms, end_ms)
+        ]
+
+    def open_by_device(self) -> dict[str, list[Flag]]:
+        out: dict[str, list[Flag]] = defaultdict(list)
+        for f in self.flags.values():
+            if f.open:
+                out[f.device].append(f)
+        return out
+
+    # ------------------------------------------------------------------ evaluating
+
+    def stale(self, now_ms: int) -> bool:
+        return (
+            self.evaluated_at is None
+            or not self.saw_data
+            or abs(now_ms - self.evaluated_at) >= self.interval_ms
+        )
+
+    async def refresh(self, now_ms: int | None = None) -> None:
+        """Evaluate now unless another call just did (a stale table is evaluated once)."""
+        now = int(self.clock() * 1000) if now_ms is None else now_ms
+        async with self._lock:
+            if self.stale(now):
+                await self.evaluate(now)
+
+    async def run(self) -> None:
+        """Evaluate every interval until cancelled; storage outages are logged and retried."""
+        while True:
+            try:
+                await self.refresh()
+            except RetryableError as exc:
+                log.info("quality evaluation postponed: %s", exc)
+            except Exception:  # a bug must not stop the API; it is logged with its trace
+                log.exception("quality evaluation failed")
+            # an empty store (a fresh start, history still being written): look again soon
+            wait = self.interval_ms / 1000
+            await asyncio.sleep(wait if self.saw_data else min(wait, EMPTY_RETRY_S))
+
+    async def evaluate(self, now_ms: int) -> None:
+        findings, tags = await self._findings(now_ms)
+        self.saw_data = bool(tags)
+        seen: set[tuple[str, str, str, int]] = set()
+        for device, f in findings:
+            t = tags.get(device, _Tags("", "", ""))
+            evidence = dict(f.evidence)
+            evidence["window"] = {
+                "checked_at": now_ms,
+                "reason_threshold": _threshold_text(f.reason, f.metric),
+            }
+            # one flag per device, metric and reason; spikes are each their own
+            start_key = f.start_ms if f.reason == "spike" else 0
+            key = (device, f.metric, f.reason, start_key)
+            old = self.flags.get(key)
+            if old is not None and old.open and f.end_ms is not None:
+                old.until, old.evidence = f.end_ms, evidence
+            elif old is not None and old.open:
+                old.since, old.evidence = min(old.since, f.start_ms), evidence
+            elif old is None or f.end_ms is None:  # new, or came back: a new flag
+                self.flags[key] = Flag(
+                    device,
+                    t.kind,
+                    t.district,
+                    t.site,
+                    f.metric,
+                    f.reason,
+                    f.start_ms,
+                    f.end_ms,
+                    evidence,
+                )
+            seen.add(key)
+        for key, flag in list(self.flags.items()):
+            if flag.open and key not in seen:
+                flag.until = now_ms  # the condition is gone: the flag clears itself
+            if flag.until is not None and flag.until < now_ms - RECENT_MS:
+                del self.flags[key]
+        self.evaluated_at = now_ms
+        self.evaluations += 1
+        log.debug("quality: %d flags open", sum(f.open for f in self.flags.values()))
+
+    async def _findings(self, now: int) -> tuple[list[tuple[str, q.Finding]], dict[str, _Tags]]:
+        reader = self.reader
+        raw_start = now - RAW_WINDOW_MS
+        hour_end = now // HOUR_MS * HOUR_MS
+        hour_start = hour_end - HOURLY_WINDOW_MS
+        raw_q = [
+            SeriesQuery(m, raw_start, now, MINUTE_MS, "mean", {}, "device") for m in RAW_METRICS
+        ]
+        hourly_q = [
+            SeriesQuery(m, hour_start, hour_end, HOUR_MS, "mean", {}, "device")
+            for m in NEIGHBOUR_METRICS
+        ]
+        kinds = tuple(KINDS)
+        own_metrics = tuple(dict.fromkeys(m for k in kinds for m in KINDS[k].metrics))
+        answers, latest = await asyncio.gather(
+            reader.series_many([*raw_q, *hourly_q]),
+            reader.latest(own_metrics, {}, now - SILENT_WINDOW_MS, now + 1),
+        )
+        tags: dict[str, _Tags] = {}
+        last_seen: dict[str, dict[str, int]] = defaultdict(dict)
+        for r in latest:
+            tags.setdefault(r.device, _Tags(r.kind, r.district, r.site))
+            last_seen[r.device][r.metric] = r.t
+        found: list[tuple[str, q.Finding]] = []
+        for metric, groups in zip(RAW_METRICS, answers[: len(raw_q)], strict=True):
+            lim = QUALITY[metric]
+            for g in groups:
+                device = g.group.get("device", "")
+                if len(g.points) < 2:
+                    continue
+                t = np.array([p[0] for p in g.points], dtype=np.int64)
+                v = np.array([p[1] for p in g.points], dtype=np.float64)
+                if METRICS[metric].cumulative:
+                    found += [(device, f) for f in q.check_counter(metric, t, v, lim)]
+                    continue
+                found += [(device, f) for f in q.check_stuck(metric, t, v, lim)]
+                found += [(device, f) for f in q.check_spike(metric, t, v, lim)]
+        hours = hour_start + np.arange(HOURLY_WINDOW_MS // HOUR_MS, dtype=np.int64) * HOUR_MS
+        days = hours[::24]
+        for metric, groups in zip(NEIGHBOUR_METRICS, answers[len(raw_q) :], strict=True):
+            lim = QUALITY[metric]
+            series: dict[str, np.ndarray] = {}
+            for g in groups:
+                row = np.full(hours.size, np.nan)
+                for t_ms, value in g.points:
+                    k = (t_ms - hour_start) // HOUR_MS
+                    if 0 <= k < hours.size:
+                        row[k] = value
+                series[g.group.get("device", "")] = row
+            by_district: dict[str, list[str]] = defaultdict(list)
+            for device in series:
+                if device in tags:
+                    by_district[tags[device].district].append(device)
+            for members in by_district.values():
+                if len(members) < q.MIN_NEIGHBOURS + 1:
+                    continue
+                matrix = np.stack([series[d] for d in members])
+                dailies = np.stack([q.daily_medians(r) for r in matrix])
+                for i, device in enumerate(members):
+                    others = np.delete(matrix, i, axis=0)
+                    tail = slice(hours.size - 72, hours.size)
+                    found += [
+                        (device, f)
+                        for f in q.check_tamper(
+                            metric, hours[tail], matrix[i, tail], others[:, tail], lim
+                        )
+                    ]
+                    found += [
+                        (device, f)
+                        for f in q.check_drift(
+                            metric, days, dailies[i], np.delete(dailies, i, axis=0), lim
+                        )
+                    ]
+        for device, seen in last_seen.items():
+            kind = tags[device].kind
+            if kind not in KINDS:
+                continue
+            expected = tuple(
+                m for m in KINDS[kind].metrics if METRICS[m].type == "float" or m in seen
+            )
+            interval = KINDS[kind].report_interval_s * 1000
+            found += [
+                (device, f)
+                for f in q.check_silent(
+                    dict(seen) | {m: seen.get(m) for m in expected},
+                    expected,
+                    interval,
+                    now,
+                    QUALITY,
+                )
+            ]
+        return found, tags
+
+
+def _threshold_text(reason: str, metric: str) -> str:
+    lim = QUALITY.get(metric)
+    if lim is None:
+        return ""
+    if reason == "stuck":
+        return f"{lim.stuck_reports} equal reports within {lim.resolution}"
+    if reason == "spike":
+        return f"a jump over {lim.spike_step} there and back"
+    if reason == "out_of_pattern":
+        return "a cumulative total below its earlier highest"
+    if reason == "drift":
+        return f"gap to neighbours growing >= {lim.drift_per_day}/day over {q.DRIFT_DAYS} days"
+    if reason == "tamper_suspect":
+        return (
+            f"below {lim.tamper_ratio} x the neighbours' median while it is >= "
+            f"{lim.tamper_level} and rose >= {lim.tamper_rise} in 48 h"
+        )
+    return f"missing for {lim.silent_reports} intervals while others report"
+
+
+# --------------------------------------------------------------------------- exclusion
+
+
+def excluded_out(f: Flag, readings: int | None = None) -> models.ExcludedOut:
+    """A flag as the evidence of readings left out of an answer."""
+    return models.ExcludedOut(
+        device=f.device,
+        metric=f.metric,
+        reason=f.reason,
+        since=rfc3339(f.since),
+        until=rfc3339(f.until) if f.until is not None else None,
+        readings=readings,
+    )
+
+
+async def exclude_flagged(
+    reader: Reader,
+    monitor: QualityMonitor | None,
+    hourly: Mapping[str, dict[str, list[float | None]]],
+    at_ms: int,
+    span_ms: int,
+    district: str | None,
+) -> dict[str, list[models.ExcludedOut]]:
+    """Leave flagged readings out of district hourly means (newest first), in place.
+
+    For each flag meeting ``[at - span, at)`` on a pollutant: the flagged device's hourly sum
+    and count over the flagged span are taken out of its district's hourly mean (whose count
+    is asked for too). Returns the exclusions per district, for the evidence.
+    """
+    out: dict[str, list[models.ExcludedOut]] = {}
+    if monitor is None:
+        return out
+    start = at_ms - span_ms
+    pollutants = {p for d in hourly.values() for p in d}
+    flags = [
+        f
+        for f in monitor.affecting(pollutants, start, at_ms)
+        if (district is None or f.district == district) and f.district in hourly
+    ]
+    if not flags:
+        return out
+    offset = at_ms % HOUR_MS
+    counts_q = {
+        p: SeriesQuery(p, start, at_ms, HOUR_MS, "count", {}, "district", offset)
+        for p in sorted({f.metric for f in flags})
+    }
+    flag_q = []
+    for f in flags:
+        a = max(start, f.since)
+        b = min(at_ms, f.until if f.until is not None else at_ms)
+        if a >= b:
+            continue
+        flt = {"device": f.device}
+        flag_q.append(
+            (
+                f,
+                SeriesQuery(f.metric, a, b, HOUR_MS, "sum", flt, "district", offset),
+                SeriesQuery(f.metric, a, b, HOUR_MS, "count", flt, "district", offset),
+            )
+        )
+    queries = list(counts_q.values()) + [x for _, s, c in flag_q for x in (s, c)]
+    answers = await reader.series_many(queries)
+    counts: dict[tuple[str, str], dict[int, float]] = {}
+    for p, groups in zip(counts_q, answers[: len(counts_q)], strict=True):
+        for g in groups:
+            counts[(g.group.get("district", ""), p)] = dict(g.points)
+    newest = at_ms - HOUR_MS
+    taken: dict[tuple[str, str, int], tuple[float, float]] = {}
+    rest = answers[len(counts_q) :]
+    for i, (f, _, _) in enumerate(flag_q):
+        sums, cnts = rest[2 * i], rest[2 * i + 1]
+        got = 0
+        for gs, gc in zip(sums, cnts, strict=False):
+            for (t, s), (_, c) in zip(gs.points, gc.points, strict=False):
+                key = (f.district, f.metric, t)
+                old = taken.get(key, (0.0, 0.0))
+                taken[key] = (old[0] + s, old[1] + c)
+                got += int(c)
+        out.setdefault(f.district, []).append(excluded_out(f, got))
+    for (name, metric, t), (s, c) in taken.items():
+        k = (newest - t) // HOUR_MS
+        values = hourly.get(name, {}).get(metric)
+        total = counts.get((name, metric), {}).get(t)
+        if values is None or total is None or not 0 <= k < len(values):
+            continue
+        mean = values[k]
+        if mean is None:
+            continue
+        left = total - c
+        values[k] = (mean * total - s) / left if left > 0 else None
+    return out
+
+
+# --------------------------------------------------------------------------- forecast
+
+
+async def hourly_district_means(
+    reader: Reader, metric: str, start_ms: int, end_ms: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(districts, hour starts, means (districts x hours)) of ``metric`` in [start, end).
+
+    The one reader of forecast history: hourly buckets of the raw series today; the place to
+    read the 1-hour rollups from once the store keeps them.
+    """
+    groups = await reader.series(
+        SeriesQuery(metric, start_ms, end_ms, HOUR_MS, "mean", {}, "district", start_ms % HOUR_MS)
+    )
+    hours = start_ms + np.arange((end_ms - start_ms) // HOUR_MS, dtype=np.int64) * HOUR_MS
+    names = sorted(g.group.get("district", "") for g in groups)
+    y = np.full((len(names), hours.size), np.nan)
+    row = {n: i for i, n in enumerate(names)}
+    for g in groups:
+        i = row[g.group.get("district", "")]
+        for t_ms, value in g.points:
+            k = (t_ms - start_ms) // HOUR_MS
+            if 0 <= k < hours.size:
+                y[i, k] = value
+    return names, hours, y
+
+
+@dataclass(frozen=True, slots=True)
+class DistrictForecast:
+    district: str
+    trained_until: int
+    skill: dict[int, dict[str, float]]
+    forecast: fc.Forecast
+
+
+class ForecastService:
+    """Trains on the store's history on a schedule; forecasts from the newest hour."""
+
+    def __init__(
+        self, reader: Reader, clock: Callable[[], float], refresh_s: float, timezone: str
+    ) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.refresh_ms = int(max(refresh_s, 1.0) * 1000)
+        self.timezone = timezone
+        self.model: fc.ForecastModel | None = None
+        self.trained_at: int | None = None
+        self._cache: tuple[int, list[DistrictForecast]] | None = None
+        self._lock = asyncio.Lock()
+
+    def _offset_ms(self, at_ms: int) -> int:
+        try:
+            off = datetime.fromtimestamp(at_ms / 1000, ZoneInfo(self.timezone)).utcoffset()
+        except (KeyError, ValueError):  # an unknown zone was refused at start; stay safe
+            return 0
+        return int(off.total_seconds() * 1000) if off is not None else 0
+
+    async def current(self, now_ms: int | None = None) -> list[DistrictForecast]:
+        """The forecast from the newest complete hour; raises HistoryTooShortError."""
+        now = int(self.clock() * 1000) if now_ms is None else now_ms
+        end = now // HOUR_MS * HOUR_MS
+        async with self._lock:
+            if self._cache is not None and self._cache[0] == end:
+                return self._cache[1]
+            names, hours, y = await hourly_district_means(
+                self.reader, "pm25", end - TRAIN_DAYS * DAY_MS, end
+            )
+            offset = self._offset_ms(end)
+            if (
+                self.model is None
+                or self.trained_at is None
+                or abs(end - self.trained_at) >= self.refresh_ms
+            ):
+                first = _first_full(y)
+                if first is None:
+                    raise fc.HistoryTooShortError(
+                        "no pm25 history in storage: the forecast needs at least "
+                        f"{fc.MIN_HISTORY_HOURS // 24} days of hourly means"
+                    )
+                self.model = await asyncio.to_thread(fc.fit, hours[first:], y[:, first:], offset)
+                self.trained_at = end
+            out = [
+                DistrictForecast(name, self.model.trained_until, self.model.skill, f)
+                for name, f in zip(names, fc.forecast(self.model, hours, y, offset), strict=True)
+            ]
+            self._cache = (end, out)
+            return out
+
+    async def run(self) -> None:
+        """Retrain on schedule so that requests find a fresh model."""
+        while True:
+            try:
+                await self.current()
+            except (fc.HistoryTooShortError, RetryableError) as exc:
+                log.info("forecast not trained: %s", exc)
+            except Exception:  # a bug must not stop the API; it is logged with its trace
+                log.exception("forecast training failed")
+            await asyncio.sleep(self.refresh_ms / 1000)
+
+
+def _first_full(y: np.ndarray) -> int | None:
+    """First hour from which every district has data (None: some district has none)."""
+    if y.shape[0] == 0:
+        return None
+    firsts = []
+    for row in y:
+        ok = np.nonzero(~np.isnan(row))[0]
+        if ok.size == 0:
+            return None
+        firsts.append(int(ok[0]))
+    return max(firsts)
+
+
+def start_background(
+    monitor: QualityMonitor, forecaster: ForecastService
+) -> list[asyncio.Task[None]]:
+    """The evaluation and training loops of the API's lifespan (cancelled at its end)."""
+    return [
+        asyncio.create_task(monitor.run(), name="quality-monitor"),
+        asyncio.create_task(forecaster.run(), name="forecast-training"),
+    ]
