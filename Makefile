@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean
+.PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean dist deb
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 system-deps:
 	sh deploy/install-system-deps.sh
 
-test: $(STAMP) system-deps
+test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -36,16 +36,28 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
-bench: $(STAMP) system-deps
+bench: system-deps $(STAMP)
 	$(PY) -m bench
 
 # The end-to-end suite at full size (60 s InfluxDB outage, 2 min partition); not in CI.
-soak: $(STAMP) system-deps
+soak: system-deps $(STAMP)
 	CITYSENSE_SOAK=1 CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e tests/alerts/test_durability.py
 
 # Regenerates docs/reliability.md from the CI-sized end-to-end suite.
-reliability: $(STAMP) system-deps
+reliability: system-deps $(STAMP)
 	CITYSENSE_RELIABILITY_DOC=1 $(VENV)/bin/pytest tests/e2e
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+# The wheel and the source distribution in dist/.
+dist: $(STAMP)
+	rm -f dist/citysense-$(VERSION)*
+	$(PY) -m build --outdir dist .
+
+# dist/citysense_<version>_all.deb: /opt/citysense (extras: CITYSENSE_DEB_EXTRAS, default all),
+# /usr/bin/citysense, systemd units, /etc/citysense examples (see docs/deploy.md).
+deb: dist
+	sh deploy/build-deb.sh dist/citysense-$(VERSION)-py3-none-any.whl dist
 
 # Applies each deliberate defect of tests/mutants/ in a copy of the tree and proves that a test
 # fails for it; writes the table into docs/reliability.md. Not in CI (about an hour).
@@ -53,4 +65,4 @@ mutants: $(STAMP) system-deps
 	$(PY) -m tests.mutants.run --doc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

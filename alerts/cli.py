@@ -3,6 +3,7 @@ file or option is a :class:`~citysense.errors.ConfigError` (exit 2, ``file:line:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from alerts.service import AlertService
@@ -14,4 +15,18 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> int:
     service = AlertService(settings)  # configuration errors surface before anything starts
-    return run_until_signalled(service.run, log, "alerts stopped")
+
+    async def main(ready: asyncio.Event) -> None:
+        started = asyncio.create_task(service.started.wait())  # its HTTP API answers
+
+        def serving(task: asyncio.Task[object]) -> None:
+            if not task.cancelled():
+                ready.set()
+
+        started.add_done_callback(serving)
+        try:
+            await service.run()
+        finally:
+            started.cancel()
+
+    return run_until_signalled(main, log, "alerts stopped", "citysense alerts")

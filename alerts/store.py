@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from alerts.engine import Transition
-from timeseries.sqlite_store import connect_durable
+from citysense.durable import connect_versioned
+from citysense.migrate import Migration, statements
 
 FILENAME = "alerts.sqlite3"
 STATES: tuple[str, ...] = ("raised", "acknowledged", "cleared")
@@ -72,6 +73,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (receiver, next_at, seq)
     WHERE delivered_at IS NULL;
 """
+
+#: Schema versions of the alarm store (see :mod:`citysense.migrate`); append, never edit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "alarms, their events, deliveries per receiver", statements(SCHEMA)),
+)
 
 
 class AlarmNotFound(LookupError):
@@ -144,7 +150,7 @@ class AlarmStore:
         _private_file(self.path)
         old = os.umask(0o077)  # the -wal and -shm files SQLite creates
         try:
-            self._db = connect_durable(self.path, SCHEMA)
+            self._db = connect_versioned(self.path, "alarm store", MIGRATIONS)
             self._db.execute("SELECT COUNT(*) FROM alarms").fetchone()
         finally:
             os.umask(old)

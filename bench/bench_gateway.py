@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.harness import (
@@ -115,7 +116,22 @@ def build_payloads(count: int, seed: int) -> list[bytes]:
 
 def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -> dict[str, float]:
     """Send ``count`` uplinks keeping ``window`` in flight; rate, latency, answer codes."""
-    datagrams = build_payloads(count, seed)
+    return run_datagrams(port, build_payloads(count, seed), window, seed, rate)
+
+
+def run_datagrams(
+    port: int,
+    datagrams: list[bytes],
+    window: int,
+    seed: int,
+    rate: float = 0.0,
+    answers: dict[int, bytes] | None = None,
+) -> dict[str, float]:
+    """Send prepared CON datagrams (token = their index, MID patched per send) keeping
+    ``window`` in flight; rate, latency, answer codes, bytes. ``answers`` collects each
+    final answer by index (for a caller that decrypts them after the clock)."""
+    count = len(datagrams)
+    sent_bytes = received_bytes = 0
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.connect(("127.0.0.1", port))
@@ -142,6 +158,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
             now = time.perf_counter()
             waiting[next_index] = (mid, now, now, False)
             sock.send(datagrams[next_index])
+            sent_bytes += len(datagrams[next_index])
             next_index += 1
         ready, _, _ = select.select([sock], [], [], 0.05)
         if ready:
@@ -150,6 +167,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
                     data = sock.recv(2048)
                 except BlockingIOError:
                     break
+                received_bytes += len(data)
                 if len(data) < 4:
                     continue
                 mtype = (data[0] >> 4) & 0x3
@@ -166,6 +184,8 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
                     waiting[token] = (entry[0], entry[1], entry[2], True)
                     continue
                 del waiting[token]
+                if answers is not None:
+                    answers[token] = data
                 latencies.append(time.perf_counter() - entry[1])
                 name = f"{code >> 5}.{code & 0x1F:02d}"
                 codes[name] = codes.get(name, 0) + 1
@@ -174,6 +194,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
             if not acked and now - last > 2.0:
                 waiting[token] = (rmid, first, now, acked)
                 sock.send(datagrams[token])
+                sent_bytes += len(datagrams[token])
                 retransmits += 1
     elapsed = time.perf_counter() - start
     sock.close()
@@ -191,6 +212,7 @@ def run_load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -
         "p99_ms": pct(0.99),
         "retransmits": retransmits,
         "separate": separate,
+        "bytes_per_uplink": (sent_bytes + received_bytes) / max(1, len(latencies)),
         "codes": codes,  # type: ignore[dict-item]
     }
 
@@ -284,6 +306,59 @@ class Confirmer:
         self.client.loop_stop()
 
 
+@contextlib.contextmanager
+def edge_process(
+    broker: MosquittoServer | ProvisionedMosquitto,
+    registry: Path,
+    work: Path,
+    extra: Sequence[str] = (),
+    tls: tuple[str, str, str] | None = None,
+) -> Iterator[tuple[int, int, Confirmer]]:
+    """``citysense edge`` on free loopback ports with its state under ``work`` and a
+    stand-in ingestor confirming its batches; yields (CoAP port, pid, the confirmer)."""
+    state = Path(tempfile.mkdtemp(dir=work))
+    port, metrics_port = free_udp_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "citysense",
+        "edge",
+        "--gateway",
+        GATEWAY,
+        "--coap",
+        f"127.0.0.1:{port}",
+        "--mqtt",
+        broker.url,
+        "--registry",
+        str(registry),
+        "--state-dir",
+        str(state),
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+    confirmer = Confirmer(broker.port, tls)
+    proc = subprocess.Popen(cmd)
+    try:
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", metrics_port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, 60, "the gateway")
+        yield port, proc.pid, confirmer
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        confirmer.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def gateway_run(
     broker: MosquittoServer | ProvisionedMosquitto,
     work: Path,
@@ -309,55 +384,17 @@ def gateway_run(
                 for i in range(DEVICES)
             )
         )
-    state = Path(tempfile.mkdtemp(dir=work))
-    port, metrics_port = free_udp_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "citysense",
-        "edge",
-        "--gateway",
-        GATEWAY,
-        "--coap",
-        f"127.0.0.1:{port}",
-        "--mqtt",
-        broker.url,
-        "--registry",
-        str(registry),
-        "--state-dir",
-        str(state),
-        "--metrics-bind",
-        f"127.0.0.1:{metrics_port}",
-        "--log-level",
-        "WARNING",
-        *mqtt_args,
-    ]
-    confirmer = Confirmer(broker.port, tls)
-    proc = subprocess.Popen(cmd)
-    try:
-
-        def up() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", metrics_port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(up, 60, "the gateway")
-        idle_rss = vm_kib(proc.pid, "VmRSS")
+    with edge_process(broker, registry, work, mqtt_args, tls) as (port, pid, confirmer):
+        idle_rss = vm_kib(pid, "VmRSS")
         steady_rss = 0
         if steady is not None:
             load(port, steady[0], 64, seed + 1000, rate=steady[1])
-            steady_rss = vm_kib(proc.pid, "VmHWM")
-        cpu0 = cpu_seconds(proc.pid)
+            steady_rss = vm_kib(pid, "VmHWM")
+        cpu0 = cpu_seconds(pid)
         result = load(port, count, window, seed)
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu = cpu_seconds(pid) - cpu0
         wait_until(lambda: confirmer.readings >= result["ok"], 120, "every reading confirmed")
-        peak_rss = vm_kib(proc.pid, "VmHWM")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        confirmer.close()
+        peak_rss = vm_kib(pid, "VmHWM")
     return result, cpu / result["elapsed"], idle_rss, steady_rss, peak_rss
 
 

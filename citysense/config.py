@@ -39,6 +39,7 @@ SIM_FLEET = "simulate fleet"
 SIM_MODULE = "simulate module"
 FLEET_GENERATE = "fleet generate"
 ALERTS = "alerts"
+FLEET_CREDENTIALS = "fleet credentials"
 DEPLOY_BROKER = "deploy broker"
 DEPLOY_INFLUX = "deploy influx"
 API_KEYS_ADD = "api keys add"
@@ -53,6 +54,7 @@ COMMANDS: tuple[str, ...] = (
     SIM_FLEET,
     SIM_MODULE,
     FLEET_GENERATE,
+    FLEET_CREDENTIALS,
     DEPLOY_BROKER,
     DEPLOY_INFLUX,
     API_KEYS_ADD,
@@ -161,16 +163,25 @@ class Settings:
     influx_bucket: str = _opt("citysense", "InfluxDB 2.x bucket", _STORAGE)
     influx_gzip: bool = _opt(False, "gzip writes to InfluxDB", _STORAGE, "bool")
     influx_timeout: float = _opt(10.0, "InfluxDB request timeout, seconds", _STORAGE, "float")
+    log_format: str = _opt(
+        "auto",
+        "log line format: text, json (one object per line) or journal (syslog priority "
+        "prefix, no timestamp); auto: journal when JOURNAL_STREAM is set, else text",
+        _ALL,
+        choices=("auto", "text", "json", "journal"),
+    )
     state_dir: str = _opt(
-        "citysense-state",
-        "folder for the outbox, dead letters and the embedded store",
+        "",
+        "folder for the outbox, dead letters and the embedded store (default: "
+        "$STATE_DIRECTORY, else /var/lib/citysense when writable, else ./citysense-state; "
+        "demo: ./citysense-state)",
         _SERVICES | {DEAD_LETTERS},
         metavar="DIR",
     )
     registry: str | None = _opt(
         None,
         "device registry CSV",
-        {DEMO, EDGE, API, ALERTS, SIM_FLEET, DEPLOY_BROKER},
+        {DEMO, EDGE, API, ALERTS, SIM_FLEET, FLEET_CREDENTIALS, DEPLOY_BROKER},
         metavar="FILE",
     )
     metrics_bind: str | None = _opt(
@@ -181,7 +192,9 @@ class Settings:
         metavar="HOST:PORT",
     )
     # --- edge
-    gateway: str = _opt("gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET}, metavar="ID")
+    gateway: str = _opt(
+        "gw-01", "this gateway's id", {DEMO, EDGE, SIM_FLEET, SIM_MODULE}, metavar="ID"
+    )
     coap: str = _opt(
         "0.0.0.0:5683",
         "CoAP address: where the gateway listens (edge), where the devices send (simulate fleet)",
@@ -196,6 +209,50 @@ class Settings:
         metavar="DEV:DIALECT",
     )
     max_uplink_bytes: int = _opt(1024, "largest CoAP uplink accepted, bytes", {EDGE}, "int")
+    device_keys: str | None = _opt(
+        None,
+        "device keys CSV (device,scheme,id,secret; 0600) from 'citysense fleet credentials'",
+        {EDGE, SIM_FLEET},
+        metavar="FILE",
+    )
+    device_auth: str | None = _opt(
+        None,
+        "required: only devices with a key are accepted (the default when keys are loaded); "
+        "optional: devices without a key are also accepted on plain CoAP",
+        {EDGE},
+        choices=("required", "optional"),
+    )
+    coaps: str | None = _opt(
+        None,
+        "CoAPS (DTLS 1.2 PSK) address, a specific IP (default: the --coap host, port "
+        "5684); the edge listens there when a dtls-psk key is loaded",
+        {EDGE, SIM_FLEET},
+        metavar="HOST:PORT",
+    )
+    roaming: bool = _opt(
+        False, "accept devices the registry assigns to another gateway", {EDGE}, "bool"
+    )
+    coap_tcp: bool = _opt(False, "also serve CoAP over TCP on the --coap port", {EDGE}, "bool")
+    device_rate: float = _opt(
+        4.0,
+        "uplinks a device may send per report interval of its kind, on average "
+        "(0: no per-device limit)",
+        {EDGE},
+        "float",
+    )
+    device_burst: int = _opt(
+        10, "uplinks a device may send at once before its rate applies", {EDGE}, "int"
+    )
+    source_rate: float = _opt(
+        20.0,
+        "unauthenticated requests per second one source address may send, with device keys "
+        "loaded (0: no limit)",
+        {EDGE},
+        "float",
+    )
+    dtls_sessions: int = _opt(
+        10000, "DTLS session states held at most (the oldest go first)", {EDGE}, "int"
+    )
     max_age: float = _opt(
         7 * 24 * 3600.0, "oldest reading accepted, seconds", {DEMO, EDGE, INGEST}, "float"
     )
@@ -239,6 +296,25 @@ class Settings:
         "float",
     )
     limit: int = _opt(100, "entries to list", {DEAD_LETTERS}, "int")
+    dead_letter_max_mb: float = _opt(
+        64.0,
+        "dead-letter store size cap, MiB; the oldest are evicted (and counted) beyond it",
+        {DEMO, INGEST},
+        "float",
+    )
+    dead_letter_days: float = _opt(
+        30.0,
+        "dead letters older than this many days are evicted (and counted)",
+        {DEMO, INGEST},
+        "float",
+    )
+    unhealthy_after: float = _opt(
+        60.0,
+        "GET /health answers 503 once the broker or the store has been unreachable this many "
+        "seconds",
+        {EDGE, INGEST},
+        "float",
+    )
     # --- reads: rollups and retention (ingest maintains, api reads)
     rollups: bool = _opt(
         True,
@@ -339,9 +415,25 @@ class Settings:
     gateways: int = _opt(1, "number of gateways devices are assigned to", {FLEET_GENERATE}, "int")
     output: str | None = _opt(
         None,
-        "output file (fleet generate; default: standard output) or folder (deploy)",
-        {FLEET_GENERATE, DEPLOY_BROKER, DEPLOY_INFLUX},
+        "output file (default: standard output; credentials: required) or folder (deploy)",
+        {FLEET_GENERATE, FLEET_CREDENTIALS, DEPLOY_BROKER, DEPLOY_INFLUX},
         metavar="PATH",
+    )
+    scheme: str = _opt(
+        "oscore", "device security scheme", {FLEET_CREDENTIALS}, choices=("oscore", "dtls-psk")
+    )
+    rotate: tuple[str, ...] = _opt(
+        (),
+        "a device whose secret is replaced, keeping its id (repeatable; the others are kept)",
+        {FLEET_CREDENTIALS},
+        "list",
+        metavar="DEVICE",
+    )
+    registry_out: str | None = _opt(
+        None,
+        "also write the module's registry rows (CSV) to this file",
+        {SIM_MODULE},
+        metavar="FILE",
     )
     # --- provisioning
     admin_username: str = _opt("admin", "InfluxDB admin user", {DEPLOY_INFLUX}, metavar="NAME")
@@ -546,6 +638,8 @@ def load_settings(
         path = values.get(twin)
         if path and name not in values:
             values[name] = read_secret_file(str(path), OPTIONS_BY_NAME[twin].flag)
+    if not values.get("state_dir"):
+        values["state_dir"] = DEMO_STATE_DIR if command == DEMO else str(default_state_dir(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings, command)
     return settings
@@ -589,6 +683,27 @@ def secrets_on_command_line(cli: Mapping[str, object]) -> list[str]:
             if any(urlsplit(str(v)).password is not None for v in values):
                 flags.append(option.flag)
     return flags
+
+
+#: The state folder of the demo (and of a service with nowhere better), relative to the
+#: working directory.
+DEMO_STATE_DIR = "citysense-state"
+#: The system-wide state folder the Debian package creates.
+SYSTEM_STATE_DIR = "/var/lib/citysense"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a service keeps its state when ``--state-dir`` is not given:
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``; its first entry), else
+    ``/var/lib/citysense`` when it exists and is writable, else ``./citysense-state``."""
+    env = os.environ if environ is None else environ
+    given = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
+    system = Path(SYSTEM_STATE_DIR)
+    if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
+        return system
+    return Path(DEMO_STATE_DIR)
 
 
 # --------------------------------------------------------------------------- validation
@@ -748,6 +863,11 @@ def validate(s: Settings, command: str) -> None:
         "time_scale": s.time_scale,
         "gateways": s.gateways,
         "limit": s.limit,
+        "device_burst": s.device_burst,
+        "dtls_sessions": s.dtls_sessions,
+        "dead_letter_max_mb": s.dead_letter_max_mb,
+        "dead_letter_days": s.dead_letter_days,
+        "unhealthy_after": s.unhealthy_after,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -759,6 +879,8 @@ def validate(s: Settings, command: str) -> None:
         "backfill_hours": s.backfill_hours,
         "devices": s.devices,
         "retry_max_delay": s.retry_max_delay,
+        "device_rate": s.device_rate,
+        "source_rate": s.source_rate,
     }
     for name, value in non_negative.items():
         if value < 0:
@@ -778,6 +900,13 @@ def validate(s: Settings, command: str) -> None:
         and not Path(s.registry).is_file()
     ):
         raise ConfigError(f"--registry {s.registry}: no such file")
+    if s.coaps is not None:
+        parse_hostport(s.coaps, "--coaps")
+    device_keys = s.device_keys
+    if device_keys is not None and command in (EDGE, SIM_FLEET) and not Path(device_keys).is_file():
+        raise ConfigError(f"--device-keys {s.device_keys}: no such file")
+    if command == FLEET_CREDENTIALS and (s.registry is None or s.output in (None, "-")):
+        raise ConfigError("fleet credentials needs --registry FILE and --output FILE")
     if command == ALERTS and not s.rules:
         raise ConfigError("alerts needs --rules FILE")
     if s.alerts is not None:

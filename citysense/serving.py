@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from citysense.errors import ConfigError
+from citysense.sdnotify import supervised
 
 
 def listen_socket(host: str, port: int, bind: str) -> socket.socket:
@@ -38,22 +39,29 @@ def listen_socket(host: str, port: int, bind: str) -> socket.socket:
 
 
 def run_until_signalled(
-    main: Callable[[], Coroutine[Any, Any, object]], log: logging.Logger, stopped: str
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+    log: logging.Logger,
+    stopped: str,
+    what: str,
 ) -> int:
-    """Run ``main()`` until it returns or SIGTERM/SIGINT cancels it (logged as ``stopped``)."""
+    """Run ``main(ready)`` until it returns or SIGTERM/SIGINT cancels it (logged as
+    ``stopped``). ``main`` sets ``ready`` once it serves: under systemd (``Type=notify``) that
+    is READY=1, then WATCHDOG=1 from the event loop (:mod:`citysense.sdnotify`; ``what``
+    names the service in its status)."""
 
     async def runner() -> None:
-        task = asyncio.create_task(main())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info(stopped)
-        finally:
+        async with supervised(what) as ready:
+            task = asyncio.create_task(main(ready))
+            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, task.cancel)
+            try:
+                await task
+            except asyncio.CancelledError:
+                log.info(stopped)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
 
     asyncio.run(runner())
     return 0

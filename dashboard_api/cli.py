@@ -22,13 +22,13 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> int:
     app = create_app(settings)  # configuration errors surface before anything starts
 
-    async def main() -> None:
+    async def main(ready: asyncio.Event) -> None:
         await refuse_writable_reader(settings)  # the API reads: it must not hold a writer
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_keys, app, settings)
         try:
-            await serve(settings, app=app)
+            await serve(settings, ready, app=app)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
 
-    return run_until_signalled(main, log, "operator API stopped")
+    return run_until_signalled(main, log, "operator API stopped", "citysense api")

@@ -10,11 +10,13 @@ import asyncio
 import signal
 
 from citysense.config import Settings
+from citysense.sdnotify import supervised
 from edge.service import serve
 
 
 def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT; 0 after a clean stop."""
+    """Serve until SIGTERM or SIGINT; 0 after a clean stop. Under systemd (``Type=notify``)
+    READY=1 once CoAP is served, and WATCHDOG=1 from the event loop."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -23,7 +25,8 @@ def run(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve(settings)
+            async with supervised("citysense edge") as ready:
+                await serve(settings, ready)
         except asyncio.CancelledError:
             return 0
         return 0

@@ -22,17 +22,21 @@ log = logging.getLogger(__name__)
 
 CHANGED = "2.04"
 BAD_REQUEST = "4.00"
+UNAUTHORIZED = "4.01"
 FORBIDDEN = "4.03"
 TOO_LARGE = "4.13"
 UNSUPPORTED_FORMAT = "4.15"
+TOO_MANY_REQUESTS = "4.29"
 UNAVAILABLE = "5.03"
 
 _CODES = {
     CHANGED: Code.CHANGED,
     BAD_REQUEST: Code.BAD_REQUEST,
+    UNAUTHORIZED: Code.UNAUTHORIZED,
     FORBIDDEN: Code.FORBIDDEN,
     TOO_LARGE: Code.REQUEST_ENTITY_TOO_LARGE,
     UNSUPPORTED_FORMAT: Code.UNSUPPORTED_CONTENT_FORMAT,
+    TOO_MANY_REQUESTS: Code.TOO_MANY_REQUESTS,
     UNAVAILABLE: Code.SERVICE_UNAVAILABLE,
 }
 
@@ -47,8 +51,9 @@ class Answer:
     code: str
     payload: bytes = b""
     content_format: int | None = None
-    max_age: int | None = None  #: seconds, for 5.03
+    max_age: int | None = None  #: seconds, for 5.03 and 4.29
     size1: int | None = None  #: the size limit, for 4.13
+    outcome: str = ""  #: what ``/metrics`` counts it as (default: ok or refused)
 
 
 Accept = Callable[[bytes, int | None, object], Awaitable[Answer]]
@@ -60,9 +65,35 @@ class UplinkResource(aiocoap.resource.Resource):
     ct = "110 112"
     rt = "citysense.up"
 
-    def __init__(self, accept: Accept) -> None:
+    def __init__(
+        self,
+        accept: Accept,
+        max_bytes: int | None = None,
+        on_too_large: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self._accept = accept
+        self._max_bytes = max_bytes
+        self._on_too_large = on_too_large
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        # A Block1 upload is refused as soon as its announced size (Size1) or what has
+        # arrived passes the limit, before aiocoap reassembles the rest.
+        request = pipe.request
+        block1 = request.opt.block1
+        if block1 is not None and self._max_bytes is not None:
+            received = block1.start + len(request.payload)
+            if max(received, request.opt.size1 or 0) > self._max_bytes:
+                self._on_too_large()
+                response = aiocoap.Message(
+                    code=Code.REQUEST_ENTITY_TOO_LARGE,
+                    payload=f"more than {self._max_bytes} bytes".encode(),
+                )
+                response.opt.content_format = CF_TEXT
+                response.opt.size1 = self._max_bytes
+                pipe.add_response(response, is_last=True)
+                return
+        await super().render_to_pipe(pipe)
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         # Only an uplink that arrives in Block1 pieces needs reassembly; answers are small
@@ -110,8 +141,10 @@ class GatewaySite(aiocoap.resource.Site):
         await super().render_to_pipe(pipe)
 
 
-def build_site(accept: Accept) -> aiocoap.resource.Site:
-    site = GatewaySite(UplinkResource(accept))
+def build_site(
+    accept: Accept, max_bytes: int | None = None, on_too_large: Callable[[], None] = lambda: None
+) -> aiocoap.resource.Site:
+    site = GatewaySite(UplinkResource(accept, max_bytes, on_too_large))
     site.add_resource(
         [".well-known", "core"],
         aiocoap.resource.WKCResource(site.get_resources_as_linkheader, impl_info=None),

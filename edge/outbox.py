@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from citysense import strictjson
-from citysense.durable import connect_durable
+from citysense.durable import connect_versioned
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
 from citysense.errors import InputError, RetryableError
+from citysense.migrate import Migration, statements
 from citysense.model import Batch, Reading, Value
 from citysense.privatefiles import private_file
 from citysense.topics import Command
@@ -47,7 +48,8 @@ T = TypeVar("T")
 REFUSE = "refuse"
 EVICT_OLDEST = "evict-oldest"
 
-_SCHEMA = """
+#: outbox.db as citysense 0.1.0 wrote it (no schema version); later steps in MIGRATIONS.
+_SCHEMA_0_1_0 = """
 CREATE TABLE IF NOT EXISTS reading (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
@@ -61,11 +63,7 @@ CREATE TABLE IF NOT EXISTS reading (
     UNIQUE (device, t)
 );
 CREATE INDEX IF NOT EXISTS reading_batch ON reading (batch, id);
-CREATE TABLE IF NOT EXISTS batch (
-    seq INTEGER PRIMARY KEY,
-    created INTEGER NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0  -- epoch ms of the last publish; 0: due at once
-);
+CREATE TABLE IF NOT EXISTS batch (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS downlink (
     id TEXT PRIMARY KEY,
@@ -77,6 +75,28 @@ CREATE TABLE IF NOT EXISTS downlink (
 );
 CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
 """
+
+
+def _add_publish_times(db: sqlite3.Connection) -> None:
+    # batch.sent: epoch ms of the batch's last publish; 0: due at once (after an upgrade,
+    # every batch in flight is published again at start)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(batch)")}
+    if "sent" not in columns:  # (a development build may have added it already)
+        db.execute("ALTER TABLE batch ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+
+
+#: Schema versions of outbox.db (see :mod:`citysense.migrate`); append, never edit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "citysense 0.1.0: readings, batches, the seq counter, the downlink queue",
+        (
+            *statements(_SCHEMA_0_1_0),
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)",
+        ),
+    ),
+    Migration(2, "the publish time of each batch", apply=_add_publish_times),
+)
 
 # A (device, t) seen again merges its values: an identical repeat changes nothing; a metric
 # not held yet is added and the row leaves the batch it was in (a confirmation of that batch
@@ -242,11 +262,7 @@ class SqliteOutbox:
         except OSError as exc:
             raise OutboxUnavailableError(f"cannot create outbox {self.path}: {exc}") from exc
         try:
-            db = connect_durable(self.path, _SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(batch)")}
-            if "sent" not in columns:  # an outbox written before publish times were kept
-                db.execute("ALTER TABLE batch ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)")
+            db = connect_versioned(self.path, "outbox", MIGRATIONS)
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"cannot open outbox {self.path}: {exc}") from exc
         self._db = db

@@ -26,6 +26,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiocoap
+import aiocoap.interfaces
 
 from citysense import prometheus, topics
 from citysense.backoff import Backoff
@@ -33,11 +34,17 @@ from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.compat import aiocoap as compat_aiocoap
 from citysense.compat.aiocoap import GatewayTuning
 from citysense.config import Settings, broker_url, parse_hostport, parse_serial
+from citysense.credentials import DTLS_PSK, OSCORE, read_device_keys
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.health import Health, health_route
 from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
 from edge import clock, coap_site
 from edge.coap_site import Answer
+from edge.compat import dtls as dtls_compat
+from edge.compat import oscore as oscore_compat
+from edge.devicekeys import DeviceClaim, DeviceKeyStore, claim_of
+from edge.devicetrust import DeviceTrust, Verdict, scheme_of
 from edge.downlink import parse_command, response_payload
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
 from edge.metrics import Labels, Metrics
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_BIND = "127.0.0.1:9101"
 #: Receive buffer asked for the CoAP socket (the kernel default holds ~166 datagrams).
 COAP_RCVBUF = 4 * 1024 * 1024
+COAPS_PORT = 5684
 #: Max-Age of a 5.03 answer when the outbox is full or failing, seconds.
 FULL_MAX_AGE = 30
 FAILING_MAX_AGE = 10
@@ -69,6 +77,8 @@ PIGGYBACK_WINDOW = 1.0
 #: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
 DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
+#: How often the broker connection is noted for GET /health, seconds.
+HEALTH_TICK = 1.0
 #: Refused uplinks are summarised in one log line at most this often, seconds.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -102,6 +112,7 @@ class Gateway:
         registry: Mapping[str, Device],
         outbox: SqliteOutbox,
         metrics: Metrics,
+        keys: DeviceKeyStore | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -131,7 +142,22 @@ class Gateway:
         self.serial_health: dict[str, SerialHealth] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.refusals: dict[str, int] = {}
+        #: GET /health: the broker (until connected) and the outbox (while writes fail)
+        self.health = Health(("broker", "store"), settings.unhealthy_after)
+        self.health.observe("store", True)
         self._refusals_logged = -math.inf
+        self.keys = keys
+        self.dtls: dtls_compat.DtlsServer | None = None
+        self.trust = DeviceTrust(
+            registry,
+            settings.gateway,
+            keys,
+            required=settings.device_auth != "optional",
+            roaming=settings.roaming,
+            device_rate=settings.device_rate,
+            device_burst=settings.device_burst,
+            source_rate=settings.source_rate,
+        )
 
     # ------------------------------------------------------------------ uplinks
 
@@ -141,10 +167,40 @@ class Gateway:
         self.metrics.inc("citysense_edge_uplinks_total", code=answer.code)
         return answer
 
+    def count_device_uplink(self, scheme: str, outcome: str) -> None:
+        self.metrics.inc("citysense_edge_device_uplinks_total", scheme=scheme, outcome=outcome)
+
     async def _accept(self, payload: bytes, content_format: int | None, source: object) -> Answer:
         if not self.accepting:
             return Answer(coap_site.UNAVAILABLE, b"gateway stopping", max_age=FAILING_MAX_AGE)
         now = _now_ms()
+        claim = claim_of(source)
+        scheme = scheme_of(claim, source)
+        verdict = self.trust.check_source(claim, source, time.monotonic())
+        if verdict is None:
+            answer = await self._store(payload, content_format, source, claim, now)
+        else:
+            answer = self._refuse_verdict(verdict)
+        self.count_device_uplink(
+            scheme, answer.outcome or ("ok" if answer.code == coap_site.CHANGED else "refused")
+        )
+        return answer
+
+    def _refuse_verdict(self, verdict: Verdict) -> Answer:
+        self.metrics.inc("citysense_edge_rejected_total", reason=verdict.outcome)
+        self._note_refusal(verdict.outcome, verdict.message)
+        return Answer(
+            verdict.code, verdict.message.encode(), max_age=verdict.max_age, outcome=verdict.outcome
+        )
+
+    async def _store(
+        self,
+        payload: bytes,
+        content_format: int | None,
+        source: object,
+        claim: DeviceClaim | None,
+        now: int,
+    ) -> Answer:
         try:
             readings = self.intake.readings_of_uplink(payload, content_format, now)
         except UplinkRefused as exc:
@@ -157,22 +213,27 @@ class Gateway:
                 str(exc)[:120].encode(),
                 size1=self.settings.max_uplink_bytes if code == coap_site.TOO_LARGE else None,
             )
+        verdict = self.trust.check(claim, {r.device for r in readings}, time.monotonic())
+        if verdict is not None:
+            return self._refuse_verdict(verdict)
         try:
             await self.outbox.add(readings)
         except OutboxConflictError as exc:
             # another value for a (device, metric, time) held: never merged, never stored
             self.metrics.inc("citysense_edge_rejected_total", reason=exc.reason)
             self._note_refusal(exc.reason, f"{readings[0].device}: {exc}")
-            return Answer(coap_site.BAD_REQUEST, b"conflicting value")
+            return Answer(coap_site.BAD_REQUEST, b"conflicting value", outcome="conflict")
         except OutboxFullError:
             return Answer(coap_site.UNAVAILABLE, b"outbox full", max_age=FULL_MAX_AGE)
         except RetryableError as exc:
             log.error("outbox cannot store an uplink: %s", exc)
+            self.health.observe("store", False)
             return Answer(coap_site.UNAVAILABLE, b"outbox unavailable", max_age=FAILING_MAX_AGE)
+        self.health.observe("store", True)
         self.metrics.inc("citysense_edge_readings_accepted_total", len(readings))
         self.uplink.notify(len(readings))
         for device in {r.device for r in readings}:
-            if self.commands.get(device):
+            if self.commands.get(device) and self.trust.may_deliver(claim, device):
                 body = await self._deliver(device, now)
                 if body:
                     return Answer(coap_site.CHANGED, body, content_format=CF_SENML_JSON)
@@ -192,6 +253,15 @@ class Gateway:
         )
         self.refusals.clear()
         self._refusals_logged = now
+
+    def observe_broker(self) -> None:
+        self.health.observe("broker", self.link is not None and self.link.connected.is_set())
+
+    async def watch_health(self) -> None:
+        """Notes the broker connection every second (for GET /health)."""
+        while True:
+            self.observe_broker()
+            await asyncio.sleep(HEALTH_TICK)  # a periodic look, not a wait for an event
 
     # ------------------------------------------------------------------ downlink
 
@@ -322,6 +392,14 @@ class Gateway:
                 (): 1.0 if self.link is not None and self.link.connected.is_set() else 0.0
             },
         }
+        if self.keys is not None:
+            out["citysense_edge_oscore_contexts_open"] = {(): self.keys.open_contexts}
+            out["citysense_edge_device_keys"] = {
+                (("scheme", scheme),): n for scheme, n in self.keys.schemes().items()
+            }
+            out["citysense_edge_device_auth_optional"] = {(): 0.0 if self.trust.required else 1.0}
+        if self.dtls is not None:
+            out["citysense_edge_dtls_sessions"] = {(): self.dtls.states}
         try:
             stats = await self.outbox.stats()
         except CitysenseError:
@@ -346,6 +424,65 @@ class Gateway:
             (("device", dev),): h["garbage_lines"] for dev, h in health_of
         }
         return out
+
+
+def open_device_keys(
+    settings: Settings, state_dir: Path, metrics: Metrics
+) -> DeviceKeyStore | None:
+    """The device keys of ``--device-keys``, or ``None`` (logged: devices unauthenticated)."""
+    if settings.device_keys is None:
+        if settings.device_auth == "required":
+            raise ConfigError("--device-auth required needs --device-keys FILE")
+        log.warning(
+            "no --device-keys: devices are not authenticated; any peer on the device network "
+            "can send readings for any registered device"
+        )
+        return None
+    try:
+        keys = read_device_keys(settings.device_keys)
+    except InputError as exc:
+        raise ConfigError(f"--device-keys {settings.device_keys}: {exc}") from exc
+
+    def on_oscore_event(device: str, outcome: str) -> None:
+        metrics.inc("citysense_edge_device_uplinks_total", scheme=OSCORE, outcome=outcome)
+
+    store = DeviceKeyStore(keys, state_dir, on_oscore_event=on_oscore_event)
+    counts = ", ".join(f"{n} {scheme}" for scheme, n in sorted(store.schemes().items()))
+    log.info("device keys: %s (%s)", counts or "none", settings.device_keys)
+    if settings.device_auth == "optional":
+        log.warning(
+            "--device-auth optional: devices without a key are accepted unauthenticated "
+            "on plain CoAP"
+        )
+    return store
+
+
+async def _start_coaps(
+    settings: Settings,
+    coap_host: str,
+    context: aiocoap.Context,
+    keys: DeviceKeyStore,
+    metrics: Metrics,
+) -> dtls_compat.DtlsServer:
+    host, port = (
+        parse_hostport(settings.coaps, "--coaps") if settings.coaps else (coap_host, COAPS_PORT)
+    )
+    try:
+        server = await dtls_compat.start_dtls_server(
+            context,
+            (host, port),
+            keys,
+            max_states=settings.dtls_sessions,
+            on_handshake=lambda outcome: metrics.inc(
+                "citysense_edge_dtls_handshakes_total", outcome=outcome
+            ),
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"--coaps {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+    log.info("CoAPS (DTLS 1.2 PSK) on %s:%d", host, port)
+    return server
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -387,7 +524,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             on_evicted=lambda n: metrics.inc("citysense_edge_outbox_evicted_total", n),
         )
         await stack.enter_async_context(outbox)
-        gw = Gateway(settings, registry, outbox, metrics)
+        keys = open_device_keys(settings, state_dir, metrics)
+        if keys is not None:
+            stack.callback(keys.close)  # after the CoAP context stopped (LIFO)
+        gw = Gateway(settings, registry, outbox, metrics, keys)
         await gw.load_commands()
         log.info(
             "gateway %s: %d registered devices, outbox %s (policy %s, %.0f MiB), next seq %d",
@@ -427,23 +567,46 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 return metrics.render(await gw.gauges())
 
             server = await prometheus.serve_http(
-                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+                {
+                    "/metrics": prometheus.metrics_route(exposition),
+                    "/health": health_route(gw.health, gw.observe_broker),
+                },
+                host,
+                port,
             )
             stack.push_async_callback(prometheus.close_server, server)
 
+        site: aiocoap.interfaces.Resource = coap_site.build_site(
+            gw.accept,
+            settings.max_uplink_bytes,
+            lambda: metrics.inc("citysense_edge_rejected_total", reason="too_large"),
+        )
+        if keys is not None:
+            site = oscore_compat.OscoreSite(site, keys)
         try:
             context = await compat_aiocoap.ServerContext.create_server_context(
-                coap_site.build_site(gw.accept), bind=(coap_host, coap_port)
+                site,
+                bind=(coap_host, coap_port),
+                server_credentials=keys,
+                transports=["udp6", "tcpserver"] if settings.coap_tcp else ["udp6"],
             )
         except OSError as exc:
             raise ConfigError(f"--coap {settings.coap}: {exc.strerror or exc}") from exc
         stack.push_async_callback(_stop_intake, gw, context)
+        if keys is not None and keys.schemes().get(DTLS_PSK):
+            gw.dtls = await _start_coaps(settings, coap_host, context, keys, metrics)
         if not compat_aiocoap.LEAN_RENDERING:
             log.info("aiocoap's rendering internals not found: its own request path is used")
         if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
             log.warning("aiocoap's message layer not found: its default CoAP timings apply")
         granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
-        log.info("CoAP on %s:%d (receive buffer %s bytes)", coap_host, coap_port, granted)
+        log.info(
+            "CoAP on %s:%d (UDP%s; receive buffer %s bytes)",
+            coap_host,
+            coap_port,
+            " and TCP" if settings.coap_tcp else " only",
+            granted,
+        )
 
         # Long-lived objects (the registry, modules) leave the collector's view, and young
         # collections run less often: at thousands of uplinks per second the cyclic GC's
@@ -456,6 +619,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(gw.uplink.run(link))
             tg.create_task(gw.expire_commands())
+            tg.create_task(gw.watch_health())
             for item in settings.serial:
                 tg.create_task(_run_serial(gw, item))
             if ready is not None:

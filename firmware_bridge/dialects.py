@@ -9,8 +9,8 @@ the URCs that announce data, the boot-banner lines and how a datagram reaches th
 * ``raw`` -- the URC line is followed by the raw bytes (BC66 ``+QIURC: "recv"`` in direct push
   mode).
 
-Facts come from PROTOCOLS.md sections 1-6; what the tables assume beyond it is marked
-"unconfirmed" in the docs page.
+Facts come from PROTOCOLS.md (section 9 where it differs from sections 1-6); what the tables
+assume beyond it is listed in the docs page.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Dialect:
     iccid_re: re.Pattern[str]
     radio: tuple[str, ...]  #: commands whose lines feed ``radio_parser``
     radio_parser: Literal["nuestats", "ceng", "qeng"]
-    open_socket: str  #: template: {port}
+    open_socket: str  #: template: {port} (and {sock} {ip} {rport} when opened by URC)
     open_socket_re: re.Pattern[str]  #: a response line or URC giving ``sock`` (and ``err``)
     open_socket_by_urc: bool
     bind_socket: str | None  #: template: {sock} {port}; binds the local port after opening
@@ -51,6 +51,7 @@ class Dialect:
     send: str  #: template: {sock} {ip} {port} {len} {hex}
     send_len_unit: LengthUnit
     send_connect: str | None  #: sent before ``send`` when the socket needs a peer
+    send_reopen: bool  #: the peer is fixed at open: reopen the socket to send elsewhere
     send_result: bool  #: the send ends with ``SEND OK``/``SEND FAIL`` after ``OK``
     data_urc: re.Pattern[str]  #: groups: sock, len, and hex (mode hex)
     recv_mode: RecvMode
@@ -60,6 +61,7 @@ class Dialect:
     downlink_urc: re.Pattern[str] | None  #: operator-platform (CDP) downlink, groups len hex
     sleep_urcs: Mapping[str, bool]  #: URC line -> asleep
     max_datagram: int
+    retry_codes: frozenset[int] = frozenset()  #: ``+CME ERROR`` codes of a busy module
 
 
 _BC95 = Dialect(
@@ -93,6 +95,7 @@ _BC95 = Dialect(
     send="AT+NSOST={sock},{ip},{port},{len},{hex}",
     send_len_unit="bytes",
     send_connect=None,
+    send_reopen=False,
     send_result=False,
     data_urc=re.compile(r"\+NSONMI:\s*(?P<sock>\d+),(?P<len>\d+)"),
     recv_mode="read",
@@ -105,14 +108,16 @@ _BC95 = Dialect(
     downlink_urc=re.compile(r"\+NNMI:\s*(?P<len>\d+),(?P<hex>[0-9A-Fa-f]*)"),
     sleep_urcs={"+NPSMR:1": True, "+NPSMR:0": False},
     max_datagram=512,
+    retry_codes=frozenset({159, 536, 537}),  # uplink busy, UART buffer, back-off timer
 )
 
 _SIM7020 = Dialect(
     name="sim7020",
     description="SIMCom SIM7020 (CSO* sockets)",
     baudrate=115200,
-    boot_prefixes=("RDY",),
-    boot_done=("RDY",),
+    # no RDY banner: drivers poll AT; +CPIN: READY follows power-up
+    boot_prefixes=("+CPIN: READY",),
+    boot_done=("+CPIN: READY",),
     init=("ATE0", "AT+CMEE=1", "AT+CEREG=1", "AT+CPSMSTATUS=1"),
     product="AT+GSV",
     firmware="AT+CGMR",
@@ -129,6 +134,7 @@ _SIM7020 = Dialect(
     send='AT+CSOSEND={sock},{len},"{hex}"',
     send_len_unit="hex",
     send_connect='AT+CSOCON={sock},{port},"{ip}"',
+    send_reopen=False,
     send_result=False,
     data_urc=re.compile(r"\+CSONMI:\s*(?P<sock>\d+),(?P<len>\d+),(?P<hex>[0-9A-Fa-f]*)"),
     recv_mode="hex",
@@ -159,15 +165,17 @@ _BC66 = Dialect(
     iccid_re=re.compile(r"\+QCCID:\s*(?P<iccid>[0-9A-Fa-f]{18,22})"),
     radio=("AT+QENG=0",),
     radio_parser="qeng",
-    open_socket='AT+QIOPEN=1,{sock},"UDP SERVICE","127.0.0.1",0,{port},1',
+    # service "UDP" with a remote address; 0.0.0.0:0 until a send names one
+    open_socket='AT+QIOPEN=1,{sock},"UDP","{ip}",{rport},{port},1',
     open_socket_re=re.compile(r"\+QIOPEN:\s*(?P<sock>\d+),(?P<err>\d+)"),
     open_socket_by_urc=True,
     bind_socket=None,
     close_socket="AT+QICLOSE={sock}",
     socket_ids=(0,),
-    send='AT+QISEND={sock},{len},{hex},"{ip}",{port}',
+    send="AT+QISEND={sock},{len},{hex}",
     send_len_unit="bytes",
     send_connect=None,
+    send_reopen=True,
     send_result=True,
     data_urc=re.compile(r'\+QIURC:\s*"recv",(?P<sock>\d+),(?P<len>\d+)'),
     recv_mode="raw",

@@ -10,7 +10,8 @@ raises :class:`CommandError`, :class:`CommandTimeoutError`, :class:`ModuleReboot
 
 On top of it sit the module operations a gateway needs, each driven by the dialect table:
 identify, wait for registration, attach, read radio figures, PSM/eDRX, and a UDP socket
-(open, read datagrams, send, close).
+(open, read datagrams, send, close: :mod:`firmware_bridge.sockets`). Errors, events and
+timings live in :mod:`firmware_bridge.errors` and are re-exported here.
 
 Invariants: one command in flight; a boot line during a command aborts that command (a reboot
 is never mistaken for a response); a datagram line is consumed exactly once, even when it
@@ -24,10 +25,8 @@ import logging
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Self
 
-from citysense.errors import CitysenseError
 from firmware_bridge.at import (
     Aborted,
     AtSession,
@@ -41,92 +40,41 @@ from firmware_bridge.at import (
     Urc,
 )
 from firmware_bridge.dialects import Dialect
+from firmware_bridge.errors import (
+    CommandError,
+    CommandTimeoutError,
+    Disconnected,
+    DriverTimings,
+    Identity,
+    ModuleError,
+    ModuleRebootedError,
+    Rebooted,
+    Received,
+)
 from firmware_bridge.radio import RadioFigures, edrx_code, encode_t3324, encode_t3412, parse_radio
+from firmware_bridge.sockets import SocketOps
 from firmware_bridge.transport import ByteStream, TransportError
 
+__all__ = [
+    "CommandError",
+    "CommandTimeoutError",
+    "Disconnected",
+    "DriverTimings",
+    "Identity",
+    "ModuleDriver",
+    "ModuleError",
+    "ModuleRebootedError",
+    "Rebooted",
+    "Received",
+]
+
 log = logging.getLogger(__name__)
-
-
-class ModuleError(CitysenseError):
-    """The module misbehaved or refused."""
-
-
-class CommandError(ModuleError):
-    """The module answered ``ERROR``, ``+CME ERROR: n`` or ``SEND FAIL``."""
-
-    def __init__(
-        self, command: str, final: str, code: int | None = None, lines: tuple[str, ...] = ()
-    ) -> None:
-        super().__init__(f"{command}: {final}")
-        self.command = command
-        self.final = final
-        self.code = code
-        self.lines = lines
-
-
-class CommandTimeoutError(ModuleError):
-    """No final result in time; ``lines`` holds what did arrive."""
-
-    def __init__(self, command: str, timeout: float, lines: tuple[str, ...]) -> None:
-        super().__init__(f"{command}: no final result within {timeout:g} s")
-        self.command = command
-        self.lines = lines
-
-
-class ModuleRebootedError(ModuleError):
-    """The module rebooted (a boot banner, or the echo came back)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rebooted:
-    """Queued on :attr:`ModuleDriver.urcs` when a reboot is seen; ``episode`` counts them."""
-
-    episode: int
-    line: str
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    """Queued on :attr:`ModuleDriver.urcs` when the byte stream failed."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DriverTimings:
-    """Timeouts and intervals, seconds (PROTOCOLS.md section 6)."""
-
-    command: float = 5.0
-    attach: float = 85.0
-    boot: float = 30.0
-    registration: float = 600.0
-    registration_poll: float = 2.0
-    socket_open: float = 60.0
-    sync_tries: int = 5
-    sync_pause: float = 0.5  #: between unanswered ``AT`` tries
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    imei: str
-    iccid: str
-    imsi: str
-    product: str
-    firmware: str
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A datagram as the module handed it over."""
-
-    payload: bytes
-    remote: str
 
 
 _DIGITS = re.compile(r"\d{6,20}")
 
 
-class ModuleDriver:
+class ModuleDriver(SocketOps):
     """One module over one byte stream (see the module docstring)."""
 
     def __init__(
@@ -153,7 +101,10 @@ class ModuleDriver:
             "timeouts": 0,
             "echoes": 0,
             "boot_episodes": 0,
+            "busy": 0,
         }
+        #: open sockets: id -> (local port, remote address fixed at open)
+        self._sockets: dict[int, tuple[int, tuple[str, int]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -439,124 +390,6 @@ class ModuleDriver:
             await self.command("AT+CEDRXS=0")
         else:
             await self.command(f'AT+CEDRXS=1,5,"{edrx_code(cycle_s)}"')
-
-    async def open_socket(self, port: int) -> int:
-        """Close stale sockets, open a UDP socket on ``port``; its id."""
-        d = self.dialect
-        for stale in d.socket_ids:
-            try:
-                await self.command(d.close_socket.format(sock=stale))
-            except (CommandError, CommandTimeoutError):
-                pass
-        if d.open_socket_by_urc:
-            waiter = asyncio.ensure_future(
-                self.wait_urc(d.open_socket_re, self.timings.socket_open)
-            )
-            try:
-                await self.command(d.open_socket.format(sock=d.socket_ids[0], port=port))
-                urc = await waiter
-            finally:
-                waiter.cancel()
-            m = d.open_socket_re.match(urc.line)
-            assert m is not None
-            if m.group("err") != "0":
-                raise ModuleError(f"socket open failed: {urc.line}")
-            return int(m.group("sock"))
-        # not retried: a second open after a lost answer would leave two sockets
-        lines = await self.ok(d.open_socket.format(port=port), retries=0)
-        for line in lines:
-            m = d.open_socket_re.fullmatch(line)
-            if m:
-                sock = int(m.group("sock"))
-                if d.bind_socket is not None:
-                    await self.ok(d.bind_socket.format(sock=sock, port=port))
-                return sock
-        raise ModuleError(f"no socket id in {lines!r}")
-
-    async def close_socket(self, sock: int) -> None:
-        await self.command(self.dialect.close_socket.format(sock=sock))
-
-    async def read_datagram(
-        self, sock: int, limit: int | None = None
-    ) -> tuple[list[Received], int]:
-        """One read (``read`` dialects): the datagrams in the answer and the bytes remaining."""
-        d = self.dialect
-        assert d.read is not None and d.read_re is not None
-        command = d.read.format(sock=sock, max=limit or d.max_datagram)
-        try:
-            lines = (await self.command(command, recover=False)).lines
-        except (CommandTimeoutError, CommandError) as exc:
-            # the data line may have come through although its final result did not
-            lines = exc.lines
-            if not any(d.read_re.fullmatch(line) for line in lines):
-                raise
-        out: list[Received] = []
-        remaining = 0
-        for line in lines:
-            got = self.parse_read_line(line)
-            if got is not None:
-                out.append(got[0])
-                remaining = got[1]
-        return out, remaining
-
-    def parse_read_line(self, line: str) -> tuple[Received, int] | None:
-        """A read-response line -> (datagram, remaining), or ``None`` if it is not one."""
-        read_re = self.dialect.read_re
-        m = read_re.fullmatch(line) if read_re is not None else None
-        if m is None:
-            return None
-        hexdata = m.group("hex")
-        if len(hexdata) != 2 * int(m.group("len")):
-            self.counters["garbage_lines"] += 1
-            return None
-        payload = bytes.fromhex(hexdata)
-        return Received(payload, f"{m.group('ip')}:{m.group('port')}"), int(m.group("remaining"))
-
-    def datagram_of(self, urc: Urc) -> Received | None:
-        """The datagram a push URC carries (``hex``/``raw`` dialects), or ``None``."""
-        d = self.dialect
-        if d.downlink_urc is not None:
-            m = d.downlink_urc.fullmatch(urc.line)
-            if m:
-                data = m.group("hex")
-                if len(data) != 2 * int(m.group("len")):
-                    self.counters["garbage_lines"] += 1
-                    return None
-                return Received(bytes.fromhex(data), "cdp")
-        m = d.data_urc.match(urc.line)
-        if m is None:
-            return None
-        if d.recv_mode == "hex":
-            data = m.group("hex")
-            if len(data) != int(m.group("len")) or len(data) % 2:
-                self.counters["garbage_lines"] += 1
-                return None
-            return Received(bytes.fromhex(data), "unknown")
-        if d.recv_mode == "raw":
-            if urc.payload is None or len(urc.payload) != int(m.group("len")):
-                self.counters["garbage_lines"] += 1
-                return None
-            return Received(urc.payload, "unknown")
-        return None
-
-    def is_data_announcement(self, urc: Urc) -> bool:
-        return self.dialect.recv_mode == "read" and bool(self.dialect.data_urc.match(urc.line))
-
-    async def send_datagram(self, sock: int, remote: str, payload: bytes) -> None:
-        d = self.dialect
-        if len(payload) > d.max_datagram:
-            raise ModuleError(f"datagram of {len(payload)} bytes exceeds {d.max_datagram}")
-        ip, _, port = remote.rpartition(":")
-        hexdata = payload.hex().upper()
-        length = len(hexdata) if d.send_len_unit == "hex" else len(payload)
-        if d.send_connect is not None:
-            await self.command(d.send_connect.format(sock=sock, ip=ip, port=port))
-        command = d.send.format(sock=sock, ip=ip, port=port, len=length, hex=hexdata)
-        await self.command(
-            command,
-            self.timings.command if not d.send_result else self.timings.socket_open,
-            await_send_result=d.send_result,
-        )
 
 
 def _first_match(pattern: re.Pattern[str], lines: Iterable[str]) -> str:

@@ -1,7 +1,7 @@
 """Radio figures and power-saving timers, as pure functions.
 
 * :func:`parse_radio` reads the lines of ``AT+NUESTATS`` (BC95: centibels -> dB/dBm),
-  ``AT+CENG?`` (SIM7020) and ``AT+QENG=0`` (BC66: plain dBm/dB) into :class:`RadioFigures`
+  ``AT+CENG?`` (SIM7020: dBm/dB, tx power centi-dBm) and ``AT+QENG=0`` (BC66: whole dBm/dB) into :class:`RadioFigures`
   with the same units for every family; "not available" sentinels become ``None``.
 * :func:`encode_t3412` / :func:`encode_t3324` / :func:`decode_timer` implement the one-byte
   GPRS timer encodings of ``AT+CPSMS`` (3GPP TS 24.008); :func:`edrx_code` the eDRX cycles.
@@ -61,6 +61,17 @@ def _int(text: str, base: int = 10) -> int | None:
 def _centi(text: str) -> float | None:
     value = _int(text)
     return None if value is None else value / 10
+
+
+def _hundredths(text: str) -> float | None:
+    value = _int(text)
+    return None if value is None else value / 100
+
+
+def _dbm(text: str) -> float | None:
+    """Whole dBm where 128/-128 mean "not available" (BC66 ``+QENG`` tx power)."""
+    value = _int(text)
+    return None if value is None or abs(value) == 128 else float(value)
 
 
 def _plain(text: str) -> float | None:
@@ -124,7 +135,8 @@ def _after_colon(lines: Iterable[str], prefix: str) -> list[str] | None:
 
 
 def parse_qeng(lines: Iterable[str]) -> RadioFigures:
-    """BC66 ``+QENG: 0,earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,sinr,band,"tac",ecl,tx,mode``."""
+    """BC66 ``+QENG: 0,earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,sinr,band,"tac",ecl,tx,mode``:
+    whole dBm/dB, tx power empty or 128/-128 when unknown, ECL 255 unknown."""
     f = _after_colon(lines, "+QENG")
     if f is None or len(f) < 12 or f[0] != "0":
         return RadioFigures()
@@ -139,12 +151,13 @@ def parse_qeng(lines: Iterable[str]) -> RadioFigures:
         band=_int(f[9]),
         tac=_int(f[10], 16),
         ecl=_ecl(f[11]),
-        tx_power=_centi(f[12]) if len(f) > 12 else None,
+        tx_power=_dbm(f[12]) if len(f) > 12 else None,
     )
 
 
 def parse_ceng(lines: Iterable[str]) -> RadioFigures:
-    """SIM7020 ``+CENG: earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl,tx``."""
+    """SIM7020 ``+CENG: earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl,tx,…``:
+    dBm/dB, tx power in centi-dBm."""
     f = _after_colon(lines, "+CENG")
     if f is None or len(f) < 11:
         return RadioFigures()
@@ -159,7 +172,7 @@ def parse_ceng(lines: Iterable[str]) -> RadioFigures:
         band=_int(f[8]),
         tac=_int(f[9], 16),
         ecl=_ecl(f[10]),
-        tx_power=_plain(f[11]) if len(f) > 11 else None,
+        tx_power=_hundredths(f[11]) if len(f) > 11 else None,
     )
 
 

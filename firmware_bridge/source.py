@@ -413,7 +413,7 @@ class SerialSource:
         driver = self.driver
         if driver is None or self._sock is None:
             raise TransportError(f"{self.device}: module not ready")
-        await driver.send_datagram(self._sock, remote, payload)
+        self._sock = await driver.send_datagram(self._sock, remote, payload)
 
     # ------------------------------------------------------------------ health
 

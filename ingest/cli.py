@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from citysense.config import Settings
+from citysense.sdnotify import supervised
 from ingest.deadletters import FILENAME, DeadLetterStore
 from ingest.service import serve
 
@@ -32,14 +33,15 @@ def run(settings: Settings) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(settings))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if task not in done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with supervised("citysense ingest") as ready:
+            task = asyncio.create_task(serve(settings, ready))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if task not in done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     asyncio.run(main())
     return 0
@@ -61,11 +63,15 @@ def dead_letters(settings: Settings) -> int:
     try:
         counts = store.counts()
         letters = store.recent(settings.limit)
+        evictions = store.evictions()
     finally:
         store.close()
     total = sum(counts.values())
     summary = ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
     print(f"{total} dead letter(s): {summary}", file=out)
+    if evictions:
+        causes = ", ".join(f"{cause} {n}" for cause, n in evictions.items())
+        print(f"{sum(evictions.values())} evicted by the store's bounds: {causes}", file=out)
     for d in letters:
         where = d.topic
         if d.gateway:
@@ -73,7 +79,8 @@ def dead_letters(settings: Settings) -> int:
         if d.seq is not None:
             where += f" seq={d.seq}"
         payload = d.payload.decode("utf-8", "backslashreplace")
-        if len(payload) > PAYLOAD_SHOWN:
-            payload = payload[:PAYLOAD_SHOWN] + f"... ({len(d.payload)} bytes)"
+        if len(payload) > PAYLOAD_SHOWN or d.truncated:
+            digest = f", sha256 {d.digest}" if d.digest else ""
+            payload = payload[:PAYLOAD_SHOWN] + f"... ({d.size} bytes{digest})"
         print(f"\n{_time(d.at)}  {d.reason}  {where}\n  {d.message}\n  {payload}", file=out)
     return 0

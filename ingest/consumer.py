@@ -87,6 +87,7 @@ class MqttConsumer:
         self._generation = next(_GENERATIONS)
         self._woken = False  #: a wake-up of the event loop is scheduled and not yet run
         self.subscribed = threading.Event()
+        self.connected = threading.Event()  #: set while a connection to the broker stands
         self.disconnected = threading.Event()
         self.unsupported_v5 = threading.Event()
         self.connects = 0
@@ -163,6 +164,7 @@ class MqttConsumer:
                 return
             return
         self.connects += 1
+        self.connected.set()
         log.info(
             "connected to %s:%s as %s (session present: %s)",
             self.broker.host,
@@ -195,6 +197,7 @@ class MqttConsumer:
     ) -> None:
         with self._lock:
             self._generation = next(_GENERATIONS)
+        self.connected.clear()
         self.disconnected.set()
         if reason.is_failure:
             log.info("disconnected from the broker (%s); reconnecting", reason)

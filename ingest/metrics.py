@@ -25,6 +25,7 @@ class IngestMetrics:
         self.retries = 0
         self.repeats_skipped = 0
         self.dead_letters: Counter[str] = Counter()
+        self.dead_letters_evicted: Counter[str] = Counter()
         self.latency = prometheus.Histogram(LATENCY_BUCKETS)
         self.seq_gaps: Callable[[], int] = lambda: 0
         self.seq_repeats: Callable[[], int] = lambda: 0
@@ -69,6 +70,12 @@ class IngestMetrics:
                     "citysense_ingest_dead_letters_total",
                     "dead letters kept, by reason",
                     {(("reason", r),): n for r, n in self.dead_letters.items()},
+                ),
+                c(
+                    "citysense_ingest_dead_letters_evicted_total",
+                    "dead letters evicted by the store's bounds, by cause (age, size)",
+                    # a copy: evictions are counted in the dead-letter store's thread
+                    {(("cause", r),): n for r, n in dict(self.dead_letters_evicted).items()},
                 ),
                 prometheus.histogram(
                     "citysense_ingest_write_seconds", "storage write latency", self.latency

@@ -35,6 +35,7 @@ from citysense import prometheus, topics
 from citysense.backoff import Backoff
 from citysense.config import Settings, broker_url, parse_hostport
 from citysense.errors import RetryableError
+from citysense.health import Health, health_route
 from citysense.topics import gateway_of_topic
 from ingest.consumer import Message, MqttConsumer
 from ingest.deadletters import FILENAME as DEAD_LETTER_FILE
@@ -43,11 +44,14 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import DeadLetter, SeqTracker, process_message
 from timeseries.factory import open_writer
 from timeseries.lineprotocol import LineFastPath, LineSerializer
-from timeseries.rollup import maintain_rollups, with_rollup_marks
+from timeseries.rollup import RollupWorker, maintain_rollups, with_rollup_marks
 from timeseries.schema import Point
 from timeseries.writer import LineWriter, Writer, WriteResult
 
 log = logging.getLogger(__name__)
+
+#: What GET /health reports on.
+HEALTH_DEPENDS_ON = ("broker", "store")
 T = TypeVar("T")
 
 DEFAULT_CLIENT_ID = "citysense-ingest-1"
@@ -86,8 +90,10 @@ class Ingestor:
         metrics: IngestMetrics,
         *,
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or Health(HEALTH_DEPENDS_ON, settings.unhealthy_after)
         self.writer = writer
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -151,6 +157,7 @@ class Ingestor:
                 self.consumer = self._new_consumer(mqtt.MQTTv311)
                 self.consumer.start()
                 continue
+            self.health.observe("broker", consumer.connected.is_set())
             if not announced and consumer.subscribed.is_set():
                 log.info("ingestor ready: subscribed to %s", consumer.subscription)
                 announced = True
@@ -293,14 +300,18 @@ class Ingestor:
         backoff = Backoff(0.2, cap, jitter=True)
         while True:
             try:
-                return await op(*args)
+                result = await op(*args)
             except RetryableError as exc:
+                self.health.observe("store", False)
                 self.metrics.retries += 1
                 wait = backoff.delay()
                 if exc.retry_after is not None:
                     wait = max(wait, min(exc.retry_after, max(cap, 1.0) * 10))
                 log.info("storage not available (%s); retrying in %.1f s", exc, wait)
                 await asyncio.sleep(wait)
+            else:
+                self.health.observe("store", True)
+                return result
 
     async def _ack_in_order(self) -> None:
         while True:
@@ -352,6 +363,21 @@ class Ingestor:
             await asyncio.to_thread(self.consumer.stop)
 
 
+def open_dead_letters(settings: Settings, metrics: IngestMetrics) -> DeadLetterStore:
+    """The dead-letter store with the bounds of ``settings``; evictions counted and logged."""
+
+    def evicted(cause: str, n: int) -> None:  # in the thread that added dead letters
+        metrics.dead_letters_evicted[cause] += n
+        log.warning("dead letters: %d evicted (%s bound)", n, cause)
+
+    return DeadLetterStore(
+        Path(settings.state_dir) / DEAD_LETTER_FILE,
+        max_bytes=int(settings.dead_letter_max_mb * 1024 * 1024),
+        max_age_ms=int(settings.dead_letter_days * 86_400_000),
+        on_evicted=evicted,
+    )
+
+
 async def serve(
     settings: Settings,
     ready: asyncio.Event | None = None,
@@ -360,13 +386,10 @@ async def serve(
 ) -> None:
     """Run an ingestor until cancelled; ``ready`` is set once it is subscribed."""
     metrics = IngestMetrics()
+    health = Health(HEALTH_DEPENDS_ON, settings.unhealthy_after)
     async with AsyncExitStack() as stack:
-        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
-        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
-        store = await asyncio.to_thread(
-            DeadLetterStore, Path(settings.state_dir) / DEAD_LETTER_FILE
-        )
-        stack.callback(store.close)
+        # /metrics and /health first: a supervisor sees what the ingestor waits on at start
+        rollups: RollupWorker | None = None  # running once the writer is open
         bind = settings.metrics_bind or DEFAULT_METRICS_BIND
         if bind != "off":
             host, port = parse_hostport(bind, "--metrics-bind")
@@ -376,8 +399,18 @@ async def serve(
                 return metrics.render() + extra
 
             server = await prometheus.serve_http(
-                {"/metrics": prometheus.metrics_route(exposition)}, host, port
+                {
+                    "/metrics": prometheus.metrics_route(exposition),
+                    "/health": health_route(health),
+                },
+                host,
+                port,
             )
             stack.push_async_callback(prometheus.close_server, server)
-        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol)
+        writer = with_rollup_marks(await stack.enter_async_context(open_writer(settings)), settings)
+        health.observe("store", True)
+        rollups = await stack.enter_async_context(maintain_rollups(settings, writer))
+        store = await asyncio.to_thread(open_dead_letters, settings, metrics)
+        stack.callback(store.close)
+        ingestor = Ingestor(settings, writer, store, metrics, protocol=protocol, health=health)
         await ingestor.run(ready)

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from citysense.mqtt_acl import SERVICE_USERS, mosquitto_acl
 from citysense.privatefiles import private_dir, write_private
-from citysense.topics import ACK, DOWN, INGEST_SHARED_SUBSCRIPTION, STATUS, STORED, UP, topic
 from provision.pki import Authority
 
 #: Mosquitto's PBKDF2-SHA512 password hash: ``$7$<iterations>$<salt b64>$<hash b64>``.
@@ -33,10 +33,6 @@ PBKDF2_ITERATIONS = 101  #: what ``mosquitto_passwd`` 2.0 writes
 SALT_BYTES = 12
 PASSWORD_BYTES = 24  #: random bytes of each generated password (URL-safe base64 text)
 
-INGEST = "ingest"
-ALERTS = "alerts"
-OPERATOR = "operator"
-SERVICE_CLIENTS = (INGEST, ALERTS, OPERATOR)
 
 #: The queue settings every citysense broker runs with (see deploy/mosquitto.conf for why).
 QUEUE_SETTINGS = """\
@@ -69,30 +65,10 @@ def verify_password(password: str, hashed: str) -> bool:
 
 
 def acl_rules(gateways: Iterable[str]) -> str:
-    """The ACL file: each client may touch its own topics and nothing else."""
-    lines = ["# citysense broker ACL: written by 'citysense deploy broker'", ""]
-    for gateway in gateways:
-        lines += [f"user {gateway}"]
-        lines += [f"topic write {topic(gateway, kind)}" for kind in (UP, STATUS, ACK)]
-        lines += [f"topic read {topic(gateway, kind)}" for kind in (STORED, DOWN)]
-        lines += [""]
-    lines += [
-        f"user {INGEST}",
-        f"topic read {INGEST_SHARED_SUBSCRIPTION}",
-        f"topic read {topic('+', UP)}",
-        f"topic write {topic('+', STORED)}",
-        "",
-        f"user {ALERTS}",
-        f"topic read {topic('+', STATUS)}",
-        f"topic write {topic('alarms', '#')}",
-        "",
-        f"user {OPERATOR}",
-        f"topic write {topic('+', DOWN)}",
-        f"topic read {topic('+', ACK)}",
-        f"topic read {topic('+', STATUS)}",
-        "",
-    ]
-    return "\n".join(lines)
+    """The ACL file: each client may touch its own topics and nothing else
+    (:mod:`citysense.mqtt_acl`, the table the embedded broker enforces too)."""
+    header = "# citysense broker ACL: written by 'citysense deploy broker'\n\n"
+    return header + mosquitto_acl([*gateways, *SERVICE_USERS])
 
 
 def broker_config(folder: Path, bind: str, port: int) -> str:
@@ -155,7 +131,7 @@ def write_broker(
     everyone (see docs/security.md, rotation). ``authority`` is for tests that issue more.
     """
     gateway_ids = sorted(set(gateways))
-    clients = (*gateway_ids, *SERVICE_CLIENTS)
+    clients = (*gateway_ids, *SERVICE_USERS)
     folder = private_dir(output, tighten=True)
     private_dir(folder / "data", tighten=True)
     client_dir = private_dir(folder / "clients", tighten=True)

@@ -29,14 +29,17 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from citysense.catalog import KINDS, METRICS
 from citysense.config import Settings, parse_hostport
-from citysense.errors import ConfigError
+from citysense.credentials import read_device_keys
+from citysense.errors import ConfigError, InputError
 from citysense.registry import Device, Registry, load_registry_option
 from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON, encode_values
 from simulators import coap
@@ -50,6 +53,7 @@ from simulators.coap_client import (
 )
 from simulators.faults import FaultPlan, corrupt, oversize
 from simulators.models import CityModel, salt_of
+from simulators.secure import SecureDevices, device_state_folder
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +269,7 @@ class Fleet:
         counters: Counters | None = None,
         model: CityModel | None = None,
         max_uplink_bytes: int = 1024,
+        secure: SecureDevices | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ConfigError("--time-scale must be positive")
@@ -279,6 +284,7 @@ class Fleet:
         self.counters = counters if counters is not None else Counters()
         self.model = model if model is not None else CityModel(self.devices, seed)
         self.max_uplink_bytes = max_uplink_bytes
+        self.secure = secure
         n = len(self.devices)
         self.counters.devices = n
         kinds = list(KINDS)
@@ -390,7 +396,10 @@ class Fleet:
     async def aclose(self, drain: float = 5.0) -> None:
         """Stop: wait up to ``drain`` s for open exchanges, abandon the rest, close sockets."""
         self._closing = True  # queued uplinks stay unsent from now on
-        await asyncio.gather(*(ep.aclose(drain) for ep in self.endpoints))
+        closing: list[Coroutine[Any, Any, object]] = [ep.aclose(drain) for ep in self.endpoints]
+        if self.secure is not None:
+            closing.append(self.secure.aclose(drain))
+        await asyncio.gather(*closing)
         self.endpoints.clear()
         for q in self.queues.values():
             self.counters.unsent += len(q)
@@ -474,6 +483,14 @@ class Fleet:
         i = uplink.device
         self.busy[i] = True
         self.counters.sent += 1
+        if self.secure is not None and self.secure.has(self.send_id[i]):
+            self.secure.send(
+                self.send_id[i],
+                uplink.payload,
+                uplink.content_format,
+                lambda result: self._done(uplink, result),
+            )
+            return
         endpoint = self.endpoints[int(self.endpoint_of[i])]
 
         def build(mid: int, token: bytes) -> bytes:
@@ -552,6 +569,27 @@ async def _progress(counters: Counters, stop: asyncio.Event, every: float) -> No
         sys.stderr.write("\n")
 
 
+def secure_devices(settings: Settings) -> SecureDevices | None:
+    """The devices of ``--device-keys`` that send with OSCORE or DTLS, or ``None``."""
+    if settings.device_keys is None:
+        return None
+    try:
+        keys = read_device_keys(settings.device_keys)
+    except InputError as exc:
+        raise ConfigError(f"--device-keys {settings.device_keys}: {exc}") from exc
+    coap = coap_target(settings)
+    if settings.coaps is not None:
+        coaps = parse_hostport(settings.coaps, "--coaps")
+    else:
+        coaps = (coap[0], 5684)
+    return SecureDevices(
+        {k.device: k for k in keys},
+        coap,
+        coaps,
+        device_state_folder(Path(settings.device_keys)),
+    )
+
+
 async def run_fleet(
     settings: Settings,
     registry: Registry | Sequence[Device] | None = None,
@@ -593,6 +631,7 @@ async def run_fleet(
         counters=counters,
         model=model,
         max_uplink_bytes=settings.max_uplink_bytes,
+        secure=secure_devices(settings),
     )
     stop = stop_event if stop_event is not None else asyncio.Event()
     done = asyncio.Event()

@@ -28,6 +28,8 @@ _PACKAGES = {
     "mosquitto": "mosquitto",
     "influxd": "influxdb",
     "coap-client-notls": "libcoap3-bin",
+    "coap-client-openssl": "libcoap3-bin",
+    "coap-client-gnutls": "libcoap3-bin",
     "chromium": "chromium",
 }
 

@@ -41,6 +41,7 @@ import httpx
 
 from citysense.catalog import METRICS
 from citysense.config import Settings, parse_retention
+from citysense.durable import connect_versioned
 from citysense.errors import PermanentError, RetryableError
 from timeseries.connection import InfluxTarget, SqliteTarget, storage_target
 from timeseries.influxql import _num
@@ -237,13 +238,12 @@ class SqliteRollupStore:
     """Rollup tables and dirty marks in the embedded store (marks come from the writer)."""
 
     def __init__(self, path: Path, raw_ms: int, rollup_ms: int) -> None:
-        from timeseries.schema import SQLITE_SCHEMA
-        from timeseries.sqlite_store import connect_durable
+        from timeseries.sqlite_store import MIGRATIONS
 
         self.path = path
         self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = connect_durable(path, SQLITE_SCHEMA + SQLITE_ROLLUP_SCHEMA)
+        self._db = connect_versioned(path, "embedded store", MIGRATIONS)
 
     async def ensure(self) -> None:
         """First start over an existing store: every hour holding raw data is marked."""

@@ -15,9 +15,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from citysense.durable import connect_durable
+from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
+from citysense.migrate import Migration, statements
 from citysense.privatefiles import private_file
+from timeseries.rollup import SQLITE_ROLLUP_SCHEMA
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
 
@@ -30,6 +32,17 @@ def _rows(points: Sequence[Point]) -> Iterator[tuple[object, ...]]:
             yield (metric, device, t, float(value), m, kind, district, site, gateway)
 
 
+#: Schema versions of the embedded store (see :mod:`citysense.migrate`); append, never edit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "citysense 0.1.0: samples, one row per value", statements(SQLITE_SCHEMA)),
+    Migration(
+        2,
+        "1-minute and 1-hour rollups with their dirty marks",
+        statements(SQLITE_ROLLUP_SCHEMA),
+    ),
+)
+
+
 class SqliteWriter:
     """Writes points to the embedded SQLite store at ``path`` (created if missing)."""
 
@@ -37,7 +50,9 @@ class SqliteWriter:
         self.path = Path(path)
         private_file(self.path)
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = connect_durable(self.path, SQLITE_SCHEMA)
+        self._db: sqlite3.Connection | None = connect_versioned(
+            self.path, "embedded store", MIGRATIONS
+        )
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB
         self._mark: tuple[str, Callable[[], int]] | None = None
 

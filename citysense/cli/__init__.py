@@ -10,11 +10,12 @@ Exit codes: 0 success, 2 bad usage or configuration (one-line reason), 1 other f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from citysense import __version__
+from citysense import __version__, logs
 from citysense.config import (
     COMMANDS,
     EDGE_PROBE,
@@ -40,6 +41,7 @@ ENTRY_POINTS: tuple[str, ...] = (
     "simulate fleet",
     "simulate module",
     "fleet generate",
+    "fleet credentials",
     "deploy broker",
     "deploy influx",
     "api keys add",
@@ -56,10 +58,54 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate fleet": "a simulated sensor fleet sending CoAP uplinks",
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
+    "fleet credentials": "write one key per registered device (OSCORE or DTLS-PSK), 0600",
     "deploy broker": "write a Mosquitto configuration, users, ACL and certificates for the fleet",
     "deploy influx": "create the InfluxDB database and its writer and reader users",
     "api keys add": "create an API key: print it once, append only its hash to a file",
 }
+
+
+#: The extra that carries each subcommand's dependencies (``pip install 'citysense[EXTRA]'``).
+EXTRA_OF: dict[str, str] = {
+    "demo": "all",
+    "edge": "edge",
+    "edge probe": "edge",
+    "ingest": "ingest",
+    "ingest dead-letters": "ingest",
+    "api": "api",
+    "alerts": "alerts",
+    "simulate fleet": "sim",
+    "simulate module": "sim",
+    "fleet generate": "sim",
+}
+
+#: Top-level modules each extra provides (import names, not distribution names).
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "edge": ("paho", "aiocoap", "serial"),
+    "ingest": ("paho", "httpx", "influxdb_client", "orjson"),
+    "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy"),
+    "alerts": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "paho"),
+    "sim": ("numpy",),
+}
+EXTRA_MODULES["all"] = tuple(sorted({m for mods in EXTRA_MODULES.values() for m in mods}))
+
+
+def missing_extra(command: str) -> str | None:
+    """A one-line reason when ``command``'s extra is not installed, else None."""
+    extra = EXTRA_OF.get(command)
+    if extra is None:
+        return None
+    missing = [m for m in EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return _install_hint(command, extra, missing)
+
+
+def _install_hint(command: str, extra: str, missing: Sequence[str]) -> str:
+    return (
+        f"'citysense {command}' needs the [{extra}] extra (missing: {', '.join(missing)}); "
+        f"install it with: pip install 'citysense[{extra}]'"
+    )
 
 
 def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -125,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_entry(command: str) -> Callable[[Settings], int]:
+    """The function that runs ``command``; :class:`ConfigError` naming the extra to install
+    when the command's dependencies are missing."""
+    reason = missing_extra(command)
+    if reason is not None:
+        raise ConfigError(reason)
+    try:
+        return _entry(command)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF.get(command)
+        if extra is not None and top in EXTRA_MODULES["all"]:
+            raise ConfigError(_install_hint(command, extra, [top])) from exc
+        raise
+
+
+def _entry(command: str) -> Callable[[Settings], int]:
     """The function that runs ``command`` (static imports, loaded when the command runs)."""
     match command:
         case "demo":
@@ -167,6 +229,10 @@ def resolve_entry(command: str) -> Callable[[Settings], int]:
             from simulators.cli import generate
 
             return generate
+        case "fleet credentials":
+            from citysense.cli.credentials import run as credentials
+
+            return credentials
         case "deploy broker":
             from provision.cli import deploy_broker
 
@@ -197,11 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = load_settings(command, raw)
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        logs.configure(settings.log_level, settings.log_format)
         for flag in secrets_on_command_line(raw):
             log.warning(
                 "%s was given on the command line, where other users of this machine can read "
@@ -218,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CitysenseError as exc:
         print(f"citysense: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logs.flush()
 
 
 def console() -> None:

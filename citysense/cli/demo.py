@@ -43,6 +43,7 @@ from typing import TextIO
 
 from alerts import service as alerts_service
 from citysense.config import Settings, mask_url, parse_hostport
+from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
 from citysense.privatefiles import private_dir
@@ -67,6 +68,8 @@ STATUS_EVERY_TTY = 1.0
 #: How long a service's /metrics may take to answer, seconds.
 SCRAPE_TIMEOUT = 2.0
 REGISTRY_FILE = "demo-registry.csv"
+#: OSCORE keys of the simulated fleet, new on every run
+DEVICE_KEYS_FILE = "demo-device-keys.csv"
 
 #: Stop order (the start order is broker, ingest, gateway, alerts, api, fleet).
 STOP_ORDER = ("fleet", "gateway", "ingest", "api", "alerts", "broker")
@@ -295,6 +298,8 @@ class Demo:
         s = self.settings
         check_bind(s.bind)
         devices, registry_path = self._registry()
+        keys_path = self.state_dir / DEVICE_KEYS_FILE
+        write_device_keys(keys_path, generate_device_keys([d.device for d in devices], OSCORE))
         # The simulated city keeps China Standard Time: local-time analytics follow it
         # unless another zone was asked for.
         zone = s.timezone if s.timezone != "UTC" else _city_timezone()
@@ -332,6 +337,9 @@ class Demo:
             coap=f"127.0.0.1:{coap_port}",
             metrics_bind=f"127.0.0.1:{port}",
             client_id=None,
+            device_keys=str(keys_path),
+            # the fleet's clock runs time-scale times faster than the catalog's intervals
+            device_rate=0.0 if s.report_interval else s.device_rate * s.time_scale,
         )
         await self._start(
             "gateway",
@@ -339,7 +347,10 @@ class Demo:
             stop,
             mask_url(s.mqtt) if s.mqtt else "",
         )
-        say(f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} devices")
+        say(
+            f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} "
+            "devices, each with its own OSCORE key"
+        )
 
         # 4. alarms, with the default rule set unless --rules names another
         port = free_tcp_port()
@@ -368,7 +379,9 @@ class Demo:
 
         # 7. fleet
         # the demo decides when the fleet stops: no --duration of its own
-        fleet_settings = dataclasses.replace(base, coap=f"127.0.0.1:{coap_port}", duration=0.0)
+        fleet_settings = dataclasses.replace(
+            base, coap=f"127.0.0.1:{coap_port}", duration=0.0, device_keys=str(keys_path)
+        )
         registry = fleet_service.load_fleet_registry(fleet_settings)
         self.fleet_counters = fleet_service.Counters()
         counters = self.fleet_counters

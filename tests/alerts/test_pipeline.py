@@ -145,6 +145,9 @@ def test_pm25_episode_offline_station_and_dead_gateway(
             f"127.0.0.1:{edge_metrics}",
             "--batch-max-delay",
             "0.1",
+            # the stations report every 0.5 s, not at their kind's 5 min: no per-device budget
+            "--device-rate",
+            "0",
         ],
         edge_dir,
         edge_metrics,

@@ -106,6 +106,9 @@ class Peer:
         receive_maximum: int | None = None,
         manual_ack: bool = False,
         will: tuple[str, bytes, int, bool] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        refused_ok: bool = False,
     ) -> None:
         self.client_id = client_id or "t-" + uuid.uuid4().hex[:10]
         self.v5 = v5
@@ -130,6 +133,11 @@ class Peer:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
+        self.client.on_publish = self._on_publish
+        #: mid -> reason code of its PUBACK
+        self.puback: dict[int, int] = {}
+        if username is not None:
+            self.client.username_pw_set(username, password)
         if will is not None:
             self.client.will_set(*will)
         props = None
@@ -148,6 +156,14 @@ class Peer:
         if not self._connected.wait(TIMEOUT):
             self.close()
             raise TimeoutError(f"{self.client_id} did not connect")
+        if self.connect_reason.is_failure:
+            self.close()
+            if not refused_ok:
+                raise ConnectionRefusedError(f"{self.client_id}: {self.connect_reason}")
+
+    def _on_publish(self, client: Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            self.puback[mid] = int(reason.value) if hasattr(reason, "value") else int(reason)
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -195,10 +211,13 @@ class Peer:
         with self._lock:
             return self._subacks[mid]
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Publish and wait for the acknowledgement; its reason code (0: success)."""
         info = self.client.publish(topic, payload, qos, retain)
         info.wait_for_publish(TIMEOUT)
         assert info.is_published(), f"{topic} not acknowledged"
+        with self._lock:
+            return self.puback.get(info.mid, 0)
 
     def ack(self, msg: Received) -> None:
         self.client.ack(msg.mid, msg.qos)

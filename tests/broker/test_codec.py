@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqtt_broker.broker import (
+from mqtt_broker.codec import PacketFramer, encode_properties, encode_publish, encode_varint
+from mqtt_broker.constants import (
     CONNACK,
     MALFORMED_PACKET,
     MESSAGE_EXPIRY_INTERVAL,
@@ -19,20 +20,12 @@ from mqtt_broker.broker import (
     SUBACK,
     TOPIC_FILTER_INVALID,
     WILL_DELAY_INTERVAL,
-    BrokerConfig,
-    BrokerCore,
-    Connection,
-    PacketFramer,
     ProtocolError,
-    Publish,
-    decode_packet,
-    encode_properties,
-    encode_publish,
-    encode_varint,
-    split_shared,
-    topic_matches,
-    validate_topic_filter,
 )
+from mqtt_broker.core import BrokerCore
+from mqtt_broker.packets import Publish, decode_packet
+from mqtt_broker.session import BrokerConfig, Connection
+from mqtt_broker.topics import split_shared, topic_matches, validate_topic_filter
 
 
 @pytest.mark.parametrize(

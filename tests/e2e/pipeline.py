@@ -26,6 +26,7 @@ from pathlib import Path
 
 from citysense.catalog import KINDS
 from citysense.config import load_settings
+from citysense.credentials import DTLS_PSK, generate_device_keys, write_device_keys
 from citysense.registry import Device, format_registry
 from simulators.city import generate_fleet
 from simulators.coap_client import TransmissionParameters
@@ -147,6 +148,7 @@ class Pipeline:
         gateway_args: tuple[str, ...] = (),
         gateway_state: Path | None = None,
         gateway_env: dict[str, str] | None = None,
+        scheme: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.mosquitto = mosquitto
@@ -164,6 +166,18 @@ class Pipeline:
         gw_dir = tmp / "edge"
         gw_dir.mkdir()
         gw_metrics = free_port()
+        # the fleet runs on a fast clock: no per-device budget at the catalog's pace
+        trust = ["--device-rate", "0"]
+        self.device_keys: Path | None = None
+        self.coaps_port: int | None = None
+        if scheme is not None:
+            self.device_keys = tmp / "device-keys.csv"
+            keys = generate_device_keys([d.device for d in self.devices], scheme)
+            write_device_keys(self.device_keys, keys)
+            trust += ["--device-keys", str(self.device_keys)]
+            if scheme == DTLS_PSK:
+                self.coaps_port = free_udp_port()
+                trust += ["--coaps", f"127.0.0.1:{self.coaps_port}"]
         self.gateway = Service(
             "edge",
             [
@@ -188,6 +202,7 @@ class Pipeline:
                 "2",
                 "--log-level",
                 "INFO",
+                *trust,
                 *gateway_args,
             ],
             gw_dir,
@@ -266,6 +281,10 @@ class Pipeline:
         }
         if faults:
             cli["faults"] = [faults]
+        if self.device_keys is not None:
+            cli["device_keys"] = str(self.device_keys)
+        if self.coaps_port is not None:
+            cli["coaps"] = f"127.0.0.1:{self.coaps_port}"
         settings = load_settings("simulate fleet", cli, environ={})
         started = threading.Event()
 

@@ -76,6 +76,31 @@ def test_ingestor_kill_9_during_influxd_outage(
     )
 
 
+def test_ingestor_kill_9_during_influxd_outage_without_resend(
+    make_pipeline: Callable[..., Pipeline], influxd_private: InfluxServer
+) -> None:
+    """The same, with the gateway's re-send out of the picture (an hour's interval): the
+    broker's redelivery of what the ingestor had not acknowledged must cover the crash on its
+    own. Each layer holds by itself; the gateway's re-send is not an excuse for an early ack."""
+    p = make_pipeline(gateway_args=("--resend-interval", "3600"))
+
+    def fault() -> None:
+        influxd_private.stop()
+        time.sleep(5.0)
+        p.ingestors[0].kill()
+        time.sleep(2.0)
+        p.ingestors[0].start()
+        time.sleep(max(OUTAGE_S - 7.0, 1.0))
+        influxd_private.start()
+
+    check(
+        p,
+        run_load(p, fault),
+        "ingestor kill -9 during influxd outage, no re-send",
+        "as above, the gateway's re-send interval 1 h: the broker's redelivery alone",
+    )
+
+
 def test_mosquitto_kill_9_while_ingestors_down(
     make_pipeline: Callable[..., Pipeline], mosquitto: MosquittoServer
 ) -> None:

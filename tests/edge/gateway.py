@@ -63,6 +63,8 @@ def edge_settings(tmp: Path, *, mqtt_url: str | None = None, **extra: object) ->
         "batch_max_delay": "0.05",
         "resend_interval": "3",
         "retry_max_delay": "1",
+        # tests that send many uplinks per device; the flood tests set their own budget
+        "device_rate": "0",
     }
     cli.update({k: str(v) for k, v in extra.items()})
     return load_settings("edge", cli, environ={})
@@ -180,6 +182,10 @@ class GatewayProcess:
             "batch_max_readings",
         ):
             out += ["--" + name.replace("_", "-"), str(getattr(s, name))]
+        for name in ("device_keys", "device_auth", "coaps"):
+            if getattr(s, name) is not None:
+                out += ["--" + name.replace("_", "-"), str(getattr(s, name))]
+        out += ["--device-rate", str(s.device_rate), "--device-burst", str(s.device_burst)]
         return out
 
     def start(self) -> None:

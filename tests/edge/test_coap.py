@@ -248,11 +248,12 @@ def test_a_conflicting_value_is_refused_over_udp(tmp_path: Path) -> None:
 
         assert post(uplink_payload(devices[0], t, {"pm25": 10.0})).code == Code.CHANGED
         assert post(uplink_payload(devices[0], t, {"pm25": 10.0})).code == Code.CHANGED
-        # the forged value rides with a harmless reading of another device: both refused
+        # the forged value rides with a harmless new reading of the same device (one device
+        # per uplink): both refused
         forged = (
             uplink_payload(devices[0], t, {"pm25": 999.0})[:-1]
             + b","
-            + (uplink_payload(devices[1], t, {"pm25": 1.0})[1:])
+            + (uplink_payload(devices[0], t + 1000, {"pm25": 1.0})[1:])
         )
         answer = post(forged)
         assert answer.code == Code.BAD_REQUEST

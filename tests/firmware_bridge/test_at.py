@@ -88,7 +88,7 @@ NRB_BANNER = (
 )
 CSONMI = "+CSONMI: 0,28,68656C6C6F2053494D3730323045"
 CEREG4 = '+CEREG: 4,1,"5B57","01A50B1A",9,"00",,,"00000001","11100000"'
-QENG = '+QENG: 0,2506,2,146,"772F253",-90,-8,-83,16,5,"785F",0,140,3'
+QENG = '+QENG: 0,2506,2,146,"772F253",-90,-8,-83,16,5,"785F",0,14,3'
 RAW = b"a\r\n>b"  # a raw payload holding a line break and a prompt character
 
 TRANSCRIPTS: dict[str, tuple[Exchange, ...]] = {
@@ -172,8 +172,8 @@ TRANSCRIPTS: dict[str, tuple[Exchange, ...]] = {
         X(None, wire(CSONMI), U(CSONMI)),
         X(
             "AT+CENG?",
-            wire('+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,23', "OK"),
-            R("AT+CENG?", '+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,23'),
+            wire('+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,2300', "OK"),
+            R("AT+CENG?", '+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,2300'),
         ),
         X(
             "AT+CSOSEND=0,10,48656C6C6F",
@@ -183,10 +183,8 @@ TRANSCRIPTS: dict[str, tuple[Exchange, ...]] = {
         X(None, wire('+CPSMSTATUS: "ENTER PSM"'), U('+CPSMSTATUS: "ENTER PSM"')),
         X(
             None,
-            wire("RDY", "+CFUN: 1", "+CPIN: READY"),
-            B("RDY"),
-            U("+CFUN: 1"),
-            U("+CPIN: READY"),
+            wire("+CPIN: READY"),  # no RDY banner on the SIM7020
+            B("+CPIN: READY"),
         ),
         X("AT+CSOCL=0", wire("OK"), R("AT+CSOCL=0")),
     ),

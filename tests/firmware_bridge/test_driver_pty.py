@@ -161,6 +161,26 @@ def test_clean_module_identity_radio_datagrams_and_send(dialect: str) -> None:
     asyncio.run(main())
 
 
+def test_bc95_busy_answers_are_retried_for_reads_and_sends() -> None:
+    async def main() -> None:
+        with module("bc95", busy=0.4) as sim:
+            async with running(sim) as run:
+                sent = [payload(i) for i in range(20)]
+                for p in sent:
+                    assert await inject(sim, p, "203.0.113.9:40123")
+                await until(lambda: len(run.datagrams) >= 20, 20, "20 datagrams")
+                assert run.payloads() == sent
+                for i in range(5):
+                    await run.source.send("203.0.113.5:5683", b"ack%d" % i)
+                assert [p for _, p in sim.sent] == [b"ack%d" % i for i in range(5)]
+                assert sim.stats["busy"] > 0
+                driver = run.source.driver
+                assert driver is not None and driver.counters["busy"] > 0
+                assert run.source.health["reboots"] == 0
+
+    asyncio.run(main())
+
+
 def test_bc95_operator_platform_downlink_arrives_as_a_datagram() -> None:
     async def main() -> None:
         with module("bc95") as sim:
@@ -318,6 +338,16 @@ async def soak(
                     f"sim {sim.stats}; health {run.source.health}"
                 ) from None
             sim.set_faults({})
+            # the driver settled on the module's socket: a socket opened by a command whose
+            # answer was lost is closed by the driver's next initialisation, with its data
+            await until(
+                lambda: (
+                    run.source.health["state"] == "ready"
+                    and set(sim.core.sockets) == {run.source._sock}
+                ),
+                30,
+                "the driver to settle on the module's socket",
+            )
             await inject_when_ready(sim, b"final")
             await until(lambda: b"final" in run.payloads(), 30, "the final datagram")
             # healthy again: a lost "+CEREG: 1" is asked for, so the state comes back

@@ -65,12 +65,17 @@ def test_bc66_qeng_is_plain_dbm() -> None:
         -83.0,
         16.0,
     )
-    assert (f.band, f.tac, f.ecl, f.tx_power) == (5, 0x785F, 0, 14.0)
+    assert (f.band, f.tac, f.ecl, f.tx_power) == (5, 0x785F, 0, 14.0)  # whole dBm
+    for unknown in ("128", "-128", ""):
+        line = QENG.replace('"785F",0,14,3', f'"785F",255,{unknown},3')
+        g = parse_qeng([line])
+        assert (g.tx_power, g.ecl, g.rsrp) == (None, None, -90.0)
 
 
 def test_sim7020_ceng() -> None:
-    f = parse_ceng(['+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,23'])
+    f = parse_ceng(['+CENG: 2506,2,146,"0772F253",-90,-8,-83,16,5,"785F",0,2300,-93'])
     assert (f.rsrp, f.snr, f.ecl, f.cell_id, f.tac) == (-90.0, 16.0, 0, 0x772F253, 0x785F)
+    assert f.tx_power == 23.0  # centi-dBm
     assert parse_ceng(["garbage"]) == RadioFigures()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import urllib.request
@@ -14,7 +15,7 @@ from citysense.config import Settings
 from citysense.envelope import encode_batch
 from citysense.model import Batch, Reading
 from ingest.cli import dead_letters
-from ingest.deadletters import FILENAME, DeadLetterStore
+from ingest.deadletters import FILENAME, PAYLOAD_MAX, DeadLetterStore
 from ingest.pipeline import DeadLetter
 from tests.ingest.gateway_double import (
     BASE_T,
@@ -153,7 +154,11 @@ def test_poison_messages_are_dead_lettered_and_do_not_block(
     assert sorted(stored_readings(influx_db)) == expected_readings(good)
     by_reason = {d.reason: d for d in letters}
     assert by_reason["malformed"].payload == b"{not json"
-    assert by_reason["too_large"].payload == POISON["too_large"]
+    # kept truncated, with the full length and digest
+    big = by_reason["too_large"]
+    assert big.truncated and big.payload == POISON["too_large"][:PAYLOAD_MAX]
+    assert big.size == len(POISON["too_large"])
+    assert big.digest == hashlib.sha256(POISON["too_large"]).hexdigest()
     assert by_reason["gateway_mismatch"].topic == "citysense/v1/gw-test-01/up"
     wrong = json.loads(by_reason["wrong_type"].payload)
     assert wrong["seq"] == 100 and wrong["reading"]["values"]["vehicle_count"] is True

@@ -46,7 +46,10 @@ class Cloud:
             client_id=f"sim-test-cloud-{random.randrange(1 << 30)}",
             protocol=mqtt.MQTTv5,
         )
-        self.client.on_connect = lambda c, *_: c.subscribe(topics.topic(GATEWAY, topics.UP), 1)
+        self.online = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [(topics.topic(GATEWAY, topics.UP), 1), (topics.topic(GATEWAY, topics.STATUS), 1)]
+        )
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect_async(host, int(port), 30)
@@ -54,6 +57,11 @@ class Cloud:
         assert self.subscribed.wait(20), "test subscriber did not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == topics.topic(GATEWAY, topics.STATUS):
+            # the gateway subscribes to .../down before it says online (same connection)
+            if b'"online"' in msg.payload and not msg.retain:
+                self.online.set()
+            return
         batch = decode_batch(bytes(msg.payload))
         with self.lock:
             self.keys.update((r.device, r.t) for r in batch.readings)
@@ -88,6 +96,7 @@ def gateway_settings(tmp: Path, mqtt_url: str, devices: int, seed: int) -> Setti
             "state_dir": str(tmp / "state"),
             "metrics_bind": "off",
             "batch_max_delay": "0.05",
+            "device_rate": "0",  # the fleet runs on a fast clock
         },
         environ={},
     )
@@ -176,6 +185,8 @@ def test_a_command_on_down_reaches_the_device_and_is_obeyed(
         )
 
         async def queue_command() -> None:
+            # a command sent before the gateway subscribed to .../down would be lost
+            await asyncio.to_thread(cloud.online.wait, 20)
             cloud.send_down(
                 {
                     "id": "cmd-1",

@@ -13,7 +13,9 @@ import pytest
 import serial
 
 from citysense.errors import ConfigError
-from simulators.module import SimulatedModule, luhn_digit, parse_faults
+from citysense.registry import load_registry
+from simulators.module import SimulatedModule, luhn_digit, parse_faults, sensor_devices
+from simulators.module.core import SENSOR_COUNT
 
 
 class Port:
@@ -48,7 +50,7 @@ def port_of() -> Iterator[object]:
         port = Port(sim.device)
         opened.append((sim, port))
         deadline = time.monotonic() + 10
-        while b"OK" not in port.at("AT", b"OK\r\n", b"ERROR", b"RDY"):
+        while b"OK" not in port.at("AT", b"OK\r\n", b"ERROR", b"RDY", b"READY\r\n"):
             assert time.monotonic() < deadline
         return sim, port
 
@@ -107,16 +109,23 @@ def test_bc95_socket_read_in_parts_reports_remaining(port_of) -> None:  # type: 
     assert sim.sent == [("203.0.113.9:5683", b"AB")]
 
 
-def test_sim7020_accepts_both_length_units_and_pushes_hex(port_of) -> None:  # type: ignore[no-untyped-def]
+def test_sim7020_counts_hex_characters_binds_and_pushes_hex(port_of) -> None:  # type: ignore[no-untyped-def]
     sim, port = port_of("sim7020")
     port.at("ATE0")
+    port.at("AT+CMEE=1")
     wait_registered(port)
     assert port.at("AT+CSOC=1,2,1") == b"\r\n+CSOC: 0\r\n\r\nOK\r\n"
+    assert port.at("AT+CSOC=1,2,1") == b"\r\n+CSOC: 1\r\n\r\nOK\r\n"
+    assert port.at("AT+CSOB=0,5683") == b"\r\nOK\r\n"  # binds the local port
+    assert port.at("AT+CSOB=1,5683") == b"\r\n+CME ERROR: 3\r\n"  # taken by socket 0
+    assert port.at("AT+CSOCL=1") == b"\r\nOK\r\n"
     assert port.at('AT+CSOCON=0,5683,"203.0.113.5"') == b"\r\nOK\r\n"
     assert port.at("AT+CSOSEND=0,10,48656C6C6F") == b"\r\nOK\r\n"  # hex characters
-    assert port.at("AT+CSOSEND=0,5,48656C6C6F") == b"\r\nOK\r\n"  # bytes
+    assert port.at("AT+CSOSEND=0,5,48656C6C6F") == b"\r\n+CME ERROR: 50\r\n"  # not bytes
     assert port.at('AT+CSOSEND=0,0,"Hello Light"') == b"\r\nOK\r\n"  # quoted text
-    assert [p for _, p in sim.sent] == [b"Hello", b"Hello", b"Hello Light"]
+    assert [p for _, p in sim.sent] == [b"Hello", b"Hello Light"]
+    ceng = port.at("AT+CENG?").decode()
+    assert ceng.split("\r\n")[1].split(",")[11] == "2300"  # tx power in centi-dBm
     assert sim.inject_datagram(b"hello SIM7020E")
     urc = port.read_until(b"\r\n+CSONMI: 0,28,68656C6C6F2053494D3730323045\r\n")
     assert urc.endswith(b"+CSONMI: 0,28,68656C6C6F2053494D3730323045\r\n")
@@ -128,15 +137,60 @@ def test_bc66_prompt_send_and_raw_receive(port_of) -> None:  # type: ignore[no-u
     assert port.at("AT+QGMR").startswith(b"AT+QGMR\r\r\n")
     port.at("ATE0")
     wait_registered(port)
+    port.at("AT+CMEE=1")
+    # a listening "UDP SERVICE" is BG96's, not the BC66's
+    assert port.at('AT+QIOPEN=1,0,"UDP SERVICE","127.0.0.1",0,5683,1') == (
+        b"\r\n+CME ERROR: 552\r\n"
+    )
     assert port.at('AT+QIOPEN=1,0,"UDP","203.0.113.5",5683,0,1', b"+QIOPEN: 0,0\r\n")
     port.serial.write(b"AT+QISEND=0,5\r")
     assert port.read_until(b"> ").endswith(b"> ")
     port.serial.write(b"12345")
     assert b"SEND OK" in port.read_until(b"SEND OK\r\n")
-    assert sim.sent == [("203.0.113.5:5683", b"12345")]
+    assert port.at("AT+QISEND=0,2,4142", b"SEND OK\r\n").startswith(b"\r\nOK\r\n")
+    assert sim.sent == [("203.0.113.5:5683", b"12345"), ("203.0.113.5:5683", b"AB")]
+    qeng = port.at("AT+QENG=0").decode().split("\r\n")[1].split(",")
+    assert -140 <= int(qeng[5]) <= -40 and int(qeng[12]) == 14  # whole dBm, not tenths
     assert sim.inject_datagram(b"a\r\n>b")
     got = port.read_until(b'"recv",0,5\r\na\r\n>b\r\n')
     assert got.endswith(b'\r\n+QIURC: "recv",0,5\r\na\r\n>b\r\n')
+
+
+def test_bc95_announces_only_when_the_buffer_was_empty(port_of) -> None:  # type: ignore[no-untyped-def]
+    sim, port = port_of("bc95")
+    port.at("ATE0")
+    wait_registered(port)
+    assert "TX power:-32768" in port.at("AT+NUESTATS").decode()  # nothing sent yet
+    port.at("AT+NSOCR=DGRAM,17,5683,1")
+    assert sim.inject_datagram(b"one", "203.0.113.5:5683")
+    assert sim.inject_datagram(b"two", "203.0.113.5:5683")
+    port.read_until(b"+NSONMI:1,3\r\n")
+    assert port.at("AT+NSORF=1,512").startswith(b"\r\n1,203.0.113.5,5683,3,6F6E65,3\r\n")
+    assert port.at("AT+NSORF=1,512").startswith(b"\r\n1,203.0.113.5,5683,3,74776F,0\r\n")
+    assert port.at("AT+NSORF=1,512") == b"\r\nOK\r\n"
+    assert port.serial.read(4096) == b""  # one URC for the two datagrams
+    assert sim.inject_datagram(b"three", "203.0.113.5:5683")
+    port.read_until(b"+NSONMI:1,5\r\n")  # empty again: announced
+    port.at("AT+NSOST=1,203.0.113.9,5683,2,4142")
+    assert "TX power:230" in port.at("AT+NUESTATS").decode()
+
+
+def test_bc95_busy_fault_answers_the_retryable_errors(port_of) -> None:  # type: ignore[no-untyped-def]
+    sim, port = port_of("bc95")
+    port.at("ATE0")
+    port.at("AT+CMEE=1")
+    wait_registered(port)
+    port.at("AT+NSOCR=DGRAM,17,5683,1")
+    sim.set_faults({"busy": 1.0})
+    codes = {port.at("AT+NSOST=1,203.0.113.9,5683,2,4142") for _ in range(12)}
+    assert codes <= {
+        b"\r\n+CME ERROR:159\r\n",
+        b"\r\n+CME ERROR:536\r\n",
+        b"\r\n+CME ERROR:537\r\n",
+    }
+    assert len(codes) >= 2 and sim.sent == []
+    sim.set_faults({})
+    assert port.at("AT+NSOST=1,203.0.113.9,5683,2,4142").startswith(b"\r\n1,2\r\n")
 
 
 def test_reboot_prints_the_family_banner(port_of) -> None:  # type: ignore[no-untyped-def]
@@ -171,18 +225,26 @@ def test_identity_is_seeded_and_luhn_valid() -> None:
             m.stop()
 
 
-def test_simulate_module_command_prints_the_device_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "citysense", "simulate", "module", "--dialect", "sim7020"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_simulate_module_command_prints_pts_link_and_registry_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows_file = tmp_path / "module.csv"
+    command = [sys.executable, "-m", "citysense", "simulate", "module", "--dialect", "sim7020"]
+    command += ["--seed", "4", "--gateway", "gw-lab", "--registry-out", str(rows_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
+        pts = proc.stdout.readline().strip()
         device = proc.stdout.readline().strip()
+        assert pts.startswith("/dev/pts/") and os.path.realpath(device) == pts
         assert os.path.islink(device)
-        port = Port(device)
+        printed = [proc.stdout.readline() for _ in range(1 + 1 + SENSOR_COUNT)]
+        assert printed[0] == "device,kind,district,site,lat,lon,gateway\n"
+        assert rows_file.read_text() == "".join(printed)
+        assert rows_file.stat().st_mode & 0o777 == 0o600
+        registry = load_registry(rows_file)
+        imei = printed[1].split(",")[0]
+        assert imei.startswith("urn:imei:86643504") and registry[imei].gateway == "gw-lab"
+        assert set(sensor_devices(4)) <= set(registry)
+        port = Port(pts)  # the pty itself works as well as the link
         try:
             deadline = time.monotonic() + 30  # real module timings: a few seconds of boot
             while True:
@@ -191,6 +253,8 @@ def test_simulate_module_command_prints_the_device_and_stops_on_sigterm() -> Non
                         break
                 except AssertionError:
                     assert time.monotonic() < deadline, "the simulated module never answered"
+            port.at("ATE0")
+            assert port.at("AT+CGSN=1").startswith(b"\r\n+CGSN: " + imei[9:].encode())
         finally:
             port.close()
         proc.send_signal(signal.SIGTERM)
