@@ -101,6 +101,35 @@ def test_ingestor_kill_9_during_influxd_outage_without_resend(
     )
 
 
+def test_ingestor_and_mosquitto_kill_9_during_influxd_outage(
+    make_pipeline: Callable[..., Pipeline],
+    mosquitto: MosquittoServer,
+    influxd_private: InfluxServer,
+) -> None:
+    """The ingestor and the broker die together while nothing can be written: neither the
+    ingestor's memory nor the broker's unsaved queue survives, so only a gateway that still
+    holds every unconfirmed batch (no confirmation before the write) can make it whole."""
+    p = make_pipeline()
+
+    def fault() -> None:
+        influxd_private.stop()
+        time.sleep(5.0)
+        p.ingestors[0].kill()
+        mosquitto.kill()
+        time.sleep(2.0)
+        mosquitto.start()
+        p.ingestors[0].start()
+        time.sleep(max(OUTAGE_S - 7.0, 1.0))
+        influxd_private.start()
+
+    check(
+        p,
+        run_load(p, fault),
+        "ingestor and Mosquitto kill -9 during an influxd outage",
+        f"influxd down {OUTAGE_S:.0f} s, both killed 5 s in, back after 2 s",
+    )
+
+
 def test_mosquitto_kill_9_while_ingestors_down(
     make_pipeline: Callable[..., Pipeline], mosquitto: MosquittoServer
 ) -> None:
