@@ -48,12 +48,14 @@ from alerts.sources import (
 from alerts.store import AlarmStore
 from citysense.config import (
     ALERTS_DEFAULT_BIND,
+    BrokerUrl,
     Settings,
+    broker_url,
     parse_api_keys,
     parse_hostport,
-    parse_mqtt_url,
 )
 from citysense.errors import ConfigError, RegistryError
+from citysense.mqttsecurity import secure
 from citysense.registry import Device, load_registry
 from citysense.serving import listen_socket
 from timeseries.query import Reader, open_reader
@@ -93,8 +95,8 @@ class EvalStats:
 class MqttSide:
     """One paho client: the gateways' retained status in, the alarm topics out."""
 
-    def __init__(self, url: str, status: GatewayStatus) -> None:
-        self.broker = parse_mqtt_url(url)
+    def __init__(self, broker: BrokerUrl, status: GatewayStatus) -> None:
+        self.broker = broker
         self.status = status
         self.connected = threading.Event()
         client = mqtt.Client(
@@ -103,10 +105,7 @@ class MqttSide:
             protocol=mqtt.MQTTv5,
         )
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        self.watch = secure(client, broker)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -115,6 +114,7 @@ class MqttSide:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        self.watch.connack(reason)
         if getattr(reason, "is_failure", False):
             log.warning("MQTT broker refused alerts: %s", reason)
             return
@@ -341,7 +341,7 @@ class AlertService:
             if self.webhooks and self.secret is None:
                 log.warning("no --webhook-secret-file: webhook bodies are not signed")
             if self.settings.mqtt:
-                self.mqtt = MqttSide(self.settings.mqtt, self.status)
+                self.mqtt = MqttSide(broker_url(self.settings, self.settings.mqtt), self.status)
                 self.mqtt.start()
                 stack.callback(self.mqtt.stop)
                 receivers.append(MqttAlarms(self.mqtt.publish, self.settings.webhook_timeout))

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.errors import CitysenseError
+from citysense.mqttsecurity import secure
 from edge import clock
 from edge.metrics import Metrics
 from edge.outbox import Outbox
@@ -82,10 +83,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set()
+        self.watch = secure(client, broker)
         client.max_inflight_messages_set(max_inflight + 20)
         client.reconnect_delay_set(1, max(1, math.ceil(retry_max_delay)))
         client.will_set(
@@ -103,13 +101,13 @@ class MqttLink:
     def _handle_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        self.watch.connack(reason)
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
             return
         self._connections += 1
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
-        log.info("connected to mqtt://%s:%d", self.broker.host, self.broker.port)
+        log.info("connected to %s", self.watch.where)
         client.subscribe(self.subscriptions)
         client.publish(self.status_topic, status_payload("online", _now_ms()), qos=1, retain=True)
         self._loop.call_soon_threadsafe(self._set_connected, True)

@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from citysense.compat import paho as compat_paho
 from citysense.config import BrokerUrl
+from citysense.mqttsecurity import secure
 from citysense.topics import INGEST_SHARED_SUBSCRIPTION, SESSION_EXPIRY_S
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,11 @@ class MqttConsumer:
         )
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        self.watch = secure(client, self.broker)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_connect_fail = self._on_connect_fail
         if isinstance(client, compat_paho.BufferedClient):
             client.on_publish_fast = self._on_publish
             client.after_read = self._announce
@@ -159,12 +156,12 @@ class MqttConsumer:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self.watch.connack(reason)
         if reason.is_failure:
             if self.protocol == mqtt.MQTTv5 and reason.value in _UNSUPPORTED_VERSION:
                 log.warning("broker %s:%s lacks MQTT v5", self.broker.host, self.broker.port)
                 self.unsupported_v5.set()
                 return
-            log.warning("broker refused the connection: %s", reason)
             return
         self.connects += 1
         self.connected.set()
@@ -176,9 +173,6 @@ class MqttConsumer:
             flags.session_present,
         )
         client.subscribe(self.subscription, qos=1)
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        log.info("cannot reach the broker at %s:%s; retrying", self.broker.host, self.broker.port)
 
     def _on_subscribe(
         self,

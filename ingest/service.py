@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 
 from citysense import prometheus, topics
 from citysense.backoff import Backoff
-from citysense.config import Settings, parse_hostport, parse_mqtt_url
+from citysense.config import Settings, broker_url, parse_hostport
 from citysense.errors import RetryableError
 from citysense.health import Health, health_route
 from citysense.topics import gateway_of_topic
@@ -60,6 +60,8 @@ WRITE_CONCURRENCY = 2
 #: While every write slot is busy a batch may grow to this many times --write-batch-points.
 BATCH_GROWTH = 4
 SHUTDOWN_TIMEOUT = 10.0
+#: Longest wait at start for the broker's first answer (a refusal then exits 2).
+MQTT_START_CHECK = 15.0
 
 
 @dataclass(slots=True)
@@ -120,7 +122,7 @@ class Ingestor:
     # ------------------------------------------------------------------ running
 
     def _new_consumer(self, protocol: mqtt.MQTTProtocolVersion) -> MqttConsumer:
-        broker = parse_mqtt_url(self.settings.mqtt or topics.DEFAULT_MQTT)
+        broker = broker_url(self.settings, topics.DEFAULT_MQTT)
         return MqttConsumer(
             broker,
             self.settings.client_id or DEFAULT_CLIENT_ID,
@@ -135,6 +137,8 @@ class Ingestor:
         self.consumer = self._new_consumer(self.protocol)
         self.consumer.start()
         try:
+            # refused credentials or certificates: one line and exit 2
+            await self.consumer.watch.settled(MQTT_START_CHECK)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch_connection(ready))
                 tasks.create_task(self._collect())

@@ -46,6 +46,7 @@ from citysense.config import Settings, mask_url, parse_hostport
 from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
+from citysense.privatefiles import private_dir
 from citysense.registry import Device, format_registry, load_registry_option
 from dashboard_api import service as api_service
 from edge import service as edge_service
@@ -282,7 +283,7 @@ class Demo:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start everything, show status until ``stop``, stop everything; exit code."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         try:
             return await self._run(stop)
         except _Stopped:
