@@ -46,6 +46,7 @@ from alerts.sources import (
     observe,
 )
 from alerts.store import AlarmStore
+from citysense.apikeys import KeyStore, load_keys_file
 from citysense.config import (
     ALERTS_DEFAULT_BIND,
     BrokerUrl,
@@ -166,9 +167,12 @@ class AlertService:
     ) -> None:
         self.settings = settings
         self.rules = rules if rules is not None else load_rules(settings.rules or "")
-        self.keys = parse_api_keys(settings.api_keys)
+        self.keys = KeyStore(
+            parse_api_keys(settings.api_keys),
+            load_keys_file(settings.api_keys_file) if settings.api_keys_file else [],
+        )
         self.bind = parse_hostport(bind_of(settings), "--bind")
-        if not self.keys and not _loopback(self.bind[0]):
+        if self.keys.open and not _loopback(self.bind[0]):
             raise ConfigError(
                 f"--bind {self.bind[0]} is not a loopback address and no --api-keys are set: "
                 "the alarms API would be open to the network"
@@ -358,7 +362,7 @@ class AlertService:
                 self.metrics_text,
             )
             app = create_app(backend, self.keys, self.settings.rate_limit)
-            if not self.keys:
+            if self.keys.open:
                 log.warning(
                     "no API keys configured: the alarms API is open to anyone who can reach it"
                 )

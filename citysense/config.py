@@ -351,8 +351,9 @@ class Settings:
     )
     api_keys_file: str | None = _opt(
         None,
-        "TOML file of hashed API keys (written by 'citysense api keys add'; SIGHUP reloads it)",
-        {DEMO, API},
+        "TOML file of hashed API keys (written by 'citysense api keys add'; SIGHUP reloads it "
+        "in the API; alerts reads it at start)",
+        {DEMO, API, ALERTS},
         metavar="FILE",
     )
     insecure_open: bool = _opt(
