@@ -77,6 +77,10 @@ EXTRA_OF: dict[str, str] = {
     "simulate fleet": "sim",
     "simulate module": "sim",
     "fleet generate": "sim",
+    "fleet credentials": "provision",
+    "deploy broker": "provision",
+    "deploy influx": "provision",
+    "api keys add": "provision",
 }
 
 #: Top-level modules each extra provides (import names, not distribution names).
@@ -85,7 +89,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("paho", "httpx", "influxdb_client", "orjson"),
     "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy"),
     "alerts": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "paho"),
-    "sim": ("numpy",),
+    "sim": ("numpy", "aiocoap", "cryptography"),
+    "provision": ("cryptography", "httpx"),
 }
 EXTRA_MODULES["all"] = tuple(sorted({m for mods in EXTRA_MODULES.values() for m in mods}))
 
