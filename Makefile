@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test files run on two workers; each starts its own servers on its own free ports.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo test lint typecheck pytest system-deps bench soak reliability mutants clean dist deb
 
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# system-deps first: building aiocoap's DTLS (DTLSSocket) from source needs a C toolchain.
+demo: system-deps $(STAMP)
 	$(VENV)/bin/citysense demo
 
 system-deps:
@@ -24,7 +27,7 @@ test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,7 +37,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench

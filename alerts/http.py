@@ -116,7 +116,7 @@ class AlarmsBackend:
         self.metrics = metrics
 
 
-def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) -> FastAPI:
+def create_app(backend: AlarmsBackend, keys: dict[str, str] | KeyStore, rate_limit: int) -> FastAPI:
     app = FastAPI(
         title="citysense alerts",
         version=__version__,
@@ -125,7 +125,7 @@ def create_app(backend: AlarmsBackend, keys: dict[str, str], rate_limit: int) ->
         docs_url=None,
         redoc_url=None,
     )
-    app.state.keys = KeyStore(keys)
+    app.state.keys = keys if isinstance(keys, KeyStore) else KeyStore(keys)
     app.state.limiter = RateLimiter(rate_limit)
 
     app.middleware("http")(_security_headers)

@@ -47,14 +47,17 @@ from alerts.sources import (
 )
 from alerts.store import AlarmStore
 from citysense import topics
+from citysense.apikeys import KeyStore, load_keys_file
 from citysense.config import (
     ALERTS_DEFAULT_BIND,
+    BrokerUrl,
     Settings,
+    broker_url,
     parse_api_keys,
     parse_hostport,
-    parse_mqtt_url,
 )
 from citysense.errors import ConfigError, RegistryError
+from citysense.mqttsecurity import secure
 from citysense.registry import Device, load_registry
 from citysense.serving import listen_socket
 from timeseries.query import Reader, open_reader
@@ -94,8 +97,8 @@ class EvalStats:
 class MqttSide:
     """One paho client: the gateways' retained status in, the alarm topics out."""
 
-    def __init__(self, url: str, status: GatewayStatus, client_id: str) -> None:
-        self.broker = parse_mqtt_url(url)
+    def __init__(self, broker: BrokerUrl, status: GatewayStatus, client_id: str) -> None:
+        self.broker = broker
         self.status = status
         self.connected = threading.Event()
         client = mqtt.Client(
@@ -104,10 +107,7 @@ class MqttSide:
             protocol=mqtt.MQTTv5,
         )
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        self.watch = secure(client, broker)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -116,6 +116,7 @@ class MqttSide:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        self.watch.connack(reason)
         if getattr(reason, "is_failure", False):
             log.warning("MQTT broker refused alerts: %s", reason)
             return
@@ -167,9 +168,12 @@ class AlertService:
     ) -> None:
         self.settings = settings
         self.rules = rules if rules is not None else load_rules(settings.rules or "")
-        self.keys = parse_api_keys(settings.api_keys)
+        self.keys = KeyStore(
+            parse_api_keys(settings.api_keys),
+            load_keys_file(settings.api_keys_file) if settings.api_keys_file else [],
+        )
         self.bind = parse_hostport(bind_of(settings), "--bind")
-        if not self.keys and not _loopback(self.bind[0]):
+        if self.keys.open and not _loopback(self.bind[0]):
             raise ConfigError(
                 f"--bind {self.bind[0]} is not a loopback address and no --api-keys are set: "
                 "the alarms API would be open to the network"
@@ -345,7 +349,9 @@ class AlertService:
                 client_id = self.settings.client_id or topics.client_id(
                     "alerts", self.settings.instance or socket.gethostname()
                 )
-                self.mqtt = MqttSide(self.settings.mqtt, self.status, client_id)
+                self.mqtt = MqttSide(
+                    broker_url(self.settings, self.settings.mqtt), self.status, client_id
+                )
                 self.mqtt.start()
                 stack.callback(self.mqtt.stop)
                 receivers.append(MqttAlarms(self.mqtt.publish, self.settings.webhook_timeout))
@@ -362,7 +368,7 @@ class AlertService:
                 self.metrics_text,
             )
             app = create_app(backend, self.keys, self.settings.rate_limit)
-            if not self.keys:
+            if self.keys.open:
                 log.warning(
                     "no API keys configured: the alarms API is open to anyone who can reach it"
                 )

@@ -45,7 +45,7 @@ from bench.harness import (
     wait_until,
     write_results,
 )
-from tests.servers import free_udp_port
+from tests.servers import ProvisionedMosquitto, free_udp_port
 
 log = logging.getLogger("bench.gateway")
 
@@ -274,12 +274,18 @@ def bare_run(count: int, window: int, seed: int) -> tuple[dict[str, float], floa
 class Confirmer:
     """Plays the ingestor: confirms every batch on ``.../stored`` (the outbox drains)."""
 
-    def __init__(self, url_port: int) -> None:
+    def __init__(self, url_port: int, tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (CA file, user, password) for a provisioned broker."""
+        import ssl
+
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.readings = 0
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if tls is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=tls[0]))
+            self.client.username_pw_set(tls[1], tls[2])
         root = f"citysense/v1/{GATEWAY}"
 
         def on_connect(client: mqtt.Client, *_: object) -> None:
@@ -302,7 +308,11 @@ class Confirmer:
 
 @contextlib.contextmanager
 def edge_process(
-    broker: MosquittoServer, registry: Path, work: Path, extra: Sequence[str] = ()
+    broker: MosquittoServer | ProvisionedMosquitto,
+    registry: Path,
+    work: Path,
+    extra: Sequence[str] = (),
+    tls: tuple[str, str, str] | None = None,
 ) -> Iterator[tuple[int, int, Confirmer]]:
     """``citysense edge`` on free loopback ports with its state under ``work`` and a
     stand-in ingestor confirming its batches; yields (CoAP port, pid, the confirmer)."""
@@ -329,7 +339,7 @@ def edge_process(
         "WARNING",
         *extra,
     ]
-    confirmer = Confirmer(broker.port)
+    confirmer = Confirmer(broker.port, tls)
     proc = subprocess.Popen(cmd)
     try:
 
@@ -350,15 +360,20 @@ def edge_process(
 
 
 def gateway_run(
-    broker: MosquittoServer,
+    broker: MosquittoServer | ProvisionedMosquitto,
     work: Path,
     count: int,
     window: int,
     seed: int,
     steady: tuple[int, float] | None = None,
+    *,
+    mqtt_args: Sequence[str] = (),
+    tls: tuple[str, str, str] | None = None,
 ) -> tuple[dict[str, float], float, int, int, int]:
     """One gateway process: a paced phase first (``steady`` = count, rate; its RSS is the
-    figure for a city's load), then the burst at full speed."""
+    figure for a city's load), then the burst at full speed. ``mqtt_args`` (given after the
+    plain ``--mqtt``, so they win) and ``tls`` (the confirmer's) run it against a provisioned
+    broker."""
     from citysense.registry import Device, format_registry
 
     registry = work / "registry.csv"
@@ -369,7 +384,7 @@ def gateway_run(
                 for i in range(DEVICES)
             )
         )
-    with edge_process(broker, registry, work) as (port, pid, confirmer):
+    with edge_process(broker, registry, work, mqtt_args, tls) as (port, pid, confirmer):
         idle_rss = vm_kib(pid, "VmRSS")
         steady_rss = 0
         if steady is not None:

@@ -3,16 +3,34 @@
 Pure: no web framework here. Only SHA-256 digests of the keys are kept, and a presented key is
 compared with every digest in constant time. Roles rank ``public`` < ``viewer`` < ``operator``;
 a route declares the role it needs in its ``openapi_extra`` under :data:`ROLE_KEY`.
+
+At rest (INTERFACES §10.3) keys live in a TOML file of digests, never the keys;
+``citysense api keys add`` appends one ``[[key]]`` table per key::
+
+    [[key]]
+    name = "control-room"
+    role = "operator"
+    sha256 = "<hex SHA-256 of the key>"
+    created = "2026-12-05T02:00:00Z"
+
+A key is ``KEY_BYTES`` random bytes, URL-safe base64: with that much entropy one SHA-256 is
+as strong as a slow password hash, and lets every request be checked in constant time. The
+key id logged for a stored key is its name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
 import time
-from collections.abc import Callable, Mapping
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from citysense.errors import ConfigError
 
 Role = Literal["viewer", "operator"]
 ROLE_KEY = "x-role"
@@ -31,24 +49,32 @@ class KeyMatch:
 
 
 class KeyStore:
-    """API keys by SHA-256 digest; lookups compare against every digest in constant time."""
+    """API keys by SHA-256 digest; lookups compare against every digest in constant time.
 
-    def __init__(self, keys: Mapping[str, str]) -> None:
-        self._digests: list[tuple[bytes, Role]] = [
-            (hashlib.sha256(k.encode()).digest(), r)  # type: ignore[misc]
-            for k, r in keys.items()
-        ]
+    ``keys`` are given keys (``KEY: role``; id: a digest prefix), ``stored`` the entries of a
+    keys file (id: the name)."""
+
+    def __init__(self, keys: Mapping[str, str], stored: Sequence[StoredKey] = ()) -> None:
+        self._digests: list[tuple[bytes, Role, str]] = []
+        for k, r in keys.items():
+            digest = hashlib.sha256(k.encode()).digest()
+            self._digests.append((digest, r, digest.hex()[:8]))  # type: ignore[arg-type]
+        for entry in stored:
+            self._digests.append((bytes.fromhex(entry.sha256), entry.role, entry.name))  # type: ignore[arg-type]
 
     @property
     def open(self) -> bool:
         return not self._digests
 
+    def __len__(self) -> int:
+        return len(self._digests)
+
     def lookup(self, presented: str) -> KeyMatch | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found: KeyMatch | None = None
-        for stored, r in self._digests:
+        for stored, r, key_id in self._digests:
             if hmac.compare_digest(stored, digest):
-                found = KeyMatch(r, stored.hex()[:8])
+                found = KeyMatch(r, key_id)
         return found
 
 
@@ -74,3 +100,85 @@ class RateLimiter:
             for k in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1]:
                 del self._buckets[k]
         return (1.0 - tokens) / self.rate
+
+    def wait(self, key: str) -> float:
+        """Like :meth:`take` without taking: 0 if a request would be allowed now."""
+        entry = self._buckets.get(key)
+        if entry is None:
+            return 0.0
+        tokens, last = entry
+        tokens = min(self.capacity, tokens + (self._clock() - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+# --------------------------------------------------------------------------- the keys file
+
+KEY_BYTES = 32
+ROLES = ("operator", "viewer")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """One key as stored: its name (logged as the key id), role and digest."""
+
+    name: str
+    role: str
+    sha256: str
+
+
+def new_key() -> str:
+    """A fresh API key: ``KEY_BYTES`` random bytes, URL-safe text."""
+    return secrets.token_urlsafe(KEY_BYTES)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_entry(name: str, role: str, key: str, created: str) -> str:
+    """The TOML table that stores ``key`` (its digest only)."""
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"--name {name!r}: letters, digits, '.', '_' and '-', at most 64")
+    if role not in ROLES:
+        raise ConfigError(f"--role must be one of {', '.join(ROLES)}")
+    return (
+        f'\n[[key]]\nname = "{name}"\nrole = "{role}"\n'
+        f'sha256 = "{key_digest(key)}"\ncreated = "{created}"\n'
+    )
+
+
+def parse_keys_file(text: str, source: str) -> list[StoredKey]:
+    """The keys of a keys file; :class:`ConfigError` naming what is wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    entries = data.get("key", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: 'key' must be an array of tables ([[key]])")
+    keys: list[StoredKey] = []
+    names: set[str] = set()
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: key {i} is not a table")
+        name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in names:
+            raise ConfigError(f"{source}: key {i} needs a unique name")
+        if role not in ROLES:
+            raise ConfigError(f"{source}: key {name!r}: role must be one of {', '.join(ROLES)}")
+        if not isinstance(digest, str) or not _HEX_RE.fullmatch(digest):
+            raise ConfigError(f"{source}: key {name!r}: sha256 must be 64 lowercase hex digits")
+        names.add(name)
+        keys.append(StoredKey(name, str(role), digest))
+    return keys
+
+
+def load_keys_file(path: str) -> list[StoredKey]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"--api-keys-file {path}: {exc.strerror or exc}") from exc
+    return parse_keys_file(text, f"--api-keys-file {path}")

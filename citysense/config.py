@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from citysense.errors import ConfigError
 from citysense.model import GATEWAY_ID_RE, SERIAL_DIALECTS
@@ -40,6 +40,9 @@ SIM_MODULE = "simulate module"
 FLEET_GENERATE = "fleet generate"
 ALERTS = "alerts"
 FLEET_CREDENTIALS = "fleet credentials"
+DEPLOY_BROKER = "deploy broker"
+DEPLOY_INFLUX = "deploy influx"
+API_KEYS_ADD = "api keys add"
 COMMANDS: tuple[str, ...] = (
     DEMO,
     EDGE,
@@ -52,12 +55,16 @@ COMMANDS: tuple[str, ...] = (
     SIM_MODULE,
     FLEET_GENERATE,
     FLEET_CREDENTIALS,
+    DEPLOY_BROKER,
+    DEPLOY_INFLUX,
+    API_KEYS_ADD,
 )
 _SERVICES = frozenset({DEMO, EDGE, INGEST, API, ALERTS})
 _ALL = frozenset(COMMANDS)
 _STORAGE = frozenset({DEMO, INGEST, DEAD_LETTERS, API, ALERTS})
 #: ``--bind`` of ``citysense alerts`` when left at the API's default.
 ALERTS_DEFAULT_BIND = "127.0.0.1:8001"
+_MQTT_CLIENTS = frozenset({DEMO, EDGE, INGEST, ALERTS})
 
 
 def _opt(
@@ -98,15 +105,60 @@ class Settings:
         {DEMO, EDGE, INGEST, ALERTS},
         metavar="URL",
     )
+    mqtt_ca: str | None = _opt(
+        None, "CA certificate that signed the broker's (mqtts://)", _MQTT_CLIENTS, metavar="FILE"
+    )
+    mqtt_cert: str | None = _opt(
+        None, "client certificate presented to the broker (mqtts://)", _MQTT_CLIENTS, metavar="FILE"
+    )
+    mqtt_key: str | None = _opt(None, "private key of --mqtt-cert", _MQTT_CLIENTS, metavar="FILE")
+    mqtt_username: str | None = _opt(
+        None, "MQTT user name (overrides the one in --mqtt)", _MQTT_CLIENTS, metavar="NAME"
+    )
+    mqtt_password: str | None = _opt(
+        None,
+        "MQTT password (visible to other users: prefer --mqtt-password-file)",
+        _MQTT_CLIENTS,
+        secret=True,
+    )
+    mqtt_password_file: str | None = _opt(
+        None, "file holding the MQTT password", _MQTT_CLIENTS, metavar="FILE"
+    )
     influx: str | None = _opt(
         None,
         "InfluxDB, http(s)://[user:pass@]host:port (default: the embedded SQLite store)",
-        _STORAGE,
+        _STORAGE | {DEPLOY_INFLUX},
         metavar="URL",
+    )
+    influx_ca: str | None = _opt(
+        None,
+        "CA certificate that signed InfluxDB's (https://)",
+        _STORAGE | {DEPLOY_INFLUX},
+        metavar="FILE",
+    )
+    influx_username: str | None = _opt(
+        None, "InfluxDB user name (overrides the one in --influx)", _STORAGE, metavar="NAME"
+    )
+    influx_password: str | None = _opt(
+        None,
+        "InfluxDB password (visible to other users: prefer --influx-password-file)",
+        _STORAGE,
+        secret=True,
+    )
+    influx_password_file: str | None = _opt(
+        None, "file holding the InfluxDB password", _STORAGE, metavar="FILE"
     )
     influx_api: str = _opt("auto", "InfluxDB API generation", _STORAGE, choices=("auto", "1", "2"))
     influx_db: str = _opt("citysense", "InfluxDB 1.x database", _STORAGE)
-    influx_token: str | None = _opt(None, "InfluxDB 2.x token", _STORAGE, secret=True)
+    influx_token: str | None = _opt(
+        None,
+        "InfluxDB 2.x token (visible to other users: prefer --influx-token-file)",
+        _STORAGE,
+        secret=True,
+    )
+    influx_token_file: str | None = _opt(
+        None, "file holding the InfluxDB 2.x token", _STORAGE, metavar="FILE"
+    )
     influx_org: str | None = _opt(None, "InfluxDB 2.x organisation", _STORAGE)
     influx_bucket: str = _opt("citysense", "InfluxDB 2.x bucket", _STORAGE)
     influx_gzip: bool = _opt(False, "gzip writes to InfluxDB", _STORAGE, "bool")
@@ -129,7 +181,7 @@ class Settings:
     registry: str | None = _opt(
         None,
         "device registry CSV",
-        {DEMO, EDGE, API, ALERTS, SIM_FLEET, FLEET_CREDENTIALS},
+        {DEMO, EDGE, API, ALERTS, SIM_FLEET, FLEET_CREDENTIALS, DEPLOY_BROKER},
         metavar="FILE",
     )
     metrics_bind: str | None = _opt(
@@ -287,17 +339,35 @@ class Settings:
     # --- api
     bind: str = _opt(
         "127.0.0.1:8000",
-        f"HTTP listen address (alerts: {ALERTS_DEFAULT_BIND} when left at the default)",
-        {DEMO, API, ALERTS},
-        metavar="HOST:PORT",
+        f"listen address: HOST:PORT (alerts: {ALERTS_DEFAULT_BIND} when left at the default); "
+        "deploy broker: HOST (default 0.0.0.0)",
+        {DEMO, API, ALERTS, DEPLOY_BROKER},
+        metavar="ADDRESS",
+    )
+    port: int | None = _opt(
+        None, "TLS listener port of the broker (default 8883)", {DEPLOY_BROKER}, "int"
     )
     api_keys: tuple[str, ...] = _opt(
         (),
-        "API keys with their roles, KEY:ROLE,... (roles: operator, viewer)",
+        "API keys with their roles, KEY:ROLE,... (roles: operator, viewer; visible to other "
+        "users: prefer --api-keys-file)",
         {DEMO, API, ALERTS},
         "list",
         secret=True,
         metavar="KEY:ROLE,...",
+    )
+    api_keys_file: str | None = _opt(
+        None,
+        "TOML file of hashed API keys (written by 'citysense api keys add'; SIGHUP reloads it "
+        "in the API; alerts reads it at start)",
+        {DEMO, API, ALERTS},
+        metavar="FILE",
+    )
+    insecure_open: bool = _opt(
+        False, "serve a non-loopback --bind with no API keys (anyone may read)", {DEMO, API}, "bool"
+    )
+    allow_writable_reader: bool = _opt(
+        False, "start even when the InfluxDB credentials can write", {API}, "bool"
     )
     point_limit: int = _opt(
         20000, "largest number of points one query may return", {DEMO, API}, "int"
@@ -353,9 +423,9 @@ class Settings:
     gateways: int = _opt(1, "number of gateways devices are assigned to", {FLEET_GENERATE}, "int")
     output: str | None = _opt(
         None,
-        "output file (default: standard output; credentials: required)",
-        {FLEET_GENERATE, FLEET_CREDENTIALS},
-        metavar="FILE",
+        "output file (default: standard output; credentials: required) or folder (deploy)",
+        {FLEET_GENERATE, FLEET_CREDENTIALS, DEPLOY_BROKER, DEPLOY_INFLUX},
+        metavar="PATH",
     )
     scheme: str = _opt(
         "oscore", "device security scheme", {FLEET_CREDENTIALS}, choices=("oscore", "dtls-psk")
@@ -372,6 +442,23 @@ class Settings:
         "also write the module's registry rows (CSV) to this file",
         {SIM_MODULE},
         metavar="FILE",
+    )
+    # --- provisioning
+    admin_username: str = _opt("admin", "InfluxDB admin user", {DEPLOY_INFLUX}, metavar="NAME")
+    admin_password_file: str | None = _opt(
+        None, "file holding the InfluxDB admin password", {DEPLOY_INFLUX}, metavar="FILE"
+    )
+    role: str = _opt(
+        "viewer", "role of the new API key", {API_KEYS_ADD}, choices=("operator", "viewer")
+    )
+    file: str | None = _opt(
+        None,
+        "TOML file of hashed API keys the new key is appended to",
+        {API_KEYS_ADD},
+        metavar="FILE",
+    )
+    name: str | None = _opt(
+        None, "name of the new API key (default: key-<time>)", {API_KEYS_ADD}, metavar="NAME"
     )
     time_scale: float = _opt(
         60.0, "simulated seconds per wall-clock second", {DEMO, SIM_FLEET}, "float"
@@ -555,11 +642,55 @@ def load_settings(
         known = OPTIONS_BY_NAME.get(name)
         if known is not None:
             values[name] = _convert(known, raw, known.flag)
+    for name, twin in SECRET_FILES.items():
+        path = values.get(twin)
+        if path and name not in values:
+            values[name] = read_secret_file(str(path), OPTIONS_BY_NAME[twin].flag)
     if not values.get("state_dir"):
         values["state_dir"] = DEMO_STATE_DIR if command == DEMO else str(default_state_dir(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings, command)
     return settings
+
+
+#: A secret option -> the option naming a file that holds it (``CITYSENSE_<OPTION>_FILE``).
+SECRET_FILES: Mapping[str, str] = {
+    "mqtt_password": "mqtt_password_file",
+    "influx_password": "influx_password_file",
+    "influx_token": "influx_token_file",
+}
+
+
+def read_secret_file(path: str, flag: str) -> str:
+    """The secret held in ``path`` (one line; the trailing newline is not part of it)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{flag} {path}: not UTF-8 text") from exc
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{flag} {path}: the file is empty")
+    return secret
+
+
+def secrets_on_command_line(cli: Mapping[str, object]) -> list[str]:
+    """The flags given on the command line that carry a secret (other users see them in
+    ``ps``): secret options, and URLs with a password in them. Names only, never values."""
+    flags: list[str] = []
+    for name, raw in cli.items():
+        option = OPTIONS_BY_NAME.get(name)
+        if option is None or raw is None or raw == [] or raw == ():
+            continue
+        if option.secret:
+            flags.append(option.flag)
+        elif option.name in ("mqtt", "influx"):
+            values = raw if isinstance(raw, list | tuple) else [raw]
+            if any(urlsplit(str(v)).password is not None for v in values):
+                flags.append(option.flag)
+    return flags
 
 
 #: The state folder of the demo (and of a service with nowhere better), relative to the
@@ -585,6 +716,7 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 # --------------------------------------------------------------------------- validation
 
+DEFAULT_API_BIND = "127.0.0.1:8000"
 _HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 ROLES = ("operator", "viewer")
 
@@ -599,11 +731,16 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class BrokerUrl:
+    """Where the MQTT broker is and how to prove who we are (see :mod:`citysense.mqttsecurity`)."""
+
     host: str
     port: int
     tls: bool
     username: str | None
-    password: str | None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    ca: str | None = None  #: CA file verifying the broker (None: the system's CAs)
+    cert: str | None = None  #: client certificate file
+    key: str | None = None  #: its private key file
 
 
 def parse_mqtt_url(url: str) -> BrokerUrl:
@@ -618,7 +755,27 @@ def parse_mqtt_url(url: str) -> BrokerUrl:
         raise ConfigError(f"--mqtt has a bad port: {mask_url(url)!r}") from exc
     tls = parts.scheme == "mqtts"
     return BrokerUrl(
-        parts.hostname, port or (8883 if tls else 1883), tls, parts.username, parts.password
+        parts.hostname,
+        port or (8883 if tls else 1883),
+        tls,
+        None if parts.username is None else unquote(parts.username),
+        None if parts.password is None else unquote(parts.password),
+    )
+
+
+def broker_url(settings: Settings, default: str) -> BrokerUrl:
+    """The broker of ``--mqtt`` (or ``default``) with the credentials and TLS files of the
+    other ``--mqtt-*`` options, which take precedence over the URL's userinfo."""
+    url = parse_mqtt_url(settings.mqtt or default)
+    username = settings.mqtt_username if settings.mqtt_username is not None else url.username
+    password = settings.mqtt_password if settings.mqtt_password is not None else url.password
+    return dataclasses.replace(
+        url,
+        username=username,
+        password=password,
+        ca=settings.mqtt_ca,
+        cert=settings.mqtt_cert,
+        key=settings.mqtt_key,
     )
 
 
@@ -681,7 +838,16 @@ def validate(s: Settings, command: str) -> None:
             )
     if not GATEWAY_ID_RE.fullmatch(s.gateway):
         raise ConfigError(f"--gateway {s.gateway!r} must match [a-z0-9][a-z0-9-]{{0,47}}")
-    parse_hostport(s.bind, "--bind")
+    if command != DEPLOY_BROKER:  # there --bind is a host alone
+        parse_hostport(s.bind, "--bind")
+    if command == DEPLOY_BROKER and s.port is not None and not 0 < s.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, not {s.port}")
+    for name in ("mqtt_ca", "mqtt_cert", "mqtt_key", "influx_ca"):
+        path = getattr(s, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{OPTIONS_BY_NAME[name].flag} {path}: no such file")
+    if (s.mqtt_cert is None) != (s.mqtt_key is None):
+        raise ConfigError("--mqtt-cert and --mqtt-key go together")
     parse_hostport(s.coap, "--coap")
     if s.metrics_bind not in (None, "off"):
         parse_hostport(s.metrics_bind, "--metrics-bind")

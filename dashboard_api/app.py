@@ -4,10 +4,14 @@ Configuration is read once and passed in; the lifespan owns the storage reader (
 the settings unless one is given, closed on shutdown). Errors are answered as
 ``{"detail": "..."}``: input errors 400/422 naming the parameter, storage outages 503 with
 ``Retry-After``, never a 500 for anything a caller can send.
+
+Every response carries :data:`SECURITY_HEADERS`; every GET route answers HEAD too. A
+non-loopback ``--bind`` with no API keys is refused (exit 2) unless ``--insecure-open``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,17 +20,20 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citysense import __version__
-from citysense.config import Settings, parse_api_keys
+from citysense.apikeys import load_keys_file
+from citysense.config import Settings, parse_api_keys, parse_hostport
 from citysense.errors import (
+    ConfigError,
     InputError,
     PermanentError,
     RetryableError,
 )
 from citysense.registry import Registry, load_registry_option
 from dashboard_api.alarms import router as alarms_router
-from dashboard_api.auth import KeyStore, RateLimiter, authorize
+from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
 from dashboard_api.latest_cache import LatestCache, keep_latest, open_rollup_reads
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.quality import ForecastService, QualityMonitor, start_background
@@ -85,6 +92,90 @@ async def _storage_refused(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "storage refused the query"}, status_code=502)
 
 
+#: On every response (INTERFACES §10.3): only our own scripts, never in a frame, no sniffing,
+#: no referrer leaking a URL with parameters.
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`SECURITY_HEADERS` to every HTTP response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class HeadMiddleware:
+    """HEAD on every GET route: routed as GET, answered with the headers alone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {
+                    "type": "http.response.body",
+                    "body": b"",
+                    "more_body": message.get("more_body", False),
+                }
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, send_headers_only)
+
+
+def load_keys(settings: Settings) -> KeyStore:
+    """The API keys of ``--api-keys`` and ``--api-keys-file``; ConfigError when bad."""
+    stored = load_keys_file(settings.api_keys_file) if settings.api_keys_file else []
+    return KeyStore(parse_api_keys(settings.api_keys), stored)
+
+
+def reload_keys(app: FastAPI, settings: Settings) -> bool:
+    """Read the keys again (SIGHUP); a bad file keeps the keys in use. True if reloaded."""
+    try:
+        keys = load_keys(settings)
+    except ConfigError as exc:
+        log.error("API keys not reloaded, the previous ones stay in use: %s", exc)
+        return False
+    if keys.open and not app.state.keys.open:
+        log.error("API keys not reloaded: the new set is empty and would open the API")
+        return False
+    app.state.keys = keys
+    log.info("API keys reloaded: %d keys", len(keys))
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(
     settings: Settings,
     *,
@@ -98,7 +189,13 @@ def create_app(
     ``registry`` (default: ``settings.registry`` when set) may be given by the caller, which
     then owns them; ``clock`` returns seconds since the epoch.
     """
-    keys = parse_api_keys(settings.api_keys)
+    keys = load_keys(settings)
+    host, _ = parse_hostport(settings.bind, "--bind")
+    if keys.open and not is_loopback(host) and not settings.insecure_open:
+        raise ConfigError(
+            f"--bind {settings.bind} is reachable from other machines and no API keys are "
+            "configured: give --api-keys-file (or --insecure-open to serve it open)"
+        )
     if registry is None and settings.registry:
         registry = load_registry_option(settings.registry)
 
@@ -127,7 +224,7 @@ def create_app(
             if settings.quality_interval > 0:  # 0: evaluated only when /quality is asked
                 for task in start_background(app.state.quality, app.state.forecast):
                     stack.callback(task.cancel)
-            if not keys:
+            if keys.open:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)
             yield
@@ -142,8 +239,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.keys = KeyStore(keys)
+    app.state.keys = keys
     app.state.limiter = RateLimiter(settings.rate_limit)
+    app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
     app.state.metrics = RequestMetrics(r for t in ROUTERS for r in t.routes)
     app.include_router(router)
     app.include_router(alarms_router)
@@ -154,5 +252,7 @@ def create_app(
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RetryableError, _storage_down)
     app.add_exception_handler(PermanentError, _storage_refused)
+    app.add_middleware(HeadMiddleware)  # innermost: the metrics still see HEAD
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

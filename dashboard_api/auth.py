@@ -1,7 +1,10 @@
 """Who may call what: bearer keys with roles, deny by default, and a rate limit per key.
 
-* Keys come from configuration (``--api-keys KEY:ROLE,...``); only their SHA-256 digests are
-  kept, and a presented key is compared with every digest in constant time.
+* Keys come from ``--api-keys-file`` (digests only, named; SIGHUP reloads it) and from
+  ``--api-keys KEY:ROLE,...``; only SHA-256 digests are kept, and a presented key is compared
+  with every digest in constant time. The key id logged is the key's name (or a digest prefix).
+* Failed authentication is limited per client address: over :data:`FAILED_AUTH_PER_MINUTE`
+  failures a minute, 429 with ``Retry-After`` -- checked before any key is hashed or compared.
 * Every route declares the role it needs in ``openapi_extra["x-role"]`` (``public``,
   ``viewer`` or ``operator``); :func:`authorize`, an app-wide dependency, refuses any route
   that declares none -- a route added without a decision is closed, not open.
@@ -27,7 +30,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from citysense.apikeys import RANK as _RANK
 from citysense.apikeys import ROLE_KEY, KeyStore, RateLimiter, Role, role
 
+#: Failed authentications per client address and minute before 429 (bursts up to this many).
+FAILED_AUTH_PER_MINUTE = 30
+
 __all__ = [
+    "FAILED_AUTH_PER_MINUTE",
     "ROLE_KEY",
     "CurrentPrincipal",
     "KeyStore",
@@ -48,6 +55,18 @@ class Principal:
             raise HTTPException(403, f"{what}: viewers see district-level data only")
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _refuse_auth(request: Request, detail: str) -> HTTPException:
+    """A 401, counted against the client's address."""
+    state = request.app.state
+    state.auth_failures.take(_address(request))
+    state.metrics.auth_failed += 1
+    return HTTPException(401, detail, {"WWW-Authenticate": "Bearer"})
+
+
 _bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys")
 
 
@@ -64,19 +83,38 @@ async def authorize(
     state = request.app.state
     keys: KeyStore = state.keys
     if needed == "public":
-        return Principal("viewer", "public")
+        # a public route answers more to a caller who shows a valid key (the health detail)
+        principal = Principal("viewer", "public")
+        if keys.open:
+            principal = Principal("operator", f"open:{_address(request)}")
+        elif credentials is not None and not state.auth_failures.wait(_address(request)):
+            match = keys.lookup(credentials.credentials)
+            if match is None:  # a wrong key counts here too: /health must not be an oracle
+                state.auth_failures.take(_address(request))
+                state.metrics.auth_failed += 1
+            else:
+                principal = Principal(match.role, match.key_id)
+        request.state.principal = principal
+        return principal
     if keys.open:
-        client = request.client.host if request.client else "unknown"
-        principal = Principal("operator", f"open:{client}")
+        principal = Principal("operator", f"open:{_address(request)}")
     else:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        # before any key work: an address that keeps failing is told to wait
+        blocked = state.auth_failures.wait(_address(request))
+        if blocked > 0:
+            state.metrics.auth_limited += 1
             raise HTTPException(
-                401, "Authorization: Bearer <key> required", {"WWW-Authenticate": "Bearer"}
+                429,
+                "too many failed authentications",
+                {"Retry-After": str(max(1, math.ceil(blocked)))},
             )
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise _refuse_auth(request, "Authorization: Bearer <key> required")
         found = keys.lookup(credentials.credentials)
         if found is None:
-            raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
+            raise _refuse_auth(request, "unknown API key")
         principal = Principal(found.role, found.key_id)
+    request.state.principal = principal
     wait = state.limiter.take(principal.key_id)
     if wait > 0:
         state.metrics.rate_limited += 1

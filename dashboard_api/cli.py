@@ -1,23 +1,34 @@
 """``citysense api``: the operator API and dashboard as a foreground process.
 
-SIGTERM and SIGINT cancel the server task, which finishes in-flight requests and exits 0.
+SIGTERM and SIGINT cancel the server task, which finishes in-flight requests and exits 0;
+SIGHUP reads the API keys again.
 A :class:`~citysense.errors.ConfigError` propagates to the CLI (exit 2).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 
 from citysense.config import Settings
 from citysense.serving import run_until_signalled
-from dashboard_api.app import create_app
-from dashboard_api.service import serve
+from dashboard_api.app import create_app, reload_keys
+from dashboard_api.service import refuse_writable_reader, serve
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> int:
     app = create_app(settings)  # configuration errors surface before anything starts
-    return run_until_signalled(
-        lambda ready: serve(settings, ready, app=app), log, "operator API stopped", "citysense api"
-    )
+
+    async def main(ready: asyncio.Event) -> None:
+        await refuse_writable_reader(settings)  # the API reads: it must not hold a writer
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_keys, app, settings)
+        try:
+            await serve(settings, ready, app=app)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return run_until_signalled(main, log, "operator API stopped", "citysense api")

@@ -1,11 +1,15 @@
 """The service's own counters and latencies, exposed as Prometheus text on ``/metrics``.
 
 An ASGI middleware records every HTTP request by its route template (``/api/v1/{domain}/
-latest``, never the raw path, so label sets stay bounded) and status code.
+latest``, never the raw path), its method (one of :data:`METHODS`, anything else ``OTHER``)
+and status code: every label value comes from a fixed set, so nothing a caller sends grows
+``/metrics``. It also writes the access log: one line per request (method, route template,
+status, key id -- never the key -- and duration), refused ones included.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -15,6 +19,9 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+access_log = logging.getLogger("dashboard_api.access")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -41,6 +48,8 @@ class RequestMetrics:
         self.latency: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self.rate_limited = 0
         self.storage_errors = 0
+        self.auth_failed = 0
+        self.auth_limited = 0
 
     def seed(self, routes: Iterable[BaseRoute]) -> None:
         """Every route's success series exists from the start, at 0 (Prometheus users expect
@@ -79,6 +88,12 @@ class RequestMetrics:
             "# HELP citysense_api_rate_limited_total Requests refused with 429.",
             "# TYPE citysense_api_rate_limited_total counter",
             f"citysense_api_rate_limited_total {self.rate_limited}",
+            "# HELP citysense_api_auth_failed_total Requests refused 401 (no or unknown key).",
+            "# TYPE citysense_api_auth_failed_total counter",
+            f"citysense_api_auth_failed_total {self.auth_failed}",
+            "# HELP citysense_api_auth_limited_total Requests refused 429 after failed auth.",
+            "# TYPE citysense_api_auth_limited_total counter",
+            f"citysense_api_auth_limited_total {self.auth_limited}",
             "# HELP citysense_api_storage_errors_total Requests that failed on storage.",
             "# TYPE citysense_api_storage_errors_total counter",
             f"citysense_api_storage_errors_total {self.storage_errors}",
@@ -115,6 +130,17 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(
-                scope.get("method", "GET"), name, status, time.perf_counter() - started
+            method = scope.get("method", "GET")
+            if method not in METHODS:
+                method = "OTHER"
+            seconds = time.perf_counter() - started
+            self.metrics.observe(method, name, status, seconds)
+            principal = scope.get("state", {}).get("principal")
+            access_log.info(
+                "%s %s %d key=%s %.1fms",
+                method,
+                name,
+                status,
+                getattr(principal, "key_id", "-"),
+                seconds * 1000,
             )

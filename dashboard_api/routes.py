@@ -80,7 +80,11 @@ HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
 #: Retry-After of a 503 when storage is unreachable (health and every data route), seconds.
 STORAGE_RETRY_AFTER = 5
 STATIC = Path(__file__).parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",  # served from here: the CSP allows no data: URL
+}
 
 if TYPE_CHECKING:
     MetricName = str
@@ -172,28 +176,27 @@ def _at(ctx: ApiContext, at: str | None, name: str = "at") -> int:
     responses={503: {"model": models.Health, "description": "storage unreachable"}},
     summary="service and storage health",
 )
-async def health(request: Request, response: Response) -> models.Health:
+async def health(request: Request, response: Response) -> models.Health | JSONResponse:
     ctx = context(request)
+    known = getattr(request.state, "principal", None)
+    detail: str | None = None
     try:
         await asyncio.wait_for(ctx.reader.ping(), timeout=5.0)
     except (RetryableError, TimeoutError) as exc:
-        response.status_code = 503
-        response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER)
-        return models.Health(
-            status="degraded",
-            storage=ctx.reader.description,
-            version=__version__,
-            detail=str(exc) or "storage did not answer in time",
-        )
-    if ctx.latest is not None and not ctx.latest.ready:
-        response.status_code = 503
-        return models.Health(
-            status="degraded",
-            storage=ctx.reader.description,
-            version=__version__,
-            detail="the latest-value table is being primed",
-        )
-    return models.Health(status="ok", storage=ctx.reader.description, version=__version__)
+        detail = str(exc) or "storage did not answer in time"
+    else:
+        if ctx.latest is not None and not ctx.latest.ready:
+            detail = "the latest-value table is being primed"
+    status: Literal["ok", "degraded"] = "ok" if detail is None else "degraded"
+    code = 200 if detail is None else 503
+    retry = {"Retry-After": str(STORAGE_RETRY_AFTER)} if code == 503 else {}
+    if known is None or known.key_id == "public":  # anonymous: the status alone
+        return JSONResponse({"status": status}, status_code=code, headers=retry)
+    response.status_code = code
+    response.headers.update(retry)
+    return models.Health(
+        status=status, storage=ctx.reader.description, version=__version__, detail=detail
+    )
 
 
 @router.get(

@@ -18,11 +18,37 @@ from fastapi import FastAPI
 
 from citysense.compat import uvicorn as compat_uvicorn
 from citysense.config import Settings, parse_hostport
+from citysense.errors import ConfigError, RetryableError
 from citysense.serving import listen_socket
 from dashboard_api.app import create_app
+from timeseries.connection import InfluxTarget, can_write, storage_target
 
 log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 10.0
+#: Connections and tasks served at once (more are answered 503 at once).
+MAX_CONCURRENCY = 512
+#: An idle keep-alive connection is closed after this many seconds.
+KEEP_ALIVE_TIMEOUT = 5
+#: Largest request head (line and headers) buffered, bytes.
+MAX_HEADER_BYTES = 16 * 1024
+
+
+async def refuse_writable_reader(settings: Settings) -> None:
+    """``citysense api`` reads: credentials that can write are refused (ConfigError) unless
+    ``--allow-writable-reader``. The embedded store has no credentials to check."""
+    target = storage_target(settings)
+    if not isinstance(target, InfluxTarget) or settings.allow_writable_reader:
+        return
+    try:
+        writable = await can_write(target)
+    except RetryableError as exc:
+        log.warning("cannot check whether the InfluxDB credentials can write: %s", exc)
+        return
+    if writable:
+        raise ConfigError(
+            f"the InfluxDB credentials can write to {target.url}: give the API a read-only "
+            "user (citysense_reader) or --allow-writable-reader"
+        )
 
 
 async def serve(
@@ -38,6 +64,10 @@ async def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT / 2),
+        http="h11",  # its request-head limit is one setting (httptools has none)
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        limit_concurrency=MAX_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
     )
     sock = listen_socket(host, port, settings.bind)
     server = compat_uvicorn.Server(config)

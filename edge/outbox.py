@@ -37,6 +37,7 @@ from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS,
 from citysense.errors import InputError, RetryableError
 from citysense.migrate import Migration, statements
 from citysense.model import Batch, Reading, Value
+from citysense.privatefiles import private_file
 from citysense.topics import Command
 from edge import clock
 
@@ -256,7 +257,10 @@ class SqliteOutbox:
         self._executor.shutdown(wait=True)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_file(self.path)
+        except OSError as exc:
+            raise OutboxUnavailableError(f"cannot create outbox {self.path}: {exc}") from exc
         try:
             db = connect_versioned(self.path, "outbox", MIGRATIONS)
         except sqlite3.Error as exc:

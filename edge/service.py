@@ -33,7 +33,7 @@ from citysense.backoff import Backoff
 from citysense.catalog import DEFAULT_MAX_AGE_MS
 from citysense.compat import aiocoap as compat_aiocoap
 from citysense.compat.aiocoap import GatewayTuning
-from citysense.config import Settings, parse_hostport, parse_mqtt_url, parse_serial
+from citysense.config import Settings, broker_url, parse_hostport, parse_serial
 from citysense.credentials import DTLS_PSK, OSCORE, read_device_keys
 from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
 from citysense.health import Health, health_route
@@ -63,6 +63,8 @@ COAPS_PORT = 5684
 FULL_MAX_AGE = 30
 FAILING_MAX_AGE = 10
 DRAIN_TIMEOUT = 3.0
+#: Longest wait at start for the broker's first answer (a refusal then exits 2).
+MQTT_START_CHECK = 15.0
 GC_THRESHOLD = 50_000
 #: How long an answer may wait for the outbox commit and still ride on the ACK, seconds.
 #: aiocoap's default (0.1 s) turns answers that queue behind a commit under load into
@@ -512,7 +514,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
     coap_host, coap_port = claim_coap(settings.coap)  # before anything starts
-    broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
+    broker = broker_url(settings, topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
@@ -554,6 +556,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await gw.uplink.restore()
         link.start()
         stack.push_async_callback(link.stop)
+        # refused credentials or certificates: one line and exit 2, the outbox closed intact
+        await link.watch.settled(MQTT_START_CHECK)
         stack.push_async_callback(_drain, gw)
 
         metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND

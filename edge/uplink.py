@@ -34,6 +34,7 @@ from citysense import __version__, topics
 from citysense.config import BrokerUrl
 from citysense.connectivity import Connectivity
 from citysense.errors import CitysenseError
+from citysense.mqttsecurity import secure
 from edge import clock
 from edge.metrics import Metrics
 from edge.outbox import Outbox
@@ -87,10 +88,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set()
+        self.watch = secure(client, broker)
         client.max_inflight_messages_set(max_inflight + 20)
         client.reconnect_delay_set(1, max(1, math.ceil(retry_max_delay)))
         client.will_set(
@@ -109,6 +107,7 @@ class MqttLink:
     def _handle_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        self.watch.connack(reason)
         if reason.is_failure:
             self.state.failed(f"the broker refused the connection: {reason}")
             return
@@ -116,7 +115,7 @@ class MqttLink:
         if self._connections > 1:
             self.metrics.inc("citysense_edge_mqtt_reconnects_total")
         self.state.recovered()
-        log.info("connected to mqtt://%s:%d", self.broker.host, self.broker.port)
+        log.info("connected to %s", self.watch.where)
         client.subscribe(self.subscriptions)
         client.publish(self.status_topic, status_payload("online", _now_ms()), qos=1, retain=True)
         self._loop.call_soon_threadsafe(self._set_connected, True)
@@ -133,6 +132,7 @@ class MqttLink:
         # paho calls this inside its ``except OSError`` around the connect: the reason is the
         # exception being handled
         exc = sys.exc_info()[1]
+        self.watch.connect_failed(client, userdata)  # TLS refusals, the settled flag
         self.state.failed(str(exc) if exc is not None else "no connection")
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

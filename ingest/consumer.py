@@ -39,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from citysense.compat import paho as compat_paho
 from citysense.config import BrokerUrl
 from citysense.connectivity import Connectivity
+from citysense.mqttsecurity import secure
 from citysense.topics import INGEST_SHARED_SUBSCRIPTION, SESSION_EXPIRY_S
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,12 @@ class MqttConsumer:
         )
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        self.watch = secure(client, self.broker)
+        client.on_connect_fail = self._on_connect_fail  # which hands on to the watch
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_connect_fail = self._on_connect_fail
         if isinstance(client, compat_paho.BufferedClient):
             client.on_publish_fast = self._on_publish
             client.after_read = self._announce
@@ -166,6 +164,7 @@ class MqttConsumer:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self.watch.connack(reason)
         if reason.is_failure:
             if self.protocol == mqtt.MQTTv5 and reason.value in _UNSUPPORTED_VERSION:
                 log.warning("broker %s:%s lacks MQTT v5", self.broker.host, self.broker.port)
@@ -188,6 +187,7 @@ class MqttConsumer:
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # paho calls this inside its ``except OSError`` around the connect
         exc = sys.exc_info()[1]
+        self.watch.connect_failed(client, userdata)  # TLS refusals, the settled flag
         self.state.failed(str(exc) if exc is not None else "no connection")
 
     def _on_subscribe(

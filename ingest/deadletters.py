@@ -26,6 +26,7 @@ from pathlib import Path
 from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
 from citysense.migrate import Migration, statements
+from citysense.privatefiles import private_file
 from ingest.pipeline import DeadLetter
 
 FILENAME = "deadletters.sqlite3"
@@ -100,7 +101,7 @@ class DeadLetterStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self.max_bytes = max_bytes
         self.max_age_ms = max_age_ms
         self._on_evicted = on_evicted

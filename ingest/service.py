@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 
 from citysense import prometheus, topics
 from citysense.backoff import Backoff
-from citysense.config import Settings, parse_hostport, parse_mqtt_url
+from citysense.config import Settings, broker_url, parse_hostport
 from citysense.connectivity import Connectivity
 from citysense.errors import RetryableError
 from citysense.health import Health, health_route
@@ -62,6 +62,8 @@ WRITE_CONCURRENCY = 2
 #: While every write slot is busy a batch may grow to this many times --write-batch-points.
 BATCH_GROWTH = 4
 SHUTDOWN_TIMEOUT = 10.0
+#: Longest wait at start for the broker's first answer (a refusal then exits 2).
+MQTT_START_CHECK = 15.0
 
 
 @dataclass(slots=True)
@@ -117,7 +119,7 @@ class Ingestor:
         )
         self._fast = LineFastPath(self._max_age_ms) if self._line_writer is not None else None
         self.consumer: MqttConsumer | None = None
-        broker = parse_mqtt_url(settings.mqtt or topics.DEFAULT_MQTT)
+        broker = broker_url(settings, topics.DEFAULT_MQTT)
         self.broker_state = Connectivity("broker", f"{broker.host}:{broker.port}", log)
         self.store_state = Connectivity("store", target_address(settings), log)
         metrics.seq_gaps = lambda: self.tracker.gaps
@@ -127,7 +129,7 @@ class Ingestor:
     # ------------------------------------------------------------------ running
 
     def _new_consumer(self, protocol: mqtt.MQTTProtocolVersion) -> MqttConsumer:
-        broker = parse_mqtt_url(self.settings.mqtt or topics.DEFAULT_MQTT)
+        broker = broker_url(self.settings, topics.DEFAULT_MQTT)
         return MqttConsumer(
             broker,
             ingest_client_id(self.settings),
@@ -144,6 +146,8 @@ class Ingestor:
         self.consumer = self._new_consumer(self.protocol)
         self.consumer.start()
         try:
+            # refused credentials or certificates: one line and exit 2
+            await self.consumer.watch.settled(MQTT_START_CHECK)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch_connection(ready))
                 tasks.create_task(self._collect())

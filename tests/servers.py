@@ -223,8 +223,17 @@ class InfluxServer(_Process):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path, port: int | None = None, db: str = "citysense") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        db: str = "citysense",
+        *,
+        admin: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(workdir)
+        #: ``(user, password)``: run with ``auth-enabled = true``; the tests query as admin
+        self.admin = admin
         self.port = port or free_port()
         self.rpc_port = free_port()
         self.db = db
@@ -257,6 +266,8 @@ class InfluxServer(_Process):
                 line = "  query-log-enabled = false"
             elif section == "http" and key == "bind-address":
                 line = f'  bind-address = "127.0.0.1:{self.port}"'
+            elif section == "http" and key == "auth-enabled":
+                line = f"  auth-enabled = {'true' if self.admin else 'false'}"
             elif section == "http" and key == "log-enabled":
                 line = "  log-enabled = false"
             elif section == "monitor" and key == "store-enabled":
@@ -284,7 +295,26 @@ class InfluxServer(_Process):
 
     def start(self, timeout: float = 60.0) -> None:
         super().start(timeout)
+        if self.admin is not None:
+            # with auth on and no user yet, influxd accepts only the first admin's creation
+            user, password = self.admin
+            q = f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+            data = urllib.parse.urlencode({"q": q}).encode()
+            req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")
+            with (
+                contextlib.suppress(urllib.error.HTTPError),
+                urllib.request.urlopen(req, timeout=30),
+            ):
+                pass
         self.query(f'CREATE DATABASE "{self.db}"', method="POST")
+
+    def _authorize(self, req: urllib.request.Request) -> urllib.request.Request:
+        if self.admin is not None:
+            import base64
+
+            token = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return req
 
     def query(self, q: str, db: str | None = None, method: str = "GET") -> dict:  # type: ignore[type-arg]
         """Run InfluxQL directly (the tests' own independent reader)."""
@@ -298,7 +328,7 @@ class InfluxServer(_Process):
             req = urllib.request.Request(f"{self.url}/query", data=data.encode(), method="POST")
         else:
             req = urllib.request.Request(f"{self.url}/query?{data}")
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(self._authorize(req), timeout=30) as r:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
     def write(self, lines: str, db: str | None = None, precision: str = "ms") -> None:
@@ -307,7 +337,7 @@ class InfluxServer(_Process):
         req = urllib.request.Request(
             f"{self.url}/write?{params}", data=lines.encode(), method="POST"
         )
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(self._authorize(req), timeout=30) as r:
             assert r.status == 204, r.status
 
     def rows(self, q: str) -> list[list[object]]:
@@ -328,3 +358,55 @@ def running(server: _Process):  # type: ignore[no-untyped-def]
         yield server
     finally:
         server.stop()
+
+
+class ProvisionedMosquitto(_Process):
+    """Mosquitto serving a configuration written by ``citysense deploy broker``."""
+
+    name = "mosquitto-provisioned"
+
+    def __init__(self, folder: Path, port: int) -> None:
+        super().__init__(folder / "run")
+        self.folder = folder
+        self.port = port  #: user name and password over TLS
+        self.cert_port = port + 1  #: client certificate over TLS
+        self.binary = ensure_binary("mosquitto")
+        conf = (folder / "mosquitto.conf").read_text()
+        # the tests run as root: Mosquitto would otherwise drop to the 'mosquitto' user,
+        # which cannot read the 0700 folder
+        self.conf = folder / "run" / "mosquitto.conf"
+        self.conf.write_text(conf + "\nuser root\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+    def ready(self) -> bool:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.folder / "ca.crt"))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return True
+        except OSError:
+            return False
+
+
+def free_port_pair() -> int:
+    """A TCP port ``p`` free on 127.0.0.1 with ``p + 1`` free too (a provisioned broker)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _picked.add(port + 1)
+        return port
+    raise RuntimeError("no free pair of ports")

@@ -218,9 +218,32 @@ def test_demo_runs_the_whole_city_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         alarms = _get(f"{demo.base}/api/v1/alarms")
         assert isinstance(alarms["alarms"], list), alarms
         assert '<section class="card wide" id="alarm-card">' in dom, "the alarm panel is hidden"
+        assert_broker_refuses_strangers(demo.stdout.read_text())
     finally:
         code = demo.ctrl_c()
     demo.assert_stopped_cleanly(code)
+
+
+def assert_broker_refuses_strangers(out: str) -> None:
+    """The demo's embedded broker holds the deployment's model: no anonymous client, and no
+    guessed password, gets in (each service has a user of its own made for the run)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    match = re.search(r"embedded broker on mqtt://127\.0\.0\.1:(\d+)", out)
+    assert match, out[-2000:]
+    for user in (None, "ingest", "gw-01"):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if user is not None:
+            client.username_pw_set(user, "guessed")
+        codes: list[object] = []
+        client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(rc)
+        client.connect("127.0.0.1", int(match.group(1)))
+        deadline = time.monotonic() + 10
+        while not codes and time.monotonic() < deadline:
+            client.loop(0.2)
+        client.disconnect()
+        assert codes and getattr(codes[0], "is_failure", False), (user, codes)
 
 
 def test_demo_with_real_mosquitto_and_influxd(

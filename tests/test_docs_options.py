@@ -78,7 +78,7 @@ def all_commands() -> tuple[str, ...]:
 def command_of(words: list[str]) -> str | None:
     """The longest prefix of ``words`` (after ``citysense``) that is a command."""
     plain = [w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)]
-    for n in (2, 1):
+    for n in (3, 2, 1):  # e.g. `api keys add`
         if len(plain) >= n and help_options(" ".join(plain[:n])) is not None:
             return " ".join(plain[:n])
     return None

@@ -17,6 +17,7 @@ PROJECT = (
     "alerts",
     "simulators",
     "mqtt_broker",
+    "provision",
 )
 
 #: package -> project packages it may import (besides itself).
@@ -31,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "alerts": {"citysense", "timeseries", "analytics"},
     "simulators": {"citysense"},
     "mqtt_broker": {"citysense"},
+    "provision": {"citysense"},
 }
 #: The composition root may import every service.
 COMPOSITION_ROOT = "citysense/cli"

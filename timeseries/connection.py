@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -38,6 +39,16 @@ class InfluxTarget:
     password: str | None
     gzip: bool
     timeout: float
+    ca: str | None = None  #: CA file verifying an https:// server (None: the system's)
+    _verify: list[ssl.SSLContext] = field(default_factory=list, compare=False)
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies the server with (one context, built once)."""
+        if self.ca is None:
+            return True
+        if not self._verify:
+            self._verify.append(ssl.create_default_context(cafile=self.ca))
+        return self._verify[0]
 
     def __repr__(self) -> str:
         return f"InfluxTarget(url={self.url!r}, api={self.api!r}, database={self.database!r})"
@@ -65,10 +76,11 @@ def storage_target(settings: Settings) -> InfluxTarget | SqliteTarget:
         bucket=settings.influx_bucket,
         org=settings.influx_org,
         token=settings.influx_token,
-        username=parts.username,
-        password=parts.password,
+        username=_credential(settings.influx_username, parts.username),
+        password=_credential(settings.influx_password, parts.password),
         gzip=settings.influx_gzip,
         timeout=settings.influx_timeout,
+        ca=settings.influx_ca,
     )
 
 
@@ -79,6 +91,32 @@ def target_address(settings: Settings) -> str:
         return str(target.path)
     name = target.bucket if target.api == "2" else target.database
     return f"{target.url} ({name})"
+
+
+async def can_write(target: InfluxTarget) -> bool:
+    """Whether the target's credentials may write, found out without writing: a line that
+    does not parse is refused 400 after the permission check, 401/403 before it."""
+    headers = {"Authorization": f"Token {target.token}"} if target.token else {}
+    auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
+    try:
+        async with httpx.AsyncClient(
+            timeout=target.timeout, verify=target.verify(), headers=headers, auth=auth
+        ) as client:
+            response = await client.post(
+                f"{target.url}/write",
+                params={"db": target.database if target.api == "1" else target.bucket},
+                content=b"citysense-permission-probe",
+            )
+    except httpx.HTTPError as exc:
+        raise RetryableError(f"InfluxDB at {target.url} is unreachable: {exc}") from exc
+    return response.status_code not in (401, 403)
+
+
+def _credential(option: str | None, userinfo: str | None) -> str | None:
+    """The option when given, else the URL's (percent-decoded) userinfo part."""
+    if option is not None:
+        return option
+    return None if userinfo is None else unquote(userinfo)
 
 
 def api_of_version(version: str) -> Literal["1", "2"]:
@@ -92,7 +130,7 @@ async def detect_api(target: InfluxTarget) -> Literal["1", "2"]:
     if target.api != "auto":
         return target.api
     try:
-        async with httpx.AsyncClient(timeout=target.timeout) as client:
+        async with httpx.AsyncClient(timeout=target.timeout, verify=target.verify()) as client:
             response = await client.get(f"{target.url}/ping")
     except httpx.HTTPError as exc:
         raise RetryableError(f"InfluxDB at {target.url} is unreachable: {exc}") from exc

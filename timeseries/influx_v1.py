@@ -35,6 +35,7 @@ class InfluxV1Writer:
             auth=auth,
             timeout=target.timeout,
             transport=transport,
+            verify=target.verify(),
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
         )
         self._params = {"db": target.database, "precision": "ms"}

@@ -50,6 +50,7 @@ class InfluxV2Writer:
             timeout=int(target.timeout * 1000),
             enable_gzip=target.gzip,
             retries=False,
+            ssl_ca_cert=target.ca,
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         self._bucket = target.bucket

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,6 +161,7 @@ class InfluxQLReader:
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         headers = {"Accept": "application/json"}
         auth: httpx.BasicAuth | None = None
@@ -170,7 +172,12 @@ class InfluxQLReader:
         self._url = url
         self._db = database
         self._client = httpx.AsyncClient(
-            base_url=url, headers=headers, auth=auth, timeout=timeout, transport=transport
+            base_url=url,
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            verify=verify,
         )
 
     @classmethod
@@ -190,6 +197,7 @@ class InfluxQLReader:
             token=target.token if api != "1" else None,
             timeout=target.timeout,
             transport=transport,
+            verify=target.verify(),
         )
 
     @property

@@ -18,6 +18,7 @@ from pathlib import Path
 from citysense.durable import connect_versioned
 from citysense.errors import RetryableError
 from citysense.migrate import Migration, statements
+from citysense.privatefiles import private_file
 from timeseries.rollup_sqlite import SQLITE_ROLLUP_SCHEMA
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT, Point
 from timeseries.writer import WriteResult
@@ -47,7 +48,7 @@ class SqliteWriter:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect_versioned(
             self.path, "embedded store", MIGRATIONS

@@ -22,6 +22,7 @@ from citysense.config import (
     Settings,
     load_settings,
     options_for,
+    secrets_on_command_line,
 )
 from citysense.errors import CitysenseError, ConfigError
 
@@ -41,6 +42,9 @@ ENTRY_POINTS: tuple[str, ...] = (
     "simulate module",
     "fleet generate",
     "fleet credentials",
+    "deploy broker",
+    "deploy influx",
+    "api keys add",
 )
 
 DESCRIPTIONS: dict[str, str] = {
@@ -55,6 +59,9 @@ DESCRIPTIONS: dict[str, str] = {
     "simulate module": "a simulated NB-IoT module on a pseudo-terminal",
     "fleet generate": "write a device registry (CSV) for a simulated city",
     "fleet credentials": "write one key per registered device (OSCORE or DTLS-PSK), 0600",
+    "deploy broker": "write a Mosquitto configuration, users, ACL and certificates for the fleet",
+    "deploy influx": "create the InfluxDB database and its writer and reader users",
+    "api keys add": "create an API key: print it once, append only its hash to a file",
 }
 
 
@@ -70,6 +77,10 @@ EXTRA_OF: dict[str, str] = {
     "simulate fleet": "sim",
     "simulate module": "sim",
     "fleet generate": "sim",
+    "fleet credentials": "provision",
+    "deploy broker": "provision",
+    "deploy influx": "provision",
+    "api keys add": "provision",
 }
 
 #: Top-level modules each extra provides (import names, not distribution names).
@@ -78,7 +89,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("paho", "httpx", "influxdb_client", "orjson"),
     "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy"),
     "alerts": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "paho"),
-    "sim": ("numpy",),
+    "sim": ("numpy", "aiocoap", "cryptography"),
+    "provision": ("cryptography", "httpx"),
 }
 EXTRA_MODULES["all"] = tuple(sorted({m for mods in EXTRA_MODULES.values() for m in mods}))
 
@@ -143,15 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.set_defaults(_command=command)
             _add_options(sub, command)
-            if command in ("edge", "ingest"):
+            if command in ("edge", "ingest", "api"):
                 groups[command] = sub.add_subparsers(dest="action", metavar="ACTION")
             continue
-        head, tail = words
-        if head not in groups:
-            top = subs.add_parser(head, help=f"{head} commands")
+        *heads, tail = words
+        for depth in range(len(heads)):
+            head = " ".join(heads[: depth + 1])
+            if head in groups:
+                continue
+            parent = subs if depth == 0 else groups[" ".join(heads[:depth])]
+            top = parent.add_parser(heads[depth], help=f"{head} commands")
             top.set_defaults(_command=None, _group=top)
-            groups[head] = top.add_subparsers(dest="action", metavar="ACTION")
-        sub = groups[head].add_parser(
+            groups[head] = top.add_subparsers(dest=f"action{depth}", metavar="ACTION")
+        sub = groups[" ".join(heads)].add_parser(
             tail, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command]
         )
         sub.set_defaults(_command=command)
@@ -222,6 +238,18 @@ def _entry(command: str) -> Callable[[Settings], int]:
             from citysense.cli.credentials import run as credentials
 
             return credentials
+        case "deploy broker":
+            from provision.cli import deploy_broker
+
+            return deploy_broker
+        case "deploy influx":
+            from provision.cli import deploy_influx
+
+            return deploy_influx
+        case "api keys add":
+            from provision.cli import api_keys_add
+
+            return api_keys_add
     raise ConfigError(f"unknown command {command!r}")
 
 
@@ -236,11 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = {
         k: v
         for k, v in vars(args).items()
-        if not k.startswith("_") and k not in ("command", "action")
+        if not k.startswith("_") and k != "command" and not k.startswith("action")
     }
     try:
         settings = load_settings(command, raw)
         logs.configure(settings.log_level, settings.log_format)
+        for flag in secrets_on_command_line(raw):
+            log.warning(
+                "%s was given on the command line, where other users of this machine can read "
+                "it; use its -file twin or the environment instead",
+                flag,
+            )
         run = resolve_entry(command)
         return run(settings)
     except ConfigError as exc:

@@ -49,11 +49,13 @@ from citysense.config import Settings, mask_url, parse_hostport
 from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
 from citysense.errors import CitysenseError, ConfigError, RetryableError
 from citysense.model import Reading
+from citysense.privatefiles import private_dir
 from citysense.registry import Device, format_registry, load_registry_option
 from dashboard_api import service as api_service
 from edge import service as edge_service
 from ingest import service as ingest_service
-from mqtt_broker.broker import Broker
+from mqtt_broker.auth import generate_demo_users
+from mqtt_broker.broker import Broker, BrokerConfig
 from simulators import fleet as fleet_service
 from simulators.models import CITY_TIMEZONE
 
@@ -287,7 +289,7 @@ class Demo:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start everything, show status until ``stop``, stop everything; exit code."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         try:
             return await self._run(stop)
         except _Stopped:
@@ -313,12 +315,17 @@ class Demo:
         base = dataclasses.replace(s, registry=registry_path, timezone=zone)
         say = self.status.say
 
-        # 1. broker
+        # 1. broker: the embedded one holds the deployment's model -- a user per client with
+        # the ACL of its role (INTERFACES 10.1), passwords made for this run and handed to the
+        # services in memory only
+        logins: dict[str, tuple[str | None, str | None]] = {}
         if s.mqtt is None:
-            broker = self.broker = Broker("127.0.0.1", 0)
+            creds = generate_demo_users([s.gateway])
+            logins = {name: (name, creds.passwords[name]) for name in creds.passwords}
+            broker = self.broker = Broker("127.0.0.1", 0, BrokerConfig(users=creds.users))
             await self._start("broker", lambda ready: broker.serve(ready=ready), stop)
             mqtt_url = broker.url
-            say(f"MQTT      embedded broker on {mqtt_url}")
+            say(f"MQTT      embedded broker on {mqtt_url}, a user and an ACL per service")
         else:
             mqtt_url = s.mqtt
             say(f"MQTT      {mask_url(mqtt_url)}")
@@ -327,8 +334,13 @@ class Demo:
         # 2. ingestor
         port = free_tcp_port()
         self.ingest_metrics = ("127.0.0.1", port)
-        ingest_settings = dataclasses.replace(
-            base, metrics_bind=f"127.0.0.1:{port}", client_id=f"citysense-demo-{self.run_id}-ingest"
+        ingest_settings = self._login(
+            dataclasses.replace(
+                base,
+                metrics_bind=f"127.0.0.1:{port}",
+                client_id=f"citysense-demo-{self.run_id}-ingest",
+            ),
+            logins.get("ingest"),
         )
         needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
         # a share group of this run's own, on this run's gateway only: an ingestor serving the
@@ -347,8 +359,9 @@ class Demo:
         coap_port = free_udp_port()
         port = free_tcp_port()
         self.edge_metrics = ("127.0.0.1", port)
+        edge_settings = self._login(base, logins.get(s.gateway))
         edge_settings = dataclasses.replace(
-            base,
+            edge_settings,
             coap=f"127.0.0.1:{coap_port}",
             metrics_bind=f"127.0.0.1:{port}",
             client_id=f"citysense-demo-{self.run_id}-edge-{s.gateway}",
@@ -370,7 +383,7 @@ class Demo:
         # 4. alarms, with the default rule set unless --rules names another
         port = free_tcp_port()
         alerts_settings = dataclasses.replace(
-            base,
+            self._login(base, logins.get("alerts")),
             bind=f"127.0.0.1:{port}",
             rules=s.rules or str(alerts_service.DEFAULT_RULES),
             client_id=f"citysense-demo-{self.run_id}-alerts",
@@ -447,6 +460,13 @@ class Demo:
                     return 0
         finally:
             stop_wait.cancel()
+
+    @staticmethod
+    def _login(settings: Settings, login: tuple[str | None, str | None] | None) -> Settings:
+        """``settings`` with the MQTT user and password of one service (embedded broker)."""
+        if login is None:
+            return settings
+        return dataclasses.replace(settings, mqtt_username=login[0], mqtt_password=login[1])
 
     async def _counts(self) -> dict[str, float]:
         counts: dict[str, float] = {}

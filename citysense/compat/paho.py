@@ -10,7 +10,8 @@ again, so a buffered byte is never left waiting for the socket to become readabl
 Internals used (checked at import, :data:`MISSING` lists what is not there):
 ``Client._sock_recv``, ``Client._sock_close``, ``Client._handle_publish``,
 ``Client.loop_read`` (overridden), ``Client._in_packet``, ``Client._protocol``,
-``Client._sock`` (read), ``Client._packet_queue`` (called). When any of the first group is
+``Client._sock`` (read), ``Client._ssl`` (read; a TLS socket is read record after record
+until none is ready), ``Client._packet_queue`` (called). When any of the first group is
 missing, :func:`consumer_client_class` gives plain ``mqtt.Client`` (paho's own reads and
 ``on_message``); without ``_packet_queue`` :func:`ack_many` uses the public ``Client.ack``.
 
@@ -78,6 +79,8 @@ class BufferedClient(mqtt.Client):
         pos = self._rpos
         if pos >= len(buf):
             data = super()._sock_recv(max(bufsize, RECV_SIZE))
+            if getattr(self, "_ssl", False) and data:
+                data = self._more_records(data)
             if len(data) <= bufsize:
                 self._rbuf, self._rpos = b"", 0
                 return data
@@ -86,6 +89,22 @@ class BufferedClient(mqtt.Client):
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def _more_records(self, data: bytes) -> bytes:
+        """A TLS socket's ``recv()`` returns one record (16 KiB at most): read on while
+        records are ready, so that a burst is one buffer (one wake-up) as on plain TCP."""
+        parts = [data]
+        size = len(data)
+        while size < RECV_SIZE:
+            try:
+                more = super()._sock_recv(RECV_SIZE - size)
+            except OSError:  # nothing ready yet (or an error the next read reports again)
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
 
     def _buffered(self) -> bool:
         return self._rpos < len(self._rbuf)

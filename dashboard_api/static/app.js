@@ -8,7 +8,7 @@ const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf
 const state = { catalog: null, metric: "pm25", district: "", timer: null };
 
 function key() {
-  try { return window.localStorage.getItem("citysense-key") || ""; } catch (e) { return ""; }
+  try { return window.sessionStorage.getItem("citysense-key") || ""; } catch (e) { return ""; }
 }
 
 async function api(path) {
@@ -388,7 +388,7 @@ document.getElementById("metric").addEventListener("change", e => { state.metric
 document.getElementById("district").addEventListener("change", e => { state.district = e.target.value; loadChart().catch(err => showError("chart-card", err)); });
 document.getElementById("keyform").addEventListener("submit", e => {
   e.preventDefault();
-  try { window.localStorage.setItem("citysense-key", document.getElementById("key").value); } catch (err) { /* private mode */ }
+  try { window.sessionStorage.setItem("citysense-key", document.getElementById("key").value); } catch (err) { /* private mode */ }
   document.getElementById("keyform").hidden = true;
   state.devicesForbidden = false;
   refresh();

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,35 @@ def test_the_command_exits_2_naming_the_file_and_line(tmp_path: Path) -> None:
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert expected in proc.stderr, (args, proc.stderr)
+
+
+def test_the_alarms_api_takes_the_keys_file(tmp_path: Path) -> None:
+    """``--api-keys-file`` (written by ``citysense api keys add``) guards the alarms API too."""
+    from tests.alerts.helpers import AlertsProcess, alerts_args
+
+    keys = tmp_path / "keys.toml"
+    added = subprocess.run(
+        [
+            *(sys.executable, "-m", "citysense", "api", "keys", "add", "--role", "viewer"),
+            *("--file", str(keys), "--name", "duty"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = added.stdout.split()[-1] if added.stdout.split() else ""
+    assert len(key) >= 43, added.stdout
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "x"\nkind = "device_offline"\n')
+    alerts = AlertsProcess(tmp_path, alerts_args(rules, tmp_path / "s", api_keys_file=keys)).start()
+    try:
+        url = f"{alerts.base}/api/v1/alarms"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        alerts.stop()

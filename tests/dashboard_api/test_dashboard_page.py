@@ -232,7 +232,7 @@ def test_dashboard_with_a_viewer_key_shows_the_city_but_not_devices(make_api: Ma
         browser.open_page()
         browser.call("Page.navigate", url=api.url + "/static/style.css")  # same origin
         browser.wait_for("document.readyState === 'complete'", 30)
-        browser.evaluate(f"localStorage.setItem('citysense-key', '{VIEWER_KEY}')")
+        browser.evaluate(f"sessionStorage.setItem('citysense-key', '{VIEWER_KEY}')")  # the tab's
         browser.call("Page.navigate", url=api.url + "/")
         browser.wait_for("document.body && document.body.dataset.loaded === '1'", timeout=60)
         seen = browser.evaluate(
@@ -251,5 +251,7 @@ def test_dashboard_with_a_viewer_key_shows_the_city_but_not_devices(make_api: Ma
             "deviceNote": "needs an operator key",
             "keyFormHidden": True,
         }
+        # the key is held for the tab only, never in storage that outlives it
+        assert browser.evaluate("localStorage.getItem('citysense-key')") is None
     finally:
         browser.close()

@@ -59,7 +59,10 @@ def test_openapi_conformance(api_schema: schemathesis.BaseSchema, mode: Generati
             suppress_health_check=list(HealthCheck),
         )
         def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=CHECKS)
+            # /health says 503 (documented, with Retry-After) while the latest-value table is
+            # primed at start; every other operation must never answer 5xx
+            health = case.operation.path == "/api/v1/health"
+            case.call_and_validate(checks=CHECKS[1:] if health else CHECKS)
 
         check()
 

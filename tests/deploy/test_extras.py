@@ -70,7 +70,7 @@ def test_every_service_command_has_an_extra_and_the_extras_match_pyproject() -> 
     for extra, modules in EXTRA_MODULES.items():
         if extra == "all":
             continue
-        wanted = {r.split(">")[0].split("=")[0] for r in extras[extra]}
+        wanted = {r.split(">")[0].split("=")[0].split("[")[0] for r in extras[extra]}
         assert {dist_of.get(m, m) for m in modules} == wanted, extra
 
 

@@ -68,4 +68,10 @@ def reliability_doc() -> Iterator[None]:
         "- *refused*: answers other than 2.04 (4.00 for skewed clocks, 5.03 when full); those",
         "  readings were never acknowledged and must not be stored.",
     ]
+    # the mutants table (written by ``make mutants``) is kept as it is
+    old = DOC.read_text() if DOC.exists() else ""
+    begin, end = "<!-- mutants:begin -->", "<!-- mutants:end -->"
+    if begin in old and end in old:
+        start = old.rfind("\n## ", 0, old.index(begin))
+        lines += ["", old[start + 1 : old.index(end) + len(end)]]
     DOC.write_text("\n".join(lines) + "\n")
