@@ -343,9 +343,9 @@ class Demo:
             logins.get("ingest"),
         )
         needs = " and ".join(mask_url(u) for u in (s.mqtt, s.influx) if u is not None)
-        # a share group of this run's own, on this run's gateway only: an ingestor serving the
-        # same broker neither takes the demo's batches nor hands it its own
-        own = f"$share/citysense-demo-{self.run_id}/{topics.topic(s.gateway, topics.UP)}"
+        # its own (not shared) subscription, to this run's gateway only: an ingestor serving
+        # the same broker neither takes the demo's batches nor hands it its own
+        own = topics.topic(s.gateway, topics.UP)
         await self._start(
             "ingest",
             lambda r: ingest_service.serve(ingest_settings, r, subscription=own),
