@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.pipeline import Accounting
+from tests.e2e.pipeline import Accounting, Pipeline
+from tests.servers import InfluxServer, MosquittoServer
 
 ROWS: list[tuple[str, str, Accounting]] = []
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -75,3 +76,21 @@ def reliability_doc() -> Iterator[None]:
         start = old.rfind("\n## ", 0, old.index(begin))
         lines += ["", old[start + 1 : old.index(end) + len(end)]]
     DOC.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def make_pipeline(
+    tmp_path: Path, mosquitto: MosquittoServer, influxd_private: InfluxServer
+) -> Iterator[Callable[..., Pipeline]]:
+    """Start pipelines (see :class:`Pipeline`) for the test; close them after it."""
+    made: list[Pipeline] = []
+
+    def make(**kwargs: object) -> Pipeline:
+        p = Pipeline(tmp_path, mosquitto, influxd_private, **kwargs)  # type: ignore[arg-type]
+        made.append(p)
+        p.start()
+        return p
+
+    yield make
+    for p in made:
+        p.close()

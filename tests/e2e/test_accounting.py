@@ -11,8 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,23 +27,6 @@ INFLUX_OUTAGE_S = 60.0 if SOAK else 10.0
 PARTITION_S = 120.0 if SOAK else 10.0
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def make_pipeline(
-    tmp_path: Path, mosquitto: MosquittoServer, influxd_private: InfluxServer
-) -> Iterator[Callable[..., Pipeline]]:
-    made: list[Pipeline] = []
-
-    def make(**kwargs: object) -> Pipeline:
-        p = Pipeline(tmp_path, mosquitto, influxd_private, **kwargs)  # type: ignore[arg-type]
-        made.append(p)
-        p.start()
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def run_load(p: Pipeline, fault: Callable[[], None] | None = None, faults: str = "") -> Accounting:

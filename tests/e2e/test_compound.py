@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,28 +22,12 @@ import pytest
 from tests.e2e.conftest import SOAK
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.test_accounting import FAULT_AT, LOAD_S, check, run_load
+from tests.edge.test_faults import small_tmpfs
 from tests.servers import InfluxServer, MosquittoServer, wait_until
 
 OUTAGE_S = 40.0 if SOAK else 12.0
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
-
-
-@pytest.fixture
-def make_pipeline(
-    tmp_path: Path, mosquitto: MosquittoServer, influxd_private: InfluxServer
-) -> Iterator[Callable[..., Pipeline]]:
-    made: list[Pipeline] = []
-
-    def make(**kwargs: object) -> Pipeline:
-        p = Pipeline(tmp_path, mosquitto, influxd_private, **kwargs)  # type: ignore[arg-type]
-        made.append(p)
-        p.start()
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def metric(p: Pipeline, service: str, name: str) -> float:
@@ -205,16 +189,6 @@ def test_gateway_kill_9_during_partition(make_pipeline: Callable[..., Pipeline])
         "gateway kill -9 during a broker partition",
         f"blackholed {OUTAGE_S:.0f} s, gateway killed 4 s in and restarted",
     )
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_disk_full_during_broker_outage(
