@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 import uuid
@@ -28,6 +27,7 @@ from typing import Any
 from alerts.engine import Transition
 from citysense.durable import connect_versioned
 from citysense.migrate import Migration, statements
+from citysense.privatefiles import private_file
 
 FILENAME = "alerts.sqlite3"
 STATES: tuple[str, ...] = ("raised", "acknowledged", "cleared")
@@ -132,29 +132,11 @@ def _alarm(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _private_file(path: Path) -> None:
-    """Create ``path`` (and the SQLite side files) 0600 before SQLite opens them."""
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if p == path or p.exists():
-            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(p, 0o600)
-
-
 class AlarmStore:
     def __init__(self, state_dir: str | Path) -> None:
-        folder = Path(state_dir)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
-        self.path = folder / FILENAME
-        _private_file(self.path)
-        old = os.umask(0o077)  # the -wal and -shm files SQLite creates
-        try:
-            self._db = connect_versioned(self.path, "alarm store", MIGRATIONS)
-            self._db.execute("SELECT COUNT(*) FROM alarms").fetchone()
-        finally:
-            os.umask(old)
-        _private_file(self.path)
+        # created 0600 before SQLite opens it: its -wal and -shm files take its mode
+        self.path = private_file(Path(state_dir) / FILENAME)
+        self._db = connect_versioned(self.path, "alarm store", MIGRATIONS)
         self._lock = threading.Lock()
 
     def close(self) -> None:

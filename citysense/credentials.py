@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import secrets
 import stat
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from citysense.errors import InputError
 from citysense.model import DEVICE_ID_RE
+from citysense.privatefiles import write_private
 
 OSCORE = "oscore"
 DTLS_PSK = "dtls-psk"
@@ -137,19 +137,8 @@ def read_device_keys(path: str | Path) -> list[DeviceKey]:
 
 
 def write_device_keys(path: str | Path, keys: Iterable[DeviceKey]) -> None:
-    """Write the file 0600, atomically (a temporary file renamed over it)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(format_device_keys(keys))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write the file 0600 from its first byte, atomically (a temporary file renamed over it)."""
+    write_private(Path(path), format_device_keys(keys))
 
 
 def _psk_identity(device: str, taken: set[bytes]) -> bytes:

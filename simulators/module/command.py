@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import random
 import signal
 import threading
+from pathlib import Path
 
 from citysense.config import Settings
+from citysense.privatefiles import write_private
 from citysense.registry import COLUMNS
 from simulators.module.core import sensor_devices
 from simulators.module.model import parse_faults
@@ -51,12 +52,6 @@ def registry_csv(rows: list[tuple[str, ...]]) -> str:
     return buf.getvalue()
 
 
-def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def run_module_command(settings: Settings) -> int:
     """Print the device paths and registry rows, run until SIGINT/SIGTERM."""
     faults = parse_faults(settings.faults)
@@ -73,7 +68,7 @@ def run_module_command(settings: Settings) -> int:
         with module:
             rows = registry_csv(registry_rows(module.imei, settings.seed, settings.gateway))
             if settings.registry_out:
-                _write_private(settings.registry_out, rows)
+                write_private(Path(settings.registry_out), rows)
             print(module.pts, module.device, sep="\n", flush=True)
             print(rows, end="", flush=True)
             log.info(
