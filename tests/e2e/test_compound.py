@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import SOAK
-from tests.e2e.pipeline import Pipeline
+from tests.e2e.pipeline import Pipeline, Service
 from tests.e2e.test_accounting import FAULT_AT, LOAD_S, check, run_load
 from tests.edge.test_faults import small_tmpfs
 from tests.servers import InfluxServer, MosquittoServer, wait_until
@@ -37,20 +37,33 @@ def metric(p: Pipeline, service: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def kills_during_influxd_outage(
+    influx: InfluxServer, *processes: Service | MosquittoServer
+) -> Callable[[], None]:
+    """A fault: influxd stops; 5 s in, ``processes`` are killed (-9) together, and started
+    again (in the order given) 2 s later; influxd comes back after ``OUTAGE_S``."""
+
+    def fault() -> None:
+        influx.stop()
+        time.sleep(5.0)
+        for proc in processes:
+            proc.kill()
+        time.sleep(2.0)
+        for proc in processes:
+            proc.start()
+        time.sleep(max(OUTAGE_S - 7.0, 1.0))
+        influx.start()
+
+    return fault
+
+
 def test_ingestor_kill_9_during_influxd_outage(
     make_pipeline: Callable[..., Pipeline], influxd_private: InfluxServer
 ) -> None:
     """Writes are failing and retrying in the ingestor when it dies: nothing it held is lost."""
     p = make_pipeline()
 
-    def fault() -> None:
-        influxd_private.stop()
-        time.sleep(5.0)
-        p.ingestors[0].kill()
-        time.sleep(2.0)
-        p.ingestors[0].start()
-        time.sleep(max(OUTAGE_S - 7.0, 1.0))
-        influxd_private.start()
+    fault = kills_during_influxd_outage(influxd_private, p.ingestors[0])
 
     check(
         p,
@@ -68,14 +81,7 @@ def test_ingestor_kill_9_during_influxd_outage_without_resend(
     own. Each layer holds by itself; the gateway's re-send is not an excuse for an early ack."""
     p = make_pipeline(gateway_args=("--resend-interval", "3600"))
 
-    def fault() -> None:
-        influxd_private.stop()
-        time.sleep(5.0)
-        p.ingestors[0].kill()
-        time.sleep(2.0)
-        p.ingestors[0].start()
-        time.sleep(max(OUTAGE_S - 7.0, 1.0))
-        influxd_private.start()
+    fault = kills_during_influxd_outage(influxd_private, p.ingestors[0])
 
     check(
         p,
@@ -95,16 +101,7 @@ def test_ingestor_and_mosquitto_kill_9_during_influxd_outage(
     holds every unconfirmed batch (no confirmation before the write) can make it whole."""
     p = make_pipeline()
 
-    def fault() -> None:
-        influxd_private.stop()
-        time.sleep(5.0)
-        p.ingestors[0].kill()
-        mosquitto.kill()
-        time.sleep(2.0)
-        mosquitto.start()
-        p.ingestors[0].start()
-        time.sleep(max(OUTAGE_S - 7.0, 1.0))
-        influxd_private.start()
+    fault = kills_during_influxd_outage(influxd_private, mosquitto, p.ingestors[0])
 
     check(
         p,
