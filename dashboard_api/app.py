@@ -38,7 +38,8 @@ from dashboard_api.latest_cache import LatestCache, keep_latest, open_rollup_rea
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.quality import ForecastService, QualityMonitor, start_background
 from dashboard_api.quality_routes import router as quality_router
-from dashboard_api.routes import STORAGE_RETRY_AFTER, ApiContext, PointLimitError, router
+from dashboard_api.routes import router
+from dashboard_api.routes_common import STORAGE_RETRY_AFTER, ApiContext, PointLimitError
 from timeseries.query import QueryError, Reader, open_reader
 
 log = logging.getLogger(__name__)

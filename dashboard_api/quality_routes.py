@@ -23,7 +23,7 @@ from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal, role
 from dashboard_api.parameters import parse_time, rfc3339
 from dashboard_api.quality import Flag, ForecastService, QualityMonitor
-from dashboard_api.routes import ERRORS, DeviceQ, DistrictQ, TimeQ, context
+from dashboard_api.routes_common import ERRORS, DeviceQ, DistrictQ, TimeQ, context
 
 router = APIRouter()
 

@@ -1,0 +1,132 @@
+"""What every route table of the operator API shares (INTERFACES.md section 7).
+
+The context the routes read through (:class:`ApiContext`, built once by
+:func:`dashboard_api.app.create_app`), the common parameter types validated at the edge
+(identifiers against the catalog, ids against their patterns), the error responses and the
+point limit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Query, Request
+
+from citysense.catalog import (
+    KINDS,
+    METRICS,
+)
+from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
+from citysense.registry import Registry
+from dashboard_api import models
+from dashboard_api.latest_cache import LatestCache
+from dashboard_api.parameters import (
+    parse_time,
+)
+from dashboard_api.quality import QualityMonitor, excluded_out
+from timeseries.query import Reader
+from timeseries.rollup_query import RollupReads
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+MAX_RANGE_MS = 366 * DAY
+HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
+#: Retry-After of a 503 when storage is unreachable (health and every data route), seconds.
+STORAGE_RETRY_AFTER = 5
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",  # served from here: the CSP allows no data: URL
+}
+
+if TYPE_CHECKING:
+    MetricName = str
+    KindName = str
+else:  # enums in OpenAPI, built from the catalog
+    MetricName = Literal[tuple(METRICS)]
+    KindName = Literal[tuple(KINDS)]
+AggName = Literal["mean", "min", "max", "sum", "count", "last"]
+GroupName = Literal["district", "device", "site"]
+StatusName = Literal["online", "stale", "offline"]
+
+_PLACE = f"^{PLACE_ID_RE.pattern}$"
+_DEVICE = f"^{DEVICE_ID_RE.pattern}$"
+DistrictQ = Annotated[str | None, Query(pattern=_PLACE, description="district id")]
+SiteQ = Annotated[str | None, Query(pattern=_PLACE, description="site id")]
+DeviceQ = Annotated[str | None, Query(pattern=_DEVICE, description="device id (operators only)")]
+KindQ = Annotated[KindName | None, Query(description="device kind")]
+TimeQ = Annotated[
+    str | None,
+    Query(max_length=40, description="RFC 3339 time or epoch milliseconds (default: now)"),
+]
+
+_ERR = {"model": models.ErrorBody}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": models.BadRequestBody, "description": "bad parameter or over the point limit"},
+    401: {**_ERR, "description": "no or unknown API key"},
+    403: {**_ERR, "description": "the role does not allow this"},
+    422: {**_ERR, "description": "a parameter of the wrong form"},
+    429: {**_ERR, "description": "rate limit exceeded (see Retry-After)"},
+    503: {**_ERR, "description": "storage unreachable (see Retry-After)"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """What the routes need, built once by :func:`dashboard_api.app.create_app`."""
+
+    reader: Reader
+    registry: Registry | None
+    point_limit: int
+    clock: Callable[[], float]  #: seconds since the epoch
+    timezone: str = "UTC"  #: the city's time zone (local-time analytics)
+    quality: QualityMonitor | None = None  #: data-quality flags (flagged readings left out)
+    latest: LatestCache | None = None  #: the live latest-value table
+    rollups: RollupReads | None = None  #: series from rollups
+
+    def live(self, at: str | None) -> LatestCache | None:
+        """The latest-value table, when it can answer a question about now."""
+        if at is None and self.latest is not None and self.latest.ready:
+            return self.latest
+        return None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+class PointLimitError(Exception):
+    def __init__(self, points: int, limit: int) -> None:
+        super().__init__(
+            f"the query would return {points} points, over the limit of {limit}: "
+            "narrow the time range, widen every or filter"
+        )
+        self.points = points
+        self.limit = limit
+
+
+def _filters(**kw: str | None) -> dict[str, str]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _at(ctx: ApiContext, at: str | None, name: str = "at") -> int:
+    return ctx.now_ms() if at is None else parse_time(at, name)
+
+
+def _flagged(
+    ctx: ApiContext, metrics: tuple[str, ...], start_ms: int, end_ms: int
+) -> dict[str, list[models.ExcludedOut]]:
+    """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
+    out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
+    for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
+        out[f.device].append(excluded_out(f))
+    return out

@@ -1,0 +1,192 @@
+"""Devices and districts: last seen, status and radio health; device counts and AQI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+
+from analytics.aqi import (
+    DEFAULT_STANDARD,
+    Standard,
+)
+from analytics.status import device_status
+from citysense.catalog import (
+    DEFAULT_MAX_AGE_MS,
+    MAX_FUTURE_SKEW_MS,
+)
+from citysense.registry import Device
+from dashboard_api import models
+from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.latest_cache import ALL_METRICS, latest_of_all
+from dashboard_api.parameters import (
+    rfc3339,
+)
+from dashboard_api.routes_common import (
+    ERRORS,
+    HEALTH_SHOWN,
+    ApiContext,
+    DistrictQ,
+    KindQ,
+    StatusName,
+    TimeQ,
+    _at,
+    _filters,
+    context,
+)
+from dashboard_api.routes_environment import district_aqi
+from timeseries.query import LatestValue
+
+router = APIRouter()
+
+
+@dataclass(slots=True)
+class _Seen:
+    kind: str
+    district: str
+    site: str
+    last_seen: int
+    values: dict[str, float]
+
+
+async def seen_devices(
+    ctx: ApiContext, filters: dict[str, str], at_ms: int, at: str | None
+) -> dict[str, _Seen]:
+    """Devices with a reading of any metric in the last 7 days: last seen at their newest
+    reading, with their newest health figures."""
+    span = (at_ms - DEFAULT_MAX_AGE_MS, at_ms + MAX_FUTURE_SKEW_MS)
+    live = ctx.live(at)
+    rows: list[LatestValue] = (
+        live.rows(ALL_METRICS, filters, *span)
+        if live is not None
+        else await latest_of_all(ctx.reader, filters, *span)
+    )
+    seen: dict[str, _Seen] = {}
+    for r in rows:
+        s = seen.get(r.device)
+        if s is None:
+            s = seen[r.device] = _Seen(r.kind, r.district, r.site, r.t, {})
+        s.last_seen = max(s.last_seen, r.t)
+        if r.metric in HEALTH_SHOWN:
+            s.values[r.metric] = r.value
+    return seen
+
+
+_STATUS_ORDER = {"offline": 0, "stale": 1, "online": 2}
+
+
+@router.get(
+    "/api/v1/devices",
+    response_model=models.DeviceList,
+    openapi_extra=role("operator"),
+    responses=ERRORS,
+    summary="devices with last seen time, status and radio health (offline first)",
+)
+async def devices(
+    request: Request,
+    principal: CurrentPrincipal,
+    district: DistrictQ = None,
+    kind: KindQ = None,
+    status: StatusName | None = None,
+    at: TimeQ = None,
+) -> models.DeviceList:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms, at)
+    out: list[models.Device] = []
+    registry: Mapping[str, Device] = ctx.registry or {}
+    flagged = ctx.quality.open_by_device() if ctx.quality is not None else {}
+    for dev_id in sorted(set(seen) | set(registry)):
+        reg = registry.get(dev_id)
+        s = seen.get(dev_id)
+        dev_kind = reg.kind if reg else s.kind if s else ""
+        dev_district = reg.district if reg else s.district if s else ""
+        if (kind and dev_kind != kind) or (district and dev_district != district):
+            continue
+        last = s.last_seen if s else None
+        st = device_status(dev_kind, last, at_ms)
+        if status and st != status:
+            continue
+        values = s.values if s else {}
+        out.append(
+            models.Device(
+                device=dev_id,
+                kind=dev_kind,
+                district=dev_district,
+                site=reg.site if reg else s.site if s else "",
+                lat=reg.lat if reg else None,
+                lon=reg.lon if reg else None,
+                last_seen=rfc3339(last) if last is not None else None,
+                age_s=(at_ms - last) / 1000 if last is not None else None,
+                status=st,
+                battery=values.get("battery"),
+                rsrp=values.get("rsrp"),
+                snr=values.get("snr"),
+                ecl=values.get("ecl"),
+                registered=reg is not None,
+                flags=[
+                    models.FlagBrief(metric=f.metric, reason=f.reason, since=rfc3339(f.since))
+                    for f in flagged.get(dev_id, [])
+                ],
+            )
+        )
+    out.sort(key=lambda d: (_STATUS_ORDER[d.status], d.device))
+    counts = {k: 0 for k in _STATUS_ORDER}
+    for d in out:
+        counts[d.status] += 1
+    return models.DeviceList(at=rfc3339(at_ms), devices=out, counts=counts)
+
+
+@router.get(
+    "/api/v1/districts",
+    response_model=models.DistrictList,
+    openapi_extra=role("viewer"),
+    responses=ERRORS,
+    summary="every district with device counts by kind and its current AQI",
+)
+async def districts(
+    request: Request,
+    principal: CurrentPrincipal,
+    at: TimeQ = None,
+    standard: Standard = DEFAULT_STANDARD,
+) -> models.DistrictList:
+    ctx = context(request)
+    at_ms = _at(ctx, at)
+    seen, aqis = await asyncio.gather(
+        seen_devices(ctx, {}, at_ms, at), district_aqi(ctx, at_ms, standard, None)
+    )
+    kinds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    places: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    registry: Mapping[str, Device] = ctx.registry or {}
+    for d in registry.values():
+        kinds[d.district][d.kind] += 1
+        places[d.district].append((d.lat, d.lon))
+    for dev_id, s in seen.items():
+        if dev_id not in registry:
+            kinds[s.district][s.kind] += 1
+    by_name = {a.district: a for a in aqis}
+    out = []
+    for name in sorted(set(kinds) | set(by_name)):
+        pts = places.get(name)
+        a = by_name.get(name)
+        out.append(
+            models.District(
+                district=name,
+                devices=dict(sorted(kinds[name].items())),
+                device_count=sum(kinds[name].values()),
+                lat=sum(p[0] for p in pts) / len(pts) if pts else None,
+                lon=sum(p[1] for p in pts) / len(pts) if pts else None,
+                aqi=models.AqiBrief(
+                    aqi=a.aqi,
+                    category=a.category,
+                    colour=a.colour,
+                    primary_pollutants=a.primary_pollutants,
+                )
+                if a
+                else None,
+            )
+        )
+    return models.DistrictList(at=rfc3339(at_ms), standard=standard, districts=out)
