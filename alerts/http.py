@@ -27,14 +27,17 @@ from pydantic import BaseModel, Field
 from alerts.rules import SEVERITIES, SEVERITY_RANK
 from alerts.store import AlarmConflict, AlarmNotFound
 from citysense import __version__
-from citysense.apikeys import RANK, ROLE_KEY, KeyMatch, KeyStore, RateLimiter, role
+from citysense.apikeys import (
+    RANK,
+    ROLE_KEY,
+    SECURITY_HEADERS,
+    KeyMatch,
+    KeyStore,
+    RateLimiter,
+    role,
+)
 from citysense.model import PLACE_ID_RE
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 _bearer = HTTPBearer(auto_error=False, description="an API key (the operator API's keys)")
 
 

@@ -36,6 +36,15 @@ Role = Literal["viewer", "operator"]
 ROLE_KEY = "x-role"
 RANK = {"public": 0, "viewer": 1, "operator": 2}
 
+#: On every HTTP response of every service (INTERFACES §10.3): only our own scripts, never in
+#: a frame, no content sniffing, no referrer leaking a URL with parameters.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
 
 def role(required: Literal["public", "viewer", "operator"]) -> dict[str, object]:
     """``openapi_extra`` declaring the role a route needs."""

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citysense import __version__
-from citysense.apikeys import load_keys_file
+from citysense.apikeys import SECURITY_HEADERS, load_keys_file
 from citysense.config import Settings, parse_api_keys, parse_hostport
 from citysense.errors import (
     ConfigError,
@@ -93,13 +93,9 @@ async def _storage_refused(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "storage refused the query"}, status_code=502)
 
 
-#: On every response (INTERFACES §10.3): only our own scripts, never in a frame, no sniffing,
-#: no referrer leaking a URL with parameters.
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
+#: :data:`citysense.apikeys.SECURITY_HEADERS` as ASGI header pairs.
+_HEADER_PAIRS: tuple[tuple[bytes, bytes], ...] = tuple(
+    (name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
 )
 
 
@@ -117,7 +113,7 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
+                extra = [(n, v) for n, v in _HEADER_PAIRS if n not in names]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -231,9 +232,19 @@ def test_the_alarms_api_takes_the_keys_file(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=10)
         assert refused.value.code == 401
+        assert_security_headers(refused.value.headers)
         refused.value.close()
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(request, timeout=10) as r:
             assert r.status == 200
+            assert_security_headers(r.headers)
     finally:
         alerts.stop()
+
+
+def assert_security_headers(headers: Message) -> None:
+    """The alarms API sends the operator API's headers (one table: citysense.apikeys)."""
+    assert headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Frame-Options"] == "DENY"

@@ -85,6 +85,7 @@ def test_security_headers_on_page_json_errors_and_static(make_api: MakeApi) -> N
             assert response.headers["content-security-policy"] == CSP, response.url
             assert response.headers["x-content-type-options"] == "nosniff"
             assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["x-frame-options"] == "DENY"
 
 
 def test_health_tells_anonymous_callers_the_status_only(make_api: MakeApi) -> None:
