@@ -44,6 +44,7 @@ def _opt(
     """A settings field with its option metadata (see :class:`Option`)."""
     return field(
         default=default,
+        repr=not secret,  # a secret never shows in a repr (a traceback, a debug line)
         metadata={
             "help": help,
             "commands": frozenset(commands),

@@ -60,3 +60,11 @@ def test_cert_and_key_go_together(tmp_path: Path) -> None:
     cert.write_text("x")
     with pytest.raises(ConfigError, match="go together"):
         load_settings("edge", {"mqtt_cert": str(cert)}, environ={})
+
+
+def test_a_secret_never_shows_in_the_settings_repr() -> None:
+    from citysense.config import Settings
+
+    s = Settings(mqtt_password="hunter2-pw", influx_token="tok-secret-1", api_keys="k:viewer")
+    assert "hunter2-pw" not in repr(s) and "tok-secret-1" not in repr(s)
+    assert "k:viewer" not in repr(s)
