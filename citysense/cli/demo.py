@@ -32,23 +32,37 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import secrets
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from alerts import service as alerts_service
 from citysense import topics
+from citysense.cli.demo_history import History
+from citysense.cli.demo_ports import (
+    check_bind,
+    free_tcp_port,
+    free_udp_port,
+)
+from citysense.cli.demo_status import (
+    SCRAPE_TIMEOUT,
+    STATUS_EVERY,
+    STATUS_EVERY_TTY,
+    Status,
+    gather_counts,
+    parse_prometheus,
+    scrape,
+    status_line,
+    summary_line,
+)
 from citysense.cli.preflight import preflight
 from citysense.config import Settings, mask_url, parse_hostport
 from citysense.credentials import OSCORE, generate_device_keys, write_device_keys
-from citysense.errors import CitysenseError, ConfigError, RetryableError
-from citysense.model import Reading
+from citysense.errors import CitysenseError, ConfigError
 from citysense.privatefiles import private_dir
 from citysense.registry import Device, format_registry, load_registry_option
 from dashboard_api import service as api_service
@@ -61,16 +75,31 @@ from simulators.models import CITY_TIMEZONE
 
 log = logging.getLogger(__name__)
 
+# re-exported: the names this module has always offered
+__all__ = [
+    "DEVICE_KEYS_FILE",
+    "REGISTRY_FILE",
+    "SCRAPE_TIMEOUT",
+    "START_TIMEOUT",
+    "STATUS_EVERY",
+    "STATUS_EVERY_TTY",
+    "STOP_ORDER",
+    "STOP_TIMEOUT",
+    "Demo",
+    "Status",
+    "check_bind",
+    "free_tcp_port",
+    "free_udp_port",
+    "main",
+    "parse_prometheus",
+    "run",
+    "scrape",
+]
+
 #: How long one service may take to become ready, seconds.
 START_TIMEOUT = 60.0
 #: How long one service may take to stop, seconds.
 STOP_TIMEOUT = 15.0
-#: Seconds between status lines when the output is not a terminal.
-STATUS_EVERY = 5.0
-#: Seconds between updates of the status line on a terminal.
-STATUS_EVERY_TTY = 1.0
-#: How long a service's /metrics may take to answer, seconds.
-SCRAPE_TIMEOUT = 2.0
 REGISTRY_FILE = "demo-registry.csv"
 #: OSCORE keys of the simulated fleet, new on every run
 DEVICE_KEYS_FILE = "demo-device-keys.csv"
@@ -79,13 +108,8 @@ DEVICE_KEYS_FILE = "demo-device-keys.csv"
 STOP_ORDER = ("fleet", "gateway", "ingest", "api", "alerts", "broker")
 
 
-_LABELS = (
-    ("sent", "uplinks sent"),
-    ("acked", "acknowledged"),
-    ("accepted", "readings at the gateway"),
-    ("stored", "distinct readings stored"),
-    ("mqtt", "MQTT messages"),
-)
+#: service -> its MQTT user and password on the embedded broker
+Logins = dict[str, tuple[str | None, str | None]]
 
 
 class _Stopped(Exception):
@@ -94,129 +118,6 @@ class _Stopped(Exception):
 
 def _city_timezone() -> str:
     return CITY_TIMEZONE
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            return int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _free_port(kind: int, host: str) -> int:
-    """A free port below the kernel's ephemeral range: no client socket of any process can
-    take it between this check and the service's bind (a port from ``bind(0)`` can be)."""
-    high = max(_ephemeral_low(), 20001)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, high)
-        try:
-            with socket.socket(socket.AF_INET, kind) as s:
-                s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    return _free_port(socket.SOCK_STREAM, host)
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    return _free_port(socket.SOCK_DGRAM, host)
-
-
-def check_bind(bind: str) -> None:
-    """Refuse (:class:`ConfigError`) a ``--bind`` address that is taken, before anything starts."""
-    host, port = parse_hostport(bind, "--bind")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError(f"--bind {bind}: {exc}") from exc
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(address)
-        except OSError as exc:
-            raise ConfigError(f"--bind {bind}: {exc.strerror or exc}") from exc
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """``name{labels} value`` lines -> {name: sum of values}; comments ignored."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name = head.split("{", 1)[0].strip()
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
-
-
-async def scrape(host: str, port: int) -> dict[str, float]:
-    """GET ``/metrics`` of one of our own services; empty when it does not answer."""
-    try:
-        async with asyncio.timeout(SCRAPE_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(
-                    f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                )
-                await writer.drain()
-                data = await reader.read()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return {}
-    _, _, body = data.partition(b"\r\n\r\n")
-    return parse_prometheus(body.decode("utf-8", "replace"))
-
-
-class Status:
-    """The live counts line."""
-
-    def __init__(self, out: TextIO, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self._open_line = False
-        self._last_line = -STATUS_EVERY
-
-    def show(self, text: str, paced: bool = False) -> None:
-        """On a terminal, rewrite the line; elsewhere print one at most every few seconds
-        (``paced``: the caller already calls at most that often)."""
-        if self.tty:
-            self.out.write("\r\x1b[2K" + text)
-            self._open_line = True
-        else:
-            now = time.monotonic()
-            if not paced and now - self._last_line < STATUS_EVERY * 0.9:
-                return
-            self._last_line = now
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def say(self, text: str) -> None:
-        """A line of its own (ends any status line being rewritten)."""
-        self.end()
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def end(self) -> None:
-        if self._open_line:
-            self.out.write("\n")
-            self.out.flush()
-            self._open_line = False
 
 
 class Demo:
@@ -301,6 +202,22 @@ class Demo:
                 self.status.say(self._summary())
 
     async def _run(self, stop: asyncio.Event) -> int:
+        base, devices, keys_path = await self._prepare()
+        base, logins = await self._start_broker(base, stop)
+        await self._start_ingest(base, logins, stop)
+        coap_port = await self._start_gateway(base, logins, keys_path, len(devices), stop)
+        base = await self._start_alerts(base, logins, stop)
+        await self._start_api(base, stop)
+        # 6. history
+        if self.settings.backfill_hours > 0:
+            await self._backfill(devices, base, stop)
+        if stop.is_set():
+            return 0
+        await self._start_fleet(base, coap_port, keys_path, stop)
+        return await self._watch(stop)
+
+    async def _prepare(self) -> tuple[Settings, list[Device], Path]:
+        """Checks before anything starts; the registry, the fleet's keys, the base settings."""
         s = self.settings
         check_bind(s.bind)
         # servers named on the command line are checked before anything starts: a demo that
@@ -313,25 +230,31 @@ class Demo:
         # unless another zone was asked for.
         zone = s.timezone if s.timezone != "UTC" else _city_timezone()
         base = dataclasses.replace(s, registry=registry_path, timezone=zone)
-        say = self.status.say
+        return base, devices, keys_path
 
-        # 1. broker: the embedded one holds the deployment's model -- a user per client with
-        # the ACL of its role (INTERFACES 10.1), passwords made for this run and handed to the
-        # services in memory only
-        logins: dict[str, tuple[str | None, str | None]] = {}
+    async def _start_broker(self, base: Settings, stop: asyncio.Event) -> tuple[Settings, Logins]:
+        """1. broker: the embedded one holds the deployment's model -- a user per client with
+        the ACL of its role (INTERFACES 10.1), passwords made for this run and handed to the
+        services in memory only."""
+        s = self.settings
+        logins: Logins = {}
         if s.mqtt is None:
             creds = generate_demo_users([s.gateway])
             logins = {name: (name, creds.passwords[name]) for name in creds.passwords}
             broker = self.broker = Broker("127.0.0.1", 0, BrokerConfig(users=creds.users))
             await self._start("broker", lambda ready: broker.serve(ready=ready), stop)
             mqtt_url = broker.url
-            say(f"MQTT      embedded broker on {mqtt_url}, a user and an ACL per service")
+            self.status.say(
+                f"MQTT      embedded broker on {mqtt_url}, a user and an ACL per service"
+            )
         else:
             mqtt_url = s.mqtt
-            say(f"MQTT      {mask_url(mqtt_url)}")
-        base = dataclasses.replace(base, mqtt=mqtt_url)
+            self.status.say(f"MQTT      {mask_url(mqtt_url)}")
+        return dataclasses.replace(base, mqtt=mqtt_url), logins
 
-        # 2. ingestor
+    async def _start_ingest(self, base: Settings, logins: Logins, stop: asyncio.Event) -> None:
+        """2. ingestor"""
+        s = self.settings
         port = free_tcp_port()
         self.ingest_metrics = ("127.0.0.1", port)
         ingest_settings = self._login(
@@ -353,9 +276,13 @@ class Demo:
             needs,
         )
         where = mask_url(s.influx) if s.influx else f"embedded store in {self.state_dir.resolve()}"
-        say(f"storage   {where}")
+        self.status.say(f"storage   {where}")
 
-        # 3. gateway
+    async def _start_gateway(
+        self, base: Settings, logins: Logins, keys_path: Path, devices: int, stop: asyncio.Event
+    ) -> int:
+        """3. gateway; its CoAP port."""
+        s = self.settings
         coap_port = free_udp_port()
         port = free_tcp_port()
         self.edge_metrics = ("127.0.0.1", port)
@@ -375,12 +302,15 @@ class Demo:
             stop,
             mask_url(s.mqtt) if s.mqtt else "",
         )
-        say(
-            f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {len(devices)} "
+        self.status.say(
+            f"gateway   {s.gateway}, CoAP on udp 127.0.0.1:{coap_port}, {devices} "
             "devices, each with its own OSCORE key"
         )
+        return coap_port
 
-        # 4. alarms, with the default rule set unless --rules names another
+    async def _start_alerts(self, base: Settings, logins: Logins, stop: asyncio.Event) -> Settings:
+        """4. alarms, with the default rule set unless --rules names another."""
+        s = self.settings
         port = free_tcp_port()
         alerts_settings = dataclasses.replace(
             self._login(base, logins.get("alerts")),
@@ -389,24 +319,23 @@ class Demo:
             client_id=f"citysense-demo-{self.run_id}-alerts",
         )
         await self._start("alerts", lambda r: alerts_service.serve(alerts_settings, r), stop)
-        base = dataclasses.replace(base, alerts=f"http://127.0.0.1:{port}")
-        say(
+        self.status.say(
             f"alarms    http://127.0.0.1:{port}/api/v1/alarms "
             f"({Path(alerts_settings.rules or '').name})"
         )
+        return dataclasses.replace(base, alerts=f"http://127.0.0.1:{port}")
 
-        # 5. API and dashboard
+    async def _start_api(self, base: Settings, stop: asyncio.Event) -> None:
+        """5. API and dashboard"""
         await self._start("api", lambda r: api_service.serve(base, r), stop)
-        host, port = parse_hostport(s.bind, "--bind")
-        say(f"dashboard http://{host}:{port}/")
+        host, port = parse_hostport(self.settings.bind, "--bind")
+        self.status.say(f"dashboard http://{host}:{port}/")
 
-        # 6. history
-        if s.backfill_hours > 0:
-            await self._backfill(devices, base, stop)
-        if stop.is_set():
-            return 0
-
-        # 7. fleet
+    async def _start_fleet(
+        self, base: Settings, coap_port: int, keys_path: Path, stop: asyncio.Event
+    ) -> None:
+        """7. fleet"""
+        s = self.settings
         # the demo decides when the fleet stops: no --duration of its own
         fleet_settings = dataclasses.replace(
             base, coap=f"127.0.0.1:{coap_port}", duration=0.0, device_keys=str(keys_path)
@@ -425,9 +354,10 @@ class Demo:
             ),
             stop,
         )
-        say(f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}")
-        say("Ctrl-C stops everything.")
-        return await self._watch(stop)
+        self.status.say(
+            f"fleet     {len(registry)} simulated devices, time scale x{s.time_scale:g}"
+        )
+        self.status.say("Ctrl-C stops everything.")
 
     async def _watch(self, stop: asyncio.Event) -> int:
         """Show the status line until stop is asked or a service dies."""
@@ -469,38 +399,16 @@ class Demo:
         return dataclasses.replace(settings, mqtt_username=login[0], mqtt_password=login[1])
 
     async def _counts(self) -> dict[str, float]:
-        counts: dict[str, float] = {}
-        c = self.fleet_counters
-        if c is not None:
-            counts["sent"] = float(c.sent)
-            counts["acked"] = float(c.acknowledged)
-        if self.edge_metrics is not None:
-            m = await scrape(*self.edge_metrics)
-            if "citysense_edge_readings_accepted_total" in m:
-                counts["accepted"] = m["citysense_edge_readings_accepted_total"]
-        if self.ingest_metrics is not None:
-            m = await scrape(*self.ingest_metrics)
-            if "citysense_ingest_readings_written_total" in m:
-                counts["stored"] = m["citysense_ingest_readings_written_total"]
-        if self.broker is not None:
-            counts["mqtt"] = float(self.broker.metrics()["mqtt_broker_messages_received"])
-        return counts
+        return await gather_counts(
+            self.fleet_counters, self.edge_metrics, self.ingest_metrics, self.broker
+        )
 
     async def _show_status(self) -> None:
         self.last_counts = counts = await self._counts()
-        parts = [f"{time.monotonic() - self.started:6.0f} s"]
-        for key, label in _LABELS:
-            if key in counts:
-                parts.append(f"{label} {counts[key]:,.0f}")
-        self.status.show(" | ".join(parts), paced=True)
+        self.status.show(status_line(time.monotonic() - self.started, counts), paced=True)
 
     def _summary(self) -> str:
-        stopped = ", ".join(self.tasks)
-        counts = self.last_counts
-        figures = "".join(
-            f", {label} {counts[key]:,.0f}" for key, label in _LABELS if key in counts
-        )
-        return f"demo stopped ({stopped}): history {self.backfilled:,} readings{figures}"
+        return summary_line(", ".join(self.tasks), self.backfilled, self.last_counts)
 
     # ------------------------------------------------------------------ backfill
 
@@ -508,48 +416,11 @@ class Demo:
         self, devices: Sequence[Device], settings: Settings, stop: asyncio.Event
     ) -> None:
         """Write ``backfill_hours`` of history for ``devices`` straight to storage."""
-        from simulators.backfill import backfill
-        from timeseries.factory import open_writer
-        from timeseries.schema import reading_to_points
-
-        hours = self.settings.backfill_hours
-        gateway_of = {d.device: d.gateway for d in devices}
-        end_ms = int(time.time() * 1000)
-        start_ms = end_ms - int(hours * 3600 * 1000)
-        model = None
-        if self.settings.sensor_faults:
-            from simulators.models import CityModel
-            from simulators.sensor_faults import SensorFaults
-
-            faults = SensorFaults.from_settings(self.settings.sensor_faults, self.settings.seed)
-            model = CityModel(devices, self.settings.seed, sensor_faults=faults)
-        batches = backfill(devices, start_ms, end_ms, self.settings.seed, model=model)
-        rejected = 0
-        self.status.show(f"history   writing {hours:g} h of history ...")
-        async with open_writer(settings) as writer:
-            while not stop.is_set():
-                batch = await asyncio.to_thread(_next_or_none, batches)
-                if batch is None:
-                    break
-                points = [
-                    p
-                    for r in batch
-                    for p in reading_to_points(r, gateway_of.get(r.device, settings.gateway))
-                ]
-                try:
-                    result = await writer.write(points)
-                except RetryableError as exc:
-                    self.status.say(f"history   storage unavailable ({exc}); history left out")
-                    return
-                rejected += len(result.rejected)
-                self.backfilled += len(batch)
-                done = (max(r.t for r in batch) - start_ms) / max(end_ms - start_ms, 1)
-                self.status.show(
-                    f"history   writing {hours:g} h of history: {min(done, 1.0):4.0%}, "
-                    f"{self.backfilled:,} readings"
-                )
-        note = f", {rejected} points refused by storage" if rejected else ""
-        self.status.say(f"history   {hours:g} h written: {self.backfilled:,} readings{note}")
+        history = History(self.settings, self.status)
+        try:
+            await history.write(devices, settings, stop)
+        finally:
+            self.backfilled = history.written
 
     # ------------------------------------------------------------------ stopping
 
@@ -593,10 +464,6 @@ class Demo:
             if stored >= accepted:
                 return
             await asyncio.sleep(0.2)
-
-
-def _next_or_none(it: Iterator[list[Reading]]) -> list[Reading] | None:
-    return next(it, None)
 
 
 async def main(settings: Settings, out: TextIO | None = None) -> int:
