@@ -26,39 +26,36 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiocoap
-import aiocoap.interfaces
 
 from citysense import prometheus, topics
-from citysense.backoff import Backoff
 from citysense.catalog import DEFAULT_MAX_AGE_MS
-from citysense.compat import aiocoap as compat_aiocoap
-from citysense.compat.aiocoap import GatewayTuning
-from citysense.config import Settings, broker_url, parse_hostport, parse_serial
-from citysense.credentials import DTLS_PSK, OSCORE, read_device_keys
-from citysense.errors import CitysenseError, ConfigError, InputError, RetryableError
+from citysense.config import BrokerUrl, Settings, broker_url, parse_hostport
+from citysense.credentials import DTLS_PSK
+from citysense.errors import CitysenseError, InputError, RetryableError
 from citysense.health import Health, health_route
 from citysense.registry import Device, Registry, load_registry_option
-from citysense.senml import CF_SENML_CBOR, CF_SENML_JSON
-from edge import clock, coap_site
+from citysense.senml import CF_SENML_JSON
+from edge import clock, coap_server, coap_site
+from edge.coap_server import open_device_keys
 from edge.coap_site import Answer
 from edge.compat import dtls as dtls_compat
-from edge.compat import oscore as oscore_compat
 from edge.devicekeys import DeviceClaim, DeviceKeyStore, claim_of
 from edge.devicetrust import DeviceTrust, Verdict, scheme_of
 from edge.downlink import parse_command, response_payload
+from edge.gauges import gateway_gauges
 from edge.intake import FORBIDDEN, TOO_LARGE, UNSUPPORTED_FORMAT, Intake, UplinkRefused
-from edge.linkstate import claim_coap, exclusive, report_outbox_at_stop, watch_link
-from edge.metrics import Labels, Metrics
+from edge.linkstate import claim_coap, report_outbox_at_stop, watch_link
+from edge.metrics import Metrics
 from edge.outbox import EVICT_OLDEST, OutboxConflictError, OutboxFullError, SqliteOutbox
+from edge.serial_intake import content_format_of, run_serial
 from edge.uplink import MqttLink, Uplink
-from firmware_bridge.source import Datagram, RadioReport, SerialHealth, SerialSource, new_health
+from firmware_bridge.source import SerialHealth
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Gateway", "content_format_of", "open_device_keys", "open_registry", "serve"]
+
 DEFAULT_METRICS_BIND = "127.0.0.1:9101"
-#: Receive buffer asked for the CoAP socket (the kernel default holds ~166 datagrams).
-COAP_RCVBUF = 4 * 1024 * 1024
-COAPS_PORT = 5684
 #: Max-Age of a 5.03 answer when the outbox is full or failing, seconds.
 FULL_MAX_AGE = 30
 FAILING_MAX_AGE = 10
@@ -66,17 +63,6 @@ DRAIN_TIMEOUT = 3.0
 #: Longest wait at start for the broker's first answer (a refusal then exits 2).
 MQTT_START_CHECK = 15.0
 GC_THRESHOLD = 50_000
-#: How long an answer may wait for the outbox commit and still ride on the ACK, seconds.
-#: aiocoap's default (0.1 s) turns answers that queue behind a commit under load into
-#: separate responses, which doubles the datagrams per uplink; below the device's ACK_TIMEOUT
-#: (2 s) a piggybacked answer never makes the device retransmit.
-PIGGYBACK_WINDOW = 1.0
-#: How long aiocoap keeps each answer to recognise a retransmitted CON, seconds. RFC 7252's
-#: EXCHANGE_LIFETIME (247 s) adds a 100 s worst-case network latency each way to the 45 s a
-#: device spends retransmitting; aiocoap holds every answer (with its request) that long, which
-#: at thousands of uplinks per second is most of the process's memory. 60 s covers a device's
-#: whole retransmission span; a later duplicate is absorbed by the outbox's idempotency.
-DEDUP_WINDOW = 60.0
 EXPIRY_TICK = 1.0
 #: How often the broker connection is noted for GET /health, seconds.
 HEALTH_TICK = 1.0
@@ -92,16 +78,6 @@ _REFUSAL_CODES = {
 
 def _now_ms() -> int:
     return clock.now_ms()
-
-
-def content_format_of(payload: bytes) -> int | None:
-    """SenML JSON (first non-space byte ``[``) or CBOR (major type 4) of a serial datagram."""
-    stripped = payload.lstrip()
-    if stripped[:1] == b"[":
-        return CF_SENML_JSON
-    if payload[:1] and payload[0] >> 5 == 4:
-        return CF_SENML_CBOR
-    return None
 
 
 class Gateway:
@@ -345,146 +321,6 @@ class Gateway:
         if self.link is not None:
             self.link.ack(mid, qos)
 
-    # ------------------------------------------------------------------ serial
-
-    async def on_datagram(self, datagram: Datagram) -> None:
-        payload = datagram.payload
-        answer = await self._accept(
-            payload, content_format_of(payload), f"serial:{datagram.module_imei}"
-        )
-        self.metrics.inc("citysense_edge_serial_datagrams_total", code=answer.code)
-        if answer.code != coap_site.CHANGED:
-            log.debug(
-                "datagram via module %s from %s refused: %s %s",
-                datagram.module_imei,
-                datagram.remote,
-                answer.code,
-                answer.payload.decode(errors="replace"),
-            )
-
-    async def on_radio(self, report: RadioReport) -> None:
-        imei = report.imei
-        device_id = next(
-            (d for d in (f"urn:imei:{imei}", imei) if d in self.registry), f"urn:imei:{imei}"
-        )
-        try:
-            reading = self.intake.health_reading(device_id, report.t_ms, report.values, _now_ms())
-        except UplinkRefused:
-            self.metrics.inc("citysense_edge_unknown_modules_total")
-            if imei not in self.unknown_modules:
-                self.unknown_modules.add(imei)
-                log.warning("module IMEI %s is not in the registry: radio figures dropped", imei)
-            return
-        if reading is None:
-            return
-        try:
-            await self.outbox.add([reading])
-        except RetryableError as exc:
-            log.error("cannot store radio figures of %s: %s", imei, exc)
-            return
-        self.uplink.notify(1)
-
-    # ------------------------------------------------------------------ metrics
-
-    async def gauges(self) -> Mapping[str, Mapping[Labels, float]]:
-        out: dict[str, dict[Labels, float]] = {
-            "citysense_edge_inflight_batches": {(): self.uplink.inflight},
-            "citysense_edge_mqtt_connected": {
-                (): 1.0 if self.link is not None and self.link.connected.is_set() else 0.0
-            },
-        }
-        if self.keys is not None:
-            out["citysense_edge_oscore_contexts_open"] = {(): self.keys.open_contexts}
-            out["citysense_edge_device_keys"] = {
-                (("scheme", scheme),): n for scheme, n in self.keys.schemes().items()
-            }
-            out["citysense_edge_device_auth_optional"] = {(): 0.0 if self.trust.required else 1.0}
-        if self.dtls is not None:
-            out["citysense_edge_dtls_sessions"] = {(): self.dtls.states}
-        try:
-            stats = await self.outbox.stats()
-        except CitysenseError:
-            return out
-        out["citysense_edge_outbox_depth"] = {(): stats.depth}
-        out["citysense_edge_outbox_bytes"] = {(): stats.used_bytes}
-        age = 0.0 if stats.oldest_ms is None else max(0.0, (_now_ms() - stats.oldest_ms) / 1000)
-        out["citysense_edge_outbox_oldest_age_seconds"] = {(): age}
-        out["citysense_edge_next_seq"] = {(): float(await self.outbox.next_seq())}
-        out["citysense_edge_serial_module_up"] = {
-            (("device", dev),): 1.0 if health["state"] == "ready" else 0.0
-            for dev, health in self.serial_health.items()
-        }
-        health_of = self.serial_health.items()
-        out["citysense_edge_serial_module_reconnects"] = {
-            (("device", dev),): h["reconnects"] for dev, h in health_of
-        }
-        out["citysense_edge_serial_module_reboots"] = {
-            (("device", dev),): h["reboots"] for dev, h in health_of
-        }
-        out["citysense_edge_serial_module_garbage_lines"] = {
-            (("device", dev),): h["garbage_lines"] for dev, h in health_of
-        }
-        return out
-
-
-def open_device_keys(
-    settings: Settings, state_dir: Path, metrics: Metrics
-) -> DeviceKeyStore | None:
-    """The device keys of ``--device-keys``, or ``None`` (logged: devices unauthenticated)."""
-    if settings.device_keys is None:
-        if settings.device_auth == "required":
-            raise ConfigError("--device-auth required needs --device-keys FILE")
-        log.warning(
-            "no --device-keys: devices are not authenticated; any peer on the device network "
-            "can send readings for any registered device"
-        )
-        return None
-    try:
-        keys = read_device_keys(settings.device_keys)
-    except InputError as exc:
-        raise ConfigError(f"--device-keys {settings.device_keys}: {exc}") from exc
-
-    def on_oscore_event(device: str, outcome: str) -> None:
-        metrics.inc("citysense_edge_device_uplinks_total", scheme=OSCORE, outcome=outcome)
-
-    store = DeviceKeyStore(keys, state_dir, on_oscore_event=on_oscore_event)
-    counts = ", ".join(f"{n} {scheme}" for scheme, n in sorted(store.schemes().items()))
-    log.info("device keys: %s (%s)", counts or "none", settings.device_keys)
-    if settings.device_auth == "optional":
-        log.warning(
-            "--device-auth optional: devices without a key are accepted unauthenticated "
-            "on plain CoAP"
-        )
-    return store
-
-
-async def _start_coaps(
-    settings: Settings,
-    coap_host: str,
-    context: aiocoap.Context,
-    keys: DeviceKeyStore,
-    metrics: Metrics,
-) -> dtls_compat.DtlsServer:
-    host, port = (
-        parse_hostport(settings.coaps, "--coaps") if settings.coaps else (coap_host, COAPS_PORT)
-    )
-    try:
-        server = await dtls_compat.start_dtls_server(
-            context,
-            (host, port),
-            keys,
-            max_states=settings.dtls_sessions,
-            on_handshake=lambda outcome: metrics.inc(
-                "citysense_edge_dtls_handshakes_total", outcome=outcome
-            ),
-        )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"--coaps {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
-        ) from exc
-    log.info("CoAPS (DTLS 1.2 PSK) on %s:%d", host, port)
-    return server
-
 
 def open_registry(settings: Settings) -> Registry:
     if settings.registry is None:
@@ -493,138 +329,122 @@ def open_registry(settings: Settings) -> Registry:
     return load_registry_option(settings.registry)
 
 
-async def _run_serial(gw: Gateway, item: str) -> None:
-    """Run one serial module, restarting it (with back-off) when it fails."""
-    device, dialect = parse_serial(item)
-    backoff = Backoff(1.0, max(1.0, gw.settings.retry_max_delay))
-    while True:
-        source = SerialSource(device, dialect)
-        gw.serial_health[device] = source.health
-        try:
-            await source.run(gw.on_datagram, gw.on_radio)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.error("serial module on %s failed: %s; restarting with back-off", device, exc)
-        gw.serial_health[device] = new_health("failed")
-        await backoff.sleep()  # before reopening the port
+async def _open_outbox(
+    stack: AsyncExitStack, settings: Settings, state_dir: Path, metrics: Metrics
+) -> SqliteOutbox:
+    outbox = SqliteOutbox(
+        state_dir / "outbox.db",
+        quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
+        policy=settings.outbox_policy,
+        on_evicted=lambda n: metrics.inc("citysense_edge_outbox_evicted_total", n),
+    )
+    await stack.enter_async_context(outbox)
+    return outbox
+
+
+async def _log_start(settings: Settings, gw: Gateway) -> None:
+    log.info(
+        "gateway %s: %d registered devices, outbox %s (policy %s, %g MiB), next seq %d",
+        settings.gateway,
+        len(gw.registry),
+        gw.outbox.path,
+        settings.outbox_policy,
+        settings.outbox_quota_mb,
+        await gw.outbox.next_seq(),
+    )
+    if settings.outbox_policy == EVICT_OLDEST:
+        log.warning("outbox policy evict-oldest: the oldest readings go when the quota is hit")
+
+
+async def _connect_broker(
+    stack: AsyncExitStack, settings: Settings, gw: Gateway, broker: BrokerUrl
+) -> MqttLink:
+    link = MqttLink(
+        broker,
+        settings.gateway,
+        settings.client_id or topics.client_id("edge", settings.gateway),
+        on_message=gw.on_message,
+        on_connected=gw.uplink.on_connected,
+        retry_max_delay=settings.retry_max_delay,
+        max_inflight=settings.max_inflight_batches,
+        metrics=gw.metrics,
+    )
+    gw.link = link
+    await gw.uplink.restore()
+    link.start()
+    stack.push_async_callback(link.stop)
+    # refused credentials or certificates: one line and exit 2, the outbox closed intact
+    await link.watch.settled(MQTT_START_CHECK)
+    stack.push_async_callback(_drain, gw)
+    return link
+
+
+async def _serve_metrics(stack: AsyncExitStack, settings: Settings, gw: Gateway) -> None:
+    metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND
+    if metrics_bind == "off":
+        return
+    host, port = parse_hostport(metrics_bind, "--metrics-bind")
+
+    async def exposition() -> str:
+        return gw.metrics.render(await gateway_gauges(gw))
+
+    server = await prometheus.serve_http(
+        {
+            "/metrics": prometheus.metrics_route(exposition),
+            "/health": health_route(gw.health, gw.observe_broker),
+        },
+        host,
+        port,
+    )
+    stack.push_async_callback(prometheus.close_server, server)
+
+
+async def _start_coap(stack: AsyncExitStack, gw: Gateway, bind: tuple[str, int]) -> None:
+    settings, keys = gw.settings, gw.keys
+    context = await coap_server.open_context(settings, gw.accept, keys, gw.metrics, bind)
+    stack.push_async_callback(_stop_intake, gw, context)
+    if keys is not None and keys.schemes().get(DTLS_PSK):
+        gw.dtls = await coap_server.start_coaps(settings, bind[0], context, keys, gw.metrics)
+    coap_server.tune_context(settings, context, bind)
+
+
+def _relax_gc(stack: AsyncExitStack) -> None:
+    # Long-lived objects (the registry, modules) leave the collector's view, and young
+    # collections run less often: at thousands of uplinks per second the cyclic GC's
+    # passes over every live object otherwise cost a large share of the CPU.
+    # Restored at the end: the process (a test run, the demo) may go on without us.
+    stack.callback(gc.set_threshold, *gc.get_threshold())
+    stack.callback(gc.unfreeze)
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run the gateway until cancelled; ``ready`` is set once it accepts uplinks."""
     registry = open_registry(settings)
-    coap_host, coap_port = claim_coap(settings.coap)  # before anything starts
+    coap_bind = claim_coap(settings.coap)  # before anything starts
     broker = broker_url(settings, topics.DEFAULT_MQTT)
     metrics = Metrics()
     state_dir = Path(settings.state_dir)
     async with AsyncExitStack() as stack:
-        outbox = SqliteOutbox(
-            state_dir / "outbox.db",
-            quota_bytes=int(settings.outbox_quota_mb * 1024 * 1024),
-            policy=settings.outbox_policy,
-            on_evicted=lambda n: metrics.inc("citysense_edge_outbox_evicted_total", n),
-        )
-        await stack.enter_async_context(outbox)
+        outbox = await _open_outbox(stack, settings, state_dir, metrics)
         keys = open_device_keys(settings, state_dir, metrics)
         if keys is not None:
             stack.callback(keys.close)  # after the CoAP context stopped (LIFO)
         gw = Gateway(settings, registry, outbox, metrics, keys)
         await gw.load_commands()
-        log.info(
-            "gateway %s: %d registered devices, outbox %s (policy %s, %g MiB), next seq %d",
-            settings.gateway,
-            len(registry),
-            outbox.path,
-            settings.outbox_policy,
-            settings.outbox_quota_mb,
-            await outbox.next_seq(),
-        )
-        if settings.outbox_policy == EVICT_OLDEST:
-            log.warning("outbox policy evict-oldest: the oldest readings go when the quota is hit")
-
-        link = MqttLink(
-            broker,
-            settings.gateway,
-            settings.client_id or topics.client_id("edge", settings.gateway),
-            on_message=gw.on_message,
-            on_connected=gw.uplink.on_connected,
-            retry_max_delay=settings.retry_max_delay,
-            max_inflight=settings.max_inflight_batches,
-            metrics=metrics,
-        )
-        gw.link = link
-        await gw.uplink.restore()
-        link.start()
-        stack.push_async_callback(link.stop)
-        # refused credentials or certificates: one line and exit 2, the outbox closed intact
-        await link.watch.settled(MQTT_START_CHECK)
-        stack.push_async_callback(_drain, gw)
-
-        metrics_bind = settings.metrics_bind or DEFAULT_METRICS_BIND
-        if metrics_bind != "off":
-            host, port = parse_hostport(metrics_bind, "--metrics-bind")
-
-            async def exposition() -> str:
-                return metrics.render(await gw.gauges())
-
-            server = await prometheus.serve_http(
-                {
-                    "/metrics": prometheus.metrics_route(exposition),
-                    "/health": health_route(gw.health, gw.observe_broker),
-                },
-                host,
-                port,
-            )
-            stack.push_async_callback(prometheus.close_server, server)
-
-        site: aiocoap.interfaces.Resource = coap_site.build_site(
-            gw.accept,
-            settings.max_uplink_bytes,
-            lambda: metrics.inc("citysense_edge_rejected_total", reason="too_large"),
-        )
-        if keys is not None:
-            site = oscore_compat.OscoreSite(site, keys)
-        try:
-            context = await compat_aiocoap.ServerContext.create_server_context(
-                site,
-                bind=(coap_host, coap_port),
-                server_credentials=keys,
-                transports=["udp6", "tcpserver"] if settings.coap_tcp else ["udp6"],
-            )
-        except OSError as exc:
-            raise ConfigError(f"--coap {settings.coap}: {exc.strerror or exc}") from exc
-        stack.push_async_callback(_stop_intake, gw, context)
-        if keys is not None and keys.schemes().get(DTLS_PSK):
-            gw.dtls = await _start_coaps(settings, coap_host, context, keys, metrics)
-        if not compat_aiocoap.LEAN_RENDERING:
-            log.info("aiocoap's rendering internals not found: its own request path is used")
-        if not compat_aiocoap.tune_incoming(context, GatewayTuning(PIGGYBACK_WINDOW, DEDUP_WINDOW)):
-            log.warning("aiocoap's message layer not found: its default CoAP timings apply")
-        exclusive(context)
-        granted = compat_aiocoap.raise_receive_buffer(context, COAP_RCVBUF)
-        log.info(
-            "CoAP on %s:%d (UDP%s; receive buffer %s bytes)",
-            coap_host,
-            coap_port,
-            " and TCP" if settings.coap_tcp else " only",
-            granted,
-        )
-
-        # Long-lived objects (the registry, modules) leave the collector's view, and young
-        # collections run less often: at thousands of uplinks per second the cyclic GC's
-        # passes over every live object otherwise cost a large share of the CPU.
-        # Restored at the end: the process (a test run, the demo) may go on without us.
-        stack.callback(gc.set_threshold, *gc.get_threshold())
-        stack.callback(gc.unfreeze)
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, 50, 100)
+        await _log_start(settings, gw)
+        link = await _connect_broker(stack, settings, gw, broker)
+        await _serve_metrics(stack, settings, gw)
+        await _start_coap(stack, gw, coap_bind)
+        _relax_gc(stack)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(gw.uplink.run(link))
             tg.create_task(gw.expire_commands())
             tg.create_task(watch_link(gw.outbox, link))
             tg.create_task(gw.watch_health())
             for item in settings.serial:
-                tg.create_task(_run_serial(gw, item))
+                tg.create_task(run_serial(gw, item))
             if ready is not None:
                 ready.set()
 
