@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +35,11 @@ from citysense import strictjson
 from citysense.durable import connect_versioned
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
 from citysense.errors import InputError, RetryableError
-from citysense.migrate import Migration, statements
 from citysense.model import Batch, Reading, Value
 from citysense.privatefiles import private_file
-from citysense.topics import Command
 from edge import clock
+from edge.downlink_queue import DownlinkQueue
+from edge.outbox_schema import _CONFLICTS, _INSERT, MIGRATIONS, _conflicts_within
 
 log = logging.getLogger(__name__)
 
@@ -49,82 +49,6 @@ REFUSE = "refuse"
 EVICT_OLDEST = "evict-oldest"
 
 #: outbox.db as citysense 0.1.0 wrote it (no schema version); later steps in MIGRATIONS.
-_SCHEMA_0_1_0 = """
-CREATE TABLE IF NOT EXISTS reading (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    t INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    district TEXT NOT NULL,
-    site TEXT NOT NULL,
-    vals TEXT NOT NULL,
-    received INTEGER NOT NULL,
-    batch INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (device, t)
-);
-CREATE INDEX IF NOT EXISTS reading_batch ON reading (batch, id);
-CREATE TABLE IF NOT EXISTS batch (seq INTEGER PRIMARY KEY, created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS downlink (
-    id TEXT PRIMARY KEY,
-    device TEXT NOT NULL,
-    command TEXT NOT NULL,
-    args TEXT NOT NULL,
-    expires INTEGER NOT NULL,
-    received INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS downlink_device ON downlink (device, received);
-"""
-
-
-def _add_publish_times(db: sqlite3.Connection) -> None:
-    # batch.sent: epoch ms of the batch's last publish; 0: due at once (after an upgrade,
-    # every batch in flight is published again at start)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(batch)")}
-    if "sent" not in columns:  # (a development build may have added it already)
-        db.execute("ALTER TABLE batch ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
-
-
-#: Schema versions of outbox.db (see :mod:`citysense.migrate`); append, never edit.
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "citysense 0.1.0: readings, batches, the seq counter, the downlink queue",
-        (
-            *statements(_SCHEMA_0_1_0),
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 1)",
-        ),
-    ),
-    Migration(2, "the publish time of each batch", apply=_add_publish_times),
-)
-
-# A (device, t) seen again merges its values: an identical repeat changes nothing; a metric
-# not held yet is added and the row leaves the batch it was in (a confirmation of that batch
-# must not delete the new value). A *different* value for a metric already held never gets
-# here: :data:`_CONFLICTS` finds those uplinks first and they are refused as a whole.
-# The whole group goes in as one JSON array through one statement: one sqlite3_step, so the
-# worker thread gives up and takes back the GIL a handful of times per commit instead of
-# twice per row (a convoy with the event loop thread that costs milliseconds each time).
-_INSERT = """
-INSERT INTO reading (device, t, kind, district, site, vals, received)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value -> 5, value ->> 6
-FROM json_each(?) WHERE true
-ON CONFLICT (device, t) DO UPDATE SET
-    batch = CASE WHEN json_patch(vals, excluded.vals) = vals THEN batch ELSE 0 END,
-    vals = json_patch(vals, excluded.vals)
-"""
-
-# The uplinks (index 7 of a row) carrying a value that differs from the one held for the same
-# device, time and metric.
-_CONFLICTS = """
-SELECT DISTINCT g.value ->> 7 FROM json_each(?) AS g
-JOIN reading AS r ON r.device = g.value ->> 0 AND r.t = g.value ->> 1
-WHERE EXISTS (
-    SELECT 1 FROM json_each(g.value -> 5) AS n JOIN json_each(r.vals) AS o ON o.key = n.key
-    WHERE o.value IS NOT n.value OR o.type IS NOT n.type
-)
-"""
-
 #: One reading as it goes into the insert: device, t, kind, district, site, values, received,
 #: index of its uplink in the commit group.
 _Row = tuple[str, int, str, str, str, dict[str, Value], int, int]
@@ -154,31 +78,6 @@ class OutboxFullError(RetryableError):
 
 class OutboxConflictError(InputError):
     """The uplink carries a different value for a (device, metric, time) the outbox holds."""
-
-
-def _conflicts_within(group: Sequence[tuple[Sequence[Reading], object]]) -> set[int]:
-    """Indexes of the uplinks of one commit group that give a (device, metric, time) another
-    value than an earlier uplink of the same group (the database sees the group at once)."""
-    if len(group) < 2:
-        return set()
-    seen: dict[tuple[str, int], tuple[int, dict[str, Value]]] = {}
-    bad: set[int] = set()
-    for i, (readings, _) in enumerate(group):
-        for r in readings:
-            key = (r.device, r.t)
-            held = seen.get(key)
-            if held is None:
-                seen[key] = (i, r.values)
-            elif held[0] != i and _differs(held[1], r.values):
-                bad.add(i)
-    return bad
-
-
-def _differs(held: Mapping[str, Value], new: Mapping[str, Value]) -> bool:
-    return any(
-        name in held and (held[name] != v or type(held[name]) is not type(v))
-        for name, v in new.items()
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,85 +483,3 @@ class SqliteOutbox:
     def downlinks(self) -> DownlinkQueue:
         """The downlink queue, kept in the same database (one connection, one thread)."""
         return self._downlinks
-
-
-class DownlinkQueue:
-    """Pending downlink commands for sleeping devices, durable in the outbox's database."""
-
-    def __init__(self, outbox: SqliteOutbox) -> None:
-        self._outbox = outbox
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await self._outbox._run(fn, *args)
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._outbox._write(fn)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self._outbox.db
-
-    async def queue_command(self, cmd: Command, now_ms: int) -> bool:
-        """Keep ``cmd`` durably until delivery or expiry; ``False`` if it was already queued."""
-        return await self._run(self._queue_command, cmd, now_ms)
-
-    def _queue_command(self, cmd: Command, now_ms: int) -> bool:
-        return self._write(
-            lambda db: (
-                db.execute(
-                    "INSERT OR IGNORE INTO downlink (id, device, command, args, expires, received) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cmd.id, cmd.device, cmd.command, _dumps(cmd.args), cmd.expires, now_ms),
-                ).rowcount
-                == 1
-            )
-        )
-
-    async def take_command(self, device: str, now_ms: int) -> tuple[Command | None, int]:
-        """The oldest unexpired command for ``device`` (removed), and how many remain."""
-        return await self._run(self._take_command, device, now_ms)
-
-    def _take_command(self, device: str, now_ms: int) -> tuple[Command | None, int]:
-        def work(db: sqlite3.Connection) -> tuple[Command | None, int]:
-            row = db.execute(
-                "SELECT id, device, command, args, expires FROM downlink "
-                "WHERE device = ? AND expires > ? ORDER BY received, id LIMIT 1",
-                (device, now_ms),
-            ).fetchone()
-            if row is not None:
-                db.execute("DELETE FROM downlink WHERE id = ?", (row[0],))
-            left = int(
-                db.execute("SELECT count(*) FROM downlink WHERE device = ?", (device,)).fetchone()[
-                    0
-                ]
-            )
-            if row is None:
-                return None, left
-            return Command(row[0], row[1], row[2], json.loads(row[3]), int(row[4])), left
-
-        return self._write(work)
-
-    async def expire_commands(self, now_ms: int) -> list[Command]:
-        """Remove and return every command whose deadline has passed."""
-        return await self._run(self._expire_commands, now_ms)
-
-    def _expire_commands(self, now_ms: int) -> list[Command]:
-        def work(db: sqlite3.Connection) -> list[Command]:
-            rows = db.execute(
-                "SELECT id, device, command, args, expires FROM downlink WHERE expires <= ?",
-                (now_ms,),
-            ).fetchall()
-            if rows:
-                db.execute("DELETE FROM downlink WHERE expires <= ?", (now_ms,))
-            return [Command(r[0], r[1], r[2], json.loads(r[3]), int(r[4])) for r in rows]
-
-        return self._write(work)
-
-    async def command_devices(self) -> dict[str, int]:
-        """Devices with queued commands, and how many each."""
-        return await self._run(
-            lambda: {
-                r[0]: int(r[1])
-                for r in self.db.execute("SELECT device, count(*) FROM downlink GROUP BY device")
-            }
-        )

@@ -19,8 +19,6 @@ MAX_FUNCTION_LINES = 60
 #: "path" (a module's lines) or "path::Qual.name" (a function's lines) -> ceiling in lines.
 ALLOWED: dict[str, int] = {
     # A data table would go here (a function that is one literal); there is none today.
-    # -- still to split: the outbox (readings, batches, downlinks) and the gateway's serve():
-    "edge/outbox.py": 668,
     # aiocoap's OscoreSiteWrapper.render_to_pipe, kept line for line comparable with it:
     "edge/compat/oscore.py::OscoreSite.render_to_pipe": 66,
     # the ingestor's hot loop, one function on purpose (see the comment on it):
