@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from citysense.model import Reading
-from edge.outbox import Command, OutboxConflictError, OutboxFullError, SqliteOutbox
+from citysense.topics import Command
+from edge.outbox import OutboxConflictError, OutboxFullError, SqliteOutbox
 
 NOW = 1_764_000_000_000
 
