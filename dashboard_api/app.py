@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -195,6 +195,34 @@ def create_app(
         )
     if registry is None and settings.registry:
         registry = load_registry_option(settings.registry)
+    app = FastAPI(
+        title="citysense operator API",
+        version=__version__,
+        description="City sensor readings, analytics and device health (INTERFACES.md 7).",
+        lifespan=_lifespan(settings, reader, registry, clock, open_keys=keys.open),
+        dependencies=[Depends(authorize)],
+        # Swagger UI and ReDoc load their scripts from a CDN: not served, the document is.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.keys = keys
+    app.state.limiter = RateLimiter(settings.rate_limit)
+    app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
+    app.state.metrics = RequestMetrics(r for t in ROUTERS for r in t.routes)
+    app.state.alerts_url = settings.alerts
+    _wire(app)
+    return app
+
+
+def _lifespan(
+    settings: Settings,
+    reader: Reader | None,
+    registry: Registry | None,
+    clock: Callable[[], float],
+    *,
+    open_keys: bool,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the reader, the latest-value table, quality and forecast."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,28 +249,18 @@ def create_app(
             if settings.quality_interval > 0:  # 0: evaluated only when /quality is asked
                 for task in start_background(app.state.quality, app.state.forecast):
                     stack.callback(task.cancel)
-            if keys.open:
+            if open_keys:
                 log.warning("no API keys configured: the operator API is open to anyone")
             log.info("operator API reading %s", used.description)
             yield
 
-    app = FastAPI(
-        title="citysense operator API",
-        version=__version__,
-        description="City sensor readings, analytics and device health (INTERFACES.md 7).",
-        lifespan=lifespan,
-        dependencies=[Depends(authorize)],
-        # Swagger UI and ReDoc load their scripts from a CDN: not served, the document is.
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.keys = keys
-    app.state.limiter = RateLimiter(settings.rate_limit)
-    app.state.auth_failures = RateLimiter(FAILED_AUTH_PER_MINUTE)
-    app.state.metrics = RequestMetrics(r for t in ROUTERS for r in t.routes)
+    return lifespan
+
+
+def _wire(app: FastAPI) -> None:
+    """Routers, error handlers and middleware (outermost last)."""
     app.include_router(router)
     app.include_router(alarms_router)
-    app.state.alerts_url = settings.alerts
     app.include_router(quality_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PointLimitError, _limit_error)
@@ -252,4 +270,3 @@ def create_app(
     app.add_middleware(HeadMiddleware)  # innermost: the metrics still see HEAD
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    return app
