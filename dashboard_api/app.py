@@ -34,7 +34,12 @@ from citysense.errors import (
 from citysense.registry import Registry, load_registry_option
 from dashboard_api.alarms import router as alarms_router
 from dashboard_api.auth import FAILED_AUTH_PER_MINUTE, KeyStore, RateLimiter, authorize
-from dashboard_api.latest_cache import LatestCache, keep_latest, open_rollup_reads
+from dashboard_api.latest_cache import (
+    LatestCache,
+    RollupBackedReader,
+    keep_latest,
+    open_rollup_reads,
+)
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.quality import ForecastService, QualityMonitor, start_background
 from dashboard_api.quality_routes import router as quality_router
@@ -232,9 +237,11 @@ def _lifespan(
                 used = await stack.enter_async_context(open_reader(settings))
             rollups = open_rollup_reads(settings, used, clock)
             latest = await stack.enter_async_context(keep_latest(LatestCache(used, clock, rollups)))
-            app.state.quality = QualityMonitor(used, clock, settings.quality_interval or 300.0)
+            # the background readers ask days of hourly means: from the rollups where kept
+            hourly = used if rollups is None else RollupBackedReader(used, rollups)
+            app.state.quality = QualityMonitor(hourly, clock, settings.quality_interval or 300.0)
             app.state.forecast = ForecastService(
-                used, clock, settings.forecast_refresh, settings.timezone
+                hourly, clock, settings.forecast_refresh, settings.timezone
             )
             app.state.context = ApiContext(
                 used,

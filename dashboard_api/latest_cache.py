@@ -4,12 +4,14 @@ reading history.
 * **Prime** at start: one query for the newest value of every metric per device over the last
   7 days (the window ``/devices`` looks at). ``/health`` answers 503 until it is done, so a
   restarted API gives correct answers as soon as it reports healthy.
-* **Refresh** every :data:`REFRESH_S`: the newest values over the last :data:`OVERLAP_MS`
-  (readings that arrive up to 10 minutes after their time), every :data:`WIDE_EVERY_S` over
-  the last 2 hours, and -- for readings delivered hours or days late by a gateway's outbox --
-  over each older hour whose rollup mark changed (the ingestor marks every hour it writes,
-  :mod:`timeseries.rollup`). A value replaces the table's only when it is newer.
-* The same loop refreshes the rollup view's dirty hours (:class:`RollupReads`).
+* **Refresh** every :data:`REFRESH_S`. Where the store keeps rollups, the table follows the
+  ingestor's dirty marks (:mod:`timeseries.rollup`: every write marks each minute it
+  touched): it reads the newest values of just the minutes written since the last refresh,
+  one range per hour -- the current minute in a live city, older hours when an outbox
+  delivers a backlog -- and nothing when nothing was written. Without rollups it reads the
+  last :data:`OVERLAP_MS` (readings arriving up to 10 minutes after their time) and, every
+  :data:`WIDE_EVERY_S`, the last 2 hours. A value replaces the table's only when it is newer.
+* The same loop refreshes the rollup view's marks (:class:`RollupReads`).
 
 Answers for a past ``at`` still go to storage; this table serves "now".
 """
@@ -26,8 +28,8 @@ from dataclasses import dataclass, field
 from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS, METRICS
 from citysense.config import Settings, parse_retention
 from citysense.errors import PermanentError, RetryableError
-from timeseries.query import LatestValue, Reader
-from timeseries.rollup import HOUR, running
+from timeseries.query import LatestValue, Reader, SeriesGroup, SeriesQuery
+from timeseries.rollup import HOUR, MINUTE, running
 from timeseries.rollup_query import RollupReads, open_partials
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,21 @@ async def latest_of_all(
         *(reader.latest(ms, filters, start, end) for ms in BY_DOMAIN.values())
     )
     return [row for rows in answers for row in rows]
+
+
+def written_ranges(fresh: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:
+    """(measurement, start, end) covering the written minutes, one range per hour touched:
+    a live city writes the current minute; an outbox delivering a backlog, a few hours."""
+    out = []
+    for measurement, minutes in fresh.items():
+        if measurement not in BY_DOMAIN:
+            continue
+        hours: dict[int, list[int]] = {}
+        for w in minutes:
+            hours.setdefault(w - w % HOUR, []).append(w)
+        for ws in hours.values():
+            out.append((measurement, min(ws), max(ws) + MINUTE))
+    return out
 
 
 @dataclass(slots=True)
@@ -81,7 +98,7 @@ class LatestCache:
         self.refreshes = 0
         self.errors = 0
         self._wide_at = 0.0
-        self._tokens: dict[tuple[str, int], int] = {}
+        self._again: list[tuple[str, int, int]] = []
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -106,39 +123,32 @@ class LatestCache:
 
     async def prime(self) -> None:
         now = self.now_ms()
+        if self.rollups is not None:  # marks first: what is written during the prime is
+            await self.rollups.refresh()  # fresh at the next refresh, read again then
         await self._read(now - DEFAULT_MAX_AGE_MS, now + MAX_FUTURE_SKEW_MS)
-        if self.rollups is not None:
-            await self.rollups.refresh()
-            self._tokens = self._mark_tokens()
         self.refreshed_ms = now
         self._wide_at = time.monotonic()
         self.ready = True
         log.info("latest-value table primed: %d devices", len(self.devices))
 
-    def _mark_tokens(self) -> dict[tuple[str, int], int]:
-        assert self.rollups is not None
-        return dict(self.rollups.tokens)
-
     async def refresh(self) -> None:
+        """Follow the rollup marks where the store keeps them: read the minutes written since
+        the last refresh (and those of the refresh before: a write's points and its marks
+        land together, this reads them once more after); else read the recent window."""
         now = self.now_ms()
-        wide = time.monotonic() - self._wide_at >= WIDE_EVERY_S
-        since = now - (WIDE_MS if wide else OVERLAP_MS)
-        await self._read(since, now + MAX_FUTURE_SKEW_MS)
-        if wide:
-            self._wide_at = time.monotonic()
         if self.rollups is not None:
             await self.rollups.refresh()
-            tokens = self._mark_tokens()
-            late = sorted(
-                {
-                    w - w % HOUR
-                    for key, tok in tokens.items()
-                    if self._tokens.get(key) != tok and (w := key[1]) < since
-                }
-            )
-            for w in late:  # readings delivered late into an older hour
-                await self._read(w, w + HOUR)
-            self._tokens = tokens
+        if self.rollups is not None and self.rollups.ready:
+            ranges = written_ranges(self.rollups.fresh)
+            for measurement, start, end in sorted(set(ranges) | set(self._again)):
+                self.merge(await self.reader.latest(BY_DOMAIN[measurement], {}, start, end))
+            self._again = ranges
+        else:
+            wide = time.monotonic() - self._wide_at >= WIDE_EVERY_S
+            since = now - (WIDE_MS if wide else OVERLAP_MS)
+            await self._read(since, now + MAX_FUTURE_SKEW_MS)
+            if wide:
+                self._wide_at = time.monotonic()
         self.refreshed_ms = now
         self.refreshes += 1
 
@@ -218,6 +228,44 @@ class LatestCache:
                 f"citysense_api_rollups_available {int(r.ready)}",
             ]
         return out
+
+
+class RollupBackedReader:
+    """A :class:`~timeseries.query.Reader` whose series come from the rollups where they fit
+    (:class:`RollupReads`); everything else is the store's reader. For the API's own
+    background readers (quality checks, forecast history, flagged-reading exclusion): they
+    ask days of hourly means, which the 1-hour rollup answers without reading raw data."""
+
+    def __init__(self, reader: Reader, rollups: RollupReads) -> None:
+        self.reader = reader
+        self.rollups = rollups
+
+    @property
+    def description(self) -> str:
+        return self.reader.description
+
+    async def ping(self) -> None:
+        await self.reader.ping()
+
+    async def latest(
+        self, metrics: tuple[str, ...], filters: Mapping[str, str], start_ms: int, end_ms: int
+    ) -> list[LatestValue]:
+        return await self.reader.latest(metrics, filters, start_ms, end_ms)
+
+    async def series(self, query: SeriesQuery) -> list[SeriesGroup]:
+        return (await self.rollups.series(query))[0]
+
+    async def series_many(self, queries: list[SeriesQuery]) -> list[list[SeriesGroup]]:
+        return [groups for groups, _ in await self.rollups.series_many(queries)]
+
+    async def count_series(self, query: SeriesQuery) -> int:
+        return await self.reader.count_series(query)
+
+    async def tag_values(self, key: str, metric: str, filters: Mapping[str, str]) -> list[str]:
+        return await self.reader.tag_values(key, metric, filters)
+
+    async def aclose(self) -> None:
+        return None  # the reader belongs to the lifespan that opened it
 
 
 def open_rollup_reads(

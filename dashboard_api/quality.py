@@ -236,10 +236,26 @@ class QualityMonitor:
         for r in latest:
             tags.setdefault(r.device, _Tags(r.kind, r.district, r.site))
             last_seen[r.device][r.metric] = r.t
-        found = _raw_findings(answers[: len(raw_q)])
-        found += _neighbour_findings(answers[len(raw_q) :], hour_start, tags)
-        found += _silent_findings(last_seen, tags, now)
+        found = await asyncio.to_thread(
+            _all_findings, answers, len(raw_q), hour_start, tags, last_seen, now
+        )
         return found, tags
+
+
+def _all_findings(
+    answers: list[list[SeriesGroup]],
+    n_raw: int,
+    hour_start: int,
+    tags: dict[str, _Tags],
+    last_seen: dict[str, dict[str, int]],
+    now: int,
+) -> list[tuple[str, q.Finding]]:
+    """Every check over what was read: seconds of numpy work at a city's size, so it runs in
+    a worker thread and the API's event loop keeps answering meanwhile."""
+    found = _raw_findings(answers[:n_raw])
+    found += _neighbour_findings(answers[n_raw:], hour_start, tags)
+    found += _silent_findings(last_seen, tags, now)
+    return found
 
 
 def _raw_findings(answers: list[list[SeriesGroup]]) -> list[tuple[str, q.Finding]]:

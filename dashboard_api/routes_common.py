@@ -23,7 +23,7 @@ from citysense.catalog import (
 from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Registry
 from dashboard_api import models
-from dashboard_api.latest_cache import LatestCache
+from dashboard_api.latest_cache import LatestCache, RollupBackedReader
 from dashboard_api.parameters import (
     parse_time,
 )
@@ -97,6 +97,12 @@ class ApiContext:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def series_reader(self) -> Reader:
+        """The reader whose series come from the rollups where they fit."""
+        return (
+            self.reader if self.rollups is None else RollupBackedReader(self.reader, self.rollups)
+        )
 
 
 def context(request: Request) -> ApiContext:

@@ -76,7 +76,9 @@ async def district_aqi(
                     values[k] = v
             hourly[g.group["district"]][pollutant] = values
     # the same 24 clock hours (its newest bucket: the hour holding ``at``)
-    excluded = await exclude_flagged(ctx.reader, ctx.quality, hourly, hour_end, DAY, district)
+    excluded = await exclude_flagged(
+        ctx.series_reader(), ctx.quality, hourly, hour_end, DAY, district
+    )
     out = []
     for name in sorted(hourly):
         conc = {p: window_means(v) for p, v in hourly[name].items()}

@@ -141,10 +141,10 @@ class InfluxRollupStore:
 
     async def dirty(self, now_ms: int) -> list[Dirty]:
         res = await self._q(";".join(self._view.statements(now_ms)))
-        marks = self._view.update(res, now_ms)
+        self._view.update(res, now_ms)
+        signed = self._view.signed
         return sorted(
-            (Dirty(m, w, tok) for (m, w), tok in marks.items() if tok > 0),
-            key=lambda d: d.window,
+            (Dirty(m, w, signed[(m, w)]) for m, w in self._view.dirty), key=lambda d: d.window
         )
 
     async def _rows(
@@ -225,21 +225,28 @@ def mark_line(name: str, measurement: str, window: int, token: int) -> str:
     return f"{name},measurement={measurement} token={token}i{at} {window}"
 
 
-#: Marks written up to this long before the last read are read again (clock skew between
-#: the hosts writing marks and the reader, in ns).
-MARK_MARGIN_NS = 600 * 10**9
+#: Marks written up to this long before the last read are read again, in ns: a mark's token
+#: is taken just before its write request (bounded by ``--influx-timeout``) and on the
+#: writer's clock, so this covers a slow write plus clock skew between the hosts. Every
+#: read re-reads what was written within it: 2 minutes keeps that small after a backfill.
+MARK_MARGIN_NS = 120 * 10**9
 
 
 class MarkView:
     """InfluxDB's dirty and done marks, kept current by reading only the marks written since
     the last read (plus :data:`MARK_MARGIN_NS`): a refresh costs what changed, not every
-    mark of the last 8 days."""
+    mark of the last 8 days. :attr:`signed` holds every mark's token, negative when its
+    window is clean, and :attr:`dirty` the windows awaiting recompute, both kept up to date
+    key by key."""
 
     def __init__(self) -> None:
         self.marks: dict[tuple[str, int], int] = {}
         self.done: dict[tuple[str, int], int] = {}
+        self.signed: dict[tuple[str, int], int] = {}
+        self.dirty: set[tuple[str, int]] = set()
         self.since: int | None = None
         self._asked = 0
+        self._expired_ms = 0
 
     def statements(self, now_ms: int) -> list[str]:
         self._asked = time.time_ns()
@@ -252,17 +259,35 @@ class MarkView:
             'GROUP BY "measurement"',
         ]
 
-    def update(self, results: list[dict[str, Any]], now_ms: int) -> dict[tuple[str, int], int]:
-        """Fold in the answers to :meth:`statements`; every mark with its token, negative
-        when the window is clean."""
-        self.marks.update(_tokens(results[0]))
-        self.done.update(_tokens(results[1]))
-        oldest = now_ms - DIRTY_LOOKBACK_MS
-        for table in (self.marks, self.done):
-            for key in [k for k in table if k[1] < oldest]:
-                del table[key]
+    def update(self, results: list[dict[str, Any]], now_ms: int) -> set[tuple[str, int]]:
+        """Fold in the answers to :meth:`statements`; the windows whose signed token changed
+        (written, recomputed, or aged out of the look-back)."""
+        new_marks, new_done = _tokens(results[0]), _tokens(results[1])
+        self.marks.update(new_marks)
+        self.done.update(new_done)
+        changed: set[tuple[str, int]] = set()
+        for key in new_marks.keys() | new_done.keys():
+            tok = self.marks.get(key)
+            if tok is None:
+                continue  # done, but its mark is older than the look-back
+            signed = tok if self.done.get(key) != tok else -tok
+            if self.signed.get(key) != signed:
+                self.signed[key] = signed
+                changed.add(key)
+                if signed > 0:
+                    self.dirty.add(key)
+                else:
+                    self.dirty.discard(key)
+        if now_ms - self._expired_ms >= 60_000:  # the look-back moves: once a minute
+            self._expired_ms = now_ms
+            oldest = now_ms - DIRTY_LOOKBACK_MS
+            for table in (self.marks, self.done, self.signed):
+                for key in [k for k in table if k[1] < oldest]:
+                    del table[key]
+                    changed.add(key)
+                    self.dirty.discard(key)
         self.since = self._asked - MARK_MARGIN_NS
-        return {k: tok if self.done.get(k) != tok else -tok for k, tok in self.marks.items()}
+        return changed
 
 
 def _tokens(result: dict[str, Any]) -> dict[tuple[str, int], int]:

@@ -18,16 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-from citysense.errors import InputError, PermanentError, RetryableError
-from timeseries.influxql import InfluxQLReader, _num, quote_ident, time_clause, where_filters
-from timeseries.query import Reader, SeriesGroup, SeriesQuery, check_filters
-from timeseries.rollup import HOUR, MINUTE, ROLLUP_RP, WIDTHS, MarkView
+from citysense.errors import InputError
+from timeseries.influxql import InfluxQLReader
+from timeseries.query import Reader, SeriesGroup, SeriesQuery
+from timeseries.rollup import HOUR, MINUTE, WIDTHS
+from timeseries.rollup_partials import InfluxPartials, PartialReader, Partials, SqlitePartials
 from timeseries.sqlite_query import SqliteReader
-
-#: group value -> bucket start -> partial aggregate
-Partials = dict[str, dict[int, tuple[float, ...]]]
 
 
 class HorizonError(InputError):
@@ -131,206 +129,6 @@ def finish(q: SeriesQuery, merged: Partials) -> list[SeriesGroup]:
     return groups
 
 
-class PartialReader(Protocol):
-    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]: ...
-    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
-        """(measurement, hour) -> token of each hour awaiting recompute (InfluxDB: of every
-        marked hour, with a flag in the token's sign: negative when clean); None while the
-        store keeps no rollups."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-# --------------------------------------------------------------------------- InfluxQL
-
-_ROLLUP_FUNCS = {
-    "mean": (("sum", "sum"), ("sum", "count")),
-    "sum": (("sum", "sum"),),
-    "count": (("sum", "count"),),
-    "min": (("min", "min"),),
-    "max": (("max", "max"),),
-}
-
-
-class InfluxPartials:
-    """Partial aggregates over InfluxQL: raw measurements and ``rollup``.``{domain}_{w}``."""
-
-    def __init__(self, reader: InfluxQLReader) -> None:
-        self.reader = reader
-        self._has_policy = False
-        self._view = MarkView()
-
-    def _statements(self, q: SeriesQuery, source: str) -> list[str]:
-        where, _ = where_filters(q.filters)
-        group = f"time({int(q.every_ms)}ms, {int(q.offset_ms)}ms)"
-        if q.group_by is not None:
-            group += f", {quote_ident(q.group_by)}"
-        span = time_clause(q.start_ms, q.end_ms)
-        tail = f"WHERE {span}{where} GROUP BY {group} fill(none)"
-        f = q.metric
-        if source == "raw":
-            src = quote_ident(q.measurement)
-            if q.agg == "last":
-                return [f"SELECT last({quote_ident(f)}) FROM {src} {tail}"]
-            if q.is_bool:
-                true = f" AND {quote_ident(f)} = true"
-                return [
-                    f"SELECT count({quote_ident(f)}) FROM {src} WHERE {span}{where}{true} "
-                    f"GROUP BY {group} fill(none)",
-                    f"SELECT count({quote_ident(f)}) FROM {src} {tail}",
-                ]
-            funcs = {"mean": ("sum", "count")}.get(q.agg, (q.agg,))
-            cols = ", ".join(f"{fn}({quote_ident(f)})" for fn in funcs)
-            return [f"SELECT {cols} FROM {src} {tail}"]
-        src = f"{quote_ident(ROLLUP_RP)}.{quote_ident(q.measurement + '_' + source)}"
-        if q.agg == "last":
-            return [
-                f"SELECT max({quote_ident(f + '_last_t')}), {quote_ident(f + '_last')} "
-                f"FROM {src} {tail}"
-            ]
-        cols = ", ".join(
-            f"{fn}({quote_ident(f + '_' + comp)})" for fn, comp in _ROLLUP_FUNCS[q.agg]
-        )
-        return [f"SELECT {cols} FROM {src} {tail}"]
-
-    def _parse(self, q: SeriesQuery, source: str, results: list[dict[str, Any]]) -> Partials:
-        out: Partials = {}
-        key = q.group_by
-        bool_raw = source == "raw" and q.is_bool and q.agg != "last"
-        e, o = q.every_ms, q.offset_ms
-        for series in results[-1].get("series", []):
-            g = series.get("tags", {}).get(key, "") if key else ""
-            buckets = out.setdefault(g, {})
-            for row in series.get("values", []):
-                vals = [_num(v) for v in row[1:]]
-                if any(v is None for v in vals):
-                    continue
-                b = (int(row[0]) - o) // e * e + o
-                if source != "raw" and q.agg == "last":
-                    buckets[b] = (vals[1],)  # type: ignore[assignment]
-                else:
-                    buckets[b] = tuple(vals)  # type: ignore[arg-type]
-        if bool_raw:
-            trues: dict[tuple[str, int], float] = {}
-            for series in results[0].get("series", []):
-                g = series.get("tags", {}).get(key, "") if key else ""
-                for row in series.get("values", []):
-                    trues[(g, int(row[0]))] = float(row[1] or 0)
-            for g, buckets in out.items():
-                for b, (total,) in list(buckets.items()):
-                    t = trues.get((g, b), 0.0)
-                    buckets[b] = {
-                        "mean": (t, total),
-                        "sum": (t,),
-                        "count": (total,),
-                        "min": (1.0 if t >= total else 0.0,),
-                        "max": (1.0 if t > 0 else 0.0,),
-                    }[q.agg]
-        return out
-
-    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]:
-        if not items:
-            return []
-        _, params = where_filters(items[0][0].filters)
-        statements = [self._statements(q, src) for q, src in items]
-        flat = [s for group in statements for s in group]
-        results = await self.reader._query(flat, params)
-        out = []
-        k = 0
-        for (q, src), group in zip(items, statements, strict=True):
-            out.append(self._parse(q, src, results[k : k + len(group)]))
-            k += len(group)
-        return out
-
-    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
-        if not self._has_policy:
-            try:
-                res = await self.reader._query(["SHOW RETENTION POLICIES"], {})
-            except PermanentError:  # e.g. a 2.x compatibility endpoint: no rollups there
-                return None
-            policies = {r[0] for s in res[0].get("series", []) for r in s.get("values", [])}
-            if ROLLUP_RP not in policies:
-                return None  # no rollups kept (yet)
-            self._has_policy = True
-        res = await self.reader._query(self._view.statements(now_ms), {})
-        return self._view.update(res, now_ms)
-
-    async def aclose(self) -> None:
-        return None
-
-
-# --------------------------------------------------------------------------- embedded store
-
-_SQL_RAW = {
-    "mean": "SUM(value), COUNT(*)",
-    "sum": "SUM(value)",
-    "count": "COUNT(*)",
-    "min": "MIN(value)",
-    "max": "MAX(value)",
-    "last": "value, MAX(t)",
-}
-_SQL_ROLLUP = {
-    "mean": "SUM(sum), SUM(count)",
-    "sum": "SUM(sum)",
-    "count": "SUM(count)",
-    "min": "MIN(min)",
-    "max": "MAX(max)",
-    "last": "last, MAX(last_t)",
-}
-
-
-class SqlitePartials:
-    """Partial aggregates over the embedded store's ``samples`` and ``rollup_*`` tables."""
-
-    def __init__(self, reader: SqliteReader) -> None:
-        self.reader = reader
-
-    def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
-        try:
-            return self.reader._run(sql, args)
-        except RetryableError as exc:
-            if "no such table" in str(exc):
-                return []  # no rollups in this store (yet)
-            raise
-
-    def _one(self, q: SeriesQuery, source: str) -> Partials:
-        checked = check_filters(q.filters)
-        where = "".join(f" AND {k} = ?" for k in checked)
-        group = q.group_by if q.group_by is not None else "''"
-        table = "samples" if source == "raw" else f"rollup_{source}"
-        cols = (_SQL_RAW if source == "raw" else _SQL_ROLLUP)[q.agg]
-        sql = (
-            f"SELECT {group} AS g, ((t - ?) / ?) * ? + ? AS b, {cols} FROM {table} "
-            f"WHERE metric = ? AND t >= ? AND t < ?{where} GROUP BY g, b"
-        )
-        e, o = q.every_ms, q.offset_ms
-        rows = self._run(sql, [o, e, e, o, q.metric, q.start_ms, q.end_ms, *checked.values()])
-        out: Partials = {}
-        n = 2 if q.agg == "mean" else 1
-        for row in rows:
-            out.setdefault(str(row[0]), {})[int(row[1])] = tuple(float(v) for v in row[2 : 2 + n])
-        return out
-
-    async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]:
-        def run() -> list[Partials]:
-            return [self._one(q, src) for q, src in items]
-
-        return await asyncio.to_thread(run)
-
-    async def dirty_marks(self, now_ms: int) -> dict[tuple[str, int], int] | None:
-        def run() -> dict[tuple[str, int], int] | None:
-            if not self._run("SELECT 1 FROM rollup_meta WHERE key = 'backfilled'", []):
-                return None
-            rows = self._run("SELECT measurement, window, token FROM rollup_dirty", [])
-            return {(str(m), int(w)): int(tok) for m, w, tok in rows}
-
-        return await asyncio.to_thread(run)
-
-    async def aclose(self) -> None:
-        return None  # the reader's connection is the reader's
-
-
 # --------------------------------------------------------------------------- the reads
 
 
@@ -349,38 +147,67 @@ class RollupReads:
 
     #: 1-hour segments' partials, reused while none of their hours changed
     cache: OrderedDict[tuple[Any, ...], tuple[int, Partials]] = field(default_factory=OrderedDict)
-    #: measurement -> hour -> the refresh in which its mark last changed
+    #: measurement -> hour -> the refresh in which a mark of one of its minutes last changed
     changed: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: measurement -> minutes written since the refresh before the last one
+    fresh: dict[str, set[int]] = field(default_factory=dict)
+    _pruned_ms: int = 0
     version: int = 0
     cache_hits: int = 0
     cache_size: int = 512
 
     async def refresh(self) -> None:
+        """Fold in the marks changed since the last refresh: the dirty minutes, the hours
+        whose cached partials are stale, and :attr:`fresh` (minutes with new writes)."""
         now = int(self.clock() * 1000)
-        marks = await self.partial.dirty_marks(now)
-        dirty: dict[str, set[int]] = {}
-        for (m, w), tok in (marks or {}).items():
-            if tok > 0:
-                dirty.setdefault(m, set()).add(w)
-        new = marks or {}
+        got = await self.partial.dirty_marks(now)
+        marks, changed = got if got is not None else ({}, set(self.tokens))
         self.version += 1
-        for key in set(new.items()) ^ set(self.tokens.items()):
-            (m, w), _ = key
-            self.changed.setdefault(m, {})[w] = self.version
-        self.dirty, self.tokens = dirty, new
+        fresh: dict[str, set[int]] = {}
+        for key in changed:
+            m, w = key
+            self.changed.setdefault(m, {})[w - w % HOUR] = self.version
+            old, new = self.tokens.get(key), marks.get(key)
+            dirty = self.dirty.setdefault(m, set())
+            if new is None:
+                self.tokens.pop(key, None)
+                dirty.discard(w)
+                continue
+            self.tokens[key] = new
+            if new > 0:
+                dirty.add(w)
+            else:
+                dirty.discard(w)
+            if old is None or abs(old) != abs(new):
+                fresh.setdefault(m, set()).add(w)
+        self.fresh = fresh
+        if now - self._pruned_ms >= HOUR:  # hours out of every look-back: forget them
+            self._pruned_ms = now
+            oldest = now - 9 * 24 * HOUR
+            for hours in self.changed.values():
+                for h in [h for h in hours if h < oldest]:
+                    del hours[h]
+            self.cache.clear()
         self.refreshed_ms = now
-        self.ready = marks is not None
+        self.ready = got is not None
 
     def horizon(self, now_ms: int) -> int:
         return now_ms - self.raw_horizon_ms
+
+    def _changed_after(self, q: SeriesQuery, version: int) -> bool:
+        """Whether an hour of ``q``'s range changed after ``version``."""
+        changed = self.changed.get(q.measurement, {})
+        first = q.start_ms - q.start_ms % HOUR
+        if (q.end_ms - first) // HOUR < len(changed):
+            return any(changed.get(h, 0) > version for h in range(first, q.end_ms, HOUR))
+        return any(v > version and first <= h < q.end_ms for h, v in changed.items())
 
     def _cached(self, key: tuple[Any, ...], q: SeriesQuery) -> Partials | None:
         entry = self.cache.get(key)
         if entry is None:
             return None
         version, parts = entry
-        changed = self.changed.get(q.measurement, {})
-        if any(v > version and q.start_ms <= w < q.end_ms for w, v in changed.items()):
+        if self._changed_after(q, version):
             del self.cache[key]
             return None
         self.cache.move_to_end(key)
