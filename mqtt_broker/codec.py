@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from citysense.bytecursor import ByteCursor
 from mqtt_broker.constants import (
     CONNACK,
     DISCONNECT,
@@ -38,34 +39,22 @@ log = logging.getLogger("mqtt_broker")
 # --------------------------------------------------------------------------- codec
 
 
-class Reader:
+class Reader(ByteCursor):
     """Reads MQTT data types from one packet body; running short is a malformed packet."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ()
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def _take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise ProtocolError(MALFORMED_PACKET, "packet ends in the middle of a field")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
+    def short(self) -> Exception:
+        return ProtocolError(MALFORMED_PACKET, "packet ends in the middle of a field")
 
     def byte(self) -> int:
-        return self._take(1)[0]
+        return self.take(1)[0]
 
     def u16(self) -> int:
-        return int.from_bytes(self._take(2), "big")
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
-        return int.from_bytes(self._take(4), "big")
+        return int.from_bytes(self.take(4), "big")
 
     def varint(self) -> int:
         value = 0
@@ -77,7 +66,7 @@ class Reader:
         raise ProtocolError(MALFORMED_PACKET, "variable byte integer longer than 4 bytes")
 
     def binary(self) -> bytes:
-        return self._take(self.u16())
+        return self.take(self.u16())
 
     def utf8(self) -> str:
         raw = self.binary()
