@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from citysense.bytecursor import ByteCursor
@@ -24,6 +24,7 @@ from mqtt_broker.constants import (
     SUCCESS,
     T_BINARY,
     T_BYTE,
+    T_PAIR,
     T_U16,
     T_U32,
     T_UTF8,
@@ -98,21 +99,7 @@ class Reader(ByteCursor):
                 raise ProtocolError(
                     PROTOCOL_ERROR, f"property 0x{ident:02x} not allowed in {where}"
                 )
-            value: Any
-            if kind == T_BYTE:
-                value = self.byte()
-            elif kind == T_U16:
-                value = self.u16()
-            elif kind == T_U32:
-                value = self.u32()
-            elif kind == T_VARINT:
-                value = self.varint()
-            elif kind == T_UTF8:
-                value = self.utf8()
-            elif kind == T_BINARY:
-                value = self.binary()
-            else:
-                value = (self.utf8(), self.utf8())
+            value = _READ_PROPERTY[kind](self)
             if ident in REPEATABLE:
                 props.setdefault(ident, []).append(value)
             elif ident in props:
@@ -122,6 +109,18 @@ class Reader(ByteCursor):
         if self.pos != end:
             raise ProtocolError(MALFORMED_PACKET, f"{where} properties have a bad length")
         return props
+
+
+#: property type -> how its value is read
+_READ_PROPERTY: Mapping[int, Callable[[Reader], Any]] = {
+    T_BYTE: Reader.byte,
+    T_U16: Reader.u16,
+    T_U32: Reader.u32,
+    T_VARINT: Reader.varint,
+    T_UTF8: Reader.utf8,
+    T_BINARY: Reader.binary,
+    T_PAIR: lambda r: (r.utf8(), r.utf8()),
+}
 
 
 def encode_varint(n: int) -> bytes:
@@ -150,6 +149,18 @@ def _str(s: str) -> bytes:
     return _bin(s.encode("utf-8"))
 
 
+#: property type -> how its value is written
+_WRITE_PROPERTY: Mapping[int, Callable[[Any], bytes]] = {
+    T_BYTE: lambda v: bytes((v,)),
+    T_U16: _u16,
+    T_U32: lambda v: v.to_bytes(4, "big"),
+    T_VARINT: encode_varint,
+    T_UTF8: _str,
+    T_BINARY: _bin,
+    T_PAIR: lambda v: _str(v[0]) + _str(v[1]),
+}
+
+
 def encode_properties(props: Mapping[int, Any]) -> bytes:
     out = bytearray()
     for ident, value in props.items():
@@ -157,20 +168,7 @@ def encode_properties(props: Mapping[int, Any]) -> bytes:
         values = value if ident in REPEATABLE else [value]
         for v in values:
             out += encode_varint(ident)
-            if kind == T_BYTE:
-                out.append(v)
-            elif kind == T_U16:
-                out += _u16(v)
-            elif kind == T_U32:
-                out += v.to_bytes(4, "big")
-            elif kind == T_VARINT:
-                out += encode_varint(v)
-            elif kind == T_UTF8:
-                out += _str(v)
-            elif kind == T_BINARY:
-                out += _bin(v)
-            else:
-                out += _str(v[0]) + _str(v[1])
+            out += _WRITE_PROPERTY[kind](v)
     return encode_varint(len(out)) + bytes(out)
 
 
