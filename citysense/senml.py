@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import cbor2
 
+from citysense.bytecursor import ByteCursor
 from citysense.errors import SenmlError
 from citysense.strictjson import reject_constant
 
@@ -217,43 +218,34 @@ def _read_json(payload: bytes, limits: SenmlLimits) -> list[dict[str, object]]:
     return data
 
 
-class _CborReader:
+class _CborReader(ByteCursor):
     """An iterative reader for SenML's CBOR shape: array of maps of scalars."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ()
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def _take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise SenmlError("truncated CBOR", "malformed")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
+    def short(self) -> Exception:
+        return SenmlError("truncated CBOR", "malformed")
 
     def head(self) -> tuple[int, int, int | None]:
         """(major type, additional info, argument); argument ``None`` means indefinite."""
-        initial = self._take(1)[0]
+        initial = self.take(1)[0]
         major, info = initial >> 5, initial & 0x1F
         if info < 24:
             return major, info, info
         if info == 24:
-            return major, info, self._take(1)[0]
+            return major, info, self.take(1)[0]
         if info == 25:
-            return major, info, int.from_bytes(self._take(2), "big")
+            return major, info, int.from_bytes(self.take(2), "big")
         if info == 26:
-            return major, info, int.from_bytes(self._take(4), "big")
+            return major, info, int.from_bytes(self.take(4), "big")
         if info == 27:
-            return major, info, int.from_bytes(self._take(8), "big")
+            return major, info, int.from_bytes(self.take(8), "big")
         if info == 31 and major in (2, 3, 4, 5, 7):
             return major, info, None
         raise SenmlError(f"invalid CBOR additional information {info}", "malformed")
 
     def at_break(self) -> bool:
-        if self.pos >= len(self.data):
+        if self.at_end():
             raise SenmlError("indefinite-length CBOR item without a break", "malformed")
         if self.data[self.pos] == 0xFF:
             self.pos += 1
@@ -273,7 +265,7 @@ class _CborReader:
                 raise SenmlError("indefinite-length CBOR strings are not supported", "malformed")
             if arg > limits.max_value_string:
                 raise SenmlError(f"CBOR string of {arg} bytes is too long", "too_large")
-            raw = self._take(arg)
+            raw = self.take(arg)
             if major == 2:
                 return raw
             try:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from firmware_bridge.at import split_fields
@@ -134,33 +134,9 @@ def _after_colon(lines: Iterable[str], prefix: str) -> list[str] | None:
     return None
 
 
-def parse_qeng(lines: Iterable[str]) -> RadioFigures:
-    """BC66 ``+QENG: 0,earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,sinr,band,"tac",ecl,tx,mode``:
-    whole dBm/dB, tx power empty or 128/-128 when unknown, ECL 255 unknown."""
-    f = _after_colon(lines, "+QENG")
-    if f is None or len(f) < 12 or f[0] != "0":
-        return RadioFigures()
-    return RadioFigures(
-        earfcn=_int(f[1]),
-        pci=_int(f[3]),
-        cell_id=_int(f[4], 16),
-        rsrp=_plain(f[5]),
-        rsrq=_plain(f[6]),
-        rssi=_plain(f[7]),
-        snr=_plain(f[8]),
-        band=_int(f[9]),
-        tac=_int(f[10], 16),
-        ecl=_ecl(f[11]),
-        tx_power=_dbm(f[12]) if len(f) > 12 else None,
-    )
-
-
-def parse_ceng(lines: Iterable[str]) -> RadioFigures:
-    """SIM7020 ``+CENG: earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl,tx,…``:
-    dBm/dB, tx power in centi-dBm."""
-    f = _after_colon(lines, "+CENG")
-    if f is None or len(f) < 11:
-        return RadioFigures()
+def _serving_cell(f: list[str], tx_power: Callable[[str], float | None]) -> RadioFigures:
+    """The engineering-mode fields from ``earfcn`` on, laid out alike by ``+CENG`` and
+    ``+QENG``: ``earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl[,tx]``."""
     return RadioFigures(
         earfcn=_int(f[0]),
         pci=_int(f[2]),
@@ -172,8 +148,26 @@ def parse_ceng(lines: Iterable[str]) -> RadioFigures:
         band=_int(f[8]),
         tac=_int(f[9], 16),
         ecl=_ecl(f[10]),
-        tx_power=_hundredths(f[11]) if len(f) > 11 else None,
+        tx_power=tx_power(f[11]) if len(f) > 11 else None,
     )
+
+
+def parse_qeng(lines: Iterable[str]) -> RadioFigures:
+    """BC66 ``+QENG: 0,earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,sinr,band,"tac",ecl,tx,mode``:
+    whole dBm/dB, tx power empty or 128/-128 when unknown, ECL 255 unknown."""
+    f = _after_colon(lines, "+QENG")
+    if f is None or len(f) < 12 or f[0] != "0":
+        return RadioFigures()
+    return _serving_cell(f[1:], _dbm)
+
+
+def parse_ceng(lines: Iterable[str]) -> RadioFigures:
+    """SIM7020 ``+CENG: earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl,tx,…``:
+    dBm/dB, tx power in centi-dBm."""
+    f = _after_colon(lines, "+CENG")
+    if f is None or len(f) < 11:
+        return RadioFigures()
+    return _serving_cell(f, _hundredths)
 
 
 RADIO_PARSERS = {"nuestats": parse_nuestats, "ceng": parse_ceng, "qeng": parse_qeng}

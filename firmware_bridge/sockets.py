@@ -1,14 +1,16 @@
-"""The UDP socket operations of :class:`~firmware_bridge.driver.ModuleDriver`, driven by the
-dialect table: open (by answer or by URC, binding or fixing the peer), read, push-URC decoding,
-send (reopening where the dialect fixes the peer at open), and the retry of "busy" answers."""
+"""The UDP socket operations of :class:`~firmware_bridge.driver.ModuleDriver` over its
+:class:`~firmware_bridge.channel.AtChannel`, driven by the dialect table: open (by answer or
+by URC, binding or fixing the peer), read, push-URC decoding, send (reopening where the dialect
+fixes the peer at open), and the retry of "busy" answers."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from firmware_bridge.at import Response, Urc
+from firmware_bridge.channel import AtChannel
 from firmware_bridge.dialects import Dialect
 from firmware_bridge.errors import (
     ANY_PEER,
@@ -20,55 +22,21 @@ from firmware_bridge.errors import (
     ModuleError,
     Received,
 )
+from firmware_bridge.transport import ByteStream
 
 
-class _Commands(Protocol):
-    """The part of the driver the socket operations use."""
+class SocketOps(AtChannel):
+    """The socket operations over the channel (:class:`~firmware_bridge.driver.ModuleDriver`
+    adds the module operations)."""
 
-    dialect: Dialect
-    timings: DriverTimings
-    counters: dict[str, int]
-    _sockets: dict[int, tuple[int, tuple[str, int]]]
+    def __init__(
+        self, stream: ByteStream, dialect: Dialect, timings: DriverTimings | None = None
+    ) -> None:
+        super().__init__(stream, dialect, timings)
+        #: open sockets: id -> (local port, remote address fixed at open)
+        self._sockets: dict[int, tuple[int, tuple[str, int]]] = {}
 
-    async def command(
-        self,
-        command: str,
-        within: float | None = None,
-        *,
-        await_send_result: bool = False,
-        expect_reboot: bool = False,
-        data: bytes | None = None,
-        recover: bool = True,
-    ) -> Response: ...
-
-    async def ok(
-        self, command: str, within: float | None = None, *, retries: int = 2
-    ) -> tuple[str, ...]: ...
-
-    async def wait_urc(self, pattern: re.Pattern[str], within: float) -> Urc: ...
-
-    async def open_socket(self, port: int, peer: tuple[str, int] = ANY_PEER) -> int: ...
-
-    async def _open_by_urc(self, port: int, peer: tuple[str, int]) -> int: ...
-
-    async def _open_by_answer(self, port: int) -> int: ...
-
-    def parse_read_line(self, line: str) -> tuple[Received, int] | None: ...
-
-    async def _busy_retried(
-        self,
-        command: str,
-        within: float | None = None,
-        *,
-        await_send_result: bool = False,
-        recover: bool = True,
-    ) -> Response: ...
-
-
-class SocketOps:
-    """Mixed into :class:`~firmware_bridge.driver.ModuleDriver`."""
-
-    async def open_socket(self: _Commands, port: int, peer: tuple[str, int] = ANY_PEER) -> int:
+    async def open_socket(self, port: int, peer: tuple[str, int] = ANY_PEER) -> int:
         """Close stale sockets, open a UDP socket on local ``port``; its id.
 
         ``peer``: the remote address of dialects that fix it at open (BC66 ``"UDP"``).
@@ -86,7 +54,7 @@ class SocketOps:
         self._sockets[sock] = (port, peer)
         return sock
 
-    async def _open_by_urc(self: _Commands, port: int, peer: tuple[str, int]) -> int:
+    async def _open_by_urc(self, port: int, peer: tuple[str, int]) -> int:
         d = self.dialect
         waiter = asyncio.ensure_future(self.wait_urc(d.open_socket_re, self.timings.socket_open))
         try:
@@ -103,7 +71,7 @@ class SocketOps:
             raise ModuleError(f"socket open failed: {urc.line}")
         return int(m.group("sock"))
 
-    async def _open_by_answer(self: _Commands, port: int) -> int:
+    async def _open_by_answer(self, port: int) -> int:
         d = self.dialect
         # not retried: a second open after a lost answer would leave two sockets
         lines = await self.ok(d.open_socket.format(port=port), retries=0)
@@ -116,18 +84,18 @@ class SocketOps:
                 return sock
         raise ModuleError(f"no socket id in {lines!r}")
 
-    async def close_socket(self: _Commands, sock: int) -> None:
+    async def close_socket(self, sock: int) -> None:
         await self.command(self.dialect.close_socket.format(sock=sock))
 
     async def read_datagram(
-        self: _Commands, sock: int, limit: int | None = None
+        self, sock: int, limit: int | None = None
     ) -> tuple[list[Received], int]:
         """One read (``read`` dialects): the datagrams in the answer and the bytes remaining."""
         d = self.dialect
         assert d.read is not None and d.read_re is not None
         command = d.read.format(sock=sock, max=limit or d.max_datagram)
         try:
-            lines = (await self._busy_retried(command, recover=False)).lines
+            lines = (await self._busy_retried(partial(self.command, command, recover=False))).lines
         except (CommandTimeoutError, CommandError) as exc:
             # the data line may have come through although its final result did not
             lines = exc.lines
@@ -142,7 +110,7 @@ class SocketOps:
                 remaining = got[1]
         return out, remaining
 
-    def parse_read_line(self: _Commands, line: str) -> tuple[Received, int] | None:
+    def parse_read_line(self, line: str) -> tuple[Received, int] | None:
         """A read-response line -> (datagram, remaining), or ``None`` if it is not one."""
         read_re = self.dialect.read_re
         m = read_re.fullmatch(line) if read_re is not None else None
@@ -155,7 +123,7 @@ class SocketOps:
         payload = bytes.fromhex(hexdata)
         return Received(payload, f"{m.group('ip')}:{m.group('port')}"), int(m.group("remaining"))
 
-    def datagram_of(self: _Commands, urc: Urc) -> Received | None:
+    def datagram_of(self, urc: Urc) -> Received | None:
         """The datagram a push URC carries (``hex``/``raw`` dialects), or ``None``."""
         d = self.dialect
         if d.downlink_urc is not None:
@@ -182,10 +150,10 @@ class SocketOps:
             return Received(urc.payload, "unknown")
         return None
 
-    def is_data_announcement(self: _Commands, urc: Urc) -> bool:
+    def is_data_announcement(self, urc: Urc) -> bool:
         return self.dialect.recv_mode == "read" and bool(self.dialect.data_urc.match(urc.line))
 
-    async def send_datagram(self: _Commands, sock: int, remote: str, payload: bytes) -> int:
+    async def send_datagram(self, sock: int, remote: str, payload: bytes) -> int:
         """Send one datagram to ``remote`` (``ip:port``); the socket id it went through
         (a dialect that fixes the peer at open reopens its socket for a new peer)."""
         d = self.dialect
@@ -200,33 +168,23 @@ class SocketOps:
         if d.send_connect is not None:
             await self.command(d.send_connect.format(sock=sock, ip=ip, port=port))
         command = d.send.format(sock=sock, ip=ip, port=port, len=length, hex=hexdata)
+        within = self.timings.command if not d.send_result else self.timings.socket_open
         await self._busy_retried(
-            command,
-            self.timings.command if not d.send_result else self.timings.socket_open,
-            await_send_result=d.send_result,
+            partial(self.command, command, within, await_send_result=d.send_result)
         )
         return sock
 
-    async def _busy_retried(
-        self: _Commands,
-        command: str,
-        within: float | None = None,
-        *,
-        await_send_result: bool = False,
-        recover: bool = True,
-    ) -> Response:
-        """``command``, again after a short pause while the module answers it is busy
-        (``retry_codes``: BC95 ``+CME ERROR: 159/536/537``)."""
-        for attempt in range(BUSY_RETRIES + 1):
+    async def _busy_retried(self, attempt: Callable[[], Awaitable[Response]]) -> Response:
+        """``attempt()`` (one command), again after a short pause while the module answers it
+        is busy (``retry_codes``: BC95 ``+CME ERROR: 159/536/537``)."""
+        for n in range(BUSY_RETRIES + 1):
             try:
-                return await self.command(
-                    command, within, await_send_result=await_send_result, recover=recover
-                )
+                return await attempt()
             except CommandError as exc:
                 # lines that came with the error (a late datagram line) go to the caller
                 retry = exc.code in self.dialect.retry_codes and not exc.lines
-                if not retry or attempt == BUSY_RETRIES:
+                if not retry or n == BUSY_RETRIES:
                     raise
                 self.counters["busy"] += 1
-                await asyncio.sleep(BUSY_PAUSE * (attempt + 1))
+                await asyncio.sleep(BUSY_PAUSE * (n + 1))
         raise AssertionError("unreachable")

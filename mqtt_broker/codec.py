@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from citysense.bytecursor import ByteCursor
 from mqtt_broker.constants import (
     CONNACK,
     DISCONNECT,
@@ -23,6 +24,7 @@ from mqtt_broker.constants import (
     SUCCESS,
     T_BINARY,
     T_BYTE,
+    T_PAIR,
     T_U16,
     T_U32,
     T_UTF8,
@@ -38,34 +40,22 @@ log = logging.getLogger("mqtt_broker")
 # --------------------------------------------------------------------------- codec
 
 
-class Reader:
+class Reader(ByteCursor):
     """Reads MQTT data types from one packet body; running short is a malformed packet."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ()
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def _take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise ProtocolError(MALFORMED_PACKET, "packet ends in the middle of a field")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
+    def short(self) -> Exception:
+        return ProtocolError(MALFORMED_PACKET, "packet ends in the middle of a field")
 
     def byte(self) -> int:
-        return self._take(1)[0]
+        return self.take(1)[0]
 
     def u16(self) -> int:
-        return int.from_bytes(self._take(2), "big")
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
-        return int.from_bytes(self._take(4), "big")
+        return int.from_bytes(self.take(4), "big")
 
     def varint(self) -> int:
         value = 0
@@ -77,7 +67,7 @@ class Reader:
         raise ProtocolError(MALFORMED_PACKET, "variable byte integer longer than 4 bytes")
 
     def binary(self) -> bytes:
-        return self._take(self.u16())
+        return self.take(self.u16())
 
     def utf8(self) -> str:
         raw = self.binary()
@@ -109,21 +99,7 @@ class Reader:
                 raise ProtocolError(
                     PROTOCOL_ERROR, f"property 0x{ident:02x} not allowed in {where}"
                 )
-            value: Any
-            if kind == T_BYTE:
-                value = self.byte()
-            elif kind == T_U16:
-                value = self.u16()
-            elif kind == T_U32:
-                value = self.u32()
-            elif kind == T_VARINT:
-                value = self.varint()
-            elif kind == T_UTF8:
-                value = self.utf8()
-            elif kind == T_BINARY:
-                value = self.binary()
-            else:
-                value = (self.utf8(), self.utf8())
+            value = _READ_PROPERTY[kind](self)
             if ident in REPEATABLE:
                 props.setdefault(ident, []).append(value)
             elif ident in props:
@@ -133,6 +109,18 @@ class Reader:
         if self.pos != end:
             raise ProtocolError(MALFORMED_PACKET, f"{where} properties have a bad length")
         return props
+
+
+#: property type -> how its value is read
+_READ_PROPERTY: Mapping[int, Callable[[Reader], Any]] = {
+    T_BYTE: Reader.byte,
+    T_U16: Reader.u16,
+    T_U32: Reader.u32,
+    T_VARINT: Reader.varint,
+    T_UTF8: Reader.utf8,
+    T_BINARY: Reader.binary,
+    T_PAIR: lambda r: (r.utf8(), r.utf8()),
+}
 
 
 def encode_varint(n: int) -> bytes:
@@ -161,6 +149,18 @@ def _str(s: str) -> bytes:
     return _bin(s.encode("utf-8"))
 
 
+#: property type -> how its value is written
+_WRITE_PROPERTY: Mapping[int, Callable[[Any], bytes]] = {
+    T_BYTE: lambda v: bytes((v,)),
+    T_U16: _u16,
+    T_U32: lambda v: v.to_bytes(4, "big"),
+    T_VARINT: encode_varint,
+    T_UTF8: _str,
+    T_BINARY: _bin,
+    T_PAIR: lambda v: _str(v[0]) + _str(v[1]),
+}
+
+
 def encode_properties(props: Mapping[int, Any]) -> bytes:
     out = bytearray()
     for ident, value in props.items():
@@ -168,20 +168,7 @@ def encode_properties(props: Mapping[int, Any]) -> bytes:
         values = value if ident in REPEATABLE else [value]
         for v in values:
             out += encode_varint(ident)
-            if kind == T_BYTE:
-                out.append(v)
-            elif kind == T_U16:
-                out += _u16(v)
-            elif kind == T_U32:
-                out += v.to_bytes(4, "big")
-            elif kind == T_VARINT:
-                out += encode_varint(v)
-            elif kind == T_UTF8:
-                out += _str(v)
-            elif kind == T_BINARY:
-                out += _bin(v)
-            else:
-                out += _str(v[0]) + _str(v[1])
+            out += _WRITE_PROPERTY[kind](v)
     return encode_varint(len(out)) + bytes(out)
 
 

@@ -47,7 +47,6 @@ from mqtt_broker.session import (
     Connection,
     Delivery,
     Message,
-    Session,
     SharedGroup,
     Subscription,
     WarningThrottle,
@@ -71,12 +70,12 @@ class BrokerCore(Connector):
         self.config = config or BrokerConfig()
         self.clock = clock
         self.stats = BrokerStats()
-        self.sessions: dict[str, Session] = {}
-        self.groups: dict[tuple[str, str], SharedGroup] = {}
-        self.retained: dict[str, Message] = {}
+        # typed where the routing declares them (Router)
+        self.sessions = {}
+        self.groups = {}
+        self.retained = {}
         self.connections: set[Connection] = set()
-        #: client id -> (when, Will) of Wills waiting out their Will Delay Interval
-        self.delayed_wills: dict[str, tuple[float, Message]] = {}
+        self.delayed_wills = {}
         self._drops_logged = 0
         self.warnings = WarningThrottle(clock, self.config.warning_interval)
 

@@ -38,6 +38,7 @@ class Router:
     sessions: dict[str, Session]
     groups: dict[tuple[str, str], SharedGroup]
     retained: dict[str, Message]
+    #: client id -> (when, Will) of Wills waiting out their Will Delay Interval
     delayed_wills: dict[str, tuple[float, Message]]
 
     def _message(

@@ -27,7 +27,7 @@ explicit episodes (``explicit=``) add faults at chosen devices and times, for te
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +98,34 @@ class _Windowed:
     start: IntArray
     end: IntArray
     pick: FloatArray  #: uniform draw choosing the metric / size
+
+
+@dataclass(frozen=True, slots=True)
+class _Reports:
+    """The reports :meth:`SensorFaults.apply` changes: devices of ``kind`` (``idx``, ``salt``)
+    at times ``t``, all of one shape."""
+
+    model: CityModel
+    kind: str
+    idx: IntArray
+    salt: UIntArray
+    t: IntArray
+
+    def hold(
+        self,
+        mask: BoolArray,
+        start: IntArray,
+        metric: str,
+        values: dict[str, Column],
+        how: Callable[[FloatArray, FloatArray], FloatArray],
+    ) -> None:
+        """Where ``mask`` holds, ``metric`` becomes ``how(value at start, value now)``."""
+        cells = np.nonzero(mask)
+        i = self.idx[cells]
+        held = _KIND_MODELS[self.kind](self.model, i, self.salt[cells], start[cells], i.shape)
+        v = np.array(values[metric], dtype=np.float64)
+        v[cells] = how(np.asarray(held[metric], dtype=np.float64), v[cells])
+        values[metric] = v
 
 
 class SensorFaults:
@@ -177,8 +205,9 @@ class SensorFaults:
         """``values`` of ``kind`` at ``t`` with the faults active there (before rounding)."""
         shape = t.shape
         idx_b = np.broadcast_to(idx, shape)
+        reports = _Reports(model, kind, idx_b, salt, t)
         if kind == "air_station":
-            self._stuck(model, kind, idx_b, salt, t, values)
+            self._stuck(reports, values)
             self._drift(salt, t, values)
             covered = self._covered(model, idx_b, t)
             covered |= self._explicit_mask(model, "covered_inlet", "pm25", idx_b, t)
@@ -188,7 +217,7 @@ class SensorFaults:
                     values[m] = np.where(covered, base + 0.08 * v, v)
             self._spike(salt, t, values)
         elif kind in METER_TOTALS:
-            self._reversal(model, kind, idx_b, salt, t, values)
+            self._reversal(reports, values)
         return values
 
     def _explicit_mask(
@@ -203,45 +232,19 @@ class SensorFaults:
                 out |= (idx == ids[0]) & (t >= e.start_ms) & (t < e.end_ms)
         return out
 
-    def _held(
-        self,
-        model: CityModel,
-        kind: str,
-        idx: IntArray,
-        salt: UIntArray,
-        cells: tuple[IntArray, ...],
-        at: IntArray,
-    ) -> dict[str, Column]:
-        """The clean values of ``kind`` for the chosen cells at times ``at`` (flat)."""
-        i = idx[cells]
-        return _KIND_MODELS[kind](model, i, salt[cells], at, i.shape)
-
-    def _stuck(
-        self,
-        model: CityModel,
-        kind: str,
-        idx: IntArray,
-        salt: UIntArray,
-        t: IntArray,
-        values: dict[str, Column],
-    ) -> None:
-        win = self._windowed("stuck", salt, t, 6.0, 36.0)
+    def _stuck(self, r: _Reports, values: dict[str, Column]) -> None:
+        win = self._windowed("stuck", r.salt, r.t, 6.0, 36.0)
         which = np.minimum((win.pick * len(STUCK_METRICS)).astype(np.int64), len(STUCK_METRICS) - 1)
         for k, metric in enumerate(STUCK_METRICS):
             mask = win.active & (which == k)
             start = win.start
             for e in self.explicit:
                 if e.fault == "stuck" and e.metric == metric:
-                    ex = self._explicit_mask(model, "stuck", metric, idx, t)
+                    ex = self._explicit_mask(r.model, "stuck", metric, r.idx, r.t)
                     mask = mask | ex
                     start = np.where(ex, e.start_ms, start)
-            if not mask.any():
-                continue
-            cells = np.nonzero(mask)
-            held = self._held(model, kind, idx, salt, cells, start[cells])
-            v = np.array(values[metric], dtype=np.float64)
-            v[cells] = held[metric]
-            values[metric] = v
+            if mask.any():
+                r.hold(mask, start, metric, values, lambda held, now: held)
 
     def _drift(self, salt: UIntArray, t: IntArray, values: dict[str, Column]) -> None:
         win = self._windowed("drift", salt, t, 6 * 24.0, 10 * 24.0)
@@ -272,25 +275,16 @@ class SensorFaults:
             v = np.asarray(values[metric], dtype=np.float64)
             values[metric] = np.where(m, v + size * step, v)
 
-    def _reversal(
-        self,
-        model: CityModel,
-        kind: str,
-        idx: IntArray,
-        salt: UIntArray,
-        t: IntArray,
-        values: dict[str, Column],
-    ) -> None:
-        win = self._windowed("reversal", salt, t, 6.0, 36.0)
-        if not win.active.any():
-            return
-        metric = METER_TOTALS[kind]
-        cells = np.nonzero(win.active)
-        held = self._held(model, kind, idx, salt, cells, win.start[cells])
-        v = np.array(values[metric], dtype=np.float64)
-        start_total = np.asarray(held[metric], dtype=np.float64)
-        v[cells] = np.maximum(start_total * 2.0 - v[cells], 0.0)
-        values[metric] = v
+    def _reversal(self, r: _Reports, values: dict[str, Column]) -> None:
+        win = self._windowed("reversal", r.salt, r.t, 6.0, 36.0)
+        if win.active.any():
+            r.hold(
+                win.active,
+                win.start,
+                METER_TOTALS[r.kind],
+                values,
+                lambda held, now: np.maximum(held * 2.0 - now, 0.0),
+            )
 
     # ------------------------------------------------------------------ truth
 

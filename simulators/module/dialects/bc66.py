@@ -22,33 +22,8 @@ if TYPE_CHECKING:
 TX_POWER_DBM = 14
 
 
-def ati(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("Quectel_Ltd", "Quectel_BC66", "Revision: BC66NBR01A01")
-
-
-def cgmr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("Revision: BC66NBR01A01")
-
-
-def qgmr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("BC66NBR01A01_01.002.01.002")
-
-
-def qccid(m: ModuleCore, op: str, args: str) -> None:
-    m.ok(f"+QCCID: {m.iccid}")
-
-
-def cgpaddr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("+CGPADDR: 1,10.169.241.248") if m.registered else m.ok()
-
-
 def qeng(m: ModuleCore, op: str, args: str) -> None:
-    r = m.radio
-    r.drift(m.rng)
-    m.ok(
-        f'+QENG: 0,{r.earfcn},2,{r.pci},"{r.cell_id:X}",{round(r.rsrp)},{round(r.rsrq)},'
-        f'{round(r.rsrp + 20)},{round(r.snr)},{r.band},"{r.tac:X}",{r.ecl},{TX_POWER_DBM},3'
-    )
+    m.ok(f"+QENG: 0,{c.serving_cell(m, padded=False)},{TX_POWER_DBM},3")
 
 
 def qiopen(m: ModuleCore, op: str, args: str) -> None:
@@ -121,11 +96,11 @@ def announce(m: ModuleCore, sock: Socket, payload: bytes, remote: str) -> None:
 
 HANDLERS: dict[str, Handler] = {
     **c.COMMON,
-    "I": ati,
-    "+CGMR": cgmr,
-    "+QGMR": qgmr,
-    "+QCCID": qccid,
-    "+CGPADDR": cgpaddr,
+    "I": c.answer("Quectel_Ltd", "Quectel_BC66", "Revision: BC66NBR01A01"),
+    "+CGMR": c.answer("Revision: BC66NBR01A01"),
+    "+QGMR": c.answer("BC66NBR01A01_01.002.01.002"),
+    "+QCCID": c.iccid("+QCCID"),
+    "+CGPADDR": c.address("+CGPADDR: 1,10.169.241.248"),
     "+QNBIOTEVENT": c.sleep_urc_enable,
     "+QENG": qeng,
     "+QICFG": c.plain_ok,

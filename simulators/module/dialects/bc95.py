@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 #: the errors a busy module answers, which drivers retry
 RETRYABLE = (159, 536, 537)
 TX_UNKNOWN = -32768
+#: the ``AT+CGMR`` answer: one line per firmware component
+FIRMWARE = (
+    "SSB,V150R100C10B200SP1",
+    "SECURITY_A,V150R100C20B300SP5",
+    "PROTOCOL_A,V150R100C20B300SP5",
+    "APPLICATION_A,V150R100C20B300SP5",
+    "SECURITY_B,V150R100C20B300SP5",
+    "RADIO,Hi2115_RF1",
+)
 
 
 def _busy(m: ModuleCore) -> bool:
@@ -27,29 +36,6 @@ def _busy(m: ModuleCore) -> bool:
     m.stats["busy"] += 1
     m.error(m.busy_rng.choice(RETRYABLE))
     return True
-
-
-def ati(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("Quectel", "BC95-G", "Revision:BC95GJBR01A04")
-
-
-def cgmr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok(
-        "SSB,V150R100C10B200SP1",
-        "SECURITY_A,V150R100C20B300SP5",
-        "PROTOCOL_A,V150R100C20B300SP5",
-        "APPLICATION_A,V150R100C20B300SP5",
-        "SECURITY_B,V150R100C20B300SP5",
-        "RADIO,Hi2115_RF1",
-    )
-
-
-def nccid(m: ModuleCore, op: str, args: str) -> None:
-    m.ok(f"+NCCID:{m.iccid}")
-
-
-def cgpaddr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("+CGPADDR:0,10.169.241.248") if m.registered else m.ok()
 
 
 def nmgs(m: ModuleCore, op: str, args: str) -> None:
@@ -201,10 +187,10 @@ def banner(cause: str) -> list[str]:
 
 HANDLERS: dict[str, Handler] = {
     **c.COMMON,
-    "I": ati,
-    "+CGMR": cgmr,
-    "+NCCID": nccid,
-    "+CGPADDR": cgpaddr,
+    "I": c.answer("Quectel", "BC95-G", "Revision:BC95GJBR01A04"),
+    "+CGMR": c.answer(*FIRMWARE),
+    "+NCCID": c.iccid("+NCCID"),
+    "+CGPADDR": c.address("+CGPADDR:0,10.169.241.248"),
     "+NPTWEDRXS": c.plain_ok,
     "+NPSMR": c.sleep_urc_enable,
     "+NNMI": c.nnmi,

@@ -68,6 +68,19 @@ def csq(m: ModuleCore, op: str, args: str) -> None:
     m.ok(m.p("+CSQ", f"{n},{99 if m.dialect == 'bc95' else 0}"))
 
 
+def serving_cell(m: ModuleCore, padded: bool) -> str:
+    """The engineering-mode fields ``+CENG`` (SIM7020) and ``+QENG`` (BC66) lay out alike,
+    after the radio drifts: ``earfcn,offset,pci,"cellid",rsrp,rsrq,rssi,snr,band,"tac",ecl``
+    in whole dBm/dB; ``padded``: cell id and TAC in 8 and 4 hex digits."""
+    r = m.radio
+    r.drift(m.rng)
+    cell, tac = (f"{r.cell_id:08X}", f"{r.tac:04X}") if padded else (f"{r.cell_id:X}", f"{r.tac:X}")
+    return (
+        f'{r.earfcn},2,{r.pci},"{cell}",{round(r.rsrp)},{round(r.rsrq)},'
+        f'{round(r.rsrp + 20)},{round(r.snr)},{r.band},"{tac}",{r.ecl}'
+    )
+
+
 def cscon(m: ModuleCore, op: str, args: str) -> None:
     m.ok(m.p("+CSCON", "0,1")) if op == "?" else m.ok()
 
@@ -89,6 +102,33 @@ def cpsms(m: ModuleCore, op: str, args: str) -> None:
 
 def plain_ok(m: ModuleCore, op: str, args: str) -> None:
     m.ok()
+
+
+def answer(*lines: str) -> Handler:
+    """A handler answering fixed ``lines`` (a family's product and firmware texts)."""
+
+    def handler(m: ModuleCore, op: str, args: str) -> None:
+        m.ok(*lines)
+
+    return handler
+
+
+def iccid(name: str) -> Handler:
+    """The SIM's ICCID after ``name`` (``+NCCID``, ``+QCCID``), bare when ``name`` is empty."""
+
+    def handler(m: ModuleCore, op: str, args: str) -> None:
+        m.ok(m.p(name, m.iccid) if name else m.iccid)
+
+    return handler
+
+
+def address(line: str) -> Handler:
+    """``+CGPADDR``: the family's ``line`` once registered, no address before."""
+
+    def handler(m: ModuleCore, op: str, args: str) -> None:
+        m.ok(line) if m.registered else m.ok()
+
+    return handler
 
 
 def sleep_urc_enable(m: ModuleCore, op: str, args: str) -> None:

@@ -19,30 +19,9 @@ if TYPE_CHECKING:
 TX_POWER_CENTI_DBM = 2300
 
 
-def gsv(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("SIMCOM_Ltd", "SIM7020G", "Revision:1752B02SIM7020G")
-
-
-def cgmr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok("Revision:1752B02SIM7020G")
-
-
-def ccid(m: ModuleCore, op: str, args: str) -> None:
-    m.ok(m.iccid)
-
-
-def cgpaddr(m: ModuleCore, op: str, args: str) -> None:
-    m.ok('+CGPADDR: 1,"10.169.241.248"') if m.registered else m.ok()
-
-
 def ceng(m: ModuleCore, op: str, args: str) -> None:
-    r = m.radio
-    r.drift(m.rng)
-    m.ok(
-        f'+CENG: {r.earfcn},2,{r.pci},"{r.cell_id:08X}",{round(r.rsrp)},{round(r.rsrq)},'
-        f'{round(r.rsrp + 20)},{round(r.snr)},{r.band},"{r.tac:04X}",{r.ecl},'
-        f"{TX_POWER_CENTI_DBM},{round(r.rsrp) - 3}"
-    )
+    cell = c.serving_cell(m, padded=True)  # first: it drifts the radio
+    m.ok(f"+CENG: {cell},{TX_POWER_CENTI_DBM},{round(m.radio.rsrp) - 3}")
 
 
 def csoc(m: ModuleCore, op: str, args: str) -> None:
@@ -133,10 +112,10 @@ def announce(m: ModuleCore, sock: Socket, payload: bytes, remote: str) -> None:
 
 HANDLERS: dict[str, Handler] = {
     **c.COMMON,
-    "+GSV": gsv,
-    "+CGMR": cgmr,
-    "+CCID": ccid,
-    "+CGPADDR": cgpaddr,
+    "+GSV": c.answer("SIMCOM_Ltd", "SIM7020G", "Revision:1752B02SIM7020G"),
+    "+CGMR": c.answer("Revision:1752B02SIM7020G"),
+    "+CCID": c.iccid(""),
+    "+CGPADDR": c.address('+CGPADDR: 1,"10.169.241.248"'),
     "+CPSMSTATUS": c.sleep_urc_enable,
     "+CENG": ceng,
     "+CSOC": csoc,
