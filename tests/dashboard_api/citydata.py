@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from citysense.catalog import METRICS
+from citysense.registry import Device
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT
 
 HOUR = 3_600_000
@@ -29,24 +30,15 @@ class Sample(NamedTuple):
     gateway: str = "gw-01"
 
 
-class Dev(NamedTuple):
-    device: str
-    kind: str
-    district: str
-    site: str
-    lat: float
-    lon: float
-
-
-DEVICES: tuple[Dev, ...] = (
-    Dev("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65),
-    Dev("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66),
-    Dev("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73),
-    Dev("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65),
-    Dev("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73),
-    Dev("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65),
-    Dev("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66),
-    Dev("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73),
+DEVICES: tuple[Device, ...] = (
+    Device("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65, "gw-01"),
+    Device("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66, "gw-01"),
+    Device("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
+    Device("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65, "gw-01"),
+    Device("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
+    Device("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65, "gw-01"),
+    Device("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66, "gw-01"),
+    Device("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
 )
 
 #: Per-station base concentrations (µg/m³, CO mg/m³), scaled by the hour below.
@@ -156,7 +148,9 @@ def line_protocol(samples: list[Sample]) -> str:
 
 def registry_csv(path: Path) -> Path:
     lines = ["device,kind,district,site,lat,lon,gateway"]
-    lines += [f"{d.device},{d.kind},{d.district},{d.site},{d.lat},{d.lon},gw-01" for d in DEVICES]
+    lines += [
+        f"{d.device},{d.kind},{d.district},{d.site},{d.lat},{d.lon},{d.gateway}" for d in DEVICES
+    ]
     lines.append("aq-new,air_station,jinshui,s1,34.80,113.65,gw-01")  # registered, never seen
     path.write_text("\n".join(lines) + "\n")
     return path
