@@ -17,6 +17,7 @@ from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT
 
 HOUR = 3_600_000
 MINUTE = 60_000
+GATEWAY = "gw-01"
 
 
 class Sample(NamedTuple):
@@ -27,18 +28,22 @@ class Sample(NamedTuple):
     kind: str
     district: str
     site: str
-    gateway: str = "gw-01"
+    gateway: str = GATEWAY
 
 
-DEVICES: tuple[Device, ...] = (
-    Device("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65, "gw-01"),
-    Device("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66, "gw-01"),
-    Device("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
-    Device("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65, "gw-01"),
-    Device("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
-    Device("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65, "gw-01"),
-    Device("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66, "gw-01"),
-    Device("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73, "gw-01"),
+#: device, kind, district, site, lat, lon: all behind one gateway.
+DEVICES: tuple[Device, ...] = tuple(
+    Device(*row, GATEWAY)
+    for row in (
+        ("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65),
+        ("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66),
+        ("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73),
+        ("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65),
+        ("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73),
+        ("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65),
+        ("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66),
+        ("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73),
+    )
 )
 
 #: Per-station base concentrations (µg/m³, CO mg/m³), scaled by the hour below.
