@@ -20,25 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from citysense.config_checks import validate
-from citysense.config_commands import (
-    ALERTS,
-    ALERTS_DEFAULT_BIND,
-    API,
-    API_KEYS_ADD,
-    COMMANDS,
-    DEAD_LETTERS,
-    DEMO,
-    DEPLOY_BROKER,
-    DEPLOY_INFLUX,
-    EDGE,
-    EDGE_PROBE,
-    ENV_PREFIX,
-    FLEET_CREDENTIALS,
-    FLEET_GENERATE,
-    INGEST,
-    SIM_FLEET,
-    SIM_MODULE,
-)
+from citysense.config_commands import ALERTS_DEFAULT_BIND, COMMANDS, DEMO, EDGE_PROBE, ENV_PREFIX
 from citysense.config_options import OPTIONS, OPTIONS_BY_NAME, Option, options_for
 from citysense.config_parse import (
     DEFAULT_API_BIND,
@@ -57,29 +39,17 @@ from citysense.config_table import Settings
 from citysense.errors import ConfigError
 
 __all__ = [
-    "ALERTS",
     "ALERTS_DEFAULT_BIND",
-    "API",
-    "API_KEYS_ADD",
     "COMMANDS",
-    "DEAD_LETTERS",
     "DEFAULT_API_BIND",
     "DEMO",
     "DEMO_STATE_DIR",
-    "DEPLOY_BROKER",
-    "DEPLOY_INFLUX",
-    "EDGE",
     "EDGE_PROBE",
     "ENV_PREFIX",
-    "FLEET_CREDENTIALS",
-    "FLEET_GENERATE",
-    "INGEST",
     "OPTIONS",
     "OPTIONS_BY_NAME",
     "ROLES",
     "SECRET_FILES",
-    "SIM_FLEET",
-    "SIM_MODULE",
     "SYSTEM_STATE_DIR",
     "BrokerUrl",
     "Option",

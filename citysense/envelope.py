@@ -47,14 +47,8 @@ def envelope_of(
 
 
 def reading_to_dict(r: Reading) -> dict[str, object]:
-    return {
-        "device": r.device,
-        "kind": r.kind,
-        "district": r.district,
-        "site": r.site,
-        "t": r.t,
-        "values": r.values,
-    }
+    """A reading as its envelope object (fields in :data:`READING_FIELDS` order)."""
+    return {name: getattr(r, name) for name in READING_FIELDS}
 
 
 def encode_batch(batch: Batch) -> bytes:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from citysense.durable import write_transaction
 from citysense.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ def migrate(db: sqlite3.Connection, path: Path, store: str, migrations: Sequence
     """Bring ``db`` (autocommit mode, ``isolation_level=None``) to the latest version in one
     transaction; returns the version it had."""
     known = latest(migrations)
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         found = int(db.execute("PRAGMA user_version").fetchone()[0])
         if found > known:
             raise _too_new(store, path, found, known)
@@ -103,11 +103,6 @@ def migrate(db: sqlite3.Connection, path: Path, store: str, migrations: Sequence
                 step.apply(db)
         if found != known:
             db.execute(f"PRAGMA user_version = {known:d}")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     if existing and found != known:  # a new file is not worth a line
         log.info("%s %s: schema migrated from version %d to %d", store, path, found, known)
     return found

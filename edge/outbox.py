@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from citysense import strictjson
-from citysense.durable import connect_versioned
+from citysense.durable import connect_versioned, write_transaction
 from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, READING_FIELDS, envelope_of
 from citysense.errors import InputError, RetryableError
 from citysense.model import Batch, Reading, Value
@@ -187,14 +187,8 @@ class SqliteOutbox:
         """Run ``fn`` in one immediate transaction; translate SQLite errors."""
         db = self.db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 result = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise OutboxUnavailableError(f"outbox write failed: {exc}", retry_after=10) from exc
         return result

@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from citysense.durable import connect_versioned
-from citysense.errors import RetryableError
+from citysense.durable import connect_versioned, store_transaction
 from citysense.migrate import Migration, statements
 from citysense.privatefiles import private_file
 from ingest.pipeline import DeadLetter
@@ -145,28 +144,15 @@ class DeadLetterStore:
         return len(rows)
 
     def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
-        evicted: dict[str, int] = {}
-        with self._lock:
-            db = self._db
-            if db is None:
-                raise RetryableError("the dead-letter store is closed")
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    work(db)
-                    evicted = self._evict(db)
-                    for cause, n in evicted.items():
-                        db.execute(
-                            "INSERT INTO dead_letter_evictions (cause, count) VALUES (?, ?) "
-                            "ON CONFLICT (cause) DO UPDATE SET count = count + excluded.count",
-                            (cause, n),
-                        )
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                raise RetryableError(f"dead-letter store {self.path}: {exc}") from exc
+        with self._lock, store_transaction(self._db, "dead-letter store", self.path) as db:
+            work(db)
+            evicted = self._evict(db)
+            for cause, n in evicted.items():
+                db.execute(
+                    "INSERT INTO dead_letter_evictions (cause, count) VALUES (?, ?) "
+                    "ON CONFLICT (cause) DO UPDATE SET count = count + excluded.count",
+                    (cause, n),
+                )
         if self._on_evicted is not None:
             for cause, n in evicted.items():
                 self._on_evicted(cause, n)

@@ -50,6 +50,10 @@ class InfluxTarget:
             self._verify.append(ssl.create_default_context(cafile=self.ca))
         return self._verify[0]
 
+    def basic_auth(self) -> httpx.BasicAuth | None:
+        """HTTP basic auth with the user name and password, when a user name is given."""
+        return httpx.BasicAuth(self.username, self.password or "") if self.username else None
+
     def __repr__(self) -> str:
         return f"InfluxTarget(url={self.url!r}, api={self.api!r}, database={self.database!r})"
 
@@ -97,7 +101,7 @@ async def can_write(target: InfluxTarget) -> bool:
     """Whether the target's credentials may write, found out without writing: a line that
     does not parse is refused 400 after the permission check, 401/403 before it."""
     headers = {"Authorization": f"Token {target.token}"} if target.token else {}
-    auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
+    auth = target.basic_auth()
     try:
         async with httpx.AsyncClient(
             timeout=target.timeout, verify=target.verify(), headers=headers, auth=auth
@@ -159,14 +163,10 @@ async def ensure_storage(target: InfluxTarget, api: Literal["1", "2"]) -> None:
         raise RetryableError(f"InfluxDB at {target.url} is unreachable: {exc}") from exc
 
 
-def _basic(target: InfluxTarget) -> httpx.BasicAuth | None:
-    return httpx.BasicAuth(target.username, target.password or "") if target.username else None
-
-
 async def _ensure_database(client: httpx.AsyncClient, target: InfluxTarget) -> None:
     db = target.database
     quoted = db.replace("\\", "\\\\").replace('"', '\\"')
-    auth = _basic(target)
+    auth = target.basic_auth()
     created = await client.post(
         "/query", params={"q": f'CREATE DATABASE "{quoted}"'}, auth=auth or httpx.USE_CLIENT_DEFAULT
     )

@@ -12,27 +12,24 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Sequence
 
 import httpx
 
 from citysense.errors import RetryableError
 from timeseries.connection import InfluxTarget
-from timeseries.lineprotocol import LineSerializer
-from timeseries.schema import Point
-from timeseries.writer import WriteResult, raise_for_write_status, write_isolating
+from timeseries.writer import InfluxLineWriter, raise_for_write_status
 
 log = logging.getLogger(__name__)
 
 
-class InfluxV1Writer:
+class InfluxV1Writer(InfluxLineWriter):
     """Writes points to an InfluxDB 1.x database (also InfluxDB 1.8+/2.x's 1.x endpoint)."""
 
     def __init__(self, target: InfluxTarget, *, transport: httpx.AsyncBaseTransport | None = None):
-        auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
+        super().__init__(target.url)
         self._client = httpx.AsyncClient(
             base_url=target.url,
-            auth=auth,
+            auth=target.basic_auth(),
             timeout=target.timeout,
             transport=transport,
             verify=target.verify(),
@@ -40,18 +37,9 @@ class InfluxV1Writer:
         )
         self._params = {"db": target.database, "precision": "ms"}
         self._gzip = target.gzip
-        self._serializer = LineSerializer()
-        self._url = target.url
 
-    async def write(self, points: Sequence[Point]) -> WriteResult:
-        if not points:
-            return WriteResult(0)
-        return await write_isolating(self._send, points)
-
-    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
-        if not lines:
-            return WriteResult(0)
-        return await write_isolating(self._send_lines, lines)
+    async def _send_text(self, body: str) -> None:
+        await self.write_body(body.encode())
 
     async def write_body(self, body: bytes) -> None:
         """Send pre-serialised line protocol as one request (no isolation)."""
@@ -68,12 +56,6 @@ class InfluxV1Writer:
         raise_for_write_status(
             response.status_code, response.text, response.headers.get("Retry-After")
         )
-
-    async def _send(self, points: Sequence[Point]) -> None:
-        await self.write_body(self._serializer.lines(points).encode())
-
-    async def _send_lines(self, lines: Sequence[str]) -> None:
-        await self.write_body("\n".join(lines).encode())
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
@@ -19,9 +18,7 @@ from influxdb_client.rest import ApiException
 
 from citysense.errors import RetryableError
 from timeseries.connection import InfluxTarget
-from timeseries.lineprotocol import LineSerializer
-from timeseries.schema import Point
-from timeseries.writer import WriteResult, raise_for_write_status, write_isolating
+from timeseries.writer import InfluxLineWriter, raise_for_write_status
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +33,11 @@ def _header(headers: object, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-class InfluxV2Writer:
+class InfluxV2Writer(InfluxLineWriter):
     """Writes points to an InfluxDB 2.x bucket (token, org)."""
 
     def __init__(self, target: InfluxTarget) -> None:
+        super().__init__(target.url)
         token = target.token
         if token is None and target.username:
             token = f"{target.username}:{target.password or ''}"  # InfluxDB 1.8 compatibility
@@ -55,18 +53,9 @@ class InfluxV2Writer:
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         self._bucket = target.bucket
         self._org = target.org or "-"
-        self._serializer = LineSerializer()
-        self._url = target.url
 
-    async def write(self, points: Sequence[Point]) -> WriteResult:
-        if not points:
-            return WriteResult(0)
-        return await write_isolating(self._send, points)
-
-    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
-        if not lines:
-            return WriteResult(0)
-        return await write_isolating(self._send_lines, lines)
+    async def _send_text(self, body: str) -> None:
+        await asyncio.to_thread(self._send_blocking, body)
 
     def _send_blocking(self, body: str) -> None:
         try:
@@ -84,13 +73,6 @@ class InfluxV2Writer:
             )
         except Exception as exc:  # urllib3 and socket errors: the request may not have arrived
             raise RetryableError(f"InfluxDB at {self._url} unreachable: {exc!r}") from exc
-
-    async def _send(self, points: Sequence[Point]) -> None:
-        body = self._serializer.lines(points)
-        await asyncio.to_thread(self._send_blocking, body)
-
-    async def _send_lines(self, lines: Sequence[str]) -> None:
-        await asyncio.to_thread(self._send_blocking, "\n".join(lines))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_blocking)

@@ -9,8 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from citysense.catalog import METRICS
-from citysense.durable import connect_versioned
-from citysense.errors import RetryableError
+from citysense.durable import connect_versioned, store_transaction, write_transaction
 from timeseries.rollup_core import (
     HOUR,
     MINUTE,
@@ -95,11 +94,8 @@ class SqliteRollupStore:
         """First start over an existing store: every hour holding raw data is marked."""
 
         def run() -> None:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._db) as db:
                 if db.execute("SELECT 1 FROM rollup_meta WHERE key = 'backfilled'").fetchone():
-                    db.execute("ROLLBACK")
                     return
                 db.executemany(
                     SQLITE_MARK,
@@ -111,10 +107,6 @@ class SqliteRollupStore:
                     ],
                 )
                 db.execute("INSERT INTO rollup_meta VALUES ('backfilled', 1)")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
         await asyncio.to_thread(run)
 
@@ -138,7 +130,6 @@ class SqliteRollupStore:
         return await asyncio.to_thread(self._recompute, measurement, hour, dirty)
 
     def _recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
-        db = self._db
         first, last = dirty[0].window, dirty[-1].window + MINUTE
         metrics = [m for m, spec in METRICS.items() if spec.domain == measurement]
         marks = ", ".join("?" for _ in metrics)
@@ -146,50 +137,43 @@ class SqliteRollupStore:
             "(metric, device, t, count, sum, min, max, last, last_t, kind, district, site) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        try:
-            db.execute("BEGIN IMMEDIATE")  # the raw read and the rollup write in one snapshot
-            try:
-                rows = _sqlite_rows(db, measurement, first, last)
-                for table, start, end in (
-                    ("rollup_1m", first, last),
-                    ("rollup_1h", hour, hour + 1),
-                ):
-                    db.execute(
-                        f"DELETE FROM {table} WHERE t >= ? AND t < ? AND metric IN ({marks})",
-                        (start, end, *metrics),
-                    )
-                db.executemany(
-                    f"INSERT INTO rollup_1m {insert}",
-                    [
-                        _sqlite_row(metric, tags, t, w)
-                        for (tags, metric, t), w in aggregate(rows, MINUTE).items()
-                    ],
+        # the raw read and the rollup write in one snapshot
+        with store_transaction(self._db, "embedded store", self.path) as db:
+            rows = _sqlite_rows(db, measurement, first, last)
+            for table, start, end in (
+                ("rollup_1m", first, last),
+                ("rollup_1h", hour, hour + 1),
+            ):
+                db.execute(
+                    f"DELETE FROM {table} WHERE t >= ? AND t < ? AND metric IN ({marks})",
+                    (start, end, *metrics),
                 )
-                minutes = db.execute(
-                    "SELECT device, kind, district, site, metric, t, count, sum, min, max, last, "
-                    f"last_t FROM rollup_1m WHERE t >= ? AND t < ? AND metric IN ({marks}) "
-                    "ORDER BY t",
-                    (hour, hour + HOUR, *metrics),
-                ).fetchall()
-                db.executemany(
-                    f"INSERT INTO rollup_1h {insert}",
-                    [
-                        _sqlite_row(metric, tags, t, w)
-                        for (tags, metric, t), w in combine(
-                            ((r[0], r[1], r[2], r[3]), r[4], r[5], Window(*r[6:])) for r in minutes
-                        ).items()
-                    ],
-                )
-                db.executemany(
-                    "DELETE FROM rollup_dirty WHERE measurement = ? AND window = ? AND token = ?",
-                    [(d.measurement, d.window, d.token) for d in dirty],
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise RetryableError(f"embedded store {self.path}: {exc}") from exc
+            db.executemany(
+                f"INSERT INTO rollup_1m {insert}",
+                [
+                    _sqlite_row(metric, tags, t, w)
+                    for (tags, metric, t), w in aggregate(rows, MINUTE).items()
+                ],
+            )
+            minutes = db.execute(
+                "SELECT device, kind, district, site, metric, t, count, sum, min, max, last, "
+                f"last_t FROM rollup_1m WHERE t >= ? AND t < ? AND metric IN ({marks}) "
+                "ORDER BY t",
+                (hour, hour + HOUR, *metrics),
+            ).fetchall()
+            db.executemany(
+                f"INSERT INTO rollup_1h {insert}",
+                [
+                    _sqlite_row(metric, tags, t, w)
+                    for (tags, metric, t), w in combine(
+                        ((r[0], r[1], r[2], r[3]), r[4], r[5], Window(*r[6:])) for r in minutes
+                    ).items()
+                ],
+            )
+            db.executemany(
+                "DELETE FROM rollup_dirty WHERE measurement = ? AND window = ? AND token = ?",
+                [(d.measurement, d.window, d.token) for d in dirty],
+            )
         return len(rows)
 
     async def retain(self, now_ms: int) -> int:

@@ -15,8 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from citysense.durable import connect_versioned
-from citysense.errors import RetryableError
+from citysense.durable import connect_versioned, store_transaction
 from citysense.migrate import Migration, statements
 from citysense.privatefiles import private_file
 from timeseries.rollup_sqlite import SQLITE_ROLLUP_SCHEMA
@@ -66,27 +65,15 @@ class SqliteWriter:
 
     def write_blocking(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` in one transaction (blocking; for threads and scripts)."""
-        with self._lock:
-            db = self._db
-            if db is None:
-                raise RetryableError("the embedded store is closed")
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    # In key order: each batch then touches the B-tree's pages in one sweep
-                    # (2-3x faster once the table outgrows the page cache).
-                    db.executemany(SQLITE_UPSERT, sorted(_rows(points)))
-                    if self._mark is not None:
-                        upsert, token = self._mark
-                        tok = token()
-                        windows = {(p.measurement, p.t - p.t % 60_000) for p in points}
-                        db.executemany(upsert, [(m, w, tok) for m, w in sorted(windows)])
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
-                raise RetryableError(f"embedded store {self.path}: {exc}") from exc
+        with self._lock, store_transaction(self._db, "embedded store", self.path) as db:
+            # In key order: each batch then touches the B-tree's pages in one sweep
+            # (2-3x faster once the table outgrows the page cache).
+            db.executemany(SQLITE_UPSERT, sorted(_rows(points)))
+            if self._mark is not None:
+                upsert, token = self._mark
+                tok = token()
+                windows = {(p.measurement, p.t - p.t % 60_000) for p in points}
+                db.executemany(upsert, [(m, w, tok) for m, w in sorted(windows)])
         return WriteResult(len(points))
 
     async def write(self, points: Sequence[Point]) -> WriteResult:

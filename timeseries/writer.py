@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from citysense.errors import PermanentError, RetryableError
+from timeseries.lineprotocol import LineSerializer
 from timeseries.schema import Point
 
 P = TypeVar("P", Point, str)
@@ -150,3 +151,33 @@ async def write_isolating(
 
     await attempt(points)
     return WriteResult(len(points) - len(rejected), tuple(rejected))
+
+
+class InfluxLineWriter:
+    """:meth:`write` and :meth:`write_lines` of the InfluxDB writers, over their one request:
+    :meth:`_send_text` (a subclass's) stores a line-protocol body or raises as
+    :func:`raise_for_write_status` does; bad points are isolated by :func:`write_isolating`."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._serializer = LineSerializer()
+
+    async def write(self, points: Sequence[Point]) -> WriteResult:
+        if not points:
+            return WriteResult(0)
+        return await write_isolating(self._send, points)
+
+    async def write_lines(self, lines: Sequence[str]) -> WriteResult:
+        if not lines:
+            return WriteResult(0)
+        return await write_isolating(self._send_lines, lines)
+
+    async def _send_text(self, body: str) -> None:
+        """Send ``body`` (lines of line protocol, ``precision=ms``) as one request."""
+        raise NotImplementedError
+
+    async def _send(self, points: Sequence[Point]) -> None:
+        await self._send_text(self._serializer.lines(points))
+
+    async def _send_lines(self, lines: Sequence[str]) -> None:
+        await self._send_text("\n".join(lines))

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citysense.envelope import MAX_ENVELOPE_BYTES, MAX_READINGS, decode_batch, encode_batch
+from citysense.envelope import (
+    MAX_ENVELOPE_BYTES,
+    MAX_READINGS,
+    decode_batch,
+    encode_batch,
+    reading_to_dict,
+)
 from citysense.errors import EnvelopeError
 from citysense.model import Batch, Reading
 
@@ -214,3 +220,14 @@ def test_nan_cannot_be_encoded() -> None:
     bad = Reading("d", "air_station", "x", "y", 1, {"pm25": float("nan")})
     with pytest.raises(EnvelopeError):
         encode_batch(Batch("gw-1", 1, 0, (bad,)))
+
+
+def test_a_reading_object_holds_every_field_of_a_reading_in_wire_order() -> None:
+    assert list(reading_to_dict(R).items()) == [
+        ("device", R.device),
+        ("kind", R.kind),
+        ("district", R.district),
+        ("site", R.site),
+        ("t", R.t),
+        ("values", R.values),
+    ]

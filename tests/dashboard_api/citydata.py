@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from citysense.catalog import METRICS
+from citysense.registry import Device
 from timeseries.schema import SQLITE_SCHEMA, SQLITE_UPSERT
 
 HOUR = 3_600_000
 MINUTE = 60_000
+GATEWAY = "gw-01"
 
 
 class Sample(NamedTuple):
@@ -26,27 +28,22 @@ class Sample(NamedTuple):
     kind: str
     district: str
     site: str
-    gateway: str = "gw-01"
+    gateway: str = GATEWAY
 
 
-class Dev(NamedTuple):
-    device: str
-    kind: str
-    district: str
-    site: str
-    lat: float
-    lon: float
-
-
-DEVICES: tuple[Dev, ...] = (
-    Dev("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65),
-    Dev("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66),
-    Dev("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73),
-    Dev("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65),
-    Dev("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73),
-    Dev("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65),
-    Dev("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66),
-    Dev("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73),
+#: device, kind, district, site, lat, lon: all behind one gateway.
+DEVICES: tuple[Device, ...] = tuple(
+    Device(*row, GATEWAY)
+    for row in (
+        ("aq-j1", "air_station", "jinshui", "s1", 34.80, 113.65),
+        ("aq-j2", "air_station", "jinshui", "s2", 34.81, 113.66),
+        ("aq-z1", "air_station", "zhengdong", "s3", 34.76, 113.73),
+        ("tc-j1", "traffic_counter", "jinshui", "s1", 34.80, 113.65),
+        ("tc-z1", "traffic_counter", "zhengdong", "s3", 34.76, 113.73),
+        ("wm-j1", "water_meter", "jinshui", "s1", 34.80, 113.65),
+        ("wm-j2", "water_meter", "jinshui", "s2", 34.81, 113.66),
+        ("wm-z1", "water_meter", "zhengdong", "s3", 34.76, 113.73),
+    )
 )
 
 #: Per-station base concentrations (µg/m³, CO mg/m³), scaled by the hour below.
@@ -156,7 +153,9 @@ def line_protocol(samples: list[Sample]) -> str:
 
 def registry_csv(path: Path) -> Path:
     lines = ["device,kind,district,site,lat,lon,gateway"]
-    lines += [f"{d.device},{d.kind},{d.district},{d.site},{d.lat},{d.lon},gw-01" for d in DEVICES]
+    lines += [
+        f"{d.device},{d.kind},{d.district},{d.site},{d.lat},{d.lon},{d.gateway}" for d in DEVICES
+    ]
     lines.append("aq-new,air_station,jinshui,s1,34.80,113.65,gw-01")  # registered, never seen
     path.write_text("\n".join(lines) + "\n")
     return path

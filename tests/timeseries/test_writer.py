@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from citysense.errors import PermanentError, RetryableError
+from timeseries.lineprotocol import LineSerializer
 from timeseries.schema import Point
 from timeseries.writer import (
+    InfluxLineWriter,
     TooLargeError,
     WriteResult,
     parse_retry_after,
@@ -102,3 +104,28 @@ def test_retryable_propagates_for_the_whole_batch() -> None:
 
     with pytest.raises(RetryableError):
         asyncio.run(write_isolating(send, _points(3)))
+
+
+class _Bodies(InfluxLineWriter):
+    """An InfluxDB writer whose server refuses a body holding a line with ``bad``, like a 400."""
+
+    def __init__(self) -> None:
+        super().__init__("http://influx.invalid")
+        self.bodies: list[str] = []
+
+    async def _send_text(self, body: str) -> None:
+        if "bad" in body:
+            raise PermanentError("nope", "unparsable")
+        self.bodies.append(body)
+
+
+def test_an_influx_writer_sends_points_and_lines_as_bodies_and_isolates_the_bad() -> None:
+    writer = _Bodies()
+    points = _points(3)
+    assert asyncio.run(writer.write(points)) == WriteResult(3)
+    assert writer.bodies == [LineSerializer().lines(points)]
+    result = asyncio.run(writer.write_lines(["a 1", "bad", "c 3"]))
+    assert result.written == 2 and [r.point for r in result.rejected] == ["bad"]
+    assert writer.bodies[1:] == ["a 1", "c 3"]  # the whole body was refused, then split
+    assert asyncio.run(writer.write([])) == WriteResult(0)
+    assert asyncio.run(writer.write_lines([])) == WriteResult(0)
