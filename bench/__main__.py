@@ -312,7 +312,7 @@ def run_other_benches(quick: bool, budget_s: float) -> list[tuple[str, str, floa
         cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
         target = os.environ.get("BENCH_RESULTS")
         if target and '"--results"' in (BENCH_DIR / f"{name}.py").read_text():
-            cmd += ["--results", target]  # a bench with its own option for the file
+            cmd += ["--results", target]  # its own option; the others read $BENCH_RESULTS
         log.info("running %s (at most %.0f s)", " ".join(cmd[1:]), left)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -19,7 +19,6 @@ Run: ``python -m bench.bench_alerts [--quick] [--no-write]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -40,7 +39,7 @@ from alerts.notify import DeliveryStats, Dispatcher, Webhook
 from alerts.rules import Rule, parse_rules
 from alerts.service import AlertService
 from alerts.store import AlarmStore
-from bench.harness import Result, Section, now_utc, write_results
+from bench.harness import Result, Section, bench_parser, now_utc, run_section
 from citysense.catalog import HEALTH_METRICS, KINDS
 from citysense.config import Settings
 from citysense.model import Reading
@@ -487,16 +486,7 @@ def measure(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_alerts")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    parser.add_argument("--results", type=Path, help="write to this file instead")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section], path=args.results)
+    run_section(measure, bench_parser("bench.bench_alerts").parse_args(argv))
     return 0
 
 

@@ -13,7 +13,6 @@ Run: ``python -m bench.bench_deploy [--quick] [--no-write] [--results FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import ROOT, Result, Section, now_utc, write_results
+from bench.harness import ROOT, Result, Section, bench_parser, now_utc, run_section
 from citysense.registry import Device, format_registry
 from citysense.senml import CF_SENML_JSON, encode_values
 from tests.servers import free_port, free_udp_port
@@ -274,19 +273,8 @@ def measure(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_deploy")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    parser.add_argument("--results", type=Path, help="write to this file")
-    args = parser.parse_args(argv)
-    if args.results:
-        os.environ["BENCH_RESULTS"] = str(args.results.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
+    section = run_section(measure, bench_parser("bench.bench_deploy").parse_args(argv))
     print(json.dumps({r.name: r.value for r in section.results}, indent=1))
-    if not args.no_write:
-        write_results([section])
     return 0
 
 

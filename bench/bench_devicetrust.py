@@ -23,7 +23,6 @@ real Mosquitto and a stand-in ingestor confirming on ``.../stored``:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -44,9 +43,10 @@ from bench.harness import (
     MosquittoServer,
     Result,
     Section,
+    bench_parser,
     cpu_seconds,
     now_utc,
-    write_results,
+    run_section,
 )
 from citysense.credentials import (
     DTLS_PSK,
@@ -484,17 +484,9 @@ def measure(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_devicetrust")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", default=None, help="results file (default RESULTS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = bench_parser("bench.bench_devicetrust").parse_args(argv)
     logging.getLogger("coap").setLevel(logging.WARNING)
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section], path=Path(args.results) if args.results else None)
+    run_section(measure, args)
     return 0
 
 

@@ -24,7 +24,6 @@ Run: ``python -m bench.bench_quality [--quick] [--no-write]``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -42,7 +41,7 @@ import numpy as np
 
 from analytics import forecast as fc
 from analytics import quality as q
-from bench.harness import Result, Section, write_results
+from bench.harness import Result, Section, bench_parser, run_section
 from citysense.catalog import QUALITY
 from simulators.city import generate_fleet
 from simulators.models import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, CityModel
@@ -442,15 +441,7 @@ def measure(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_quality")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section])
+    run_section(measure, bench_parser("bench.bench_quality").parse_args(argv))
     return 0
 
 

@@ -12,7 +12,6 @@ Every load is bounded in count and time. Run alone: ``python -m bench.limits [--
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
@@ -31,13 +30,17 @@ from bench.harness import (
     MosquittoServer,
     Result,
     Section,
+    bench_parser,
     ensure_apt_binary,
     make_payloads,
+    mosquitto_pub_command,
+    mosquitto_sub_command,
+    mqttload_pub_command,
     now_utc,
     python_command,
+    run_section,
     running_servers,
     write_payload_file,
-    write_results,
 )
 
 log = logging.getLogger(__name__)
@@ -152,21 +155,7 @@ def influx_write_rate(
 def _persistent_sub(port: int, client_id: str, topic: str) -> None:
     """Create a persistent QoS 1 session so nothing published before the reader starts is lost."""
     subprocess.run(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-c",
-            "-i",
-            client_id,
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-E",
-        ],
+        mosquitto_sub_command(port, client_id, topic, "-E"),
         check=True,
         capture_output=True,
         timeout=30,
@@ -178,47 +167,15 @@ def mqtt_c_rate(broker: MosquittoServer, payload: bytes, count: int, seconds: fl
     sub_id, topic = f"lim-c-{time.monotonic_ns()}", "bench/limits/c"
     _persistent_sub(broker.port, sub_id, topic)
     sub = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(broker.port),
-            "-c",
-            "-i",
-            sub_id,
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-C",
-            str(count),
-            "-W",
-            str(int(seconds) + 1),
-            "-N",
-        ],
+        mosquitto_sub_command(
+            broker.port, sub_id, topic, "-C", str(count), "-W", str(int(seconds) + 1), "-N"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     start = time.monotonic()
     pub = subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload.decode(),
-            "--repeat",
-            str(count),
-            "--repeat-delay",
-            "0",
-        ],
+        mosquitto_pub_command(broker.port, topic, payload, count),
         capture_output=True,
         timeout=seconds + 30,
         check=False,
@@ -273,24 +230,9 @@ def mqtt_load_rate(
         sub_id = f"lim-sub-{time.monotonic_ns()}"
         _persistent_sub(broker.port, sub_id, topic)
         sub = subprocess.Popen(
-            [
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port),
-                "-c",
-                "-i",
-                sub_id,
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-C",
-                str(count),
-                "-W",
-                str(int(seconds) + 1),
-            ],
+            mosquitto_sub_command(
+                broker.port, sub_id, topic, "-C", str(count), "-W", str(int(seconds) + 1)
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -298,34 +240,14 @@ def mqtt_load_rate(
     if publisher == "c":
         body = payload_file.read_bytes().split(b"\n", 1)[0].partition(b"\t")[2]
         subprocess.run(
-            [
-                "mosquitto_pub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port),
-                "-q",
-                "1",
-                "-t",
-                "citysense/v1/gw-lim/up",
-                "-m",
-                body.decode(),
-                "--repeat",
-                str(count),
-                "--repeat-delay",
-                "0",
-            ],
+            mosquitto_pub_command(broker.port, "citysense/v1/gw-lim/up", body, count),
             capture_output=True,
             timeout=seconds + 30,
             check=True,
         )
     else:
-        args = ["pub", "--port", str(broker.port), "--file", str(payload_file)]
-        args += ["--count", str(count), "--seconds", str(seconds)]
-        if publisher == "raw":
-            args.append("--raw")
         subprocess.run(
-            python_command("bench.peers.mqttload", *args),
+            mqttload_pub_command(broker.port, payload_file, count, seconds, raw=publisher == "raw"),
             capture_output=True,
             timeout=seconds + 60,
             check=True,
@@ -423,14 +345,11 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.limits")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with running_servers("limits") as (broker, influx):
-        section, _ = measure(broker, influx, args.quick)
-    write_results([section])
-    print(section.to_markdown())
+    def alone(quick: bool) -> Section:
+        with running_servers("limits") as (broker, influx):
+            return measure(broker, influx, quick)[0]
+
+    run_section(alone, bench_parser("bench.limits").parse_args(argv))
     return 0
 
 

@@ -1,0 +1,75 @@
+"""The benchmark harness's shared plumbing: its command line, its report and its commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.harness import (
+    Result,
+    Section,
+    bench_parser,
+    mosquitto_pub_command,
+    mosquitto_sub_command,
+    mqttload_pub_command,
+    run_section,
+)
+
+
+def _measure(quick: bool) -> Section:
+    section = Section("probe", "Probe", body="quick" if quick else "full")
+    section.add(Result("figure", 2.0 if quick else 3.0, "x/s"))
+    return section
+
+
+def test_bench_parser_takes_the_common_options() -> None:
+    parser = bench_parser("bench.bench_probe")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(["--quick", "--results", "out.md", "--port", "5"])
+    assert (args.quick, args.no_write, args.results, args.port) == (True, False, Path("out.md"), 5)
+    assert parser.prog == "python -m bench.bench_probe"
+    defaults = parser.parse_args([])
+    assert (defaults.quick, defaults.no_write, defaults.results) == (False, False, None)
+
+
+def test_run_section_prints_and_merges_into_the_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "RESULTS.md"
+    args = bench_parser("bench.bench_probe").parse_args(["--quick", "--results", str(target)])
+    section = run_section(_measure, args)
+    assert section.body == "quick"
+    assert "## Probe" in capsys.readouterr().out
+    text = target.read_text()
+    assert "<!-- bench:section probe -->" in text and "| figure | 2 x/s |" in text
+
+
+def test_run_section_with_no_write_leaves_the_file_alone(tmp_path: Path) -> None:
+    target = tmp_path / "RESULTS.md"
+    args = bench_parser("bench.bench_probe").parse_args(["--no-write", "--results", str(target)])
+    assert run_section(_measure, args).body == "full"
+    assert not target.exists()
+
+
+def test_mosquitto_commands() -> None:
+    sub = mosquitto_sub_command(1883, "sub-1", "a/b", "-C", "10")
+    assert sub == [
+        *("mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-c", "-i", "sub-1"),
+        *("-q", "1", "-t", "a/b", "-C", "10"),
+    ]
+    pub = mosquitto_pub_command(1883, "a/b", b'{"x":1}', 5)
+    assert pub == [
+        *("mosquitto_pub", "-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", "a/b"),
+        *("-m", '{"x":1}', "--repeat", "5", "--repeat-delay", "0"),
+    ]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_mqttload_pub_command_is_what_mqttload_takes(raw: bool) -> None:
+    cmd = mqttload_pub_command(1883, Path("load.txt"), 100, 2.5, raw=raw)
+    assert cmd[1:3] == ["-m", "bench.peers.mqttload"]
+    assert cmd[3:] == [
+        *("pub", "--port", "1883", "--file", "load.txt", "--count", "100", "--seconds", "2.5"),
+        *(["--raw"] if raw else []),
+    ]
