@@ -12,14 +12,12 @@ Every load is bounded in count and time. Run alone: ``python -m bench.limits [--
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import multiprocessing as mp
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier as MpBarrier
 from pathlib import Path
@@ -42,6 +40,7 @@ from bench.harness import (
     running_servers,
     write_payload_file,
 )
+from bench.peers.common import write_connection
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,7 @@ def _influx_writer(
                 f"{t0 + i // 1000}"
             )
         bodies.append("\n".join(lines).encode())
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    path = "/write?" + urllib.parse.urlencode({"db": db, "precision": "ms"})
+    conn, path = write_connection(url, db, timeout=60)
     go.wait(300)
     start = time.monotonic()
     deadline = start + seconds

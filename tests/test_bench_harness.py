@@ -15,6 +15,7 @@ from bench.harness import (
     mqttload_pub_command,
     run_section,
 )
+from bench.peers.common import peer_parser, write_connection
 
 
 def _measure(quick: bool) -> Section:
@@ -73,3 +74,14 @@ def test_mqttload_pub_command_is_what_mqttload_takes(raw: bool) -> None:
         *("pub", "--port", "1883", "--file", "load.txt", "--count", "100", "--seconds", "2.5"),
         *(["--raw"] if raw else []),
     ]
+
+
+def test_peer_parser_and_write_connection() -> None:
+    parser = peer_parser("bench.peers.probe")
+    args = parser.parse_args(["--mqtt-port", "1883", "--influx-url", "http://h:8086", "--db", "d"])
+    assert (args.mqtt_port, args.influx_url, args.db) == (1883, "http://h:8086", "d")
+    with pytest.raises(SystemExit):  # --db is required
+        parser.parse_args(["--mqtt-port", "1883", "--influx-url", "http://h:8086"])
+    conn, path = write_connection("http://127.0.0.1:8086", "city db", timeout=5)
+    assert (conn.host, conn.port, conn.timeout) == ("127.0.0.1", 8086, 5)
+    assert path == "/write?db=city+db&precision=ms"
