@@ -39,7 +39,7 @@ from alerts.notify import DeliveryStats, Dispatcher, Webhook
 from alerts.rules import Rule, parse_rules
 from alerts.service import AlertService
 from alerts.store import AlarmStore
-from bench.harness import Result, Section, bench_parser, now_utc, run_section
+from bench.harness import Result, Section, bench_main, now_utc
 from citysense.catalog import HEALTH_METRICS, KINDS
 from citysense.config import Settings
 from citysense.model import Reading
@@ -481,13 +481,11 @@ def measure(quick: bool) -> Section:
         f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, shared "
         "with other work: figures are lower bounds."
     )
-    section.commands = ["python -m bench.bench_alerts" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_section(measure, bench_parser("bench.bench_alerts").parse_args(argv))
-    return 0
+    return bench_main("bench.bench_alerts", measure, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from typing import Any
 from bench.bench_gateway import GATEWAY, edge_process, run_datagrams
 from bench.harness import (
     WORK_DIR,
-    MosquittoServer,
     Result,
     Section,
     bench_parser,
@@ -60,7 +59,7 @@ from citysense.senml import CF_SENML_JSON, encode_values
 from simulators import coap
 from simulators.oscore import DeviceContext
 from tests.edge.trust import NatRelay
-from tests.servers import free_udp_port
+from tests.servers import MosquittoServer, free_udp_port
 
 log = logging.getLogger("bench.devicetrust")
 
@@ -477,7 +476,6 @@ def measure(quick: bool) -> Section:
         f"{os.cpu_count()} cores as the gateway."
     )
     section.commands = [
-        "python -m bench.bench_devicetrust" + (" --quick" if quick else ""),
         "citysense edge --registry 2k-devices.csv [--device-keys keys.csv [--coaps ...]] ...",
     ]
     return section

@@ -523,7 +523,6 @@ def measure(quick: bool) -> Section:
         + "."
     )
     section.commands = [
-        "python -m bench.bench_gateway" + (" --quick" if quick else ""),
         "python -m bench.bench_gateway bare --port P",
         "citysense edge --registry 10k-devices.csv --mqtt mqtt://127.0.0.1:P ...",
         f"python -m bench.bench_gateway load --port P --count {count} --window {window}",

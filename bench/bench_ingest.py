@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import Result, Section, bench_parser, make_payloads, now_utc, run_section
+from bench.harness import Result, Section, bench_main, make_payloads, now_utc
 from ingest.pipeline import process_message
 from timeseries.lineprotocol import (
     LineFastPath,
@@ -187,7 +187,6 @@ def measure(quick: bool = False) -> Section:
         "ingest-internals",
         "Ingest internals (in-process, per reading)",
         measured_at=now_utc(),
-        commands=[f"python -m bench.bench_ingest{' --quick' if quick else ''}"],
     )
     for result in serialisation(20_000 if quick else 100_000, runs):
         section.add(result)
@@ -206,8 +205,7 @@ def measure(quick: bool = False) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_section(measure, bench_parser("bench.bench_ingest").parse_args(argv))
-    return 0
+    return bench_main("bench.bench_ingest", measure, argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import numpy as np
 
 from analytics import forecast as fc
 from analytics import quality as q
-from bench.harness import Result, Section, bench_parser, run_section
+from bench.harness import Result, Section, bench_main
 from citysense.catalog import QUALITY
 from simulators.city import generate_fleet
 from simulators.models import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, CityModel
@@ -436,13 +436,11 @@ def measure(quick: bool) -> Section:
         f"{train // 24} days, scored from every hour after them at 1, 6 and 24 h "
         f"({', '.join(names)}). Detection {t_det:.0f} s, forecast {t_fc:.0f} s.\n\n" + public_text
     )
-    section.commands = ["python -m bench.bench_quality" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_section(measure, bench_parser("bench.bench_quality").parse_args(argv))
-    return 0
+    return bench_main("bench.bench_quality", measure, argv)
 
 
 if __name__ == "__main__":

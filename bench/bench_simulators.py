@@ -249,7 +249,6 @@ def measure(quick: bool) -> Section:
         "The machine was shared with other benchmarks and test runs during these runs, so the "
         "higher rates are a lower bound of what one process sustains on an idle machine."
     )
-    section.commands = ["python -m bench.bench_simulators" + (" --quick" if quick else "")]
     return section
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "MosquittoServer",
     "Result",
     "Section",
+    "bench_main",
     "bench_parser",
     "cpu_seconds",
     "ensure_apt_binary",
@@ -568,6 +569,7 @@ def mosquitto_pub_command(port: int, topic: str, message: bytes, count: int) -> 
 def bench_parser(module: str) -> argparse.ArgumentParser:
     """The command line of ``python -m module``, with the options every benchmark takes."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.set_defaults(module=module)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     parser.add_argument(
@@ -582,12 +584,20 @@ def bench_parser(module: str) -> argparse.ArgumentParser:
 def run_section(measure: Callable[[bool], Section], args: argparse.Namespace) -> Section:
     """Run ``measure(args.quick)`` with INFO logging; print its section and merge it in.
 
+    The command that ran it (``python -m module [--quick]``) heads the section's commands.
     The section goes to ``args.results`` (default: :func:`write_results`' file) unless
     ``args.no_write``.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     section = measure(args.quick)
+    section.commands.insert(0, f"python -m {args.module}" + (" --quick" if args.quick else ""))
     print(section.to_markdown())
     if not args.no_write:
         write_results([section], path=args.results)
     return section
+
+
+def bench_main(module: str, measure: Callable[[bool], Section], argv: list[str] | None) -> int:
+    """The ``main`` of a benchmark with no options of its own: :func:`run_section`."""
+    run_section(measure, bench_parser(module).parse_args(argv))
+    return 0

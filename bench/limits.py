@@ -293,37 +293,26 @@ def measure(
         )
     )
     n = len(payloads)
-    limits.mqtt_c_to_paho_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "c", "paho")
-    section.add(
-        Result(
-            "Mosquitto QoS 1, mosquitto_pub → paho subscriber",
-            limits.mqtt_c_to_paho_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
+    # (figure of Limits, publisher, subscriber, name, note); compared with the C clients
+    for attr, publisher, subscriber, name, note in (
+        ("mqtt_c_to_paho_msgs_s", "c", "paho",
+         "Mosquitto QoS 1, mosquitto_pub → paho subscriber", ""),
+        ("mqtt_paho_msgs_s", "paho", "paho", "Mosquitto QoS 1, paho → paho", ""),
+        ("load_msgs_s", "raw", "c", "benchmark load: bare-socket QoS 1 publisher → mosquitto_sub",
+         "the publisher every ingest figure uses"),
+    ):  # fmt: skip
+        rate = mqtt_load_rate(broker, payload_file, n, mseconds, publisher, subscriber)
+        setattr(limits, attr, rate)
+        section.add(
+            Result(
+                name,
+                rate,
+                "msg/s",
+                baseline=limits.mqtt_c_msgs_s,
+                baseline_name="C clients",
+                note=note,
+            )
         )
-    )
-    limits.mqtt_paho_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "paho", "paho")
-    section.add(
-        Result(
-            "Mosquitto QoS 1, paho → paho",
-            limits.mqtt_paho_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
-        )
-    )
-    limits.load_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "raw", "c")
-    section.add(
-        Result(
-            "benchmark load: bare-socket QoS 1 publisher → mosquitto_sub",
-            limits.load_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
-            note="the publisher every ingest figure uses",
-        )
-    )
     section.body = (
         "Each server alone, loaded by clients that do nothing else. influxd's best rate is the "
         "ingest limit with many readings per message (one reading = one point); the C clients' "

@@ -9,6 +9,7 @@ import pytest
 from bench.harness import (
     Result,
     Section,
+    bench_main,
     bench_parser,
     mosquitto_pub_command,
     mosquitto_sub_command,
@@ -19,7 +20,9 @@ from bench.peers.common import peer_parser, write_connection
 
 
 def _measure(quick: bool) -> Section:
-    section = Section("probe", "Probe", body="quick" if quick else "full")
+    section = Section(
+        "probe", "Probe", body="quick" if quick else "full", commands=["probe --flag"]
+    )
     section.add(Result("figure", 2.0 if quick else 3.0, "x/s"))
     return section
 
@@ -41,6 +44,7 @@ def test_run_section_prints_and_merges_into_the_results_file(
     args = bench_parser("bench.bench_probe").parse_args(["--quick", "--results", str(target)])
     section = run_section(_measure, args)
     assert section.body == "quick"
+    assert section.commands == ["python -m bench.bench_probe --quick", "probe --flag"]
     assert "## Probe" in capsys.readouterr().out
     text = target.read_text()
     assert "<!-- bench:section probe -->" in text and "| figure | 2 x/s |" in text
@@ -51,6 +55,15 @@ def test_run_section_with_no_write_leaves_the_file_alone(tmp_path: Path) -> None
     args = bench_parser("bench.bench_probe").parse_args(["--no-write", "--results", str(target)])
     assert run_section(_measure, args).body == "full"
     assert not target.exists()
+
+
+def test_bench_main_runs_the_benchmark_with_the_common_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "RESULTS.md"
+    assert bench_main("bench.bench_probe", _measure, ["--results", str(target)]) == 0
+    assert "python -m bench.bench_probe\n" in capsys.readouterr().out
+    assert "| figure | 3 x/s |" in target.read_text()
 
 
 def test_mosquitto_commands() -> None:
