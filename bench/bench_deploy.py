@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import ROOT, Result, Section, bench_parser, now_utc, run_section
+from bench.harness import ROOT, Result, Section, bench_parser, now_utc, run_section, vm_kib
 from citysense.registry import Device, format_registry
 from citysense.senml import CF_SENML_JSON, encode_values
 from tests.servers import free_port, free_udp_port
@@ -97,10 +97,11 @@ def deb_figures(work: Path, wheel: Path) -> dict[str, float]:
 
 
 def rss_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    """Resident bytes of process ``pid``."""
+    kib = vm_kib(pid, "VmRSS")
+    if not kib:
+        raise RuntimeError("no VmRSS")
+    return kib * 1024
 
 
 def bare_interpreter() -> tuple[float, int]:

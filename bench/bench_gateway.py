@@ -43,6 +43,7 @@ from bench.harness import (
     now_utc,
     python_command,
     run_section,
+    vm_kib,
     wait_until,
 )
 from tests.servers import ProvisionedMosquitto, free_udp_port
@@ -242,13 +243,6 @@ def load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -> di
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def bare_run(count: int, window: int, seed: int) -> tuple[dict[str, float], float, int]:

@@ -51,6 +51,7 @@ __all__ = [
     "ensure_apt_binary",
     "free_port",
     "influx_points_written",
+    "load_average",
     "load_payloads",
     "machine_info",
     "make_payloads",
@@ -60,6 +61,7 @@ __all__ = [
     "run_section",
     "running_servers",
     "versions",
+    "vm_kib",
     "wait_until",
     "write_payload_file",
     "write_results",
@@ -318,6 +320,14 @@ def _version_in(cmd: Sequence[str]) -> str:
     return m.group(1).rstrip(".") if m else "not found"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as ``/proc/loadavg`` gives them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def machine_info() -> dict[str, str]:
     """nproc, memory, CPU model, kernel and the load average when asked."""
     cpu = "unknown"
@@ -332,15 +342,12 @@ def machine_info() -> dict[str, str]:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
                 break
-    load = "unknown"
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return {
         "nproc": str(os.cpu_count() or "unknown"),
         "memory": mem,
         "cpu": cpu,
         "kernel": platform.release(),
-        "load average (1/5/15 min)": load,
+        "load average (1/5/15 min)": load_average(),
     }
 
 
@@ -403,6 +410,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def vm_kib(pid: int, key: str) -> int:
+    """A ``Vm*`` line of ``/proc/PID/status`` in KiB (``VmRSS``, ``VmHWM``; 0 when absent)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 # --------------------------------------------------------------------------- servers

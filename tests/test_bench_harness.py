@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,14 @@ from bench.harness import (
     Section,
     bench_main,
     bench_parser,
+    cpu_seconds,
+    load_average,
+    machine_info,
     mosquitto_pub_command,
     mosquitto_sub_command,
     mqttload_pub_command,
     run_section,
+    vm_kib,
 )
 from bench.peers.common import peer_parser, write_connection
 
@@ -98,3 +103,12 @@ def test_peer_parser_and_write_connection() -> None:
     conn, path = write_connection("http://127.0.0.1:8086", "city db", timeout=5)
     assert (conn.host, conn.port, conn.timeout) == ("127.0.0.1", 8086, 5)
     assert path == "/write?db=city+db&precision=ms"
+
+
+def test_process_figures_of_this_process() -> None:
+    me = os.getpid()
+    assert vm_kib(me, "VmRSS") > 0 and vm_kib(me, "VmHWM") >= vm_kib(me, "VmRSS")
+    assert vm_kib(me, "NoSuchLine") == 0
+    assert cpu_seconds(me) > 0
+    assert len(load_average().split()) == 3
+    assert machine_info()["load average (1/5/15 min)"].count(" ") == 2
