@@ -166,56 +166,34 @@ def ingest_comparison(
         best_key = max(peer_rates, key=lambda k: peer_rates[k], default="")
         best = peer_rates.get(best_key, 0.0)
         for key, m in results.items():
-            name = f"ingest {load.per_message}/msg: {m.name}"
+            goal, baseline, baseline_name, met = "", None, "", None
             if key == "citysense":
-                text, ratio_goal, floor = GOALS.get(load.per_message, ("", 0.0, 0.0))
+                goal, ratio_goal, floor = GOALS.get(load.per_message, ("", 0.0, 0.0))
+                baseline = best or None
+                baseline_name = f"best peer: {results[best_key].name}" if best_key else ""
                 met = m.complete and m.rate >= floor and (not best or m.rate >= ratio_goal * best)
-                note = _rate_note(m) + ("; goal met" if met else "; goal NOT met")
-                section.add(
-                    Result(
-                        name,
-                        m.rate,
-                        "readings/s",
-                        text,
-                        best or None,
-                        note,
-                        baseline_name=f"best peer: {results[best_key].name}" if best_key else "",
-                        limit=limit,
-                        limit_name=limit_name,
-                    )
-                )
                 citysense_by_load[load.per_message] = m
             elif key == "citysense-2":
                 one = results.get("citysense")
-                base = one.rate if one and not one.error else None
-                met = bool(base) and m.complete and m.rate >= 1.6 * (base or 0)
-                note = _rate_note(m) + ("; goal met" if met else "; goal NOT met")
-                section.add(
-                    Result(
-                        name,
-                        m.rate,
-                        "readings/s",
-                        "≥ 1.6× one process",
-                        base,
-                        note,
-                        baseline_name="one process",
-                        limit=limit,
-                        limit_name=limit_name,
-                    )
+                baseline = one.rate if one and not one.error else None
+                goal, baseline_name = "≥ 1.6× one process", "one process"
+                met = bool(baseline) and m.complete and m.rate >= 1.6 * (baseline or 0)
+            note = _rate_note(m)
+            if met is not None:
+                note += "; goal met" if met else "; goal NOT met"
+            section.add(
+                Result(
+                    f"ingest {load.per_message}/msg: {m.name}",
+                    m.rate,
+                    "readings/s",
+                    goal,
+                    baseline,
+                    note,
+                    baseline_name=baseline_name,
+                    limit=limit,
+                    limit_name=limit_name,
                 )
-            else:
-                section.add(
-                    Result(
-                        name,
-                        m.rate,
-                        "readings/s",
-                        "",
-                        None,
-                        _rate_note(m),
-                        limit=limit,
-                        limit_name=limit_name,
-                    )
-                )
+            )
     section.body = (
         "Each consumer gets a fresh Mosquitto (the project's `deploy/mosquitto.conf`), its own "
         "database on the one influxd, and the same pre-generated envelopes "
@@ -312,7 +290,7 @@ def run_other_benches(quick: bool, budget_s: float) -> list[tuple[str, str, floa
         cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
         target = os.environ.get("BENCH_RESULTS")
         if target and '"--results"' in (BENCH_DIR / f"{name}.py").read_text():
-            cmd += ["--results", target]  # a bench with its own option for the file
+            cmd += ["--results", target]  # its own option; the others read $BENCH_RESULTS
         log.info("running %s (at most %.0f s)", " ".join(cmd[1:]), left)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

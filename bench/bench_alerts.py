@@ -19,7 +19,6 @@ Run: ``python -m bench.bench_alerts [--quick] [--no-write]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -40,7 +39,7 @@ from alerts.notify import DeliveryStats, Dispatcher, Webhook
 from alerts.rules import Rule, parse_rules
 from alerts.service import AlertService
 from alerts.store import AlarmStore
-from bench.harness import Result, Section, now_utc, write_results
+from bench.harness import Result, Section, bench_main, now_utc
 from citysense.catalog import HEALTH_METRICS, KINDS
 from citysense.config import Settings
 from citysense.model import Reading
@@ -482,22 +481,11 @@ def measure(quick: bool) -> Section:
         f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, shared "
         "with other work: figures are lower bounds."
     )
-    section.commands = ["python -m bench.bench_alerts" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_alerts")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    parser.add_argument("--results", type=Path, help="write to this file instead")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section], path=args.results)
-    return 0
+    return bench_main("bench.bench_alerts", measure, argv)
 
 
 if __name__ == "__main__":

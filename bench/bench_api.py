@@ -45,7 +45,9 @@ from bench.harness import (
     InfluxServer,
     Result,
     Section,
+    cpu_seconds,
     free_port,
+    load_average,
     now_utc,
     write_results,
 )
@@ -185,12 +187,6 @@ class ApiThread:
         self._thread.join(30)
 
 
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def wait_for_quiet(influx: InfluxServer, limit_s: float = 180.0) -> float:
     """Wait (at most ``limit_s``) until influxd uses under 10% of a core over 2 s: its
     compactions after the bulk load would otherwise be measured as query latency."""
@@ -198,22 +194,13 @@ def wait_for_quiet(influx: InfluxServer, limit_s: float = 180.0) -> float:
     pid = influx.pid
     if pid is None:
         return 0.0
-    hz = 100
     while time.monotonic() - t0 < limit_s:
-        before = _cpu_ticks(pid)
+        before = cpu_seconds(pid)
         done = threading.Event()
         done.wait(2.0)  # the measuring interval itself, not a wait for an event
-        if (_cpu_ticks(pid) - before) / hz / 2.0 < 0.10:
+        if (cpu_seconds(pid) - before) / 2.0 < 0.10:
             break
     return time.monotonic() - t0
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as fh:
-            return " ".join(fh.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -259,7 +246,7 @@ def backfill_rollups(influx: InfluxServer, size: Size) -> None:
     store = open_rollup_store(settings)
     assert store is not None
     worker = RollupWorker(store, settle_ms=0)
-    icpu0, cpu0, t0 = _cpu_ticks(influx.pid or 0), time.process_time(), time.perf_counter()
+    icpu0, cpu0, t0 = cpu_seconds(influx.pid or 0), time.process_time(), time.perf_counter()
 
     async def run() -> None:
         try:
@@ -270,7 +257,7 @@ def backfill_rollups(influx: InfluxServer, size: Size) -> None:
     asyncio.run(run())
     size.rollup_s = time.perf_counter() - t0
     size.rollup_cpu_s = time.process_time() - cpu0
-    size.rollup_influx_cpu_s = (_cpu_ticks(influx.pid or 0) - icpu0) / 100
+    size.rollup_influx_cpu_s = cpu_seconds(influx.pid or 0) - icpu0
     size.windows = worker.stats.windows_recomputed
 
 
@@ -475,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             "loaded raw data (a first start over an existing store: every hour marked, then "
             "recomputed); its CPU per reading is the worker's and influxd's CPU over that "
             "build ÷ stored points. The store holds 7 days: the 365-day series covers them "
-            f"and 358 empty days. Load average at the end: {_loadavg()}. The machine is "
+            f"and 358 empty days. Load average at the end: {load_average()}. The machine is "
             "shared: read the ratios."
             + (" Quick run: a smaller city than the goal's." if args.quick else "")
         )

@@ -13,7 +13,6 @@ Run: ``python -m bench.bench_deploy [--quick] [--no-write] [--results FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import ROOT, Result, Section, now_utc, write_results
+from bench.harness import ROOT, Result, Section, bench_parser, now_utc, run_section, vm_kib
 from citysense.registry import Device, format_registry
 from citysense.senml import CF_SENML_JSON, encode_values
 from tests.servers import free_port, free_udp_port
@@ -98,10 +97,11 @@ def deb_figures(work: Path, wheel: Path) -> dict[str, float]:
 
 
 def rss_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    """Resident bytes of process ``pid``."""
+    kib = vm_kib(pid, "VmRSS")
+    if not kib:
+        raise RuntimeError("no VmRSS")
+    return kib * 1024
 
 
 def bare_interpreter() -> tuple[float, int]:
@@ -269,24 +269,12 @@ def measure(quick: bool) -> Section:
         "exec to the READY=1 datagram on the bench's notify socket, which the gateway sends "
         "once its CoAP socket is bound and served. Sizes count files and symlinks."
     )
-    section.commands = ["python -m bench.bench_deploy" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_deploy")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    parser.add_argument("--results", type=Path, help="write to this file")
-    args = parser.parse_args(argv)
-    if args.results:
-        os.environ["BENCH_RESULTS"] = str(args.results.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
+    section = run_section(measure, bench_parser("bench.bench_deploy").parse_args(argv))
     print(json.dumps({r.name: r.value for r in section.results}, indent=1))
-    if not args.no_write:
-        write_results([section])
     return 0
 
 

@@ -23,7 +23,6 @@ real Mosquitto and a stand-in ingestor confirming on ``.../stored``:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -41,12 +40,12 @@ from typing import Any
 from bench.bench_gateway import GATEWAY, edge_process, run_datagrams
 from bench.harness import (
     WORK_DIR,
-    MosquittoServer,
     Result,
     Section,
+    bench_parser,
     cpu_seconds,
     now_utc,
-    write_results,
+    run_section,
 )
 from citysense.credentials import (
     DTLS_PSK,
@@ -60,7 +59,7 @@ from citysense.senml import CF_SENML_JSON, encode_values
 from simulators import coap
 from simulators.oscore import DeviceContext
 from tests.edge.trust import NatRelay
-from tests.servers import free_udp_port
+from tests.servers import MosquittoServer, free_udp_port
 
 log = logging.getLogger("bench.devicetrust")
 
@@ -403,28 +402,28 @@ def measure(quick: bool) -> Section:
             note="the gateway's CPU use per uplink (robust to a busy machine)",
         )
     )
-    section.add(
-        Result(
-            "DTLS, established sessions (32 devices): uplinks 2.04",
-            est["rate"],
-            "uplinks/s",
-            baseline=best_plain[0]["rate"],
-            baseline_name="plain CoAP",
-            note=f"{est_cpu / max(1, est['ok']) * 1e6:.0f} µs gateway CPU per uplink; "
+    for what, dtls, how in (
+        (
+            "established sessions (32 devices)",
+            (est, est_cpu),
             "aiocoap client load generator on the same cores",
-        )
-    )
-    section.add(
-        Result(
-            "DTLS, a new session per uplink: uplinks 2.04",
-            new["rate"],
-            "uplinks/s",
-            baseline=best_plain[0]["rate"],
-            baseline_name="plain CoAP",
-            note=f"{new_cpu / max(1, new['ok']) * 1e6:.0f} µs gateway CPU per uplink; "
+        ),
+        (
+            "a new session per uplink",
+            (new, new_cpu),
             "one coap-client-openssl process per uplink, 4 at a time",
+        ),
+    ):
+        section.add(
+            Result(
+                f"DTLS, {what}: uplinks 2.04",
+                dtls[0]["rate"],
+                "uplinks/s",
+                baseline=best_plain[0]["rate"],
+                baseline_name="plain CoAP",
+                note=f"{per_uplink_us(dtls):.0f} µs gateway CPU per uplink; {how}",
+            )
         )
-    )
     for name, value in (
         ("plain CoAP", plain_bytes),
         ("OSCORE", best_osc[0]["bytes_per_uplink"]),
@@ -477,24 +476,15 @@ def measure(quick: bool) -> Section:
         f"{os.cpu_count()} cores as the gateway."
     )
     section.commands = [
-        "python -m bench.bench_devicetrust" + (" --quick" if quick else ""),
         "citysense edge --registry 2k-devices.csv [--device-keys keys.csv [--coaps ...]] ...",
     ]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_devicetrust")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", default=None, help="results file (default RESULTS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = bench_parser("bench.bench_devicetrust").parse_args(argv)
     logging.getLogger("coap").setLevel(logging.WARNING)
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section], path=Path(args.results) if args.results else None)
+    run_section(measure, args)
     return 0
 
 

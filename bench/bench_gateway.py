@@ -15,7 +15,6 @@ Sub-commands used internally: ``bare --port P`` (the baseline server) and
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -38,12 +37,14 @@ from bench.harness import (
     MosquittoServer,
     Result,
     Section,
+    bench_parser,
     cpu_seconds,
     free_port,
     now_utc,
     python_command,
+    run_section,
+    vm_kib,
     wait_until,
-    write_results,
 )
 from tests.servers import ProvisionedMosquitto, free_udp_port
 
@@ -242,13 +243,6 @@ def load(port: int, count: int, window: int, seed: int, rate: float = 0.0) -> di
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def bare_run(count: int, window: int, seed: int) -> tuple[dict[str, float], float, int]:
@@ -523,7 +517,6 @@ def measure(quick: bool) -> Section:
         + "."
     )
     section.commands = [
-        "python -m bench.bench_gateway" + (" --quick" if quick else ""),
         "python -m bench.bench_gateway bare --port P",
         "citysense edge --registry 10k-devices.csv --mqtt mqtt://127.0.0.1:P ...",
         f"python -m bench.bench_gateway load --port P --count {count} --window {window}",
@@ -532,15 +525,13 @@ def measure(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_gateway")
+    parser = bench_parser("bench.bench_gateway")
     parser.add_argument("mode", nargs="?", default="measure", choices=("measure", "bare", "load"))
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0, help="uplinks/s (0: as fast as it goes)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args(argv)
     if args.mode == "bare":
         run_bare(args.port)
@@ -548,11 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "load":
         print(json.dumps(run_load(args.port, args.count, args.window, args.seed, args.rate)))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section])
+    run_section(measure, args)
     return 0
 
 

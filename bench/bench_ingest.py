@@ -18,7 +18,6 @@ figures move with the machine's load, ratios much less.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import Result, Section, make_payloads, now_utc, write_results
+from bench.harness import Result, Section, bench_main, make_payloads, now_utc
 from ingest.pipeline import process_message
 from timeseries.lineprotocol import (
     LineFastPath,
@@ -181,24 +180,19 @@ def sqlite_backfill(total: int) -> list[Result]:
     ]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_ingest")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    runs = 2 if args.quick else 5
+def measure(quick: bool = False) -> Section:
+    """Every in-process figure, best of several interleaved rounds."""
+    runs = 2 if quick else 5
     section = Section(
         "ingest-internals",
         "Ingest internals (in-process, per reading)",
         measured_at=now_utc(),
-        commands=[f"python -m bench.bench_ingest{' --quick' if args.quick else ''}"],
     )
-    for result in serialisation(20_000 if args.quick else 100_000, runs):
+    for result in serialisation(20_000 if quick else 100_000, runs):
         section.add(result)
-    for result in pipeline(400 if args.quick else 2_000, runs):
+    for result in pipeline(400 if quick else 2_000, runs):
         section.add(result)
-    for result in sqlite_backfill(100_000 if args.quick else 1_000_000):
+    for result in sqlite_backfill(100_000 if quick else 1_000_000):
         section.add(result)
     section.body = (
         "Best of several interleaved rounds, one process, no I/O except the SQLite figure. The readings are "
@@ -207,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in section.results:
         log.info("%s: %.3g %s", r.name, r.value, r.unit)
-    if not args.no_write:
-        write_results([section])
-    return 0
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("bench.bench_ingest", measure, argv)
 
 
 if __name__ == "__main__":

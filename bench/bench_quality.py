@@ -24,7 +24,6 @@ Run: ``python -m bench.bench_quality [--quick] [--no-write]``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -42,7 +41,7 @@ import numpy as np
 
 from analytics import forecast as fc
 from analytics import quality as q
-from bench.harness import Result, Section, write_results
+from bench.harness import Result, Section, bench_main
 from citysense.catalog import QUALITY
 from simulators.city import generate_fleet
 from simulators.models import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, CityModel
@@ -437,21 +436,11 @@ def measure(quick: bool) -> Section:
         f"{train // 24} days, scored from every hour after them at 1, 6 and 24 h "
         f"({', '.join(names)}). Detection {t_det:.0f} s, forecast {t_fc:.0f} s.\n\n" + public_text
     )
-    section.commands = ["python -m bench.bench_quality" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_quality")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section])
-    return 0
+    return bench_main("bench.bench_quality", measure, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run: ``python -m bench.bench_simulators [--quick] [--no-write]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -27,7 +26,7 @@ import time
 
 import numpy as np
 
-from bench.harness import Result, Section, now_utc, python_command, write_results
+from bench.harness import Result, Section, bench_parser, now_utc, python_command, run_section
 from citysense.config import Settings
 from simulators.backfill import backfill, backfill_columns
 from simulators.city import generate_fleet
@@ -250,16 +249,13 @@ def measure(quick: bool) -> Section:
         "The machine was shared with other benchmarks and test runs during these runs, so the "
         "higher rates are a lower bound of what one process sustains on an idle machine."
     )
-    section.commands = ["python -m bench.bench_simulators" + (" --quick" if quick else "")]
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_simulators")
+    parser = bench_parser("bench.bench_simulators")
     parser.add_argument("mode", nargs="?", default="measure", choices=("measure", "responder"))
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args(argv)
     if args.mode == "responder":
         try:
@@ -267,11 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    section = measure(args.quick)
-    print(section.to_markdown())
-    if not args.no_write:
-        write_results([section])
+    run_section(measure, args)
     return 0
 
 

@@ -13,6 +13,7 @@ another was measured in the same run on the same machine.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import html
@@ -28,7 +29,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,15 +45,23 @@ __all__ = [
     "MosquittoServer",
     "Result",
     "Section",
+    "bench_main",
+    "bench_parser",
     "cpu_seconds",
     "ensure_apt_binary",
     "free_port",
     "influx_points_written",
+    "load_average",
     "load_payloads",
     "machine_info",
     "make_payloads",
+    "mosquitto_pub_command",
+    "mosquitto_sub_command",
+    "mqttload_pub_command",
+    "run_section",
     "running_servers",
     "versions",
+    "vm_kib",
     "wait_until",
     "write_payload_file",
     "write_results",
@@ -311,6 +320,14 @@ def _version_in(cmd: Sequence[str]) -> str:
     return m.group(1).rstrip(".") if m else "not found"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as ``/proc/loadavg`` gives them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def machine_info() -> dict[str, str]:
     """nproc, memory, CPU model, kernel and the load average when asked."""
     cpu = "unknown"
@@ -325,15 +342,12 @@ def machine_info() -> dict[str, str]:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
                 break
-    load = "unknown"
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return {
         "nproc": str(os.cpu_count() or "unknown"),
         "memory": mem,
         "cpu": cpu,
         "kernel": platform.release(),
-        "load average (1/5/15 min)": load,
+        "load average (1/5/15 min)": load_average(),
     }
 
 
@@ -396,6 +410,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def vm_kib(pid: int, key: str) -> int:
+    """A ``Vm*`` line of ``/proc/PID/status`` in KiB (``VmRSS``, ``VmHWM``; 0 when absent)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 # --------------------------------------------------------------------------- servers
@@ -523,3 +545,74 @@ def now_utc() -> str:
 def python_command(module: str, *args: str) -> list[str]:
     """``python -m module args`` with this interpreter, for a benchmark subprocess."""
     return [sys.executable, "-m", module, *args]
+
+
+def mqttload_pub_command(
+    port: int, payload_file: Path, count: int, seconds: float, *, raw: bool
+) -> list[str]:
+    """``python -m bench.peers.mqttload pub``: up to ``count`` messages of ``payload_file``.
+
+    ``raw`` picks the bare-socket publisher (2,000 QoS 1 in flight) over paho's.
+    """
+    args = ["pub", "--port", str(port), "--file", str(payload_file)]
+    args += ["--count", str(count), "--seconds", str(seconds)]
+    return python_command("bench.peers.mqttload", *args, *(["--raw"] if raw else []))
+
+
+def mosquitto_sub_command(port: int, client_id: str, topic: str, *extra: str) -> list[str]:
+    """``mosquitto_sub`` at QoS 1 in the persistent session ``client_id`` (``-c``)."""
+    return [
+        "mosquitto_sub",
+        *("-h", "127.0.0.1", "-p", str(port)),
+        *("-c", "-i", client_id, "-q", "1", "-t", topic),
+        *extra,
+    ]
+
+
+def mosquitto_pub_command(port: int, topic: str, message: bytes, count: int) -> list[str]:
+    """``mosquitto_pub``: ``message`` ``count`` times at QoS 1, back to back."""
+    return [
+        "mosquitto_pub",
+        *("-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic),
+        *("-m", message.decode(), "--repeat", str(count), "--repeat-delay", "0"),
+    ]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def bench_parser(module: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m module``, with the options every benchmark takes."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.set_defaults(module=module)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        metavar="FILE",
+        help="write to this file instead of bench/RESULTS.md",
+    )
+    return parser
+
+
+def run_section(measure: Callable[[bool], Section], args: argparse.Namespace) -> Section:
+    """Run ``measure(args.quick)`` with INFO logging; print its section and merge it in.
+
+    The command that ran it (``python -m module [--quick]``) heads the section's commands.
+    The section goes to ``args.results`` (default: :func:`write_results`' file) unless
+    ``args.no_write``.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    section = measure(args.quick)
+    section.commands.insert(0, f"python -m {args.module}" + (" --quick" if args.quick else ""))
+    print(section.to_markdown())
+    if not args.no_write:
+        write_results([section], path=args.results)
+    return section
+
+
+def bench_main(module: str, measure: Callable[[bool], Section], argv: list[str] | None) -> int:
+    """The ``main`` of a benchmark with no options of its own: :func:`run_section`."""
+    run_section(measure, bench_parser(module).parse_args(argv))
+    return 0

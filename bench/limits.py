@@ -12,15 +12,12 @@ Every load is bounded in count and time. Run alone: ``python -m bench.limits [--
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import json
 import logging
 import multiprocessing as mp
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier as MpBarrier
 from pathlib import Path
@@ -31,14 +28,19 @@ from bench.harness import (
     MosquittoServer,
     Result,
     Section,
+    bench_parser,
     ensure_apt_binary,
     make_payloads,
+    mosquitto_pub_command,
+    mosquitto_sub_command,
+    mqttload_pub_command,
     now_utc,
     python_command,
+    run_section,
     running_servers,
     write_payload_file,
-    write_results,
 )
+from bench.peers.common import write_connection
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,7 @@ def _influx_writer(
                 f"{t0 + i // 1000}"
             )
         bodies.append("\n".join(lines).encode())
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    path = "/write?" + urllib.parse.urlencode({"db": db, "precision": "ms"})
+    conn, path = write_connection(url, db, timeout=60)
     go.wait(300)
     start = time.monotonic()
     deadline = start + seconds
@@ -152,21 +152,7 @@ def influx_write_rate(
 def _persistent_sub(port: int, client_id: str, topic: str) -> None:
     """Create a persistent QoS 1 session so nothing published before the reader starts is lost."""
     subprocess.run(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-c",
-            "-i",
-            client_id,
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-E",
-        ],
+        mosquitto_sub_command(port, client_id, topic, "-E"),
         check=True,
         capture_output=True,
         timeout=30,
@@ -178,47 +164,15 @@ def mqtt_c_rate(broker: MosquittoServer, payload: bytes, count: int, seconds: fl
     sub_id, topic = f"lim-c-{time.monotonic_ns()}", "bench/limits/c"
     _persistent_sub(broker.port, sub_id, topic)
     sub = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(broker.port),
-            "-c",
-            "-i",
-            sub_id,
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-C",
-            str(count),
-            "-W",
-            str(int(seconds) + 1),
-            "-N",
-        ],
+        mosquitto_sub_command(
+            broker.port, sub_id, topic, "-C", str(count), "-W", str(int(seconds) + 1), "-N"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     start = time.monotonic()
     pub = subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload.decode(),
-            "--repeat",
-            str(count),
-            "--repeat-delay",
-            "0",
-        ],
+        mosquitto_pub_command(broker.port, topic, payload, count),
         capture_output=True,
         timeout=seconds + 30,
         check=False,
@@ -273,24 +227,9 @@ def mqtt_load_rate(
         sub_id = f"lim-sub-{time.monotonic_ns()}"
         _persistent_sub(broker.port, sub_id, topic)
         sub = subprocess.Popen(
-            [
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port),
-                "-c",
-                "-i",
-                sub_id,
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-C",
-                str(count),
-                "-W",
-                str(int(seconds) + 1),
-            ],
+            mosquitto_sub_command(
+                broker.port, sub_id, topic, "-C", str(count), "-W", str(int(seconds) + 1)
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -298,34 +237,14 @@ def mqtt_load_rate(
     if publisher == "c":
         body = payload_file.read_bytes().split(b"\n", 1)[0].partition(b"\t")[2]
         subprocess.run(
-            [
-                "mosquitto_pub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port),
-                "-q",
-                "1",
-                "-t",
-                "citysense/v1/gw-lim/up",
-                "-m",
-                body.decode(),
-                "--repeat",
-                str(count),
-                "--repeat-delay",
-                "0",
-            ],
+            mosquitto_pub_command(broker.port, "citysense/v1/gw-lim/up", body, count),
             capture_output=True,
             timeout=seconds + 30,
             check=True,
         )
     else:
-        args = ["pub", "--port", str(broker.port), "--file", str(payload_file)]
-        args += ["--count", str(count), "--seconds", str(seconds)]
-        if publisher == "raw":
-            args.append("--raw")
         subprocess.run(
-            python_command("bench.peers.mqttload", *args),
+            mqttload_pub_command(broker.port, payload_file, count, seconds, raw=publisher == "raw"),
             capture_output=True,
             timeout=seconds + 60,
             check=True,
@@ -374,37 +293,26 @@ def measure(
         )
     )
     n = len(payloads)
-    limits.mqtt_c_to_paho_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "c", "paho")
-    section.add(
-        Result(
-            "Mosquitto QoS 1, mosquitto_pub → paho subscriber",
-            limits.mqtt_c_to_paho_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
+    # (figure of Limits, publisher, subscriber, name, note); compared with the C clients
+    for attr, publisher, subscriber, name, note in (
+        ("mqtt_c_to_paho_msgs_s", "c", "paho",
+         "Mosquitto QoS 1, mosquitto_pub → paho subscriber", ""),
+        ("mqtt_paho_msgs_s", "paho", "paho", "Mosquitto QoS 1, paho → paho", ""),
+        ("load_msgs_s", "raw", "c", "benchmark load: bare-socket QoS 1 publisher → mosquitto_sub",
+         "the publisher every ingest figure uses"),
+    ):  # fmt: skip
+        rate = mqtt_load_rate(broker, payload_file, n, mseconds, publisher, subscriber)
+        setattr(limits, attr, rate)
+        section.add(
+            Result(
+                name,
+                rate,
+                "msg/s",
+                baseline=limits.mqtt_c_msgs_s,
+                baseline_name="C clients",
+                note=note,
+            )
         )
-    )
-    limits.mqtt_paho_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "paho", "paho")
-    section.add(
-        Result(
-            "Mosquitto QoS 1, paho → paho",
-            limits.mqtt_paho_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
-        )
-    )
-    limits.load_msgs_s = mqtt_load_rate(broker, payload_file, n, mseconds, "raw", "c")
-    section.add(
-        Result(
-            "benchmark load: bare-socket QoS 1 publisher → mosquitto_sub",
-            limits.load_msgs_s,
-            "msg/s",
-            baseline=limits.mqtt_c_msgs_s,
-            baseline_name="C clients",
-            note="the publisher every ingest figure uses",
-        )
-    )
     section.body = (
         "Each server alone, loaded by clients that do nothing else. influxd's best rate is the "
         "ingest limit with many readings per message (one reading = one point); the C clients' "
@@ -423,14 +331,11 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.limits")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with running_servers("limits") as (broker, influx):
-        section, _ = measure(broker, influx, args.quick)
-    write_results([section])
-    print(section.to_markdown())
+    def alone(quick: bool) -> Section:
+        with running_servers("limits") as (broker, influx):
+            return measure(broker, influx, quick)[0]
+
+    run_section(alone, bench_parser("bench.limits").parse_args(argv))
     return 0
 
 

@@ -10,40 +10,31 @@ Run: ``python -m bench.peers.batched --mqtt-port P --influx-url URL --db DB``.
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import logging
-import signal
 import sys
 import threading
 import time
-import urllib.parse
 
 import paho.mqtt.client as mqtt
 
+from bench.peers.common import peer_parser, subscribe_until_sigterm, write_connection
 from bench.peers.lineproto import envelope_lines
 
-TOPIC = "citysense/v1/+/up"
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.peers.batched")
-    p.add_argument("--mqtt-port", type=int, required=True)
-    p.add_argument("--influx-url", required=True)
-    p.add_argument("--db", required=True)
+    p = peer_parser("bench.peers.batched")
     p.add_argument("--batch", type=int, default=5000)
     p.add_argument("--max-delay", type=float, default=1.0)
     a = p.parse_args(argv)
-    url = urllib.parse.urlsplit(a.influx_url)
-    path = "/write?" + urllib.parse.urlencode({"db": a.db, "precision": "ms"})
     pending: list[str] = []
     cond = threading.Condition()
     stopping = threading.Event()
 
     def writer() -> None:
         nonlocal pending
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+        conn, path = write_connection(a.influx_url, a.db)
         while True:
             with cond:
                 deadline = time.monotonic() + a.max_delay
@@ -71,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                 conn.close()
                 return
 
-    def on_connect(c: mqtt.Client, _u: object, _f: object, _rc: object, _p: object) -> None:
-        c.subscribe(TOPIC, qos=1)
-
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         lines = envelope_lines(msg.payload)
         with cond:
@@ -81,16 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             if len(pending) >= a.batch:
                 cond.notify()
 
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-batched", protocol=mqtt.MQTTv311
-    )
-    client.on_connect = on_connect
-    client.on_message = on_message
     thread = threading.Thread(target=writer, name="writer")
     thread.start()
-    signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
-    client.connect("127.0.0.1", a.mqtt_port, keepalive=60)
-    client.loop_forever()
+    subscribe_until_sigterm("bench-batched", a.mqtt_port, on_message)
     stopping.set()
     with cond:
         cond.notify()

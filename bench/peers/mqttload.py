@@ -30,15 +30,21 @@ def _client(client_id: str, clean: bool = True) -> mqtt.Client:
     )
 
 
-def publish(port: int, path: Path, count: int, seconds: float, qos: int = 1) -> dict[str, float]:
-    """Publish up to ``count`` messages of ``path``; return what was acknowledged and when."""
-    messages: list[tuple[str, bytes]] = []
+def _read_load(path: Path, count: int) -> list[tuple[bytes, bytes]]:
+    """The first ``count`` (topic, payload) lines of a load file, both as bytes."""
+    out: list[tuple[bytes, bytes]] = []
     with open(path, "rb") as f:
         for line in f:
-            if len(messages) >= count:
+            if len(out) >= count:
                 break
-            raw_topic, _, body = line.rstrip(b"\n").partition(b"\t")
-            messages.append((raw_topic.decode(), body))
+            topic, _, body = line.rstrip(b"\n").partition(b"\t")
+            out.append((topic, body))
+    return out
+
+
+def publish(port: int, path: Path, count: int, seconds: float, qos: int = 1) -> dict[str, float]:
+    """Publish up to ``count`` messages of ``path``; return what was acknowledged and when."""
+    messages = [(topic.decode(), body) for topic, body in _read_load(path, count)]
     client = _client(f"bench-pub-{time.monotonic_ns()}")
     acked = 0
     done = threading.Event()
@@ -106,13 +112,7 @@ def raw_publish(
     fastest consumers reach with one reading per message; this one encodes PUBLISH packets
     itself and is limited by the broker, so the load never sets the figure.
     """
-    bodies: list[tuple[bytes, bytes]] = []
-    with open(path, "rb") as f:
-        for line in f:
-            if len(bodies) >= count:
-                break
-            topic, _, body = line.rstrip(b"\n").partition(b"\t")
-            bodies.append((len(topic).to_bytes(2, "big") + topic, body))
+    bodies = [(len(t).to_bytes(2, "big") + t, body) for t, body in _read_load(path, count)]
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client_id = f"bench-rawpub-{time.monotonic_ns()}".encode()

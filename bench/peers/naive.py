@@ -9,33 +9,20 @@ Run: ``python -m bench.peers.naive --mqtt-port P --influx-url URL --db DB``; SIG
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import logging
-import signal
 import sys
-import urllib.parse
 
 import paho.mqtt.client as mqtt
 
+from bench.peers.common import peer_parser, subscribe_until_sigterm, write_connection
 from bench.peers.lineproto import envelope_lines
 
-TOPIC = "citysense/v1/+/up"
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.peers.naive")
-    p.add_argument("--mqtt-port", type=int, required=True)
-    p.add_argument("--influx-url", required=True)
-    p.add_argument("--db", required=True)
-    a = p.parse_args(argv)
-    url = urllib.parse.urlsplit(a.influx_url)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
-    path = "/write?" + urllib.parse.urlencode({"db": a.db, "precision": "ms"})
-
-    def on_connect(c: mqtt.Client, _u: object, _f: object, _rc: object, _p: object) -> None:
-        c.subscribe(TOPIC, qos=1)
+    a = peer_parser("bench.peers.naive").parse_args(argv)
+    conn, path = write_connection(a.influx_url, a.db)
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         body = "\n".join(envelope_lines(msg.payload)).encode()
@@ -45,14 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if resp.status != 204:
             log.error("/write answered %s", resp.status)
 
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-naive", protocol=mqtt.MQTTv311
-    )
-    client.on_connect = on_connect
-    client.on_message = on_message
-    signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
-    client.connect("127.0.0.1", a.mqtt_port, keepalive=60)
-    client.loop_forever()
+    subscribe_until_sigterm("bench-naive", a.mqtt_port, on_message)
     conn.close()
     return 0
 

@@ -36,6 +36,7 @@ from bench.harness import (
     free_port,
     influx_count,
     influx_points_written,
+    mqttload_pub_command,
     python_command,
 )
 from bench.peers import nodered
@@ -306,19 +307,7 @@ def measure(
             )
         start = time.monotonic()
         pub = subprocess.Popen(
-            python_command(
-                "bench.peers.mqttload",
-                "pub",
-                "--raw",
-                "--port",
-                str(broker.port),
-                "--file",
-                str(payload_file),
-                "--count",
-                str(messages),
-                "--seconds",
-                str(seconds),
-            ),
+            mqttload_pub_command(broker.port, payload_file, messages, seconds, raw=True),
             stdout=subprocess.PIPE,
             cwd=ROOT,
             env=_env(),
