@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS, METRICS
 from citysense.config import Settings, parse_retention
@@ -71,6 +73,22 @@ def written_ranges(fresh: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:
     return out
 
 
+#: a time after every other (no value)
+NEVER = 2**63
+#: rendered answers kept (per label, metrics, filters and window)
+MEMO_SIZE = 64
+
+
+@dataclass(slots=True)
+class _Memo:
+    version: int
+    end: int
+    lo: int
+    hi: int
+    count: int
+    body: bytes
+
+
 @dataclass(slots=True)
 class DeviceEntry:
     kind: str
@@ -99,12 +117,16 @@ class LatestCache:
         self.errors = 0
         self._wide_at = 0.0
         self._again: list[tuple[str, int, int]] = []
+        self.version = 0  #: bumped by every merge: answers rendered before are redone
+        self.memo_hits = 0
+        self._memo: OrderedDict[tuple[Any, ...], _Memo] = OrderedDict()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     def merge(self, rows: Iterable[LatestValue]) -> int:
         changed = 0
+        self.version += 1  # (a row may move a device's last_seen or tags: answers redone)
         for r in rows:
             e = self.devices.get(r.device)
             if e is None:
@@ -175,6 +197,13 @@ class LatestCache:
         self, metrics: tuple[str, ...], filters: Mapping[str, str], start: int, end: int
     ) -> list[LatestValue]:
         """As :meth:`Reader.latest`, from the table."""
+        return self._select(metrics, filters, start, end)[0]
+
+    def _select(
+        self, metrics: tuple[str, ...], filters: Mapping[str, str], start: int, end: int
+    ) -> tuple[list[LatestValue], int, int]:
+        """:meth:`rows`, the oldest time among them and the oldest time at or after ``end``
+        among the values left out (both :data:`NEVER` when there is none)."""
         wanted = set(metrics)
         device = filters.get("device")
         items = (
@@ -185,6 +214,7 @@ class LatestCache:
             else sorted(self.devices.items())
         )
         out = []
+        lo = hi = NEVER
         for dev, e in items:
             if (
                 ("district" in filters and e.district != filters["district"])
@@ -193,9 +223,46 @@ class LatestCache:
             ):
                 continue
             for metric, (t, v) in sorted(e.values.items()):
-                if metric in wanted and start <= t < end:
+                if metric not in wanted:
+                    continue
+                if start <= t < end:
                     out.append(LatestValue(dev, e.kind, e.district, e.site, metric, t, v))
-        return out
+                    lo = min(lo, t)
+                elif t >= end:
+                    hi = min(hi, t)
+        return out, lo, hi
+
+    def answer(
+        self,
+        label: str,
+        metrics: tuple[str, ...],
+        filters: Mapping[str, str],
+        start: int,
+        end: int,
+        render: Callable[[list[LatestValue]], bytes],
+    ) -> tuple[bytes, int]:
+        """``render`` of :meth:`rows` and how many rows, reused while it cannot differ: the
+        table unchanged since, no value gone out of the window at its start, none come in
+        at its end. A city's whole ``latest`` is thousands of values: rendered once per
+        change of the table, not once per request."""
+        key = (label, metrics, tuple(sorted(filters.items())), end - start)
+        m = self._memo.get(key)
+        if (
+            m is not None
+            and m.version == self.version
+            and m.end <= end
+            and start <= m.lo
+            and end <= m.hi
+        ):
+            self._memo.move_to_end(key)
+            self.memo_hits += 1
+            return m.body, m.count
+        rows, lo, hi = self._select(metrics, filters, start, end)
+        body = render(rows)
+        self._memo[key] = _Memo(self.version, end, lo, hi, len(rows), body)
+        while len(self._memo) > MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return body, len(rows)
 
     def exposition(self) -> list[str]:
         age = (self.now_ms() - self.refreshed_ms) / 1000 if self.refreshed_ms else -1.0
