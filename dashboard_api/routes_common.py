@@ -1,9 +1,10 @@
 """What every route table of the operator API shares (INTERFACES.md section 7).
 
 The context the routes read through (:class:`ApiContext`, built once by
-:func:`dashboard_api.app.create_app`), the common parameter types validated at the edge
-(identifiers against the catalog, ids against their patterns), the error responses and the
-point limit.
+:func:`dashboard_api.app.create_app`, a route parameter as :data:`Context`), the way a route is
+declared (:meth:`ResourceRouter.read`: its role, answer model and the common error responses),
+the common parameter types validated at the edge (identifiers against the catalog, ids against
+their patterns) and the point limit.
 """
 
 from __future__ import annotations
