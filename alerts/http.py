@@ -13,8 +13,8 @@ operator API (:mod:`citysense.apikeys`), the same security headers, deny by defa
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -29,11 +29,12 @@ from alerts.store import AlarmConflict, AlarmNotFound
 from citysense import __version__
 from citysense.apikeys import (
     RANK,
-    ROLE_KEY,
     SECURITY_HEADERS,
     KeyMatch,
     KeyStore,
     RateLimiter,
+    required_role,
+    retry_after,
     role,
 )
 from citysense.model import PLACE_ID_RE
@@ -46,9 +47,8 @@ async def authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> KeyMatch:
     """App-wide dependency: the caller, or 401/403/429 (as the operator API)."""
-    route = request.scope.get("route")
-    needed = (getattr(route, "openapi_extra", None) or {}).get(ROLE_KEY)
-    if needed not in RANK:
+    needed = required_role(request.scope.get("route"))
+    if needed is None:
         raise HTTPException(403, "no access rule for this route")
     state = request.app.state
     if needed == "public":
@@ -68,9 +68,7 @@ async def authorize(
         raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
     wait = state.limiter.take(found.key_id)
     if wait > 0:
-        raise HTTPException(
-            429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
-        )
+        raise HTTPException(429, "rate limit exceeded", retry_after(wait))
     if RANK[found.role] < RANK[needed]:
         raise HTTPException(403, f"this needs the {needed} role")
     return found
@@ -101,22 +99,15 @@ def _district_level(alarm: dict[str, Any]) -> bool:
     return set(alarm["subject"]) <= {"district", "site"}
 
 
+@dataclass(frozen=True, slots=True)
 class AlarmsBackend:
     """What the routes need from the service (all blocking calls run in a thread)."""
 
-    def __init__(
-        self,
-        list_alarms: Callable[..., list[dict[str, Any]]],
-        get_alarm: Callable[[str], dict[str, Any]],
-        acknowledge: Callable[[str, str, str], Awaitable[dict[str, Any]]],
-        rules: Callable[[], list[dict[str, Any]]],
-        metrics: Callable[[], str],
-    ) -> None:
-        self.list_alarms = list_alarms
-        self.get_alarm = get_alarm
-        self.acknowledge = acknowledge
-        self.rules = rules
-        self.metrics = metrics
+    list_alarms: Callable[..., list[dict[str, Any]]]
+    get_alarm: Callable[[str], dict[str, Any]]
+    acknowledge: Callable[[str, str, str], Awaitable[dict[str, Any]]]
+    rules: Callable[[], list[dict[str, Any]]]
+    metrics: Callable[[], str]
 
 
 def create_app(backend: AlarmsBackend, keys: dict[str, str] | KeyStore, rate_limit: int) -> FastAPI:

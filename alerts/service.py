@@ -300,26 +300,18 @@ class AlertService:
             "# TYPE citysense_alerts_alarms gauge",
         ]
         lines += [f'citysense_alerts_alarms{{state="{s}"}} {n}' for s, n in st["alarms"].items()]
-        lines.append("# TYPE citysense_alerts_notifications_pending gauge")
-        lines += [
-            f'citysense_alerts_notifications_pending{{receiver="{r}"}} {st["pending"].get(r, 0)}'
-            for r in names
-        ]
-        lines.append("# TYPE citysense_alerts_notifications_delivered_total counter")
-        lines += [
-            f'citysense_alerts_notifications_delivered_total{{receiver="{r}"}} {d.delivered.get(r, 0)}'
-            for r in names
-        ]
-        lines.append("# TYPE citysense_alerts_notifications_retried_total counter")
-        lines += [
-            f'citysense_alerts_notifications_retried_total{{receiver="{r}"}} {d.retried.get(r, 0)}'
-            for r in names
-        ]
-        lines.append("# TYPE citysense_alerts_oldest_undelivered_seconds gauge")
-        lines += [
-            f'citysense_alerts_oldest_undelivered_seconds{{receiver="{r}"}} {st["oldest_ms"].get(r, 0) / 1000:.3f}'
-            for r in names
-        ]
+        oldest_s = {r: f"{st['oldest_ms'].get(r, 0) / 1000:.3f}" for r in names}
+        per_receiver = (  # name, type, value by receiver (0 when absent)
+            ("notifications_pending", "gauge", st["pending"]),
+            ("notifications_delivered_total", "counter", d.delivered),
+            ("notifications_retried_total", "counter", d.retried),
+            ("oldest_undelivered_seconds", "gauge", oldest_s),
+        )
+        for name, kind, by_receiver in per_receiver:
+            lines.append(f"# TYPE citysense_alerts_{name} {kind}")
+            lines += [
+                f'citysense_alerts_{name}{{receiver="{r}"}} {by_receiver.get(r, 0)}' for r in names
+            ]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ running

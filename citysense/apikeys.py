@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -49,6 +50,18 @@ SECURITY_HEADERS: dict[str, str] = {
 def role(required: Literal["public", "viewer", "operator"]) -> dict[str, object]:
     """``openapi_extra`` declaring the role a route needs."""
     return {ROLE_KEY: required}
+
+
+def required_role(route: object) -> str | None:
+    """The role ``route`` declares (:func:`role`), or ``None`` when it declares no known one:
+    such a route is closed to every caller (deny by default)."""
+    needed = (getattr(route, "openapi_extra", None) or {}).get(ROLE_KEY)
+    return needed if needed in RANK else None
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The ``Retry-After`` header of a refusal that ends in ``seconds``: whole, at least 1."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 @dataclass(frozen=True, slots=True)

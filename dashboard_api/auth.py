@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,7 +27,15 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from citysense.apikeys import RANK as _RANK
-from citysense.apikeys import ROLE_KEY, KeyStore, RateLimiter, Role, role
+from citysense.apikeys import (
+    ROLE_KEY,
+    KeyStore,
+    RateLimiter,
+    Role,
+    required_role,
+    retry_after,
+    role,
+)
 
 #: Failed authentications per client address and minute before 429 (bursts up to this many).
 FAILED_AUTH_PER_MINUTE = 30
@@ -75,10 +82,8 @@ async def authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """App-wide dependency: the caller's principal, or 401/403/429."""
-    route = request.scope.get("route")
-    extra = getattr(route, "openapi_extra", None) or {}
-    needed = extra.get(ROLE_KEY)
-    if needed not in _RANK:
+    needed = required_role(request.scope.get("route"))
+    if needed is None:
         raise HTTPException(403, "no access rule for this route")
     state = request.app.state
     keys: KeyStore = state.keys
@@ -103,11 +108,7 @@ async def authorize(
         blocked = state.auth_failures.wait(_address(request))
         if blocked > 0:
             state.metrics.auth_limited += 1
-            raise HTTPException(
-                429,
-                "too many failed authentications",
-                {"Retry-After": str(max(1, math.ceil(blocked)))},
-            )
+            raise HTTPException(429, "too many failed authentications", retry_after(blocked))
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise _refuse_auth(request, "Authorization: Bearer <key> required")
         found = keys.lookup(credentials.credentials)
@@ -118,9 +119,7 @@ async def authorize(
     wait = state.limiter.take(principal.key_id)
     if wait > 0:
         state.metrics.rate_limited += 1
-        raise HTTPException(
-            429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
-        )
+        raise HTTPException(429, "rate limit exceeded", retry_after(wait))
     if _RANK[principal.role] < _RANK[needed]:
         raise HTTPException(403, f"this needs the {needed} role")
     return principal

@@ -13,19 +13,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from analytics import forecast as fc
 from analytics.aqi import DEFAULT_STANDARD, Standard, compute_aqi
 from analytics.quality import Reason
 from dashboard_api import models
-from dashboard_api.auth import CurrentPrincipal, role
 from dashboard_api.parameters import parse_time, rfc3339
 from dashboard_api.quality import Flag, ForecastService, QualityMonitor
-from dashboard_api.routes_common import ERRORS, DeviceQ, DistrictQ, TimeQ, context
+from dashboard_api.routes_common import Context, DeviceQ, DistrictQ, ResourceRouter, TimeQ
 
-router = APIRouter()
+router = ResourceRouter()
 
 
 def monitor_of(request: Request) -> QualityMonitor:
@@ -34,6 +33,10 @@ def monitor_of(request: Request) -> QualityMonitor:
 
 def forecaster_of(request: Request) -> ForecastService:
     return cast(ForecastService, request.app.state.forecast)
+
+
+Monitor = Annotated[QualityMonitor, Depends(monitor_of)]
+Forecaster = Annotated[ForecastService, Depends(forecaster_of)]
 
 
 def flag_out(f: Flag) -> models.QualityFlag:
@@ -66,23 +69,20 @@ _TIME_KEYS = frozenset(
 )
 
 
-@router.get(
+@router.read(
     "/api/v1/quality",
-    response_model=models.QualityResponse,
-    openapi_extra=role("operator"),
-    responses=ERRORS,
-    summary="open and recent data-quality flags with their reason and evidence",
+    models.QualityResponse,
+    "operator",
+    "open and recent data-quality flags with their reason and evidence",
 )
 async def quality(
-    request: Request,
-    principal: CurrentPrincipal,
+    ctx: Context,
+    monitor: Monitor,
     district: DistrictQ = None,
     kind: Annotated[Reason | None, Query(description="flag reason")] = None,
     device: DeviceQ = None,
     since: TimeQ = None,
 ) -> models.QualityResponse:
-    ctx = context(request)
-    monitor = monitor_of(request)
     await monitor.refresh(ctx.now_ms())
     since_ms = parse_time(since, "since") if since is not None else None
     flags = monitor.listing(district=district, reason=kind, device=device, since_ms=since_ms)
@@ -92,23 +92,22 @@ async def quality(
     )
 
 
-@router.get(
+@router.read(
     "/api/v1/environment/forecast",
-    response_model=models.ForecastResponse,
-    openapi_extra=role("viewer"),
-    responses={**ERRORS, 409: {"model": models.ErrorBody, "description": "too little history"}},
-    summary="hourly PM2.5 forecast per district for the next 1-24 h with an 80% interval",
+    models.ForecastResponse,
+    "viewer",
+    "hourly PM2.5 forecast per district for the next 1-24 h with an 80% interval",
+    responses={409: {"model": models.ErrorBody, "description": "too little history"}},
 )
 async def forecast(
-    request: Request,
-    principal: CurrentPrincipal,
+    ctx: Context,
+    forecaster: Forecaster,
     district: DistrictQ = None,
     hours: Annotated[int, Query(ge=1, le=24, description="hours ahead")] = 24,
     standard: Annotated[Standard, Query(description="AQI standard")] = DEFAULT_STANDARD,
 ) -> JSONResponse | models.ForecastResponse:
-    ctx = context(request)
     try:
-        answers = await forecaster_of(request).current(ctx.now_ms())
+        answers = await forecaster.current(ctx.now_ms())
     except fc.HistoryTooShortError as exc:
         return JSONResponse({"detail": f"too little history to forecast: {exc}"}, 409)
     out = []

@@ -22,13 +22,13 @@ from citysense import __version__
 from citysense.catalog import catalog_document
 from citysense.errors import RetryableError
 from dashboard_api import models
-from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.auth import role
 from dashboard_api.routes_common import (
-    ERRORS,
     STATIC,
     STATIC_FILES,
     STORAGE_RETRY_AFTER,
-    context,
+    Context,
+    ResourceRouter,
 )
 from dashboard_api.routes_devices import router as devices_router
 from dashboard_api.routes_environment import router as environment_router
@@ -36,7 +36,7 @@ from dashboard_api.routes_readings import router as readings_router
 from dashboard_api.routes_traffic import router as traffic_router
 from dashboard_api.routes_utility import router as utility_router
 
-basics = APIRouter()
+basics = ResourceRouter()
 
 
 @basics.get(
@@ -46,8 +46,9 @@ basics = APIRouter()
     responses={503: {"model": models.Health, "description": "storage unreachable"}},
     summary="service and storage health",
 )
-async def health(request: Request, response: Response) -> models.Health | JSONResponse:
-    ctx = context(request)
+async def health(
+    request: Request, response: Response, ctx: Context
+) -> models.Health | JSONResponse:
     known = getattr(request.state, "principal", None)
     detail: str | None = None
     try:
@@ -69,30 +70,28 @@ async def health(request: Request, response: Response) -> models.Health | JSONRe
     )
 
 
-@basics.get(
+@basics.read(
     "/api/v1/catalog",
-    response_model=models.Catalog,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="the metric catalog: domains, kinds, metrics with unit, type and range",
+    models.Catalog,
+    "viewer",
+    "the metric catalog: domains, kinds, metrics with unit, type and range",
 )
-async def catalog(principal: CurrentPrincipal) -> dict[str, object]:
+async def catalog() -> dict[str, object]:
     return catalog_document()
 
 
-page = APIRouter()
+page = ResourceRouter()
 
 
-@page.get(
+@page.read(
     "/metrics",
+    None,
+    "operator",
+    "Prometheus exposition of the service's own counters and latencies",
     response_class=PlainTextResponse,
-    openapi_extra=role("operator"),
-    responses=ERRORS,
-    summary="Prometheus exposition of the service's own counters and latencies",
 )
-async def metrics(request: Request, principal: CurrentPrincipal) -> PlainTextResponse:
+async def metrics(request: Request, ctx: Context) -> PlainTextResponse:
     text = cast(str, request.app.state.metrics.exposition())
-    ctx = context(request)
     if ctx.latest is not None:
         text += "\n".join(ctx.latest.exposition()) + "\n"
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

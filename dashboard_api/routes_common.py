@@ -1,33 +1,31 @@
 """What every route table of the operator API shares (INTERFACES.md section 7).
 
 The context the routes read through (:class:`ApiContext`, built once by
-:func:`dashboard_api.app.create_app`), the common parameter types validated at the edge
-(identifiers against the catalog, ids against their patterns), the error responses and the
-point limit.
+:func:`dashboard_api.app.create_app`, a route parameter as :data:`Context`), the way a route is
+declared (:meth:`ResourceRouter.read`: its role, answer model and the common error responses),
+the common parameter types validated at the edge (identifiers against the catalog, ids against
+their patterns) and the point limit.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
-from fastapi import Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from citysense.catalog import (
-    KINDS,
-    METRICS,
-)
+from citysense.catalog import KINDS, METRICS
 from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
 from citysense.registry import Registry
 from dashboard_api import models
+from dashboard_api.auth import Principal, role
 from dashboard_api.latest_cache import LatestCache, RollupBackedReader
-from dashboard_api.parameters import (
-    parse_time,
-)
+from dashboard_api.parameters import parse_time
 from dashboard_api.quality import QualityMonitor, excluded_out
+from dashboard_api.viewer import for_viewers
 from timeseries.query import Reader
 from timeseries.rollup_query import RollupReads
 
@@ -104,10 +102,64 @@ class ApiContext:
             self.reader if self.rollups is None else RollupBackedReader(self.reader, self.rollups)
         )
 
+    def time(self, at: str | None, name: str = "at") -> int:
+        """The time a request asks about (its parameter ``name``), or now."""
+        return self.now_ms() if at is None else parse_time(at, name)
+
+    def flagged(
+        self, metrics: tuple[str, ...], start_ms: int, end_ms: int
+    ) -> dict[str, list[models.ExcludedOut]]:
+        """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
+        out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
+        for f in self.quality.affecting(metrics, start_ms, end_ms) if self.quality else []:
+            out[f.device].append(excluded_out(f))
+        return out
+
 
 def context(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.context
     return ctx
+
+
+#: The context as a route parameter (a dependency: no trace in the OpenAPI document).
+Context = Annotated[ApiContext, Depends(context)]
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[Any]])
+
+
+class ResourceRouter(APIRouter):
+    """One resource's route table; :meth:`read` declares a route the way every data route is
+    declared."""
+
+    def read(
+        self,
+        path: str,
+        model: Any,
+        needs: Literal["public", "viewer", "operator"],
+        summary: str,
+        *,
+        responses: Mapping[int | str, dict[str, Any]] | None = None,
+        viewers: Callable[[Principal, Any], Any] | None = None,
+        **options: Any,
+    ) -> Callable[[Endpoint], Endpoint]:
+        """GET ``path`` answering ``model``, for the role ``needs`` and above, with the common
+        error answers (:data:`ERRORS`, then ``responses``). ``viewers`` is the route's function
+        of :mod:`dashboard_api.viewer`, which a viewer's answer goes through."""
+        add = self.get(
+            path,
+            response_model=model,
+            openapi_extra=role(needs),
+            responses={**ERRORS, **(responses or {})},
+            summary=summary,
+            **options,
+        )
+
+        def declare(endpoint: Endpoint) -> Endpoint:
+            if viewers is not None:
+                endpoint = cast(Endpoint, for_viewers(viewers)(endpoint))
+            return add(endpoint)
+
+        return declare
 
 
 class PointLimitError(Exception):
@@ -122,17 +174,3 @@ class PointLimitError(Exception):
 
 def _filters(**kw: str | None) -> dict[str, str]:
     return {k: v for k, v in kw.items() if v is not None}
-
-
-def _at(ctx: ApiContext, at: str | None, name: str = "at") -> int:
-    return ctx.now_ms() if at is None else parse_time(at, name)
-
-
-def _flagged(
-    ctx: ApiContext, metrics: tuple[str, ...], start_ms: int, end_ms: int
-) -> dict[str, list[models.ExcludedOut]]:
-    """Devices with a flag on ``metrics`` meeting the window: left out, with the evidence."""
-    out: dict[str, list[models.ExcludedOut]] = defaultdict(list)
-    for f in ctx.quality.affecting(metrics, start_ms, end_ms) if ctx.quality else []:
-        out[f.device].append(excluded_out(f))
-    return out

@@ -7,40 +7,29 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Request
-
-from analytics.aqi import (
-    DEFAULT_STANDARD,
-    Standard,
-)
+from analytics.aqi import DEFAULT_STANDARD, Standard
 from analytics.status import device_status
-from citysense.catalog import (
-    DEFAULT_MAX_AGE_MS,
-    MAX_FUTURE_SKEW_MS,
-)
+from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS
 from citysense.registry import Device
 from dashboard_api import models
-from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.auth import CurrentPrincipal
 from dashboard_api.latest_cache import ALL_METRICS, latest_of_all
-from dashboard_api.parameters import (
-    rfc3339,
-)
+from dashboard_api.parameters import rfc3339
 from dashboard_api.routes_common import (
-    ERRORS,
     HEALTH_SHOWN,
     ApiContext,
+    Context,
     DistrictQ,
     KindQ,
+    ResourceRouter,
     StatusName,
     TimeQ,
-    _at,
     _filters,
-    context,
 )
 from dashboard_api.routes_environment import district_aqi
 from timeseries.query import LatestValue
 
-router = APIRouter()
+router = ResourceRouter()
 
 
 @dataclass(slots=True)
@@ -78,23 +67,20 @@ async def seen_devices(
 _STATUS_ORDER = {"offline": 0, "stale": 1, "online": 2}
 
 
-@router.get(
+@router.read(
     "/api/v1/devices",
-    response_model=models.DeviceList,
-    openapi_extra=role("operator"),
-    responses=ERRORS,
-    summary="devices with last seen time, status and radio health (offline first)",
+    models.DeviceList,
+    "operator",
+    "devices with last seen time, status and radio health (offline first)",
 )
 async def devices(
-    request: Request,
-    principal: CurrentPrincipal,
+    ctx: Context,
     district: DistrictQ = None,
     kind: KindQ = None,
     status: StatusName | None = None,
     at: TimeQ = None,
 ) -> models.DeviceList:
-    ctx = context(request)
-    at_ms = _at(ctx, at)
+    at_ms = ctx.time(at)
     seen = await seen_devices(ctx, _filters(district=district, kind=kind), at_ms, at)
     out: list[models.Device] = []
     registry: Mapping[str, Device] = ctx.registry or {}
@@ -140,21 +126,19 @@ async def devices(
     return models.DeviceList(at=rfc3339(at_ms), devices=out, counts=counts)
 
 
-@router.get(
+@router.read(
     "/api/v1/districts",
-    response_model=models.DistrictList,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="every district with device counts by kind and its current AQI",
+    models.DistrictList,
+    "viewer",
+    "every district with device counts by kind and its current AQI",
 )
 async def districts(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     at: TimeQ = None,
     standard: Standard = DEFAULT_STANDARD,
 ) -> models.DistrictList:
-    ctx = context(request)
-    at_ms = _at(ctx, at)
+    at_ms = ctx.time(at)
     seen, aqis = await asyncio.gather(
         seen_devices(ctx, {}, at_ms, at), district_aqi(ctx, at_ms, standard, None)
     )

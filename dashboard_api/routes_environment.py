@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
-
 from analytics.aqi import (
     DEFAULT_STANDARD,
     POLLUTANTS,
@@ -16,25 +14,24 @@ from analytics.aqi import (
     window_means,
 )
 from dashboard_api import models, viewer
-from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.auth import CurrentPrincipal
 from dashboard_api.parameters import (
     rfc3339,
 )
 from dashboard_api.quality import exclude_flagged
 from dashboard_api.routes_common import (
     DAY,
-    ERRORS,
     HOUR,
     ApiContext,
+    Context,
     DistrictQ,
+    ResourceRouter,
     TimeQ,
-    _at,
     _filters,
-    context,
 )
 from timeseries.query import SeriesQuery
 
-router = APIRouter()
+router = ResourceRouter()
 
 
 def _aqi_out(district: str, r: AqiResult, hours: dict[str, int]) -> models.DistrictAqi:
@@ -88,23 +85,21 @@ async def district_aqi(
     return out
 
 
-@router.get(
+@router.read(
     "/api/v1/environment/aqi",
-    response_model=models.AqiResponse,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="AQI per district with each pollutant's IAQI and the table band behind it",
+    models.AqiResponse,
+    "viewer",
+    "AQI per district with each pollutant's IAQI and the table band behind it",
+    viewers=viewer.aqi,
 )
-@viewer.for_viewers(viewer.aqi)
 async def aqi(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     at: TimeQ = None,
     standard: Standard = DEFAULT_STANDARD,
 ) -> models.AqiResponse:
-    ctx = context(request)
-    at_ms = _at(ctx, at)
+    at_ms = ctx.time(at)
     districts = await district_aqi(ctx, at_ms, standard, district)
     return models.AqiResponse(
         standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts

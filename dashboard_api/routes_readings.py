@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
+from fastapi import Query
 from fastapi.responses import JSONResponse
 
-from citysense.catalog import (
-    METRICS,
-    Domain,
-)
+from citysense.catalog import METRICS, Domain
 from dashboard_api import models, viewer
-from dashboard_api.auth import CurrentPrincipal, role
+from dashboard_api.auth import CurrentPrincipal
 from dashboard_api.parameters import (
     ParameterError,
     format_duration,
@@ -31,37 +28,35 @@ from dashboard_api.parameters import (
 )
 from dashboard_api.routes_common import (
     DAY,
-    ERRORS,
     HOUR,
     MAX_RANGE_MS,
     AggName,
     ApiContext,
+    Context,
     DeviceQ,
     DistrictQ,
     GroupName,
     KindQ,
     MetricName,
     PointLimitError,
+    ResourceRouter,
     SiteQ,
     TimeQ,
-    _at,
     _filters,
-    context,
 )
 from timeseries.query import SeriesGroup, SeriesQuery
 
-router = APIRouter()
+router = ResourceRouter()
 
 
-@router.get(
+@router.read(
     "/api/v1/{domain}/latest",
-    response_model=models.LatestResponse,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="latest value of each metric per device",
+    models.LatestResponse,
+    "viewer",
+    "latest value of each metric per device",
 )
 async def latest(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     domain: Annotated[Domain, PathParam()],
     district: DistrictQ = None,
@@ -74,9 +69,8 @@ async def latest(
         str, Query(max_length=20, description="how far back to look (at most 7d)")
     ] = "24h",
 ) -> JSONResponse:
-    ctx = context(request)
     viewer.check_filters(principal, device=device, site=site)
-    end = _at(ctx, at)
+    end = ctx.time(at)
     span = parse_duration(window, "window", min_ms=1000, max_ms=7 * DAY)
     if metric is not None and METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")
@@ -137,15 +131,14 @@ async def run_series(ctx: ApiContext, q: SeriesQuery) -> tuple[list[SeriesGroup]
     return await ctx.reader.series(q), "raw"
 
 
-@router.get(
+@router.read(
     "/api/v1/{domain}/series",
-    response_model=models.SeriesResponse,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="time buckets of one metric, aggregated and optionally grouped",
+    models.SeriesResponse,
+    "viewer",
+    "time buckets of one metric, aggregated and optionally grouped",
 )
 async def series(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     domain: Annotated[Domain, PathParam()],
     metric: Annotated[MetricName, Query(description="a metric of the domain")],
@@ -161,11 +154,10 @@ async def series(
     site: SiteQ = None,
     kind: KindQ = None,
 ) -> JSONResponse:
-    ctx = context(request)
     viewer.check_filters(principal, device=device, site=site, group_by=group_by)
     if METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")
-    end_ms = _at(ctx, end, "end")
+    end_ms = ctx.time(end, "end")
     start_ms = parse_time(start, "start") if start is not None else end_ms - DAY
     if start_ms >= end_ms:
         raise ParameterError("start", "must be before end")

@@ -6,34 +6,24 @@ import asyncio
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query
 
-from analytics.congestion import (
-    CounterWindow,
-    district_congestion,
-    site_congestion,
-)
+from analytics.congestion import CounterWindow, district_congestion, site_congestion
 from dashboard_api import models, viewer
-from dashboard_api.auth import CurrentPrincipal, role
-from dashboard_api.parameters import (
-    format_duration,
-    parse_duration,
-    rfc3339,
-)
+from dashboard_api.auth import CurrentPrincipal
+from dashboard_api.parameters import format_duration, parse_duration, rfc3339
 from dashboard_api.routes_common import (
     DAY,
-    ERRORS,
     HOUR,
+    Context,
     DistrictQ,
+    ResourceRouter,
     TimeQ,
-    _at,
     _filters,
-    _flagged,
-    context,
 )
 from timeseries.query import SeriesGroup, SeriesQuery
 
-router = APIRouter()
+router = ResourceRouter()
 
 
 def _congestion_queries(
@@ -59,16 +49,15 @@ def _last_of(groups: list[SeriesGroup]) -> dict[str, float]:
     return {g.group["device"]: g.points[-1][1] for g in groups if g.points}
 
 
-@router.get(
+@router.read(
     "/api/v1/traffic/congestion",
-    response_model=models.CongestionResponse,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="congestion index (0-10) per district and site from speed and occupancy",
+    models.CongestionResponse,
+    "viewer",
+    "congestion index (0-10) per district and site from speed and occupancy",
+    viewers=viewer.congestion,
 )
-@viewer.for_viewers(viewer.congestion)
 async def congestion(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     at: TimeQ = None,
@@ -78,8 +67,7 @@ async def congestion(
         Query(gt=0, le=250, description="free-flow speed km/h (default: from the past week)"),
     ] = None,
 ) -> models.CongestionResponse:
-    ctx = context(request)
-    at_ms = _at(ctx, at)
+    at_ms = ctx.time(at)
     win = parse_duration(window, "window", min_ms=60_000, max_ms=DAY)
     f = _filters(district=district)
     answers, tags = await asyncio.gather(
@@ -91,7 +79,7 @@ async def congestion(
     speeds, occs, vehs = _last_of(speed), _last_of(occ), _last_of(veh)
     hist_by = {g.group["device"]: tuple(v for _, v in g.points) for g in hist}
     places = {r.device: (r.district, r.site) for r in tags}
-    left_out = _flagged(ctx, ("avg_speed", "occupancy", "vehicle_count"), at_ms - win, at_ms)
+    left_out = ctx.flagged(("avg_speed", "occupancy", "vehicle_count"), at_ms - win, at_ms)
     places = {d: p for d, p in places.items() if d not in left_out}
     counters = [
         CounterWindow(

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query
 
 from analytics.leaks import (
     DEFAULT_NIGHT_FLOW_THRESHOLD,
@@ -16,25 +16,20 @@ from analytics.leaks import (
     suspected_leaks,
 )
 from dashboard_api import models, viewer
-from dashboard_api.auth import CurrentPrincipal, role
-from dashboard_api.parameters import (
-    ParameterError,
-    rfc3339,
-)
+from dashboard_api.auth import CurrentPrincipal
+from dashboard_api.parameters import ParameterError, rfc3339
 from dashboard_api.routes_common import (
     DAY,
-    ERRORS,
     ApiContext,
+    Context,
     DistrictQ,
+    ResourceRouter,
     TimeQ,
-    _at,
     _filters,
-    _flagged,
-    context,
 )
 from timeseries.query import SeriesQuery
 
-router = APIRouter()
+router = ResourceRouter()
 
 
 def _time_zone(ctx: ApiContext, tz: str | None) -> str:
@@ -59,16 +54,15 @@ def _leak_out(v: LeakVerdict) -> models.LeakOut:
     )
 
 
-@router.get(
+@router.read(
     "/api/v1/utility/leaks",
-    response_model=models.LeaksResponse,
-    openapi_extra=role("viewer"),
-    responses=ERRORS,
-    summary="water meters suspected of a leak, with the evidence",
+    models.LeaksResponse,
+    "viewer",
+    "water meters suspected of a leak, with the evidence",
+    viewers=viewer.leaks,
 )
-@viewer.for_viewers(viewer.leaks)
 async def leaks(
-    request: Request,
+    ctx: Context,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
     at: TimeQ = None,
@@ -83,8 +77,7 @@ async def leaks(
         float, Query(ge=0, le=1000, description="minimum night flow that is suspicious, m³/h")
     ] = DEFAULT_NIGHT_FLOW_THRESHOLD,
 ) -> models.LeaksResponse:
-    ctx = context(request)
-    at_ms = _at(ctx, at)
+    at_ms = ctx.time(at)
     night_start, night_end = last_night_window(at_ms, _time_zone(ctx, tz))
     night = night_end - night_start
     f = _filters(district=district)
@@ -100,7 +93,7 @@ async def leaks(
     flag_by = {g.group["device"]: int(sum(v for _, v in g.points)) for g in flags}
     night_by = {g.group["device"]: min(v for _, v in g.points) for g in nights if g.points}
     places = {r.device: (r.district, r.site) for r in tags}
-    left_out = _flagged(ctx, ("water_volume", "water_flow"), first, at_ms)
+    left_out = ctx.flagged(("water_volume", "water_flow"), first, at_ms)
     places = {d: p for d, p in places.items() if d not in left_out}
     meters = [
         MeterEvidence(dev, dist, site, flag_by.get(dev, 0), night_by.get(dev))
