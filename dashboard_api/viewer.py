@@ -54,19 +54,6 @@ def check_filters(
         principal.require_operator(f"group_by={group_by}")
 
 
-def latest_answer(
-    domain: str, start_ms: int, end_ms: int, rows: Iterable[LatestValue]
-) -> dict[str, Any]:
-    """A viewer's ``…/latest``: no devices, the districts' aggregates (:func:`latest`)."""
-    return {
-        "domain": domain,
-        "start": rfc3339(start_ms),
-        "end": rfc3339(end_ms),
-        "devices": [],
-        "districts": latest(rows),
-    }
-
-
 def latest(rows: Iterable[LatestValue]) -> list[dict[str, Any]]:
     """Latest values per district and kind: the mean, min and max of the devices' latest
     values of each metric, the newest time among them, and how many devices gave one."""
