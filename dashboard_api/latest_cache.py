@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from citysense.catalog import DEFAULT_MAX_AGE_MS, MAX_FUTURE_SKEW_MS, METRICS
 from citysense.config import Settings, parse_retention
@@ -73,6 +73,7 @@ def written_ranges(fresh: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:
     return out
 
 
+T = TypeVar("T")
 #: a time after every other (no value)
 NEVER = 2**63
 #: rendered answers kept (per label, metrics, filters and window)
@@ -86,7 +87,7 @@ class _Memo:
     lo: int
     hi: int
     count: int
-    body: bytes
+    body: object
 
 
 @dataclass(slots=True)
@@ -239,12 +240,13 @@ class LatestCache:
         filters: Mapping[str, str],
         start: int,
         end: int,
-        render: Callable[[list[LatestValue]], bytes],
-    ) -> tuple[bytes, int]:
+        render: Callable[[list[LatestValue]], T],
+    ) -> tuple[T, int]:
         """``render`` of :meth:`rows` and how many rows, reused while it cannot differ: the
         table unchanged since, no value gone out of the window at its start, none come in
         at its end. A city's whole ``latest`` is thousands of values: rendered once per
-        change of the table, not once per request."""
+        change of the table, not once per request (the caller must not change what it
+        gets)."""
         key = (label, metrics, tuple(sorted(filters.items())), end - start)
         m = self._memo.get(key)
         if (
@@ -256,7 +258,7 @@ class LatestCache:
         ):
             self._memo.move_to_end(key)
             self.memo_hits += 1
-            return m.body, m.count
+            return cast(T, m.body), m.count
         rows, lo, hi = self._select(metrics, filters, start, end)
         body = render(rows)
         self._memo[key] = _Memo(self.version, end, lo, hi, len(rows), body)
