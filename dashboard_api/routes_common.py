@@ -9,9 +9,10 @@ their patterns) and the point limit.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
@@ -35,6 +36,8 @@ MAX_RANGE_MS = 366 * DAY
 HEALTH_SHOWN = ("battery", "rsrp", "snr", "ecl")
 #: Retry-After of a 503 when storage is unreachable (health and every data route), seconds.
 STORAGE_RETRY_AFTER = 5
+#: seconds a group count (tag values of a metric) is reused to size series queries
+GROUP_COUNT_TTL_S = 60.0
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {
     "app.js": "text/javascript",
@@ -86,6 +89,9 @@ class ApiContext:
     quality: QualityMonitor | None = None  #: data-quality flags (flagged readings left out)
     latest: LatestCache | None = None  #: the live latest-value table
     rollups: RollupReads | None = None  #: series from rollups
+    _group_counts: dict[tuple[Any, ...], tuple[float, int]] = field(
+        default_factory=dict, repr=False
+    )
 
     def live(self, at: str | None) -> LatestCache | None:
         """The latest-value table, when it can answer a question about now."""
@@ -95,6 +101,20 @@ class ApiContext:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    async def group_count(self, key: str, metric: str, filters: Mapping[str, str]) -> int:
+        """How many values tag ``key`` has among ``metric``'s points (to size a query before
+        it runs), asked of storage at most every :data:`GROUP_COUNT_TTL_S` per question."""
+        ask = (key, metric, tuple(sorted(filters.items())))
+        now = time.monotonic()
+        hit = self._group_counts.get(ask)
+        if hit is not None and now - hit[0] < GROUP_COUNT_TTL_S:
+            return hit[1]
+        count = len(await self.reader.tag_values(key, metric, filters))
+        if len(self._group_counts) > 1024:
+            self._group_counts.clear()
+        self._group_counts[ask] = (now, count)
+        return count
 
     def series_reader(self) -> Reader:
         """The reader whose series come from the rollups where they fit."""

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Path as PathParam
 from fastapi import Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from citysense.catalog import METRICS, Domain
 from dashboard_api import models, viewer
@@ -131,14 +131,19 @@ async def run_series(ctx: ApiContext, q: SeriesQuery) -> tuple[list[SeriesGroup]
     fit); the answer and its source."""
     groups = 1
     if q.group_by is not None:
-        groups = len(await ctx.reader.tag_values(q.group_by, q.metric, q.filters))
+        groups = await ctx.group_count(q.group_by, q.metric, q.filters)
     if groups * q.bucket_count > ctx.point_limit:
         exact = await ctx.reader.count_series(q)
         if exact > ctx.point_limit:
             raise PointLimitError(exact, ctx.point_limit)
     if ctx.rollups is not None:
-        return await ctx.rollups.series(q)
-    return await ctx.reader.series(q), "raw"
+        answer, source = await ctx.rollups.series(q)
+    else:
+        answer, source = await ctx.reader.series(q), "raw"
+    points = sum(len(g.points) for g in answer)
+    if points > ctx.point_limit:  # the group count was a recent one; this one is exact
+        raise PointLimitError(points, ctx.point_limit)
+    return answer, source
 
 
 @router.read(
@@ -163,7 +168,7 @@ async def series(
     device: DeviceQ = None,
     site: SiteQ = None,
     kind: KindQ = None,
-) -> JSONResponse:
+) -> Response:
     viewer.check_filters(principal, device=device, site=site, group_by=group_by)
     if METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")
@@ -189,7 +194,7 @@ async def series(
         start_ms % every_ms,  # buckets start at ``start``
     )
     groups, source = await run_series(ctx, q)
-    return JSONResponse(  # plain data (up to the point limit): the shape is SeriesResponse
+    body = orjson.dumps(  # plain data (up to the point limit): the shape is SeriesResponse
         {
             "metric": metric,
             "agg": agg,
@@ -203,3 +208,4 @@ async def series(
             ],
         }
     )
+    return Response(body, media_type="application/json")

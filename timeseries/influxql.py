@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -148,6 +148,50 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+#: points per chunk of a chunked answer (each parsed in well under a millisecond or so)
+CHUNK_POINTS = 2000
+
+
+async def read_chunks(lines: AsyncIterator[str]) -> dict[str, Any]:
+    """A chunked ``/query`` answer (one JSON object a line, a series continued over chunks
+    while marked ``partial``) as the one object the unchunked answer would be; the event
+    loop runs other work between chunks."""
+    results: dict[int, dict[str, Any]] = {}
+    body: dict[str, Any] = {}
+    async for line in lines:
+        if not line.strip():
+            continue
+        chunk = json.loads(line)
+        if "error" in chunk:
+            body["error"] = chunk["error"]
+        for r in chunk.get("results", []):
+            sid = int(r.get("statement_id", 0))
+            acc = results.setdefault(sid, {"statement_id": sid})
+            if "error" in r:
+                acc["error"] = r["error"]
+            series = acc.setdefault("series", [])
+            for s in r.get("series", []):
+                last = series[-1] if series else None
+                if (
+                    last is not None
+                    and last.pop("partial", False)
+                    and (last.get("name"), last.get("tags")) == (s.get("name"), s.get("tags"))
+                ):
+                    last["values"].extend(s.get("values", []))
+                    if s.get("partial"):
+                        last["partial"] = True
+                else:
+                    series.append(s)
+        await asyncio.sleep(0)
+    for acc in results.values():
+        if not acc["series"]:
+            del acc["series"]
+        for s in acc.get("series", []):
+            s.pop("partial", None)
+    body["results"] = [results[k] for k in sorted(results)]
+    return body
+
+
 class InfluxQLReader:
     """:class:`~timeseries.query.Reader` over InfluxQL ``/query``."""
 
@@ -162,8 +206,10 @@ class InfluxQLReader:
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
+        chunked: bool = False,
     ) -> None:
         headers = {"Accept": "application/json"}
+        self._chunked = chunked
         auth: httpx.BasicAuth | None = None
         if token:
             headers["Authorization"] = f"Token {token}"
@@ -198,6 +244,7 @@ class InfluxQLReader:
             timeout=target.timeout,
             transport=transport,
             verify=target.verify(),
+            chunked=api == "1",
         )
 
     @property
@@ -223,23 +270,31 @@ class InfluxQLReader:
         request_params = {"db": self._db, "q": query, "epoch": "ms"}
         if params:
             request_params["params"] = json.dumps(dict(params))
+        if self._chunked:  # a long answer parsed chunk by chunk, other requests between
+            request_params.update(chunked="true", chunk_size=str(CHUNK_POINTS))
         log.debug("influxql %s params=%s", query, params)
         try:
-            response = await self._client.get("/query", params=request_params)
+            request = self._client.build_request("GET", "/query", params=request_params)
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code == 429 or response.status_code >= 500:
+                    retry = response.headers.get("Retry-After")
+                    raise RetryableError(
+                        f"InfluxDB answered {response.status_code}",
+                        float(retry) if retry and retry.isdigit() else None,
+                    )
+                if self._chunked and response.status_code < 300:
+                    body = await read_chunks(response.aiter_lines())
+                else:
+                    body = json.loads(await response.aread())
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise RetryableError(f"InfluxDB query timed out: {exc}") from exc
         except httpx.HTTPError as exc:
             raise RetryableError(f"InfluxDB at {self._url} is unreachable: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            retry = response.headers.get("Retry-After")
-            raise RetryableError(
-                f"InfluxDB answered {response.status_code}",
-                float(retry) if retry and retry.isdigit() else None,
-            )
-        try:
-            body = response.json()
         except ValueError as exc:
-            raise PermanentError(f"InfluxDB answered {response.status_code}, not JSON") from exc
+            raise PermanentError("InfluxDB answered, not with JSON") from exc
         if response.status_code >= 400 or "error" in body:
             raise PermanentError(f"InfluxDB refused the query: {body.get('error', body)}")
         results: list[dict[str, Any]] = body.get("results", [])

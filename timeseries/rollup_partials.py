@@ -24,6 +24,9 @@ MarkUpdate = tuple[Mapping[tuple[str, int], int], set[tuple[str, int]]]
 
 
 class PartialReader(Protocol):
+    #: every write's marks are kept over the look-back: an unmarked minute holds no data
+    marks_complete: bool
+
     async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]: ...
     async def dirty_marks(self, now_ms: int) -> MarkUpdate | None:
         """Every marked (measurement, minute) with its token, negative when the minute is
@@ -47,6 +50,8 @@ _ROLLUP_FUNCS = {
 
 class InfluxPartials:
     """Partial aggregates over InfluxQL: raw measurements and ``rollup``.``{domain}_{w}``."""
+
+    marks_complete = True  # marks are points kept for the look-back, done or not
 
     def __init__(self, reader: InfluxQLReader) -> None:
         self.reader = reader
@@ -174,6 +179,8 @@ _SQL_ROLLUP = {
 
 class SqlitePartials:
     """Partial aggregates over the embedded store's ``samples`` and ``rollup_*`` tables."""
+
+    marks_complete = False  # a mark is deleted once its window is recomputed
 
     def __init__(self, reader: SqliteReader) -> None:
         self.reader = reader

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from citysense.errors import InputError
 from timeseries.influxql import InfluxQLReader
 from timeseries.query import Reader, SeriesGroup, SeriesQuery
-from timeseries.rollup import HOUR, MINUTE, WIDTHS
+from timeseries.rollup import DIRTY_LOOKBACK_MS, HOUR, MINUTE, WIDTHS
 from timeseries.rollup_partials import InfluxPartials, PartialReader, Partials, SqlitePartials
 from timeseries.sqlite_query import SqliteReader
 
@@ -63,17 +63,28 @@ def allowed_sources(q: SeriesQuery) -> list[str]:
     ]
 
 
-def plan(q: SeriesQuery, dirty_minutes: set[int] | frozenset[int]) -> list[Segment]:
+def plan(
+    q: SeriesQuery,
+    dirty_minutes: set[int] | frozenset[int],
+    empty: Callable[[int], bool] | None = None,
+) -> list[Segment]:
     """Segments covering ``[q.start, q.end)`` (see the module doc); ``dirty_minutes``: the
-    minute windows of the metric's measurement awaiting recompute."""
+    minute windows of the metric's measurement awaiting recompute; ``empty``: whether a
+    minute is known to hold no data (it has no mark), then left out -- a segment read at
+    minute grain (``1m`` or raw) may span it, so the newest minutes with no data yet and the
+    gaps between written minutes cost no read."""
     sources = allowed_sources(q)
     segs: list[Segment] = []
+    gap = False  # minutes left out since the last segment's end
 
     def add(a: int, b: int, src: str) -> None:
-        if segs and segs[-1].source == src and segs[-1].end == a:
-            segs[-1] = Segment(segs[-1].start, b, src)
+        nonlocal gap
+        last = segs[-1] if segs else None
+        if last and last.source == src and (last.end == a or (gap and src != "1h")):
+            segs[-1] = Segment(last.start, b, src)
         else:
             segs.append(Segment(a, b, src))
+        gap = False
 
     pos, end = q.start_ms, q.end_ms
     if not sources:
@@ -86,8 +97,11 @@ def plan(q: SeriesQuery, dirty_minutes: set[int] | frozenset[int]) -> list[Segme
             add(pos, pos + HOUR, "1h")
             pos += HOUR
             continue
-        minute_end = pos - pos % MINUTE + MINUTE
-        if pos % MINUTE == 0 and minute_end <= end and pos not in dirty_minutes:
+        minute = pos - pos % MINUTE
+        minute_end = minute + MINUTE
+        if empty is not None and empty(minute):
+            gap = True
+        elif pos % MINUTE == 0 and minute_end <= end and pos not in dirty_minutes:
             add(pos, minute_end, "1m")
         else:
             add(pos, min(minute_end, end), "raw")
@@ -145,10 +159,12 @@ class RollupReads:
     refreshed_ms: int | None = None
     ready: bool = False
 
-    #: 1-hour segments' partials, reused while none of their hours changed
+    #: rollup segments' partials, reused while none of their hours changed
     cache: OrderedDict[tuple[Any, ...], tuple[int, Partials]] = field(default_factory=OrderedDict)
     #: measurement -> hour -> the refresh in which a mark of one of its minutes last changed
     changed: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: measurement -> every marked minute (written within the look-back)
+    marked: dict[str, set[int]] = field(default_factory=dict)
     #: measurement -> minutes written since the refresh before the last one
     fresh: dict[str, set[int]] = field(default_factory=dict)
     _pruned_ms: int = 0
@@ -169,11 +185,14 @@ class RollupReads:
             self.changed.setdefault(m, {})[w - w % HOUR] = self.version
             old, new = self.tokens.get(key), marks.get(key)
             dirty = self.dirty.setdefault(m, set())
+            marked = self.marked.setdefault(m, set())
             if new is None:
                 self.tokens.pop(key, None)
                 dirty.discard(w)
+                marked.discard(w)
                 continue
             self.tokens[key] = new
+            marked.add(w)
             if new > 0:
                 dirty.add(w)
             else:
@@ -193,6 +212,15 @@ class RollupReads:
 
     def horizon(self, now_ms: int) -> int:
         return now_ms - self.raw_horizon_ms
+
+    def _empty(self, q: SeriesQuery, now_ms: int) -> Callable[[int], bool] | None:
+        """Minutes known to hold no data of ``q``'s measurement: unmarked, where the store
+        keeps every mark over the look-back (InfluxDB)."""
+        if not self.partial.marks_complete:
+            return None
+        marked = self.marked.get(q.measurement, set())
+        since = now_ms - DIRTY_LOOKBACK_MS + HOUR
+        return lambda w: w >= since and w not in marked
 
     def _changed_after(self, q: SeriesQuery, version: int) -> bool:
         """Whether an hour of ``q``'s range changed after ``version``."""
@@ -222,8 +250,12 @@ class RollupReads:
         """:meth:`series` of each query; the storage is asked once for what is not cached
         (InfluxDB: one request when the queries share their filters)."""
         plans = []
+        now = int(self.clock() * 1000)
         for q in queries:
-            segs = plan(q, self.dirty.get(q.measurement, set()) if self.ready else _ALL_DIRTY)
+            if self.ready:
+                segs = plan(q, self.dirty.get(q.measurement, set()), self._empty(q, now))
+            else:
+                segs = plan(q, _ALL_DIRTY)
             if self.ready:  # without rollups, raw data is all there is
                 self.check_horizon(q, segs)
             plans.append(segs)
@@ -238,8 +270,9 @@ class RollupReads:
             for j, seg in enumerate(segs):
                 sq = replace(q, start_ms=seg.start, end_ms=seg.end)
                 key = None
-                if seg.source == "1h":
+                if seg.source != "raw":
                     key = (
+                        seg.source,
                         *(sq.metric, sq.start_ms, sq.end_ms, sq.every_ms, sq.offset_ms, sq.agg),
                         tuple(sorted(sq.filters.items())),
                         sq.group_by,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -77,3 +78,66 @@ def test_influx_2x_compatibility_query_uses_token_bucket_and_params() -> None:
     assert json.loads(request.url.params["params"]) == {"district": "jinshui"}
     assert "jinshui" not in request.url.params["q"]
     assert "s3cret" not in reader.description
+
+
+def test_a_chunked_answer_reads_as_the_unchunked_one() -> None:
+    """Series continued over chunks while ``partial``, several statements, statement errors."""
+    from timeseries.influxql import read_chunks
+
+    chunks = [
+        {"results": [{"statement_id": 0, "series": [
+            {"name": "m", "tags": {"d": "a"}, "columns": ["time", "v"],
+             "values": [[1, 1.0], [2, 2.0]], "partial": True}], "partial": True}]},
+        {"results": [{"statement_id": 0, "series": [
+            {"name": "m", "tags": {"d": "a"}, "columns": ["time", "v"], "values": [[3, 3.0]]},
+            {"name": "m", "tags": {"d": "b"}, "columns": ["time", "v"], "values": [[1, 9.0]]}]}]},
+        {"results": [{"statement_id": 1}]},
+        {"results": [{"statement_id": 2, "error": "database not found: x"}]},
+    ]  # fmt: skip
+
+    async def lines() -> AsyncIterator[str]:
+        for c in chunks:
+            yield json.dumps(c)
+            yield ""
+
+    body = asyncio.run(read_chunks(lines()))
+    assert body == {
+        "results": [
+            {"statement_id": 0, "series": [
+                {"name": "m", "tags": {"d": "a"}, "columns": ["time", "v"],
+                 "values": [[1, 1.0], [2, 2.0], [3, 3.0]]},
+                {"name": "m", "tags": {"d": "b"}, "columns": ["time", "v"], "values": [[1, 9.0]]},
+            ]},
+            {"statement_id": 1},
+            {"statement_id": 2, "error": "database not found: x"},
+        ]
+    }  # fmt: skip
+
+
+def test_chunked_and_unchunked_answers_agree_on_influxd(influx_db: InfluxServer) -> None:
+    """Past several chunk boundaries of real influxd: the same series either way."""
+    from timeseries.influxql import CHUNK_POINTS
+    from timeseries.query import SeriesQuery
+
+    start = 1_700_000_000_000
+    n = 2 * CHUNK_POINTS + 321
+    lines = "\n".join(
+        "environment,device=aq-1,kind=air_station,district=north,site=s1,gateway=g "
+        f"pm25={i % 97}.5 {start + i * 1000}"
+        for i in range(n)
+    )
+    httpx.post(
+        f"{influx_db.url}/write", params={"db": influx_db.db, "precision": "ms"}, content=lines
+    ).raise_for_status()
+    q = SeriesQuery("pm25", start, start + n * 1000, 1000, "max", {}, "device")
+
+    async def read(chunked: bool) -> list[object]:
+        reader = InfluxQLReader(influx_db.url, influx_db.db, chunked=chunked)
+        try:
+            return [(g.group, g.points) for g in await reader.series(q)]
+        finally:
+            await reader.aclose()
+
+    chunked, whole = asyncio.run(read(True)), asyncio.run(read(False))
+    assert chunked == whole
+    assert sum(len(points) for _, points in whole) == n  # type: ignore[misc]

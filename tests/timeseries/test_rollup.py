@@ -411,3 +411,35 @@ def test_restarts_in_the_middle_of_rollup_work_leave_no_window_wrong(
             assert rolled == raw and source == "1h"
 
     asyncio.run(main())
+
+
+def test_plan_leaves_out_minutes_known_empty() -> None:
+    """Unmarked minutes cost no read: minute-grain segments span them, 1-hour ones never."""
+    h = now_hour() - 5 * HOUR
+    written = {h + 2 * HOUR + 5 * MINUTE, h + 2 * HOUR + 9 * MINUTE, h + 3 * HOUR + 30 * MINUTE}
+
+    def empty(w: int) -> bool:
+        return w not in written
+
+    q = SeriesQuery("pm25", h, h + 3 * HOUR + 40 * MINUTE + 500, HOUR, "mean", {}, None)
+    dirty = {h + 2 * HOUR + 9 * MINUTE}  # hour h+2 is being recomputed
+    assert plan(q, dirty, empty) == [
+        Segment(h, h + 2 * HOUR, "1h"),  # clean hours: their rollup, written or not
+        Segment(h + 2 * HOUR + 5 * MINUTE, h + 2 * HOUR + 6 * MINUTE, "1m"),
+        Segment(h + 2 * HOUR + 9 * MINUTE, h + 2 * HOUR + 10 * MINUTE, "raw"),
+        # the last hour is partial: minute grain, one read for its one written minute,
+        # nothing for the empty tail
+        Segment(h + 3 * HOUR + 30 * MINUTE, h + 3 * HOUR + 31 * MINUTE, "1m"),
+    ]
+    # minutes between written ones are spanned, not read one by one
+    written.add(h + 2 * HOUR + 7 * MINUTE)
+    assert plan(q, set(), empty)[0] == Segment(h, h + 3 * HOUR, "1h")
+    segs = plan(replace(q, every_ms=MINUTE, offset_ms=0), set(), empty)
+    assert segs == [
+        Segment(h + 2 * HOUR + 5 * MINUTE, h + 3 * HOUR + 31 * MINUTE, "1m"),
+    ]
+    # without knowledge of empty minutes every minute is read
+    assert plan(q, dirty)[-2:] == [
+        Segment(h + 2 * HOUR + 10 * MINUTE, h + 3 * HOUR + 40 * MINUTE, "1m"),
+        Segment(h + 3 * HOUR + 40 * MINUTE, q.end_ms, "raw"),
+    ]
