@@ -14,6 +14,7 @@ answered: :class:`HorizonError` (400, naming the horizon).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -91,11 +92,19 @@ def plan(
         return [Segment(pos, end, "raw")]
     everything = isinstance(dirty_minutes, _AllDirty)
     dirty_hours = {m - m % HOUR for m in dirty_minutes} if not everything else dirty_minutes
+    ordered = sorted(dirty_hours) if not everything else []
+    last_hour = end - end % HOUR  # whole hours end here
     while pos < end:
         hour = pos - pos % HOUR
         if "1h" in sources and pos % HOUR == 0 and pos + HOUR <= end and hour not in dirty_hours:
-            add(pos, pos + HOUR, "1h")
-            pos += HOUR
+            # the run of clean whole hours from here (a year is 8,760 of them)
+            stop = last_hour
+            if not everything:
+                k = bisect.bisect_right(ordered, pos)
+                if k < len(ordered):
+                    stop = min(stop, ordered[k])
+            add(pos, stop, "1h")
+            pos = stop
             continue
         minute = pos - pos % MINUTE
         minute_end = minute + MINUTE
