@@ -168,6 +168,7 @@ class ApiProcess:
             "--bind", f"127.0.0.1:{self.port}", "--rate-limit", "1000000",
             "--state-dir", str(work / "api-state"), "--log-level", "WARNING",
             "--allow-writable-reader",  # the benchmark's influxd runs without auth
+            "--influx-timeout", "120",  # priming over 10,000 devices' week takes seconds
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -421,13 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             measure_size(size, args, section, work)
-            per_reading = (size.rollup_cpu_s + size.rollup_influx_cpu_s) / size.points * 1e6
+            # a reading is one metric's value (a point of the load carries 4 to 9 of them)
+            per_reading = (size.rollup_cpu_s + size.rollup_influx_cpu_s) / size.values * 1e6
             section.add(
                 Result(
-                    f"{size.label}: rollup CPU per stored reading (worker + influxd)",
+                    f"{size.label}: rollup CPU per stored reading (worker + influxd, "
+                    "recomputed from raw data)",
                     per_reading,
                     "µs/reading",
-                    "",
+                    "≤ 10% of ingest's CPU per reading",
                     None,
                     f"{size.windows} minute windows in {size.rollup_s:.0f} s; worker "
                     f"{size.rollup_cpu_s:.0f} s, influxd {size.rollup_influx_cpu_s:.0f} s CPU",

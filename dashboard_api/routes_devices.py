@@ -85,6 +85,8 @@ def _seen_of(rows: list[LatestValue]) -> dict[str, _Seen]:
 
 
 _STATUS_ORDER = {"offline": 0, "stale": 1, "online": 2}
+#: what stands between a device's age and its tail in ``/devices``, per status order
+_STATUS_JSON = [f',"status":"{s}",'.encode() for s in _STATUS_ORDER]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,8 @@ class _Listed:
     device: str
     kind: str
     last_seen: int | None
-    head: bytes  #: ``{"device": ... "last_seen": ...,``
-    tail: bytes  #: ``"battery": ... "registered": ...,``
+    head: bytes  #: ``{"device": ... "last_seen": ...,"age_s":``
+    tail: bytes  #: ``"battery": ... "registered": ...,"flags":``
 
 
 def _listing(
@@ -135,8 +137,8 @@ def _listing(
                     dev_id,
                     dev_kind,
                     last,
-                    orjson.dumps(head)[:-1] + b",",
-                    orjson.dumps(tail)[1:-1] + b",",
+                    orjson.dumps(head)[:-1] + b',"age_s":',
+                    orjson.dumps(tail)[1:-1] + b',"flags":',
                 )
             )
         return out
@@ -169,30 +171,17 @@ async def devices(
         st = device_status(d.kind, d.last_seen, at_ms)
         if status and st != status:
             continue
-        age = (at_ms - d.last_seen) / 1000 if d.last_seen is not None else None
-        flags = [
-            {"metric": f.metric, "reason": f.reason, "since": rfc3339(f.since)}
-            for f in flagged.get(d.device, ())
-        ]
-        out.append(
-            (
-                _STATUS_ORDER[st],
-                b"".join(
-                    (
-                        d.head,
-                        b'"age_s":',
-                        orjson.dumps(age),
-                        b',"status":"',
-                        st.encode(),
-                        b'",',
-                        d.tail,
-                        b'"flags":',
-                        orjson.dumps(flags),
-                        b"}",
-                    )
-                ),
+        age = b"null" if d.last_seen is None else orjson.dumps((at_ms - d.last_seen) / 1000)
+        mine = flagged.get(d.device)
+        flags = (
+            orjson.dumps(
+                [{"metric": f.metric, "reason": f.reason, "since": rfc3339(f.since)} for f in mine]
             )
+            if mine
+            else b"[]"
         )
+        order = _STATUS_ORDER[st]
+        out.append((order, b"".join((d.head, age, _STATUS_JSON[order], d.tail, flags, b"}"))))
     out.sort(key=lambda o: o[0])  # stable: by device within a status
     counts = {k: 0 for k in _STATUS_ORDER}
     names = list(_STATUS_ORDER)
