@@ -244,6 +244,11 @@ class Size:
     p95: dict[str, float] = field(default_factory=dict)
 
     @property
+    def rollup_cpu_per_reading(self) -> float:
+        """µs of CPU (worker + influxd) per stored value to build the rollups."""
+        return (self.rollup_cpu_s + self.rollup_influx_cpu_s) / max(self.values, 1) * 1e6
+
+    @property
     def label(self) -> str:
         return f"{self.points / 1e6:.1f} M points"
 
@@ -423,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             measure_size(size, args, section, work)
             # a reading is one metric's value (a point of the load carries 4 to 9 of them)
-            per_reading = (size.rollup_cpu_s + size.rollup_influx_cpu_s) / size.values * 1e6
+            per_reading = size.rollup_cpu_per_reading
             section.add(
                 Result(
                     f"{size.label}: rollup CPU per stored reading (worker + influxd, "
@@ -460,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
         if args.ingest:
-            ingest_rollups_on_off(section, notes, quick=args.quick)
+            ingest_rollups_on_off(section, notes, sizes, quick=args.quick)
         section.body = (
             " ".join(notes)
             + f" {args.requests} sequential requests per figure after 3 warm-up requests, over "
@@ -488,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ingest_rollups_on_off(section: Section, notes: list[str], *, quick: bool) -> None:
+def ingest_rollups_on_off(
+    section: Section, notes: list[str], sizes: list[Size], *, quick: bool
+) -> None:
     """citysense ingest (50 readings per message, MQTT, ack after write) with rollups on and
     off, interleaved, two rounds each; the best round of each."""
     from bench.harness import make_payloads, write_payload_file
@@ -533,16 +540,30 @@ def ingest_rollups_on_off(section: Section, notes: list[str], *, quick: bool) ->
     cpu_off = (off.cpu_seconds + off.influx_cpu_seconds) / off.offered * 1e6
     section.add(
         Result(
-            "ingest CPU per reading (ingestor + influxd), rollups on",
+            "ingest CPU per reading (ingestor + influxd) with dirty marks, until stored",
             cpu_on,
             "µs/reading",
-            "rollups ≤ 10% of ingest",
+            "",
             cpu_off,
-            "goal met" if cpu_on <= 1.1 * cpu_off else "goal NOT met",
+            "the write path's own cost: the worker recomputes those minutes 2 s after their "
+            "writes, mostly after this window (its cost: the rollup CPU row)",
             "rollups off",
             higher_is_better=False,
         )
     )
+    for size in sizes:  # the rollup build against the ingest path measured here
+        per_reading = size.rollup_cpu_per_reading
+        section.add(
+            Result(
+                f"{size.label}: rollup CPU per reading ÷ ingest CPU per reading",
+                per_reading / cpu_off,
+                "×",
+                "≤ 0.1×",
+                None,
+                "goal met" if per_reading <= 0.1 * cpu_off else "goal NOT met",
+                higher_is_better=False,
+            )
+        )
     notes.append(
         f"Ingest with rollups on vs off: {messages:,} messages of 50 readings through "
         "Mosquitto into `citysense ingest` (ack after write), rollups on = dirty marks in each "

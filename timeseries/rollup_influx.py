@@ -31,6 +31,7 @@ from timeseries.rollup_core import (
 from timeseries.schema import TAG_KEYS
 
 log = logging.getLogger(__name__)
+DAY = 24 * HOUR
 
 
 def influx_duration(ms: int) -> str:
@@ -126,15 +127,18 @@ class InfluxRollupStore:
         """First start over an existing database: every hour holding raw data is marked
         (before the rollup policy exists, so that a crash here repeats it)."""
         now = int(time.time() * 1000)
-        span = f"time >= {now - self.raw_ms}ms AND time < {now + DIRTY_LOOKBACK_MS}ms"
         domains = sorted({spec.domain for spec in METRICS.values()})
+        # a day at a time: one question over a city's whole history outlasts any timeout
+        start, end = now - self.raw_ms, now + DIRTY_LOOKBACK_MS
         for domain in domains:
-            res = await self._q(
-                f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1m) fill(none)'
-            )
-            hours = [int(r[0]) for s in res[0].get("series", []) for r in s.get("values", [])]
-            for i in range(0, len(hours), 5000):
-                await self.mark(domain, hours[i : i + 5000])
+            for day in range(start - start % DAY, end, DAY):
+                span = f"time >= {max(day, start)}ms AND time < {min(day + DAY, end)}ms"
+                res = await self._q(
+                    f'SELECT count(*) FROM "{domain}" WHERE {span} GROUP BY time(1m) fill(none)'
+                )
+                minutes = [int(r[0]) for s in res[0].get("series", []) for r in s.get("values", [])]
+                for i in range(0, len(minutes), 5000):
+                    await self.mark(domain, minutes[i : i + 5000])
 
     async def mark(self, measurement: str, windows: Iterable[int]) -> None:
         await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
