@@ -93,9 +93,9 @@ class ApiContext:
         default_factory=dict, repr=False
     )
 
-    def live(self, at: str | None) -> LatestCache | None:
+    def live(self, at: When) -> LatestCache | None:
         """The latest-value table, when it can answer a question about now."""
-        if at is None and self.latest is not None and self.latest.ready:
+        if at.now and self.latest is not None and self.latest.ready:
             return self.latest
         return None
 
@@ -143,6 +143,22 @@ def context(request: Request) -> ApiContext:
 
 #: The context as a route parameter (a dependency: no trace in the OpenAPI document).
 Context = Annotated[ApiContext, Depends(context)]
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """The time a request asks about: its ``at``, or now (then the live tables may answer)."""
+
+    ms: int
+    now: bool
+
+
+def when(ctx: Context, at: TimeQ = None) -> When:
+    return When(ctx.time(at), at is None)
+
+
+#: the ``at`` parameter of a route, as :class:`When`
+AtQ = Annotated[When, Depends(when)]
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[Any]])
 

@@ -22,12 +22,13 @@ from dashboard_api.parameters import rfc3339
 from dashboard_api.routes_common import (
     HEALTH_SHOWN,
     ApiContext,
+    AtQ,
     Context,
     DistrictQ,
     KindQ,
     ResourceRouter,
     StatusName,
-    TimeQ,
+    When,
     _filters,
 )
 from dashboard_api.routes_environment import district_aqi
@@ -46,26 +47,23 @@ class _Seen:
     values: dict[str, float]
 
 
-async def seen_devices(
-    ctx: ApiContext, filters: dict[str, str], at_ms: int, at: str | None
-) -> dict[str, _Seen]:
+async def seen_devices(ctx: ApiContext, filters: dict[str, str], at: When) -> dict[str, _Seen]:
     """Devices with a reading of any metric in the last 7 days: last seen at their newest
     reading, with their newest health figures (from the latest-value table: not to be
     changed by the caller)."""
-    return await _from_table(ctx, "seen", filters, at_ms, at, _seen_of)
+    return await _from_table(ctx, "seen", filters, at, _seen_of)
 
 
 async def _from_table(
     ctx: ApiContext,
     label: str,
     filters: dict[str, str],
-    at_ms: int,
-    at: str | None,
+    at: When,
     render: Callable[[list[LatestValue]], T],
 ) -> T:
     """``render`` of every metric's newest value per device over the last 7 days: from the
     latest-value table's reused answers about now, else from storage."""
-    span = (at_ms - DEFAULT_MAX_AGE_MS, at_ms + MAX_FUTURE_SKEW_MS)
+    span = (at.ms - DEFAULT_MAX_AGE_MS, at.ms + MAX_FUTURE_SKEW_MS)
     live = ctx.live(at)
     if live is not None:
         return live.answer(label, ALL_METRICS, filters, *span, render)[0]
@@ -154,17 +152,15 @@ def _listing(
 )
 async def devices(
     ctx: Context,
+    at: AtQ,
     district: DistrictQ = None,
     kind: KindQ = None,
     status: StatusName | None = None,
-    at: TimeQ = None,
 ) -> Response:
-    at_ms = ctx.time(at)
+    at_ms = at.ms
     render = _listing(ctx.registry or {}, kind, district)
     label = f"devices:{kind}:{district}"
-    listed = await _from_table(
-        ctx, label, _filters(district=district, kind=kind), at_ms, at, render
-    )
+    listed = await _from_table(ctx, label, _filters(district=district, kind=kind), at, render)
     flagged = ctx.quality.open_by_device() if ctx.quality is not None else {}
     out: list[tuple[int, bytes]] = []
     for d in listed:
@@ -211,13 +207,13 @@ async def devices(
 )
 async def districts(
     ctx: Context,
+    at: AtQ,
     principal: CurrentPrincipal,
-    at: TimeQ = None,
     standard: Standard = DEFAULT_STANDARD,
 ) -> models.DistrictList:
-    at_ms = ctx.time(at)
+    at_ms = at.ms
     seen, aqis = await asyncio.gather(
-        seen_devices(ctx, {}, at_ms, at), district_aqi(ctx, at_ms, standard, None)
+        seen_devices(ctx, {}, at), district_aqi(ctx, at_ms, standard, None)
     )
     kinds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     places: dict[str, list[tuple[float, float]]] = defaultdict(list)

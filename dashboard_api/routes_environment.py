@@ -23,10 +23,10 @@ from dashboard_api.routes_common import (
     DAY,
     HOUR,
     ApiContext,
+    AtQ,
     Context,
     DistrictQ,
     ResourceRouter,
-    TimeQ,
     _filters,
 )
 from timeseries.query import SeriesQuery
@@ -94,12 +94,12 @@ async def district_aqi(
 )
 async def aqi(
     ctx: Context,
+    at: AtQ,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
-    at: TimeQ = None,
     standard: Standard = DEFAULT_STANDARD,
 ) -> models.AqiResponse:
-    at_ms = ctx.time(at)
+    at_ms = at.ms
     districts = await district_aqi(ctx, at_ms, standard, district)
     return models.AqiResponse(
         standard=standard, at=rfc3339(at_ms), hour_start=rfc3339(at_ms - HOUR), districts=districts

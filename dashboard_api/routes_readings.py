@@ -33,6 +33,7 @@ from dashboard_api.routes_common import (
     MAX_RANGE_MS,
     AggName,
     ApiContext,
+    AtQ,
     Context,
     DeviceQ,
     DistrictQ,
@@ -58,6 +59,7 @@ router = ResourceRouter()
 )
 async def latest(
     ctx: Context,
+    at: AtQ,
     principal: CurrentPrincipal,
     domain: Annotated[Domain, PathParam()],
     district: DistrictQ = None,
@@ -65,13 +67,12 @@ async def latest(
     metric: Annotated[MetricName | None, Query(description="one metric of the domain")] = None,
     device: DeviceQ = None,
     site: SiteQ = None,
-    at: TimeQ = None,
     window: Annotated[
         str, Query(max_length=20, description="how far back to look (at most 7d)")
     ] = "24h",
 ) -> Response:
     viewer.check_filters(principal, device=device, site=site)
-    end = ctx.time(at)
+    end = at.ms
     span = parse_duration(window, "window", min_ms=1000, max_ms=7 * DAY)
     if metric is not None and METRICS[metric].domain != domain:
         raise ParameterError("metric", f"{metric} is not a metric of {domain}")

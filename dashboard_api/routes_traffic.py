@@ -15,10 +15,10 @@ from dashboard_api.parameters import format_duration, parse_duration, rfc3339
 from dashboard_api.routes_common import (
     DAY,
     HOUR,
+    AtQ,
     Context,
     DistrictQ,
     ResourceRouter,
-    TimeQ,
     _filters,
 )
 from timeseries.query import SeriesGroup, SeriesQuery
@@ -58,16 +58,16 @@ def _last_of(groups: list[SeriesGroup]) -> dict[str, float]:
 )
 async def congestion(
     ctx: Context,
+    at: AtQ,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
-    at: TimeQ = None,
     window: Annotated[str, Query(max_length=20, description="recent window (1m to 1d)")] = "30m",
     free_flow: Annotated[
         float | None,
         Query(gt=0, le=250, description="free-flow speed km/h (default: from the past week)"),
     ] = None,
 ) -> models.CongestionResponse:
-    at_ms = ctx.time(at)
+    at_ms = at.ms
     win = parse_duration(window, "window", min_ms=60_000, max_ms=DAY)
     f = _filters(district=district)
     answers, tags = await asyncio.gather(

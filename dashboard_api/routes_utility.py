@@ -21,10 +21,10 @@ from dashboard_api.parameters import ParameterError, rfc3339
 from dashboard_api.routes_common import (
     DAY,
     ApiContext,
+    AtQ,
     Context,
     DistrictQ,
     ResourceRouter,
-    TimeQ,
     _filters,
 )
 from timeseries.query import SeriesQuery
@@ -63,9 +63,9 @@ def _leak_out(v: LeakVerdict) -> models.LeakOut:
 )
 async def leaks(
     ctx: Context,
+    at: AtQ,
     principal: CurrentPrincipal,
     district: DistrictQ = None,
-    at: TimeQ = None,
     tz: Annotated[
         str | None,
         Query(
@@ -77,7 +77,7 @@ async def leaks(
         float, Query(ge=0, le=1000, description="minimum night flow that is suspicious, m³/h")
     ] = DEFAULT_NIGHT_FLOW_THRESHOLD,
 ) -> models.LeaksResponse:
-    at_ms = ctx.time(at)
+    at_ms = at.ms
     night_start, night_end = last_night_window(at_ms, _time_zone(ctx, tz))
     night = night_end - night_start
     f = _filters(district=district)
