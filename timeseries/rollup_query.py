@@ -255,19 +255,18 @@ class RollupReads:
         """The answer and its source (``raw``, ``1m`` or ``1h``)."""
         return (await self.series_many([q]))[0]
 
+    def _plan(self, q: SeriesQuery) -> list[Segment]:
+        if not self.ready:  # without rollups, raw data is all there is
+            return plan(q, _ALL_DIRTY)
+        now = int(self.clock() * 1000)
+        segs = plan(q, self.dirty.get(q.measurement, set()), self._empty(q, now))
+        self.check_horizon(q, segs)
+        return segs
+
     async def series_many(self, queries: list[SeriesQuery]) -> list[tuple[list[SeriesGroup], str]]:
         """:meth:`series` of each query; the storage is asked once for what is not cached
         (InfluxDB: one request when the queries share their filters)."""
-        plans = []
-        now = int(self.clock() * 1000)
-        for q in queries:
-            if self.ready:
-                segs = plan(q, self.dirty.get(q.measurement, set()), self._empty(q, now))
-            else:
-                segs = plan(q, _ALL_DIRTY)
-            if self.ready:  # without rollups, raw data is all there is
-                self.check_horizon(q, segs)
-            plans.append(segs)
+        plans = [self._plan(q) for q in queries]
         out: list[tuple[list[SeriesGroup], str] | None] = [None] * len(queries)
         asks: list[tuple[SeriesQuery, str]] = []
         slots: list[tuple[int, int, tuple[Any, ...] | None]] = []

@@ -87,7 +87,7 @@ EXTRA_OF: dict[str, str] = {
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "edge": ("paho", "aiocoap", "serial"),
     "ingest": ("paho", "httpx", "influxdb_client", "orjson"),
-    "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy"),
+    "api": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "orjson"),
     "alerts": ("fastapi", "uvicorn", "httpx", "influxdb_client", "numpy", "paho"),
     "sim": ("numpy", "aiocoap", "cryptography"),
     "provision": ("cryptography", "httpx"),
