@@ -18,14 +18,14 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alerts.engine import Transition
-from citysense.durable import connect_versioned
+from citysense.durable import connect_versioned, write_transaction
 from citysense.migrate import Migration, statements
 from citysense.privatefiles import private_file
 
@@ -144,15 +144,9 @@ class AlarmStore:
             self._db.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Any:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, write_transaction(self._db) as db:
+            yield db
 
     # ------------------------------------------------------------------ state changes
 

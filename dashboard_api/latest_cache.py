@@ -126,19 +126,30 @@ class LatestCache:
         return int(self.clock() * 1000)
 
     def merge(self, rows: Iterable[LatestValue]) -> int:
+        """Fold in newest values; how many entries changed (a value, a device's last_seen
+        or its tags). Any change bumps :attr:`version`, so answers rendered before are
+        redone; rows the table already holds (a range read again) change nothing."""
         changed = 0
-        self.version += 1  # (a row may move a device's last_seen or tags: answers redone)
         for r in rows:
             e = self.devices.get(r.device)
             if e is None:
                 e = self.devices[r.device] = DeviceEntry(r.kind, r.district, r.site, r.t)
+                changed += 1
             old = e.values.get(r.metric)
-            if old is None or old[0] <= r.t:
+            if old is None or (old[0] <= r.t and old != (r.t, r.value)):
                 e.values[r.metric] = (r.t, r.value)
                 changed += 1
-            if r.t >= e.last_seen:
+            if r.t >= e.last_seen and (r.t, r.kind, r.district, r.site) != (
+                e.last_seen,
+                e.kind,
+                e.district,
+                e.site,
+            ):
                 e.last_seen = r.t
                 e.kind, e.district, e.site = r.kind, r.district, r.site
+                changed += 1
+        if changed:
+            self.version += 1
         return changed
 
     async def _read(self, start: int, end: int) -> None:

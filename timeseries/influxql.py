@@ -273,9 +273,11 @@ class InfluxQLReader:
         if self._chunked:  # a long answer parsed chunk by chunk, other requests between
             request_params.update(chunked="true", chunk_size=str(CHUNK_POINTS))
         log.debug("influxql %s params=%s", query, params)
+        status = 0
         try:
             request = self._client.build_request("GET", "/query", params=request_params)
             response = await self._client.send(request, stream=True)
+            status = response.status_code
             try:
                 if response.status_code == 429 or response.status_code >= 500:
                     retry = response.headers.get("Retry-After")
@@ -294,7 +296,7 @@ class InfluxQLReader:
         except httpx.HTTPError as exc:
             raise RetryableError(f"InfluxDB at {self._url} is unreachable: {exc}") from exc
         except ValueError as exc:
-            raise PermanentError("InfluxDB answered, not with JSON") from exc
+            raise PermanentError(f"InfluxDB answered {status}, not JSON") from exc
         if response.status_code >= 400 or "error" in body:
             raise PermanentError(f"InfluxDB refused the query: {body.get('error', body)}")
         results: list[dict[str, Any]] = body.get("results", [])

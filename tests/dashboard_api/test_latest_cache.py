@@ -56,8 +56,23 @@ def test_a_rendered_answer_is_reused_only_while_it_cannot_differ() -> None:
 def test_an_older_value_never_replaces_a_newer_one() -> None:
     cache = LatestCache(NoReader(), lambda: 0.0)  # type: ignore[arg-type]
     cache.merge([row("a", "pm25", 5_000, 2.0)])
-    cache.merge([row("a", "pm25", 1_000, 1.0)])  # delivered late
+    assert cache.merge([row("a", "pm25", 1_000, 1.0)]) == 0  # delivered late
     assert answer(cache, 0, 10_000) == [["a", "pm25", 5_000, 2.0]]
+
+
+def test_rows_read_again_keep_the_rendered_answer() -> None:
+    """The refresh reads each written range twice: the second read changes nothing."""
+    cache = LatestCache(NoReader(), lambda: 0.0)  # type: ignore[arg-type]
+    rows = [row("a", "pm25", 5_000, 2.0), row("b", "pm10", 6_000, 3.0)]
+    assert cache.merge(rows) == 4  # two devices, two values
+    answer(cache, 0, 10_000)
+    assert cache.merge(rows) == 0
+    answer(cache, 0, 10_000)
+    assert cache.memo_hits == 1
+    # the same time with another value (a correction) is a change
+    assert cache.merge([row("a", "pm25", 5_000, 2.5)]) == 1
+    assert answer(cache, 0, 10_000)[0] == ["a", "pm25", 5_000, 2.5]
+    assert cache.memo_hits == 1
 
 
 def test_written_minutes_are_read_as_one_range_per_hour() -> None:
