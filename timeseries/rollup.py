@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ from citysense.config import Settings, parse_retention
 from citysense.errors import PermanentError, RetryableError
 from timeseries.connection import SqliteTarget, storage_target
 from timeseries.lineprotocol import LineSerializer
-from timeseries.rollup_core import (
+from timeseries.rollup_core import (  # re-exported: the rollup vocabulary
     COMPONENTS as COMPONENTS,
 )
 from timeseries.rollup_core import (
@@ -83,13 +84,7 @@ from timeseries.rollup_core import (
     combine as combine,
 )
 from timeseries.rollup_core import (
-    line_marks as line_marks,
-)
-from timeseries.rollup_core import (
     new_token as new_token,
-)
-from timeseries.rollup_core import (
-    point_marks as point_marks,
 )
 from timeseries.rollup_core import (
     token_age_ms as token_age_ms,
@@ -97,6 +92,7 @@ from timeseries.rollup_core import (
 from timeseries.rollup_influx import InfluxRollupStore as InfluxRollupStore
 from timeseries.rollup_influx import MarkView as MarkView
 from timeseries.rollup_influx import mark_line as mark_line
+from timeseries.rollup_live import LiveMinutes, split_by_minute
 from timeseries.rollup_sqlite import SQLITE_MARK as SQLITE_MARK
 from timeseries.rollup_sqlite import SQLITE_ROLLUP_SCHEMA as SQLITE_ROLLUP_SCHEMA
 from timeseries.rollup_sqlite import SqliteRollupStore as SqliteRollupStore
@@ -109,15 +105,15 @@ log = logging.getLogger(__name__)
 
 
 class MarkingLineWriter:
-    """An InfluxDB writer whose every request also carries the dirty marks of its points."""
+    """An InfluxDB writer whose every request also carries the dirty marks of its points,
+    tagged with this writer's name, and which keeps what it stored for the rollup worker
+    (:class:`~timeseries.rollup_live.LiveMinutes`)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, writer: str | None = None) -> None:
         self.inner = inner
         self._serializer = LineSerializer()
-
-    def _marks(self, marks: set[tuple[str, int]]) -> list[str]:
-        token = new_token()
-        return [mark_line(DIRTY, m, w, token) for m, w in sorted(marks)]
+        self.writer = writer or secrets.token_hex(6)
+        self.live = LiveMinutes(self.writer)
 
     async def write(self, points: Sequence[Point]) -> WriteResult:
         if not points:
@@ -129,8 +125,16 @@ class MarkingLineWriter:
     async def write_lines(self, lines: Sequence[str]) -> WriteResult:
         if not lines:
             return WriteResult(0)
-        marks = self._marks(line_marks(lines))
-        result: WriteResult = await self.inner.write_lines([*lines, *marks])
+        groups = split_by_minute(lines)
+        token = new_token()
+        marks = [mark_line(DIRTY, m, w, token, self.writer) for m, w in sorted(groups)]
+        self.live.begin(groups)
+        stored = False
+        try:
+            result: WriteResult = await self.inner.write_lines([*lines, *marks])
+            stored = not result.rejected
+        finally:
+            self.live.end(groups, token, stored)
         rejected = tuple(r for r in result.rejected if not str(r.point).startswith(DIRTY))
         return WriteResult(len(lines) - len(rejected), rejected)
 
@@ -158,7 +162,11 @@ def with_rollup_marks(writer: Writer, settings: Settings) -> Writer:
 # --------------------------------------------------------------------------- the worker
 
 
-def open_rollup_store(settings: Settings, api: str = "1") -> RollupStore | None:
+def open_rollup_store(
+    settings: Settings, api: str = "1", live: LiveMinutes | None = None
+) -> RollupStore | None:
+    """The store's rollups (None where it keeps none); ``live``: the lines the ingestor's
+    writer kept, recomputed from instead of the raw data where they are all of a minute."""
     raw_ms = parse_retention(settings.retention_raw, "--retention-raw")
     rollup_ms = parse_retention(settings.retention_rollup, "--retention-rollup")
     target = storage_target(settings)
@@ -166,7 +174,7 @@ def open_rollup_store(settings: Settings, api: str = "1") -> RollupStore | None:
         return SqliteRollupStore(target.path, raw_ms, rollup_ms)
     if api != "1":
         return None
-    return InfluxRollupStore(target, raw_ms, rollup_ms)
+    return InfluxRollupStore(target, raw_ms, rollup_ms, live)
 
 
 @dataclass
@@ -193,7 +201,7 @@ class RollupWorker:
         cpu0 = time.process_time()
         by_hour: dict[tuple[str, int], list[Dirty]] = {}
         for d in dirty:
-            if token_age_ms(d.token, now_ms) >= self.settle_ms:
+            if token_age_ms(d.newest, now_ms) >= self.settle_ms:
                 by_hour.setdefault((d.measurement, d.window - d.window % HOUR), []).append(d)
         for (measurement, hour), marks in sorted(by_hour.items(), key=lambda kv: kv[0][1]):
             marks.sort(key=lambda d: d.window)
@@ -202,7 +210,7 @@ class RollupWorker:
             done += len(marks)
         self.stats.cpu_seconds += time.process_time() - cpu0
         self.stats.last_pass_ms = now_ms
-        waiting = [d.window for d in dirty if token_age_ms(d.token, now_ms) < self.settle_ms]
+        waiting = [d.window for d in dirty if token_age_ms(d.newest, now_ms) < self.settle_ms]
         self.stats.dirty_windows = len(waiting)  # what this pass left for the next
         self.stats.oldest_dirty_ms = min(waiting) if waiting else None
         return done
@@ -252,6 +260,7 @@ class RollupWorker:
             "# HELP citysense_rollup_cpu_seconds_total Process CPU spent recomputing.",
             "# TYPE citysense_rollup_cpu_seconds_total counter",
             f"citysense_rollup_cpu_seconds_total {s.cpu_seconds:.6f}",
+            *_live_exposition(getattr(self.store, "live", None)),
             "# HELP citysense_rollup_errors_total Failed maintenance passes.",
             "# TYPE citysense_rollup_errors_total counter",
             f"citysense_rollup_errors_total {s.errors}",
@@ -259,6 +268,24 @@ class RollupWorker:
             "# TYPE citysense_retention_deleted_total counter",
             f"citysense_retention_deleted_total {s.retention_deleted}",
         ]
+
+
+def _live_exposition(live: LiveMinutes | None) -> list[str]:
+    if live is None:
+        return []
+    return [
+        "# HELP citysense_rollup_minutes_from_writes_total Minutes recomputed from the lines "
+        "this ingestor wrote.",
+        "# TYPE citysense_rollup_minutes_from_writes_total counter",
+        f"citysense_rollup_minutes_from_writes_total {live.used}",
+        "# HELP citysense_rollup_minutes_read_back_total Minutes recomputed from raw data read "
+        "back (other writers, a restart, a failed write, lines forgotten).",
+        "# TYPE citysense_rollup_minutes_read_back_total counter",
+        f"citysense_rollup_minutes_read_back_total {live.refused}",
+        "# HELP citysense_rollup_kept_lines Lines kept for recomputing minutes.",
+        "# TYPE citysense_rollup_kept_lines gauge",
+        f"citysense_rollup_kept_lines {live.lines}",
+    ]
 
 
 @asynccontextmanager
@@ -269,7 +296,7 @@ async def maintain_rollups(
     or the store keeps none); stopped on exit."""
     store: RollupStore | None = None
     if settings.rollups and isinstance(writer, MarkingLineWriter):
-        store = open_rollup_store(settings, "1")
+        store = open_rollup_store(settings, "1", writer.live)
     elif settings.rollups and getattr(writer, "_mark", None) is not None:
         store = open_rollup_store(settings, "1")
     if store is None:

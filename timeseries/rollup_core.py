@@ -6,11 +6,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
-
-from timeseries.schema import Point
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,14 @@ def combine(
 class Dirty:
     measurement: str
     window: int  #: the minute's start, epoch ms
-    token: int
+    token: int  #: the minute's mark (its writers' newest marks combined, on InfluxDB)
+    #: (writer, token) of each writer's newest mark of the minute (InfluxDB)
+    writers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def newest(self) -> int:
+        """The token of the minute's newest write (its time)."""
+        return max((tok for _, tok in self.writers), default=self.token)
 
 
 @dataclass(slots=True)
@@ -124,16 +129,3 @@ class RollupStore(Protocol):
     async def retain(self, now_ms: int) -> int: ...
     async def mark(self, measurement: str, windows: Iterable[int]) -> None: ...
     async def close(self) -> None: ...
-
-
-def point_marks(points: Sequence[Point]) -> set[tuple[str, int]]:
-    return {(p.measurement, p.t - p.t % MINUTE) for p in points}
-
-
-def line_marks(lines: Sequence[str]) -> set[tuple[str, int]]:
-    """(measurement, hour) of each line of line protocol (``m,tags fields t``)."""
-    out = set()
-    for line in lines:
-        t = int(line[line.rindex(" ") + 1 :])
-        out.add((line[: line.index(",")], t - t % MINUTE))
-    return out

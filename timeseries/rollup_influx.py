@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,10 +29,13 @@ from timeseries.rollup_core import (
     combine,
     new_token,
 )
+from timeseries.rollup_live import LiveMinutes
 from timeseries.schema import TAG_KEYS
 
 log = logging.getLogger(__name__)
 DAY = 24 * HOUR
+#: hours whose minute windows are kept, to compute an hour without reading its minutes back
+HOURS_KEPT = 3
 
 
 def influx_duration(ms: int) -> str:
@@ -55,12 +59,18 @@ def _esc_tag(value: str) -> str:
 class InfluxRollupStore:
     """Rollups in the ``rollup`` retention policy of an InfluxDB 1.x database."""
 
-    def __init__(self, target: InfluxTarget, raw_ms: int, rollup_ms: int) -> None:
+    def __init__(
+        self, target: InfluxTarget, raw_ms: int, rollup_ms: int, live: LiveMinutes | None = None
+    ) -> None:
         auth = httpx.BasicAuth(target.username, target.password or "") if target.username else None
         self._client = httpx.AsyncClient(base_url=target.url, auth=auth, timeout=60.0)
         self.db = target.database
         self.raw_ms, self.rollup_ms = raw_ms, rollup_ms
         self._view = MarkView()
+        self.live = live
+        self._tagtexts: dict[tuple[str, ...], str] = {}
+        #: (measurement, hour) -> minute -> (its mark when computed, its windows), newest last
+        self._hours: OrderedDict[tuple[str, int], dict[int, tuple[int, Rolled]]] = OrderedDict()
 
     async def _q(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
         params = {"db": self.db, "q": q, "epoch": "ms"}
@@ -144,11 +154,18 @@ class InfluxRollupStore:
         await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
 
     async def dirty(self, now_ms: int) -> list[Dirty]:
+        if self.live is not None:
+            self.live.done(now_ms)
         res = await self._q(";".join(self._view.statements(now_ms)))
         self._view.update(res, now_ms)
         signed = self._view.signed
+        writers = self._view.writers
         return sorted(
-            (Dirty(m, w, signed[(m, w)]) for m, w in self._view.dirty), key=lambda d: d.window
+            (
+                Dirty(m, w, signed[(m, w)], tuple(sorted(writers.get((m, w), {}).items())))
+                for m, w in self._view.dirty
+            ),
+            key=lambda d: d.window,
         )
 
     async def _rows(
@@ -168,50 +185,118 @@ class InfluxRollupStore:
         return out
 
     async def recompute(self, measurement: str, hour: int, dirty: list[Dirty]) -> int:
-        first, last = dirty[0].window, dirty[-1].window + MINUTE
-        if last - first >= HOUR // 2:  # read the whole hour: its minutes then give the hour
-            first, last = hour, hour + HOUR
-        rows: list[tuple[tuple[str, ...], str, int, float]] = []
-        for key, _, t, values, cols in await self._rows(measurement, first, last):
-            for name, value in zip(cols, values, strict=False):
-                v = _num(value)
-                if v is not None and name in METRICS:
-                    rows.append((key, name, t, v))
-        rows.sort(key=lambda r: r[2])
-        minutes = aggregate(rows, MINUTE)
-        await self._write_rollups(measurement, "1m", minutes)
-        # the hour from its minutes: when the whole hour was read, those just computed; else
-        # those just written and the others already stored
-        windows: list[tuple[tuple[str, ...], str, int, Window]] = []
-        whole = first == hour and last == hour + HOUR
-        stored = (
-            [] if whole else await self._rows(f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP)
+        """Recompute ``dirty`` minutes of ``hour`` -- from the lines this ingestor wrote
+        where they are all of a minute, else from the raw data -- then the hour's windows of
+        the series those minutes hold, and record the marks done; raw values read."""
+        fresh: dict[int, Rolled] = {}  # minute -> its windows, recomputed now
+        back: list[Dirty] = []
+        for d in dirty:
+            got = self.live.windows((measurement, d.window), d.writers) if self.live else None
+            if got is None:
+                back.append(d)
+            else:
+                fresh[d.window] = got
+        read = 0
+        whole = False  # every minute of the hour read from the raw data
+        if back:
+            first, last = back[0].window, back[-1].window + MINUTE
+            if last - first >= HOUR // 2:  # read the whole hour: its minutes then give the hour
+                first, last, whole = hour, hour + HOUR, True
+            rows: list[tuple[tuple[str, ...], str, int, float]] = []
+            for key, _, t, values, cols in await self._rows(measurement, first, last):
+                for name, value in zip(cols, values, strict=False):
+                    v = _num(value)
+                    if v is not None and name in METRICS:
+                        rows.append((key, name, t, v))
+            rows.sort(key=lambda r: r[2])
+            read = len(rows)
+            by_minute = _by_minute(aggregate(rows, MINUTE))
+            for m in range(first, last, MINUTE) if whole else (d.window for d in back):
+                fresh[m] = by_minute.get(m, {})
+        minutes = dict(fresh) if whole else await self._hour_minutes(measurement, hour, fresh)
+        touched = {tags for windows in fresh.values() for tags, _, _ in windows}
+        await self._write_rollups(
+            measurement, "1m", {k: w for r in fresh.values() for k, w in r.items()}
         )
-        if whole:
-            windows = [(tags, metric, t, w) for (tags, metric, t), w in minutes.items()]
-        for key, _, t, values, cols in stored:
-            rec = dict(zip(cols, values, strict=False))
-            for metric, spec in METRICS.items():
-                if spec.domain == measurement and rec.get(f"{metric}_count") is not None:
-                    windows.append(
-                        (key, metric, t, Window(*(rec[f"{metric}_{c}"] for c in COMPONENTS)))
-                    )
-        windows.sort(key=lambda w: w[2])
+        windows = [
+            (tags, metric, t, w)
+            for m in sorted(minutes)
+            for (tags, metric, t), w in minutes[m].items()
+            if tags in touched
+        ]
         await self._write_rollups(measurement, "1h", combine(windows))
         await self._write(
             [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
         )
-        return len(rows)
+        cache = self._hour_cache(measurement, hour)
+        for d in dirty:
+            cache[d.window] = (d.token, fresh[d.window])
+        return read
+
+    def _hour_cache(self, measurement: str, hour: int) -> dict[int, tuple[int, Rolled]]:
+        key = (measurement, hour)
+        cache = self._hours.pop(key, None)
+        if cache is None:
+            cache = {}
+            while len(self._hours) >= HOURS_KEPT:
+                self._hours.popitem(last=False)
+        self._hours[key] = cache
+        return cache
+
+    async def _hour_minutes(
+        self, measurement: str, hour: int, fresh: dict[int, Rolled]
+    ) -> dict[int, Rolled]:
+        """Every marked minute of ``hour``: those recomputed now, the others as computed here
+        before while their marks are unchanged and done, else as stored."""
+        signed = self._view.signed
+        cache = self._hour_cache(measurement, hour)
+        out: dict[int, Rolled] = {}
+        missing = False
+        for m in range(hour, hour + HOUR, MINUTE):
+            if m in fresh:
+                out[m] = fresh[m]
+                continue
+            tok = signed.get((measurement, m))
+            if tok is None:
+                continue  # no mark: no data
+            kept = cache.get(m)
+            if kept is not None and kept[0] == -tok:
+                out[m] = kept[1]
+            else:
+                missing = True
+        if missing:
+            stored: dict[int, Rolled] = {}
+            for key, _, t, values, cols in await self._rows(
+                f"{measurement}_1m", hour, hour + HOUR, ROLLUP_RP
+            ):
+                rec = dict(zip(cols, values, strict=False))
+                for metric, spec in METRICS.items():
+                    if spec.domain == measurement and rec.get(f"{metric}_count") is not None:
+                        w = Window(*(rec[f"{metric}_{c}"] for c in COMPONENTS))
+                        stored.setdefault(t, {})[(key, metric, t)] = w
+            for m, windows in stored.items():
+                if m in fresh:
+                    continue
+                out[m] = windows
+                tok = signed.get((measurement, m))
+                if tok is not None and tok < 0:
+                    cache[m] = (-tok, windows)
+        return out
 
     async def _write_rollups(self, measurement: str, name: str, windows: Rolled) -> None:
         by_point: dict[tuple[tuple[str, ...], int], list[str]] = {}
         for (tags, metric, t), w in windows.items():
             by_point.setdefault((tags, t), []).append(rollup_fields(metric, w))
         lines = []
+        tagtexts = self._tagtexts
         for (tags, t), fields in by_point.items():
-            tagtext = ",".join(
-                f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
-            )
+            tagtext = tagtexts.get(tags)
+            if tagtext is None:
+                if len(tagtexts) >= 100_000:
+                    tagtexts.clear()
+                tagtext = tagtexts[tags] = ",".join(
+                    f"{k}={_esc_tag(v)}" for k, v in zip(TAG_KEYS, tags, strict=True) if v
+                )
             lines.append(f"{measurement}_{name},{tagtext} {','.join(fields)} {t}")
         for i in range(0, len(lines), 5000):
             await self._write(lines[i : i + 5000], ROLLUP_RP)
@@ -223,10 +308,19 @@ class InfluxRollupStore:
         await self._client.aclose()
 
 
-def mark_line(name: str, measurement: str, window: int, token: int) -> str:
-    """A dirty mark (``token`` ≈ when written, in ns) or a done mark (``at``: when written)."""
+def _by_minute(windows: Rolled) -> dict[int, Rolled]:
+    out: dict[int, Rolled] = {}
+    for key, w in windows.items():
+        out.setdefault(key[2], {})[key] = w
+    return out
+
+
+def mark_line(name: str, measurement: str, window: int, token: int, writer: str = "") -> str:
+    """A dirty mark (``token`` ≈ when written, in ns; ``writer``: whose) or a done mark
+    (``at``: when written)."""
     at = f",at={time.time_ns()}i" if name == DONE else ""
-    return f"{name},measurement={measurement} token={token}i{at} {window}"
+    tag = f",writer={writer}" if writer else ""
+    return f"{name},measurement={measurement}{tag} token={token}i{at} {window}"
 
 
 #: Marks written up to this long before the last read are read again, in ns: a mark's token
@@ -247,6 +341,9 @@ class MarkView:
         self.marks: dict[tuple[str, int], int] = {}
         self.done: dict[tuple[str, int], int] = {}
         self.signed: dict[tuple[str, int], int] = {}
+        #: each writer's newest mark of a minute (marks written before writers were named:
+        #: writer "")
+        self.writers: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
         self.since: int | None = None
         self._asked = 0
@@ -258,7 +355,8 @@ class MarkView:
         new_marks = f' AND "token" > {self.since}' if self.since is not None else ""
         new_done = f' AND "at" > {self.since}' if self.since is not None else ""
         return [
-            f'SELECT "token" FROM "{DIRTY}" WHERE {span}{new_marks} GROUP BY "measurement"',
+            f'SELECT "token" FROM "{DIRTY}" WHERE {span}{new_marks} GROUP BY "measurement", '
+            '"writer"',
             f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span}{new_done} '
             'GROUP BY "measurement"',
         ]
@@ -266,7 +364,11 @@ class MarkView:
     def update(self, results: list[dict[str, Any]], now_ms: int) -> set[tuple[str, int]]:
         """Fold in the answers to :meth:`statements`; the windows whose signed token changed
         (written, recomputed, or aged out of the look-back)."""
-        new_marks, new_done = _tokens(results[0]), _tokens(results[1])
+        new_marks, new_done = {}, _tokens(results[1])
+        for key, by_writer in _writer_tokens(results[0]).items():
+            writers = self.writers.setdefault(key, {})
+            writers.update(by_writer)
+            new_marks[key] = combined_token(writers.values())
         self.marks.update(new_marks)
         self.done.update(new_done)
         changed: set[tuple[str, int]] = set()
@@ -285,13 +387,29 @@ class MarkView:
         if now_ms - self._expired_ms >= 60_000:  # the look-back moves: once a minute
             self._expired_ms = now_ms
             oldest = now_ms - DIRTY_LOOKBACK_MS
-            for table in (self.marks, self.done, self.signed):
+            for table in (self.marks, self.done, self.signed, self.writers):
                 for key in [k for k in table if k[1] < oldest]:
                     del table[key]
                     changed.add(key)
                     self.dirty.discard(key)
         self.since = self._asked - MARK_MARGIN_NS
         return changed
+
+
+def combined_token(tokens: Iterable[int]) -> int:
+    """One minute's mark from its writers' newest marks: changed by a change of any; a single
+    writer's token itself."""
+    return sum(tokens) % (1 << 62)
+
+
+def _writer_tokens(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, int]]:
+    out: dict[tuple[str, int], dict[str, int]] = {}
+    for series in result.get("series", []):
+        tags = series.get("tags", {})
+        m, writer = tags.get("measurement", ""), tags.get("writer", "")
+        for t, tok in series.get("values", []):
+            out.setdefault((m, int(t)), {})[writer] = int(tok)
+    return out
 
 
 def _tokens(result: dict[str, Any]) -> dict[tuple[str, int], int]:

@@ -79,6 +79,11 @@ class Measurement:
     error: str = ""
     profile: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: until_quiet: CPU (consumer + influxd) from the start until all work the load caused
+    #: was over (rollups recomputed, with check_rollups; influxd idle again), and the seconds
+    #: that took; None when not asked or not reached
+    rolled_cpu_seconds: float | None = None
+    rolled_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -252,6 +257,8 @@ def measure(
     seconds: float,
     profile: bool = False,
     until_stored: bool = False,
+    until_quiet: bool = False,
+    check_rollups: bool = False,
 ) -> Measurement:
     """Measure ``consumer`` on ``messages`` envelopes of ``per_message`` readings."""
     tag = f"{consumer.key}-{per_message}{'-profile' if profile else ''}"
@@ -345,6 +352,19 @@ def measure(
             if stored < offered:
                 complete = False
                 notes.append(f"writePointsOk reached {offered:,} but only {stored:,} distinct")
+        rolled: tuple[float, float] | None = None
+        if until_quiet and complete:
+            # the rollups done (when asked), then influxd's own after-work (its cache
+            # snapshots and compactions of what was written) over as well
+            if not check_rollups or rollups_settled(influx, db, deadline + 120):
+                pids = [p.pid for p in procs] + [influx.pid or 0]
+                wait_for_idle(pids, time.monotonic() + 120)
+                c_cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+                i_cpu = cpu_seconds(influx.pid or 0) - icpu0
+                rolled = (c_cpu + i_cpu, time.monotonic() - start)
+                notes.append(f"until quiet: consumer {c_cpu:.2f} s, influxd {i_cpu:.2f} s CPU")
+            else:
+                notes.append("rollups still dirty at the time limit")
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -366,6 +386,8 @@ def measure(
             error,
             profile_path,
             notes,
+            rolled[0] if rolled else None,
+            rolled[1] if rolled else None,
         )
     except Exception as exc:
         log.exception("measuring %s failed", consumer.name)
@@ -395,6 +417,34 @@ def measure(
             influx.query(f'DROP DATABASE "{db}"', method="POST")
         if not profile and not failed:
             shutil.rmtree(work, ignore_errors=True)  # kept when it failed: its logs tell why
+
+
+def wait_for_idle(pids: list[int], deadline: float, busy_s: float = 0.03) -> bool:
+    """Wait until ``pids`` together use under ``busy_s`` CPU seconds in a second."""
+    before = sum(cpu_seconds(p) for p in pids)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = sum(cpu_seconds(p) for p in pids)
+        if now - before < busy_s:
+            return True
+        before = now
+    return False
+
+
+def rollups_settled(influx: InfluxServer, db: str, deadline: float) -> bool:
+    """Wait until every rollup mark in ``db`` is done (the marks read as the worker reads
+    them); False at ``deadline`` (monotonic)."""
+    from timeseries.rollup import MarkView
+
+    view = MarkView()
+    while time.monotonic() < deadline:
+        now_ms = int(time.time() * 1000)
+        body = influx.query(";".join(view.statements(now_ms)), db=db)
+        view.update(body["results"], now_ms)
+        if view.marks and not view.dirty:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def summarize_profile(path: Path, top: int = 15) -> str:

@@ -85,7 +85,8 @@ class Rig:
 @asynccontextmanager
 async def rig(settings: Settings) -> AsyncIterator[Rig]:
     writer = with_rollup_marks(await create_writer(settings), settings)
-    store = open_rollup_store(settings)
+    # the ingestor's wiring: the worker recomputes from what this writer stored where it can
+    store = open_rollup_store(settings, "1", getattr(writer, "live", None))
     assert store is not None
     worker = RollupWorker(store, settle_ms=0)
     await worker.run_once()  # policies / backfill marker
@@ -443,3 +444,51 @@ def test_plan_leaves_out_minutes_known_empty() -> None:
         Segment(h + 2 * HOUR + 10 * MINUTE, h + 3 * HOUR + 40 * MINUTE, "1m"),
         Segment(h + 3 * HOUR + 40 * MINUTE, q.end_ms, "raw"),
     ]
+
+
+def test_minutes_come_from_the_writes_unless_another_writer_wrote_them(
+    influx_db: InfluxServer, tmp_path: Path
+) -> None:
+    """The worker recomputes a minute from the lines its own ingestor stored only when no
+    other writer marked it; every stored window equals the one computed here either way."""
+    s = Settings(
+        state_dir=str(tmp_path), influx=influx_db.url, influx_db=influx_db.db, influx_api="1"
+    )
+    hour = now_hour() - 3 * HOUR
+    m1, m2, m3 = hour + 5 * MINUTE, hour + 6 * MINUTE, hour + 7 * MINUTE
+    mine = [(0, "pm25", m1 + 1000, 3.25), (1, "pm25", m1 + 2000, 4.5), (0, "pm25", m2, 1.0)]
+    theirs = [(2, "pm25", m2 + 5000, 7.0), (2, "pm10", m3 + 1000, 9.75)]
+
+    def counts(r: Rig) -> tuple[int, int]:
+        text = "\n".join(r.worker.exposition())
+        got = [
+            int(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("citysense_rollup_minutes_")
+        ]
+        return got[0], got[1]  # from the writes, read back
+
+    async def main() -> None:
+        async with rig(s) as r:
+            other = with_rollup_marks(await create_writer(s), s)  # a second ingestor
+            try:
+                await r.write(mine)
+                r.writer, theirs_writer = other, r.writer
+                await r.write(theirs)
+                r.writer = theirs_writer
+            finally:
+                await other.close()
+            await r.settle()
+            assert counts(r) == (1, 2)  # m1 from the writes; m2 (both) and m3 (theirs) read
+            # a rewrite of a point (same series and time, another value) replaces it
+            await r.write([(0, "pm25", m1 + 1000, 5.0)])
+            await r.settle()
+            assert counts(r) == (2, 2)
+            written = [*mine, *theirs, (0, "pm25", m1 + 1000, 5.0)]
+            for name, width in (("1m", MINUTE), ("1h", HOUR)):
+                stored = await stored_windows(r, name)
+                assert {k: tuple(map(float, v)) for k, v in stored.items()} == expected_windows(
+                    written, width
+                )
+
+    asyncio.run(main())
