@@ -34,8 +34,9 @@ from timeseries.schema import TAG_KEYS
 
 log = logging.getLogger(__name__)
 DAY = 24 * HOUR
-#: hours whose minute windows are kept, to compute an hour without reading its minutes back
-HOURS_KEPT = 3
+#: (measurement, hour)s whose minute windows are kept, to compute an hour without reading its
+#: minutes back (the current and the previous hour of each measurement)
+HOURS_KEPT = 8
 
 
 def influx_duration(ms: int) -> str:
