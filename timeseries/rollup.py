@@ -8,10 +8,12 @@ Which windows need work -- *dirty marks*: every write also records, in the same 
 before the write is acknowledged, a mark per (measurement, minute) it touched, carrying a
 fresh token. The embedded store writes the marks in the data's own transaction; InfluxDB gets
 them as extra points in the data's own ``/write`` request (measurement ``_rollup_dirty``, at
-the minute's start). A minute is *clean* when its recorded ``done`` token equals its mark's
+the minute's start, tagged with the writing process's name: a minute's mark is its writers'
+newest tokens combined). A minute is *clean* when its recorded ``done`` token equals its mark's
 token; an hour when all its minutes are. :class:`RollupWorker` (run by the ingestor) takes the
-dirty minutes hour by hour, recomputes their minute windows from the raw readings and the
-hour window from the hour's minute windows, stores them, and then records the tokens it saw
+dirty minutes hour by hour, recomputes their minute windows from the raw readings (on
+InfluxDB from the lines its own ingestor stored, where they are all of the minute:
+:mod:`timeseries.rollup_live`) and the hour window from the hour's minute windows, stores them, and then records the tokens it saw
 as done. A write that lands meanwhile replaces a token, so that minute stays dirty and is done
 again: nothing late is missed, whatever the order of events. A mark is only taken once it is
 :data:`SETTLE_MS` old: a minute being written is done once its writes stop, and on InfluxDB
