@@ -189,6 +189,8 @@ class InfluxRollupStore:
         """Recompute ``dirty`` minutes of ``hour`` -- from the lines this ingestor wrote
         where they are all of a minute, else from the raw data -- then the hour's windows of
         the series those minutes hold, and record the marks done; raw values read."""
+        signed = self._view.signed
+        before = {m: signed.get((measurement, m)) for m in range(hour, hour + HOUR, MINUTE)}
         fresh: dict[int, Rolled] = {}  # minute -> its windows, recomputed now
         back: list[Dirty] = []
         for d in dirty:
@@ -215,9 +217,14 @@ class InfluxRollupStore:
             for m in range(first, last, MINUTE) if whole else (d.window for d in back):
                 fresh[m] = by_minute.get(m, {})
         minutes = dict(fresh) if whole else await self._hour_minutes(measurement, hour, fresh)
+        # a whole hour read gives every series' hour; the minute windows written are the dirty
+        # ones (another worker may be writing a newer window of another minute meanwhile)
         touched = {tags for windows in fresh.values() for tags, _, _ in windows}
+        ours = {d.window for d in dirty}
         await self._write_rollups(
-            measurement, "1m", {k: w for r in fresh.values() for k, w in r.items()}
+            measurement,
+            "1m",
+            {k: w for m, r in fresh.items() if m in ours for k, w in r.items()},
         )
         windows = [
             (tags, metric, t, w)
@@ -229,10 +236,35 @@ class InfluxRollupStore:
         await self._write(
             [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
         )
+        if await self._overtaken(measurement, hour, ours, before):
+            # another worker finished a minute of this hour meanwhile: either hour window
+            # written may lack the other's minute, so these minutes are done again
+            log.info("rollups: %s hour %d overtaken by another worker: again", measurement, hour)
+            await self.mark(measurement, sorted(ours))
         cache = self._hour_cache(measurement, hour)
         for d in dirty:
             cache[d.window] = (d.token, fresh[d.window])
         return read
+
+    async def _overtaken(
+        self, measurement: str, hour: int, ours: set[int], before: dict[int, int | None]
+    ) -> bool:
+        """Whether a minute of ``hour`` other than ``ours`` was recomputed since this worker
+        read the marks (by another worker: one worker recomputes one hour at a time)."""
+        name = measurement.replace("'", "\\'")
+        span = f"time >= {hour}ms AND time < {hour + HOUR}ms AND \"measurement\" = '{name}'"
+        res = await self._q(
+            f'SELECT "token" FROM "{DIRTY}" WHERE {span} GROUP BY "measurement", "writer";'
+            f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span} GROUP BY "measurement"'
+        )
+        done = _tokens(res[1])
+        for (_, m), writers in _writer_tokens(res[0]).items():
+            if m in ours:
+                continue
+            tok = combined_token(writers.values())
+            if done.get((measurement, m)) == tok and before.get(m) != -tok:
+                return True
+        return False
 
     def _hour_cache(self, measurement: str, hour: int) -> dict[int, tuple[int, Rolled]]:
         key = (measurement, hour)

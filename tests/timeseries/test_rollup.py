@@ -492,3 +492,51 @@ def test_minutes_come_from_the_writes_unless_another_writer_wrote_them(
                 )
 
     asyncio.run(main())
+
+
+def test_a_worker_overtaken_by_another_does_its_minutes_again(
+    influx_db: InfluxServer, tmp_path: Path
+) -> None:
+    """Two ingestors' workers recompute minutes of one hour at once: A reads the stored
+    window of minute Y, B then recomputes Y (new data) and its hour before A writes X's
+    hour. Either hour window may lack the other's minute; A sees Y done meanwhile and does X
+    again, so in the end every window is right (without that check the hour keeps Y's old
+    value)."""
+    from timeseries.rollup_influx import InfluxRollupStore
+
+    s = Settings(
+        state_dir=str(tmp_path), influx=influx_db.url, influx_db=influx_db.db, influx_api="1"
+    )
+    hour = now_hour() - 2 * HOUR
+    x, y = hour + 10 * MINUTE, hour + 20 * MINUTE
+    first = [(0, "pm25", x + 1000, 2.0), (0, "pm25", y + 1000, 4.0)]
+    later = [(0, "pm25", x + 2000, 8.0), (0, "pm25", y + 2000, 16.0)]
+
+    async def main() -> None:
+        async with rig(s) as a, rig(s) as b:
+            await a.write(first)
+            await a.settle()
+            await a.write(later[:1])  # X dirty
+            store = a.worker.store
+            assert isinstance(store, InfluxRollupStore)
+            dirty = await store.dirty(now_hour())
+            assert [d.window for d in dirty] == [x]
+            await b.write(later[1:])  # Y dirty, written by another ingestor
+            read_stored = store._hour_minutes
+
+            async def then_b_runs(*args: Any) -> Any:
+                out = await read_stored(*args)  # Y's old window read by A
+                await b.worker.drain(60)  # B: Y and its hour, with X's old window
+                return out
+
+            store._hour_minutes = then_b_runs  # type: ignore[method-assign]
+            await store.recompute("environment", hour, dirty)
+            store._hour_minutes = read_stored  # type: ignore[method-assign]
+            await a.settle()
+            for name, width in (("1m", MINUTE), ("1h", HOUR)):
+                stored = await stored_windows(a, name)
+                assert {k: tuple(map(float, v)) for k, v in stored.items()} == expected_windows(
+                    first + later, width
+                )
+
+    asyncio.run(main())
