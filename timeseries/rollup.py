@@ -222,7 +222,7 @@ class RollupWorker:
         deadline = time.monotonic() + limit_s
         while True:
             await self.run_once()
-            if not await self.store.dirty(int(time.time() * 1000)):
+            if not await self.store.dirty(int(time.time() * 1000), whole=True):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError("rollups still dirty")

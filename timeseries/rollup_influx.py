@@ -154,10 +154,10 @@ class InfluxRollupStore:
     async def mark(self, measurement: str, windows: Iterable[int]) -> None:
         await self._write([mark_line(DIRTY, measurement, w, new_token()) for w in windows])
 
-    async def dirty(self, now_ms: int) -> list[Dirty]:
+    async def dirty(self, now_ms: int, whole: bool = False) -> list[Dirty]:
         if self.live is not None:
             self.live.done(now_ms)
-        res = await self._q(";".join(self._view.statements(now_ms)))
+        res = await self._q(";".join(self._view.statements(now_ms, whole)))
         self._view.update(res, now_ms)
         signed = self._view.signed
         writers = self._view.writers
@@ -361,6 +361,10 @@ def mark_line(name: str, measurement: str, window: int, token: int, writer: str 
 #: writer's clock, so this covers a slow write plus clock skew between the hosts. Every
 #: read re-reads what was written within it: 2 minutes keeps that small after a backfill.
 MARK_MARGIN_NS = 120 * 10**9
+#: Minutes this recent have their new marks read at every refresh (the latest-value window,
+#: 24 h, and some); older minutes' -- late data -- every WHOLE_EVERY_MS.
+RECENT_MS = 26 * HOUR
+WHOLE_EVERY_MS = 10_000
 
 
 class MarkView:
@@ -378,15 +382,28 @@ class MarkView:
         #: writer "")
         self.writers: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
-        self.since: int | None = None
+        self.since: int | None = None  #: every mark written before this was read (ns)
+        self.since_recent: int | None = None  #: every mark of a recent minute, likewise
         self._asked = 0
+        self._whole = True  #: whether the statements asked span the whole look-back
+        self._whole_ms = 0
         self._expired_ms = 0
 
-    def statements(self, now_ms: int) -> list[str]:
+    def statements(self, now_ms: int, whole: bool = False) -> list[str]:
+        """The marks written since the last read: of the whole look-back every
+        :data:`WHOLE_EVERY_MS`, else of recent minutes only. Tokens are no index, so a read
+        scans every mark of its span: recent minutes are an eighth of the look-back, and
+        what lands there -- new readings -- is read every time."""
         self._asked = time.time_ns()
-        span = f"time >= {now_ms - DIRTY_LOOKBACK_MS}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
-        new_marks = f' AND "token" > {self.since}' if self.since is not None else ""
-        new_done = f' AND "at" > {self.since}' if self.since is not None else ""
+        self._whole = whole or self.since is None or now_ms - self._whole_ms >= WHOLE_EVERY_MS
+        if self._whole:
+            self._whole_ms = now_ms
+            since, oldest = self.since, now_ms - DIRTY_LOOKBACK_MS
+        else:
+            since, oldest = self.since_recent, now_ms - RECENT_MS
+        span = f"time >= {oldest}ms AND time < {now_ms + DIRTY_LOOKBACK_MS}ms"
+        new_marks = f' AND "token" > {since}' if since is not None else ""
+        new_done = f' AND "at" > {since}' if since is not None else ""
         return [
             f'SELECT "token" FROM "{DIRTY}" WHERE {span}{new_marks} GROUP BY "measurement", '
             '"writer"',
@@ -425,7 +442,9 @@ class MarkView:
                     del table[key]
                     changed.add(key)
                     self.dirty.discard(key)
-        self.since = self._asked - MARK_MARGIN_NS
+        self.since_recent = self._asked - MARK_MARGIN_NS
+        if self._whole:
+            self.since = self.since_recent
         return changed
 
 

@@ -28,10 +28,11 @@ class PartialReader(Protocol):
     marks_complete: bool
 
     async def partials(self, items: list[tuple[SeriesQuery, str]]) -> list[Partials]: ...
-    async def dirty_marks(self, now_ms: int) -> MarkUpdate | None:
+    async def dirty_marks(self, now_ms: int, whole: bool = False) -> MarkUpdate | None:
         """Every marked (measurement, minute) with its token, negative when the minute is
         clean, and the keys whose token changed since the previous call; None while the
-        store keeps no rollups."""
+        store keeps no rollups. ``whole``: marks of old minutes (late data) read now too,
+        else they may be read up to 10 s later."""
         ...
 
     async def aclose(self) -> None: ...
@@ -140,7 +141,7 @@ class InfluxPartials:
             k += len(group)
         return out
 
-    async def dirty_marks(self, now_ms: int) -> MarkUpdate | None:
+    async def dirty_marks(self, now_ms: int, whole: bool = False) -> MarkUpdate | None:
         if not self._has_policy:
             try:
                 res = await self.reader._query(["SHOW RETENTION POLICIES"], {})
@@ -150,7 +151,7 @@ class InfluxPartials:
             if ROLLUP_RP not in policies:
                 return None  # no rollups kept (yet)
             self._has_policy = True
-        res = await self.reader._query(self._view.statements(now_ms), {})
+        res = await self.reader._query(self._view.statements(now_ms, whole), {})
         return self._view.signed, self._view.update(res, now_ms)
 
     async def aclose(self) -> None:
@@ -218,7 +219,7 @@ class SqlitePartials:
 
         return await asyncio.to_thread(run)
 
-    async def dirty_marks(self, now_ms: int) -> MarkUpdate | None:
+    async def dirty_marks(self, now_ms: int, whole: bool = False) -> MarkUpdate | None:
         def run() -> dict[tuple[str, int], int] | None:
             if not self._run("SELECT 1 FROM rollup_meta WHERE key = 'backfilled'", []):
                 return None

@@ -181,11 +181,12 @@ class RollupReads:
     cache_hits: int = 0
     cache_size: int = 512
 
-    async def refresh(self) -> None:
+    async def refresh(self, whole: bool = False) -> None:
         """Fold in the marks changed since the last refresh: the dirty minutes, the hours
-        whose cached partials are stale, and :attr:`fresh` (minutes with new writes)."""
+        whose cached partials are stale, and :attr:`fresh` (minutes with new writes);
+        ``whole``: of old minutes too now (see :meth:`PartialReader.dirty_marks`)."""
         now = int(self.clock() * 1000)
-        got = await self.partial.dirty_marks(now)
+        got = await self.partial.dirty_marks(now, whole)
         marks, changed = got if got is not None else ({}, set(self.tokens))
         self.version += 1
         fresh: dict[str, set[int]] = {}

@@ -117,7 +117,7 @@ class SqliteRollupStore:
 
         await asyncio.to_thread(run)
 
-    async def dirty(self, now_ms: int) -> list[Dirty]:
+    async def dirty(self, now_ms: int, whole: bool = False) -> list[Dirty]:
         def run() -> list[Dirty]:
             rows = self._db.execute(
                 "SELECT measurement, window, token FROM rollup_dirty ORDER BY window"

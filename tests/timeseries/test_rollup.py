@@ -73,7 +73,7 @@ class Rig:
 
     async def settle(self) -> None:
         await self.worker.drain(60)
-        await self.reads.refresh()
+        await self.reads.refresh(whole=True)
 
     async def both(self, q: SeriesQuery) -> tuple[list[Any], list[Any], str]:
         rolled, source = await self.reads.series(q)
@@ -233,7 +233,7 @@ def test_late_data_changes_its_hour_and_empty_windows_have_no_bucket(
             assert rolled == [({}, [(hour - HOUR, 4.0), (hour, 10.0)])]
             # delivered 3 days late, into that hour
             await r.write([(2, "pm25", hour + 50 * MINUTE, 20.0)])
-            await r.reads.refresh()
+            await r.reads.refresh(whole=True)
             assert r.reads.dirty["environment"] == {hour + 50 * MINUTE}  # marked when stored
             await r.settle()
             rolled, raw, source = await r.both(q)
@@ -259,7 +259,7 @@ def test_dirty_minutes_answer_from_raw_until_recomputed(tmp_path: Path) -> None:
             await r.write([(0, "pm25", hour + MINUTE, 1.0)])
             await r.settle()
             await r.write([(0, "pm25", hour + 2 * MINUTE, 2.0)])
-            await r.reads.refresh()
+            await r.reads.refresh(whole=True)
             rolled, raw, source = await r.both(q)
             # the hour is read from its clean minutes' rollups and the dirty minute's raw data
             assert rolled == raw == [({}, [(hour, 3.0)])] and source == "1m"
@@ -540,3 +540,34 @@ def test_a_worker_overtaken_by_another_does_its_minutes_again(
                 )
 
     asyncio.run(main())
+
+
+def test_marks_of_old_minutes_are_read_every_whole_refresh(influx_db: InfluxServer) -> None:
+    """A refresh reads new marks of the last 26 hours every time and of the whole look-back
+    every 10 s (or when asked): a late reading's old minute is found by the next whole read,
+    however many recent reads came between."""
+    from timeseries.rollup_core import new_token
+    from timeseries.rollup_influx import WHOLE_EVERY_MS, MarkView, combined_token, mark_line
+
+    now = int(__import__("time").time() * 1000)
+    old, recent = now - 72 * HOUR, now - 5 * MINUTE
+    old, recent = old - old % MINUTE, recent - recent % MINUTE
+    view = MarkView()
+
+    def refresh(at: int, whole: bool = False) -> set[tuple[str, int]]:
+        body = influx_db.query(";".join(view.statements(at, whole)), db=influx_db.db)
+        return view.update(body["results"], at)
+
+    assert refresh(now) == set()  # the first read is whole
+    t1, t2 = new_token(), new_token()
+    influx_db.write(mark_line("_rollup_dirty", "environment", old, t1, "w1"), precision="ms")
+    influx_db.write(mark_line("_rollup_dirty", "environment", recent, t2, "w1"), precision="ms")
+    assert refresh(now + 1000) == {("environment", recent)}  # recent minutes only
+    assert refresh(now + 2000) == set()
+    assert refresh(now + WHOLE_EVERY_MS + 1) == {("environment", old)}  # the whole look-back
+    t3 = new_token()
+    influx_db.write(mark_line("_rollup_dirty", "environment", old, t3, "w2"), precision="ms")
+    assert refresh(now + WHOLE_EVERY_MS + 1000) == set()
+    assert refresh(now + WHOLE_EVERY_MS + 2000, whole=True) == {("environment", old)}
+    assert view.writers[("environment", old)] == {"w1": t1, "w2": t3}
+    assert view.signed[("environment", old)] == combined_token([t1, t3])  # both writers'
