@@ -156,6 +156,14 @@ def load_with_rollups(
                 size.rollup_cpu_s += c2 - c1
                 size.rollup_influx_cpu_s += i2 - i1
                 pending = []
+                if i % 144 == 0:  # a day of uplinks at 10 minutes
+                    log.info(
+                        "%s: %d points written (%.0f s), rolled up (%.0f s)",
+                        size.label,
+                        size.points,
+                        size.write_s,
+                        size.rollup_s,
+                    )
         finally:
             await store.close()
             await writer.close()

@@ -26,7 +26,6 @@ from timeseries.rollup_core import (
     Rolled,
     Window,
     aggregate,
-    combine,
     new_token,
 )
 from timeseries.rollup_live import LiveMinutes
@@ -47,9 +46,12 @@ def influx_duration(ms: int) -> str:
 
 
 def rollup_fields(metric: str, w: Window) -> str:
+    last = repr(w.last)  # a window of one value holds it thrice: written once as text
+    low = last if w.min is w.last else repr(w.min)
+    high = last if w.max is w.last else repr(w.max)
     return (
-        f"{metric}_count={w.count},{metric}_sum={w.sum!r},{metric}_min={w.min!r},"
-        f"{metric}_max={w.max!r},{metric}_last={w.last!r},{metric}_last_t={w.last_t}"
+        f"{metric}_count={w.count},{metric}_sum={w.sum!r},{metric}_min={low},"
+        f"{metric}_max={high},{metric}_last={last},{metric}_last_t={w.last_t}"
     )
 
 
@@ -226,13 +228,7 @@ class InfluxRollupStore:
             "1m",
             {k: w for m, r in fresh.items() if m in ours for k, w in r.items()},
         )
-        windows = [
-            (tags, metric, t, w)
-            for m in sorted(minutes)
-            for (tags, metric, t), w in minutes[m].items()
-            if tags in touched
-        ]
-        await self._write_rollups(measurement, "1h", combine(windows))
+        await self._write_rollups(measurement, "1h", combine_hour(minutes, hour, touched))
         await self._write(
             [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
         )
@@ -339,6 +335,31 @@ class InfluxRollupStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def combine_hour(minutes: dict[int, Rolled], hour: int, series: set[tuple[str, ...]]) -> Rolled:
+    """The hour windows of ``series`` from the hour's minute windows: as
+    :func:`~timeseries.rollup_core.combine` over them in time order, in one pass."""
+    out: Rolled = {}
+    get = out.get
+    for m in sorted(minutes):
+        for (tags, metric, _), w in minutes[m].items():
+            if tags not in series:
+                continue
+            key = (tags, metric, hour)
+            acc = get(key)
+            if acc is None:
+                out[key] = Window(w.count, w.sum, w.min, w.max, w.last, w.last_t)
+                continue
+            acc.count += w.count
+            acc.sum += w.sum
+            if w.min < acc.min:
+                acc.min = w.min
+            if w.max > acc.max:
+                acc.max = w.max
+            if w.last_t >= acc.last_t:
+                acc.last, acc.last_t = w.last, w.last_t
+    return out
 
 
 def _by_minute(windows: Rolled) -> dict[int, Rolled]:

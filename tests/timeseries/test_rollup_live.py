@@ -74,3 +74,28 @@ def test_forgotten_minutes_are_read_back_when_written_again() -> None:
     assert live.windows(first, (("me", 200),)) is None  # its earlier lines are gone
     newest = ("environment", M + 11 * MINUTE)
     assert live.windows(newest, (("me", 111),)) is not None
+
+
+def test_combine_hour_equals_combine() -> None:
+    from timeseries.rollup_core import HOUR, Window, combine
+    from timeseries.rollup_influx import combine_hour
+
+    rng = random.Random(5)
+    hour = M - M % HOUR
+    series = [("a",), ("b",), ("c",)]
+    minutes: dict[int, dict] = {}  # type: ignore[type-arg]
+    for m in range(hour, hour + HOUR, MINUTE):
+        for tags in series:
+            if rng.random() < 0.5:
+                for metric in ("pm25", "no2"):
+                    v = [rng.choice((0.0, -0.0, 1.5, rng.uniform(-5, 5))) for _ in range(3)]
+                    w = Window(3, sum(v), min(v), max(v), v[-1], m + rng.randrange(MINUTE))
+                    minutes.setdefault(m, {})[(tags, metric, m)] = w
+    wanted = {("a",), ("c",)}
+    flat = [
+        (tags, metric, t, w)
+        for m in sorted(minutes)
+        for (tags, metric, t), w in minutes[m].items()
+        if tags in wanted
+    ]
+    assert combine_hour(minutes, hour, wanted) == combine(flat)
