@@ -47,7 +47,7 @@ from firmware_bridge.errors import (
     ModuleRebootedError,
     Rebooted,
 )
-from firmware_bridge.transport import ByteStream, TransportError
+from firmware_bridge.transport import ByteStream, PortLostError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,13 @@ class AtChannel:
                 if recover:
                     await self._recover(lines)
                 raise CommandTimeoutError(command, timeout, lines) from None
+            except TransportError as exc:
+                # the port went mid-answer: what arrived of it is handed on, not dropped
+                events = self._session.poll(math.inf)
+                lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
+                if recover:
+                    await self._recover(lines)
+                raise PortLostError(f"{command}: {exc}", lines) from exc
             finally:
                 self._pending = None
                 self._prompt_data = None

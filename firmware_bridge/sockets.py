@@ -22,7 +22,7 @@ from firmware_bridge.errors import (
     ModuleError,
     Received,
 )
-from firmware_bridge.transport import ByteStream
+from firmware_bridge.transport import ByteStream, PortLostError
 
 
 class SocketOps(AtChannel):
@@ -96,8 +96,9 @@ class SocketOps(AtChannel):
         command = d.read.format(sock=sock, max=limit or d.max_datagram)
         try:
             lines = (await self._busy_retried(partial(self.command, command, recover=False))).lines
-        except (CommandTimeoutError, CommandError) as exc:
-            # the data line may have come through although its final result did not
+        except (CommandTimeoutError, CommandError, PortLostError) as exc:
+            # the data line may have come through although its final result (or the port,
+            # which the next command then finds gone) did not
             lines = exc.lines
             if not any(d.read_re.fullmatch(line) for line in lines):
                 raise

@@ -25,6 +25,15 @@ class TransportError(RetryableError):
     """The port failed or vanished; reopen it with back-off."""
 
 
+class PortLostError(TransportError):
+    """The port failed while a command awaited its answer; ``lines`` holds what of the
+    answer did arrive (a read's data line may be among them)."""
+
+    def __init__(self, message: str, lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+
 class ByteStream(Protocol):
     """A bidirectional byte stream to one module."""
 

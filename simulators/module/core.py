@@ -127,6 +127,7 @@ class ModuleCore:
         self.raw_acc = bytearray()
         self.stopping = False
         self.vanished = False
+        self.vanish_mid_read = False  #: the next datagram's answer is cut off by a vanish
         self.epoch = 0
         self.booted = False
         self.echo = echo
@@ -233,6 +234,15 @@ class ModuleCore:
     def respond(self, lines: list[Item], final: str = "OK", *, faults: bool = True) -> None:
         """A command's response, after the response time and any delay fault."""
         items = [*lines, (final, None)] if final else list(lines)
+        if self.vanish_mid_read and any(datagram is not None for _, datagram in lines):
+            self.vanish_mid_read = False
+
+            def cut() -> None:
+                self.write(list(lines))  # the data line, then the port goes
+                self.vanish()
+
+            self.later(self.timings.response, cut)
+            return
         if faults and self.fault("drop"):
             self.stats["dropped"] += 1
             self.stats["lines_dropped"] += len(items)

@@ -180,6 +180,11 @@ class SimulatedModule:
     def vanish(self) -> None:
         self._call(self.core.vanish).result(timeout=5)
 
+    def vanish_mid_read(self) -> None:
+        """Vanish in the middle of the next answer that carries a datagram: its data line
+        leaves the module, its final result never does."""
+        self._call(lambda: setattr(self.core, "vanish_mid_read", True)).result(timeout=5)
+
     # ------------------------------------------------------------------ Port (sim thread)
 
     def is_open(self) -> bool:

@@ -248,6 +248,22 @@ def test_vanished_port_is_reopened_with_backoff(dialect: str) -> None:
     asyncio.run(main())
 
 
+def test_a_datagram_read_as_the_port_vanishes_is_kept() -> None:
+    """The read's data line arrives, then the port goes before the final result: the
+    datagram is handed on, and the driver reconnects."""
+
+    async def main() -> None:
+        with module("bc95") as sim:
+            async with running(sim) as run:
+                await asyncio.to_thread(sim.vanish_mid_read)
+                assert await inject(sim, b"x")
+                await until(lambda: run.payloads() == [b"x"], 20, "the datagram read as it went")
+                assert sim.delivered == [b"x"]
+                await until(lambda: run.source.health["reconnects"] >= 1, 20, "a reconnect")
+
+    asyncio.run(main())
+
+
 def test_junk_line_and_garbage_are_counted_not_fatal() -> None:
     async def main() -> None:
         with module("bc95", junk=1.0) as sim:
