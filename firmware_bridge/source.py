@@ -196,8 +196,10 @@ class SerialSource:
     ) -> None:
         """Initialise and serve, again after every reboot; returns only by raising."""
         while True:
+            serving = False
             try:
                 sock = await self._initialise(driver)
+                serving = True
                 await self._serve(driver, sock, on_datagram, on_radio)
             except TransportError:
                 await self._salvage(driver, on_datagram)
@@ -205,8 +207,13 @@ class SerialSource:
             except ModuleRebootedError as exc:
                 self._reboot_seen(driver, str(exc))
             except _Unhealthy as exc:
-                self._error(exc)
-                log.warning("%s: %s; re-initialising", self.device, exc)
+                if serving and driver.boot_episodes > self._handled_episode:
+                    # failing because it rebooted: its boot lines are still queued, and the
+                    # initialisation that follows would take them for its own
+                    self._reboot_seen(driver, f"{exc} (boot lines seen)")
+                else:
+                    self._error(exc)
+                    log.warning("%s: %s; re-initialising", self.device, exc)
             except (CommandError, CommandTimeoutError, ModuleError) as exc:
                 self._error(exc)
                 log.warning("%s: initialisation failed: %s", self.device, exc)
@@ -247,7 +254,11 @@ class SerialSource:
         await driver.wait_registered()
         await driver.attach()
         sock = await driver.open_socket(self.listen_port)
-        # boot lines seen up to here belong to the boot we just handled
+        # boot lines seen up to here belong to the boot we just handled -- or, if none was,
+        # to a boot while initialising (the first start's power-on aside): counted
+        if driver.boot_episodes > self._handled_episode and self._inits > 0:
+            self.health["reboots"] += 1
+            log.info("%s: module rebooted while being initialised", self.device)
         self._handled_episode = max(self._handled_episode, driver.boot_episodes)
         driver.settled()
         self._sock = sock

@@ -313,15 +313,21 @@ class Outcome:
     seconds: float
 
 
-def clean_reboot(sim: SimulatedModule, faults: dict[str, float]) -> None:
-    """A reboot whose boot lines reach the host intact (line faults paused for them only):
-    the soak then proves the driver notices a reboot, which a garbled banner would leave to
-    chance -- the driver still recovers then, through its reconnect."""
-    sim.set_faults({})
+async def clean_reboot(sim: SimulatedModule, run: Running, faults: dict[str, float]) -> None:
+    """A reboot the driver must notice: sent while it serves (a reboot during initialisation
+    counts as the boot being handled) and with every fault paused until it is counted, so
+    neither a garbled banner nor a vanished port leaves it to chance -- the driver recovers
+    from those too, through its reconnect, without counting a reboot."""
+    await until(lambda: run.source.health["state"] == "ready", 30, "ready for the reboot")
+    before = int(run.source.health["reboots"])
+    await asyncio.to_thread(sim.set_faults, {})
     try:
-        sim.reboot()
+        await asyncio.to_thread(sim.reboot)
+        await until(
+            lambda: int(run.source.health["reboots"]) > before, 30, "the reboot to be counted"
+        )
     finally:
-        sim.set_faults(faults)
+        await asyncio.to_thread(sim.set_faults, faults)
 
 
 async def soak(
@@ -337,14 +343,15 @@ async def soak(
                 {}
                 if not force
                 else {
-                    count // 4: lambda: clean_reboot(sim, faults),
                     count // 2: sim.vanish,
                     3 * count // 4: sim.deregister,
                 }
             )
             for i in range(count):
+                # the heavy faults at least once each, whatever the draws
+                if force and i == count // 4:
+                    await clean_reboot(sim, run, faults)
                 if forced and i in forced:
-                    # the heavy faults at least once each, whatever the draws
                     await asyncio.to_thread(forced[i])
                 p = payload(i)
                 await inject_when_ready(sim, p)  # a rebooting or vanished module refuses
