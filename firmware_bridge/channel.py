@@ -201,19 +201,11 @@ class AtChannel:
                 async with asyncio.timeout(timeout):
                     event = await fut
             except TimeoutError:
-                events = self._session.poll(math.inf)
-                lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
                 self.counters["timeouts"] += 1
-                if recover:
-                    await self._recover(lines)
+                lines = await self._cut_short(recover)
                 raise CommandTimeoutError(command, timeout, lines) from None
-            except TransportError as exc:
-                # the port went mid-answer: what arrived of it is handed on, not dropped
-                events = self._session.poll(math.inf)
-                lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
-                if recover:
-                    await self._recover(lines)
-                raise PortLostError(f"{command}: {exc}", lines) from exc
+            except TransportError as exc:  # the port went mid-answer: what came is handed on
+                raise PortLostError(f"{command}: {exc}", await self._cut_short(recover)) from exc
             finally:
                 self._pending = None
                 self._prompt_data = None
@@ -230,6 +222,15 @@ class AtChannel:
                     await self._recover(event.lines)
                 raise CommandError(command, event.final.text, event.final.code, event.lines)
             return event
+
+    async def _cut_short(self, recover: bool) -> tuple[str, ...]:
+        """The lines that came of an answer cut short (timed out, or the port went); with
+        ``recover`` the datagram lines among them are handed back as strays too."""
+        events = self._session.poll(math.inf)
+        lines = events[0].lines if events and isinstance(events[0], Timeout) else ()
+        if recover:
+            await self._recover(lines)
+        return lines
 
     async def _recover(self, lines: Iterable[str]) -> None:
         """Hand datagram lines caught in another command's answer back as strays."""
