@@ -514,6 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _share_of_ingest(name: str, per_reading: float, ingest: float) -> Result:
+    """A rollup cost per reading against the goal: at most a tenth of ingest's."""
+    return Result(
+        f"{name} ÷ ingest CPU per reading",
+        per_reading / ingest,
+        "×",
+        "≤ 0.1×",
+        None,
+        "goal met" if per_reading <= 0.1 * ingest else "goal NOT met",
+        higher_is_better=False,
+    )
+
+
 def ingest_rollups_on_off(
     section: Section, notes: list[str], sizes: list[Size], *, quick: bool
 ) -> None:
@@ -598,28 +611,11 @@ def ingest_rollups_on_off(
                 higher_is_better=False,
             )
         )
-        section.add(
-            Result(
-                "live rollup CPU per reading ÷ ingest CPU per reading",
-                live / cpu_off,
-                "×",
-                "≤ 0.1×",
-                None,
-                "goal met" if live <= 0.1 * cpu_off else "goal NOT met",
-                higher_is_better=False,
-            )
-        )
+        section.add(_share_of_ingest("live rollup CPU per reading", live, cpu_off))
     for size in sizes:  # the rollup build against the ingest path measured here
-        per_reading = size.rollup_cpu_per_reading
         section.add(
-            Result(
-                f"{size.label}: rollup CPU per reading ÷ ingest CPU per reading",
-                per_reading / cpu_off,
-                "×",
-                "≤ 0.1×",
-                None,
-                "goal met" if per_reading <= 0.1 * cpu_off else "goal NOT met",
-                higher_is_better=False,
+            _share_of_ingest(
+                f"{size.label}: rollup CPU per reading", size.rollup_cpu_per_reading, cpu_off
             )
         )
     notes.append(
