@@ -237,10 +237,10 @@ class SerialSource:
                     await self._deliver(received, on_datagram)
 
     def _reboot_seen(self, driver: ModuleDriver, reason: str) -> None:
-        episode = max(driver.boot_episodes, self._handled_episode + 1)
-        if episode > self._handled_episode:
-            self.health["reboots"] += 1
-            self._handled_episode = episode
+        self.health["reboots"] += 1
+        # handled up to the channel's own count (a second reboot while re-initialising is
+        # no new episode there): one past it would swallow the next reboot's announcement
+        self._handled_episode = max(self._handled_episode, driver.boot_episodes)
         self.health["last_error"] = reason
         log.info("%s: module rebooted (%s); re-initialising", self.device, reason)
         self._state("rebooting")

@@ -248,6 +248,25 @@ def test_vanished_port_is_reopened_with_backoff(dialect: str) -> None:
     asyncio.run(main())
 
 
+def test_a_reboot_while_re_initialising_leaves_the_next_one_counted() -> None:
+    """A second reboot while the driver re-initialises after a first (no new boot episode on
+    the wire: the first banner is not over) is counted, and so is a third while serving."""
+
+    async def main() -> None:
+        with module("bc95") as sim:
+            async with running(sim) as run:
+                src = run.source
+                await asyncio.to_thread(sim.reboot_on_command, "AT+CGSN")
+                await asyncio.to_thread(sim.reboot)
+                await until(lambda: counter(src, "reboots") == 2, 20, "both reboots counted")
+                await until(lambda: src.health["state"] == "ready", 20, "ready again")
+                await asyncio.to_thread(sim.reboot)
+                await until(lambda: counter(src, "reboots") == 3, 20, "the third counted")
+                await until(lambda: src.health["state"] == "ready", 20, "ready at the end")
+
+    asyncio.run(main())
+
+
 def test_a_datagram_read_as_the_port_vanishes_is_kept() -> None:
     """The read's data line arrives, then the port goes before the final result: the
     datagram is handed on, and the driver reconnects."""
