@@ -445,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         for size in sizes:
-            measure_size(size, args, section, work)
+            try:
+                measure_size(size, args, section, work)
+            except Exception as exc:  # a failure keeps what was measured, and the other sizes
+                log.exception("%s: not measured", size.label)
+                notes.append(f"{size.label}: not measured ({type(exc).__name__}: {exc}).")
             # a reading is one metric's value (a point of the load carries 4 to 9 of them)
             per_reading = size.rollup_cpu_per_reading
             write_per_reading = size.write_cpu_s / max(size.values, 1) * 1e6
