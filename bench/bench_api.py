@@ -602,8 +602,8 @@ def ingest_rollups_on_off(
             higher_is_better=False,
         )
     )
-    if on.rolled_cpu_seconds is not None and off.rolled_cpu_seconds is not None:
-        live = (on.rolled_cpu_seconds - off.rolled_cpu_seconds) / on.offered * 1e6
+    if on.quiet_cpu_seconds is not None and off.quiet_cpu_seconds is not None:
+        live = (on.quiet_cpu_seconds - off.quiet_cpu_seconds) / on.offered * 1e6
         section.add(
             Result(
                 "rollup CPU per ingested reading, live (ingestor + influxd until every window "

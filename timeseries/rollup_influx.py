@@ -232,6 +232,7 @@ class InfluxRollupStore:
         await self._write(
             [mark_line(DONE, d.measurement, d.window, d.token) for d in dirty], ROLLUP_RP
         )
+        self._view.done_here([((d.measurement, d.window), d.token) for d in dirty])
         if await self._overtaken(measurement, hour, ours, before):
             # another worker finished a minute of this hour meanwhile: either hour window
             # written may lack the other's minute, so these minutes are done again
@@ -431,6 +432,17 @@ class MarkView:
             f'SELECT "token" FROM "{ROLLUP_RP}"."{DONE}" WHERE {span}{new_done} '
             'GROUP BY "measurement"',
         ]
+
+    def done_here(self, done: Iterable[tuple[tuple[str, int], int]]) -> None:
+        """Done marks this process just wrote, known at once: a read of recent minutes
+        would bring an old minute's only with the next whole read, and until then the
+        minute would look dirty (recomputed again, or another minute of its hour taken for
+        overtaken)."""
+        for key, tok in done:
+            self.done[key] = tok
+            if self.marks.get(key) == tok:
+                self.signed[key] = -tok
+                self.dirty.discard(key)
 
     def update(self, results: list[dict[str, Any]], now_ms: int) -> set[tuple[str, int]]:
         """Fold in the answers to :meth:`statements`; the windows whose signed token changed

@@ -48,11 +48,18 @@ class _Minute:
 
 
 def _value(text: str) -> float:
-    if text == "true":
-        return 1.0
-    if text == "false":
-        return 0.0
-    return float(text.removesuffix("i"))
+    """A field's value as the raw read gives it: a float, an integer (``5i``), a boolean as
+    1 or 0; ValueError for anything else."""
+    try:
+        return float(text)
+    except ValueError:
+        if text == "true":
+            return 1.0
+        if text == "false":
+            return 0.0
+        if text.endswith("i"):
+            return float(text[:-1])
+        raise
 
 
 def _columns(rows: list[str], times: list[int]) -> dict[str, tuple[list[int], list[float]]] | None:
@@ -84,7 +91,11 @@ def _columns(rows: list[str], times: list[int]) -> dict[str, tuple[list[int], li
                 by_name.setdefault(parts[k], {})[t] = _value(parts[k + 1])
             except ValueError:
                 return None
-    return {name: (sorted(vs), [vs[t] for t in sorted(vs)]) for name, vs in by_name.items()}
+    out = {}
+    for name, vs in by_name.items():
+        ts = sorted(vs)
+        out[name] = (ts, [vs[t] for t in ts])
+    return out
 
 
 def split_by_minute(lines: Iterable[str]) -> dict[Key, list[str]]:
@@ -188,12 +199,9 @@ class LiveMinutes:
                     name, _, v_text = pair.partition("=")
                     if name in METRICS:
                         try:
-                            v = float(v_text)
+                            v = _value(v_text)
                         except ValueError:
-                            try:
-                                v = _value(v_text)
-                            except ValueError:
-                                return None
+                            return None
                         out[(tags, name, minute)] = Window(1, 0.0 + v, v, v, v, t)
                 continue
             times = sorted(by_t)

@@ -82,8 +82,8 @@ class Measurement:
     #: until_quiet: CPU (consumer + influxd) from the start until all work the load caused
     #: was over (rollups recomputed, with check_rollups; influxd idle again), and the seconds
     #: that took; None when not asked or not reached
-    rolled_cpu_seconds: float | None = None
-    rolled_seconds: float | None = None
+    quiet_cpu_seconds: float | None = None
+    quiet_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -352,7 +352,7 @@ def measure(
             if stored < offered:
                 complete = False
                 notes.append(f"writePointsOk reached {offered:,} but only {stored:,} distinct")
-        rolled: tuple[float, float] | None = None
+        quiet: tuple[float, float] | None = None
         if until_quiet and complete:
             # the rollups done (when asked), then influxd's own after-work (its cache
             # snapshots and compactions of what was written) over as well
@@ -361,7 +361,7 @@ def measure(
                 wait_for_idle(pids, time.monotonic() + 120)
                 c_cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
                 i_cpu = cpu_seconds(influx.pid or 0) - icpu0
-                rolled = (c_cpu + i_cpu, time.monotonic() - start)
+                quiet = (c_cpu + i_cpu, time.monotonic() - start)
                 notes.append(f"until quiet: consumer {c_cpu:.2f} s, influxd {i_cpu:.2f} s CPU")
             else:
                 notes.append("rollups still dirty at the time limit")
@@ -386,8 +386,8 @@ def measure(
             error,
             profile_path,
             notes,
-            rolled[0] if rolled else None,
-            rolled[1] if rolled else None,
+            quiet[0] if quiet else None,
+            quiet[1] if quiet else None,
         )
     except Exception as exc:
         log.exception("measuring %s failed", consumer.name)
@@ -439,7 +439,7 @@ def rollups_settled(influx: InfluxServer, db: str, deadline: float) -> bool:
     view = MarkView()
     while time.monotonic() < deadline:
         now_ms = int(time.time() * 1000)
-        body = influx.query(";".join(view.statements(now_ms)), db=db)
+        body = influx.query(";".join(view.statements(now_ms, whole=True)), db=db)
         view.update(body["results"], now_ms)
         if view.marks and not view.dirty:
             return True
