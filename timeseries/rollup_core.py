@@ -94,6 +94,31 @@ def combine(
     return out
 
 
+def combine_hour(minutes: dict[int, Rolled], hour: int, series: set[tuple[str, ...]]) -> Rolled:
+    """The hour windows of ``series`` from the hour's minute windows: as
+    :func:`~timeseries.rollup_core.combine` over them in time order, in one pass."""
+    out: Rolled = {}
+    get = out.get
+    for m in sorted(minutes):
+        for (tags, metric, _), w in minutes[m].items():
+            if tags not in series:
+                continue
+            key = (tags, metric, hour)
+            acc = get(key)
+            if acc is None:
+                out[key] = Window(w.count, w.sum, w.min, w.max, w.last, w.last_t)
+                continue
+            acc.count += w.count
+            acc.sum += w.sum
+            if w.min < acc.min:
+                acc.min = w.min
+            if w.max > acc.max:
+                acc.max = w.max
+            if w.last_t >= acc.last_t:
+                acc.last, acc.last_t = w.last, w.last_t
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Dirty:
     measurement: str

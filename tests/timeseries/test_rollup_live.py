@@ -77,8 +77,7 @@ def test_forgotten_minutes_are_read_back_when_written_again() -> None:
 
 
 def test_combine_hour_equals_combine() -> None:
-    from timeseries.rollup_core import HOUR, Window, combine
-    from timeseries.rollup_influx import combine_hour
+    from timeseries.rollup_core import HOUR, Window, combine, combine_hour
 
     rng = random.Random(5)
     hour = M - M % HOUR
