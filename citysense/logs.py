@@ -195,6 +195,20 @@ class RepeatSummary(logging.Filter):
 _installed: tuple[logging.Handler, RepeatSummary] | None = None
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes each record to standard error as it is when the record is written, not as it was
+    when the logs were configured: a service that replaces ``sys.stderr`` later (or a command
+    run in-process whose standard error was a temporary capture) keeps its logs, and a closed
+    old stream never turns a log line into an error."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # no fixed stream of its own
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
 def configure(
     level: str = "INFO",
     fmt: str = "auto",
@@ -211,7 +225,7 @@ def configure(
         old_handler, old_filter = _installed
         old_filter.flush()
         root.removeHandler(old_handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(formatter(chosen))
     summary = RepeatSummary(handler)
     handler.addFilter(summary)

@@ -63,6 +63,25 @@ def test_json_is_one_object_per_line_with_fields(restore_root: None) -> None:
     assert "ValueError: bad" in second["exception"]
 
 
+def test_logs_follow_standard_error_as_it_is_when_written(
+    restore_root: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command run in-process configures logging while standard error is a temporary
+    capture; once that is closed and replaced, later records go to the new standard error
+    instead of failing on the closed one ("--- Logging error ---")."""
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    logs.configure("INFO", "text")
+    logging.getLogger("edge.x").warning("one")
+    assert "edge.x: one" in first.getvalue()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("edge.x").warning("two")
+    assert "edge.x: two" in second.getvalue()
+    assert "Logging error" not in capsys.readouterr().err
+
+
 def test_repeated_lines_are_summarised() -> None:
     out = io.StringIO()
     handler = logging.StreamHandler(out)
