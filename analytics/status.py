@@ -20,14 +20,21 @@ ONLINE_INTERVALS = 2
 STALE_INTERVALS = 6
 
 
+def status_ages(kind: str) -> tuple[int, int]:
+    """The oldest age (ms) at which a device of ``kind`` is still ``online``, and still
+    ``stale`` (unknown kinds report hourly)."""
+    interval_ms = (KINDS[kind].report_interval_s if kind in KINDS else 3600) * 1000
+    return ONLINE_INTERVALS * interval_ms, STALE_INTERVALS * interval_ms
+
+
 def device_status(kind: str, last_seen_ms: int | None, now_ms: int) -> Status:
     """``online``/``stale``/``offline`` for a device of ``kind`` (unknown kinds: 1 hour)."""
     if last_seen_ms is None:
         return "offline"
-    interval_ms = (KINDS[kind].report_interval_s if kind in KINDS else 3600) * 1000
+    online, stale = status_ages(kind)
     age = max(0, now_ms - last_seen_ms)
-    if age <= ONLINE_INTERVALS * interval_ms:
+    if age <= online:
         return "online"
-    if age <= STALE_INTERVALS * interval_ms:
+    if age <= stale:
         return "stale"
     return "offline"

@@ -1,0 +1,55 @@
+"""``/devices``' per-request part (age, status, order, counts, flags) computed over arrays:
+the same answer, device by device, as :func:`analytics.status.device_status` gives."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analytics.status import device_status
+from citysense.registry import Device
+from dashboard_api.routes_devices import _listed_json, _listing
+from timeseries.query import LatestValue
+
+KINDS = ("air_station", "traffic_counter", "water_meter", "gas_meter", "unknown_kind")
+NOW = 1_780_000_000_123
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ages=st.lists(
+        st.tuples(st.sampled_from(KINDS), st.integers(-300_000, 3 * 86_400_000)), max_size=30
+    ),
+    status=st.sampled_from([None, "online", "stale", "offline"]),
+    flagged=st.sets(st.integers(0, 31), max_size=3),
+)
+def test_listing_matches_device_status(
+    ages: list[tuple[str, int]], status: str | None, flagged: set[int]
+) -> None:
+    rows = [
+        LatestValue(f"d{i:02d}", kind, "erqi", "s1", "battery", NOW - age, 80.0)
+        for i, (kind, age) in enumerate(ages)
+    ]
+    # two registered devices never seen: offline, no age
+    registry = {
+        f"r{i}": Device(f"r{i}", "water_meter", "erqi", "s2", 34.7, 113.6, "gw") for i in (0, 1)
+    }
+    flag = SimpleNamespace(metric="battery", reason="stuck", since=NOW - 60_000)
+    flags = {f"d{i:02d}": [flag] for i in flagged if i < len(ages)}
+    body, counts = _listed_json(_listing(registry, None, None)(rows), NOW, status, flags)
+    got = orjson.loads(b"[" + body + b"]")
+    expected = []
+    for dev_id in sorted({r.device for r in rows} | registry.keys()):
+        row = next((r for r in rows if r.device == dev_id), None)
+        last = row.t if row else None
+        st_ = device_status(row.kind if row else "water_meter", last, NOW)
+        if status is None or st_ == status:
+            age = None if last is None else (NOW - last) / 1000
+            expected.append((dev_id, st_, age, len(flags.get(dev_id, []))))
+    order = {"offline": 0, "stale": 1, "online": 2}
+    expected.sort(key=lambda e: order[e[1]])
+    assert [(d["device"], d["status"], d["age_s"], len(d["flags"])) for d in got] == expected
+    assert counts == {s: sum(e[1] == s for e in expected) for s in order}
