@@ -333,8 +333,10 @@ class InfluxQLReader:
         results = await self._query(statements, params)
         # a device whose tags changed appears once per tag set: keep its newest value
         newest: dict[tuple[str, str], LatestValue] = {}
-        seen_devices = _newest_rows(results, newest)
-        missing = [m for m in metrics if any((d, m) not in newest for d in seen_devices)]
+        seen = dict(zip(domains, _newest_rows(results, newest), strict=True))
+        # only a device with rows of a metric's measurement can hold it: a traffic counter
+        # never lacks pm25
+        missing = [m for m in metrics if any((d, m) not in newest for d in seen[METRICS[m].domain])]
         if missing:
             answers = await self._query(
                 [build_latest(m, filters, start_ms, end_ms) for m in missing], params
@@ -433,24 +435,21 @@ def _parse_groups(
 
 def _newest_rows(
     results: list[dict[str, Any]], newest: dict[tuple[str, str], LatestValue]
-) -> dict[str, tuple[str, str, str]]:
-    """Keep the values of the newest rows in ``newest``; the (kind, district, site) of every
-    device seen."""
-    seen_devices: dict[str, tuple[str, str, str]] = {}
+) -> list[set[str]]:
+    """Keep the values of the newest rows in ``newest``; the devices seen in each result."""
+    seen: list[set[str]] = []
     for result in results:
+        devices: set[str] = set()
+        seen.append(devices)
         for series in result.get("series", []):
             tags = series.get("tags", {})
             columns = series.get("columns", [])
-            seen_devices[tags.get("device", "")] = (
-                tags.get("kind", ""),
-                tags.get("district", ""),
-                tags.get("site", ""),
-            )
+            devices.add(tags.get("device", ""))
             for row in series.get("values", []):
                 t = int(row[0])
                 for name, value in zip(columns[1:], row[1:], strict=False):
                     _keep(newest, tags, name, t, value)
-    return seen_devices
+    return seen
 
 
 def _keep(

@@ -28,7 +28,7 @@ from timeseries.influxql import (
     quote_string,
     where_filters,
 )
-from timeseries.query import QueryError, Reader, SeriesGroup, SeriesQuery
+from timeseries.query import LatestValue, QueryError, Reader, SeriesGroup, SeriesQuery
 from timeseries.sqlite_query import SqliteReader
 
 T = TypeVar("T")
@@ -373,3 +373,45 @@ def test_escaped_literals_never_leak_rows_on_real_influxd(
     result = influxd.query(statement, db=db)["results"][0]
     assert "error" not in result, (value, result)
     assert "series" not in result or value in ("jinshui", "zhengdong")
+
+
+def test_latest_asks_again_only_for_metrics_a_device_of_their_measurement_lacks(
+    influx_db: InfluxServer,
+) -> None:
+    """Full rows of two measurements: one statement round, though a traffic counter never
+    carries pm25; a station whose newest row lacks no2: a second round, for no2 only."""
+    tags = "kind=air_station,district=jinshui,site=s1"
+    influx_db.write(
+        f"environment,device=aq-1,{tags} pm25=10,no2=20 {END - 2 * MINUTE}\n"
+        f"environment,device=aq-2,{tags} pm25=11,no2=21 {END - 2 * MINUTE}\n"
+        "traffic,device=tc-1,kind=traffic_counter,district=jinshui,site=s1 "
+        f"vehicle_count=5,avg_speed=30 {END - MINUTE}"
+    )
+    asked: list[list[str]] = []
+
+    async def main() -> list[list[LatestValue]]:
+        reader = InfluxQLReader(influx_db.url, influx_db.db)
+        real = reader._query
+
+        async def counting(statements: list[str], params: Any) -> list[dict[str, Any]]:
+            asked.append(statements)
+            return await real(statements, params)
+
+        reader._query = counting  # type: ignore[method-assign]  # a spy on real influxd
+        metrics = ("pm25", "no2", "vehicle_count", "avg_speed")
+        try:
+            first = await reader.latest(metrics, {}, START, END)
+            influx_db.write(f"environment,device=aq-1,{tags} pm25=12 {END - MINUTE}")
+            second = await reader.latest(metrics, {}, START, END)
+            return [first, second]
+        finally:
+            await reader.aclose()
+
+    first, second = asyncio.run(main())
+    # a round of one statement per measurement each call; then no2 alone for aq-1
+    assert [len(a) for a in asked] == [2, 2, 1], asked
+    assert len(first) == 6 and len(second) == 6
+    got = {(r.device, r.metric): (r.t, r.value) for r in second}
+    assert got[("aq-1", "pm25")] == (END - MINUTE, 12.0)
+    assert got[("aq-1", "no2")] == (END - 2 * MINUTE, 20.0)  # from the second round
+    assert '"no2"' in asked[2][0], asked
