@@ -6,7 +6,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -20,6 +20,7 @@ from dashboard_api import models
 from dashboard_api.auth import CurrentPrincipal
 from dashboard_api.latest_cache import ALL_METRICS, latest_of_all
 from dashboard_api.parameters import rfc3339
+from dashboard_api.quality import Flag
 from dashboard_api.routes_common import (
     HEALTH_SHOWN,
     ApiContext,
@@ -96,8 +97,7 @@ class _Listing:
     its flags), and as arrays what its age and status are computed from on each request --
     for a city's 10,000 devices, in a few vector operations instead of a loop."""
 
-    devices: list[str]
-    index: dict[str, int]
+    index: dict[str, int]  #: device -> its place in the lists and arrays (sorted by device)
     heads: list[bytes]  #: ``,{"device": ... "last_seen": ...,"age_s":`` (leading comma)
     tails: list[bytes]  #: ``"battery": ... "registered": ...,"flags":``
     unflagged: list[bytes]  #: the tail with no flags: ``...,"flags":[]}``
@@ -111,7 +111,7 @@ def _listing(
 ) -> Callable[[list[LatestValue]], _Listing]:
     def render(rows: list[LatestValue]) -> _Listing:
         seen = _seen_of(rows)
-        devices: list[str] = []
+        index: dict[str, int] = {}
         heads: list[bytes] = []
         tails: list[bytes] = []
         last_seen: list[float] = []
@@ -141,15 +141,14 @@ def _listing(
                 "ecl": values.get("ecl"),
                 "registered": reg is not None,
             }
-            devices.append(dev_id)
+            index[dev_id] = len(heads)
             heads.append(b"," + orjson.dumps(head)[:-1] + b',"age_s":')
             tails.append(orjson.dumps(tail)[1:-1] + b',"flags":')
             last_seen.append(float(last) if last is not None else np.nan)
             ages.append(status_ages(dev_kind))
         bounds = np.array(ages, dtype=np.float64).reshape(-1, 2)
         return _Listing(
-            devices,
-            {d: i for i, d in enumerate(devices)},
+            index,
             heads,
             tails,
             [t + b"[]}" for t in tails],
@@ -162,7 +161,7 @@ def _listing(
 
 
 def _listed_json(
-    listing: _Listing, at_ms: int, status: str | None, flagged: Mapping[str, list[Any]]
+    listing: _Listing, at_ms: int, status: str | None, flagged: Mapping[str, list[Flag]]
 ) -> tuple[bytes, dict[str, int]]:
     """The devices of ``listing`` at ``at_ms`` (offline first, by device within a status) as
     the JSON array's inside, and how many of each status (of those listed)."""
@@ -171,7 +170,8 @@ def _listed_json(
     picked = np.argsort(order, kind="stable")  # by device within a status, as rendered
     if status:
         picked = picked[order[picked] == _STATUS_ORDER[status]]
-    counts = dict(zip(_STATUS_NAMES, np.bincount(order[picked], minlength=3).tolist(), strict=True))
+    codes = order[picked]
+    counts = dict(zip(_STATUS_NAMES, np.bincount(codes, minlength=3).tolist(), strict=True))
     idx = picked.tolist()
     if not idx:
         return b"", counts
@@ -196,7 +196,7 @@ def _listed_json(
     pieces: list[bytes] = [b""] * (4 * len(idx))
     pieces[0::4] = [listing.heads[i] for i in idx]
     pieces[1::4] = age
-    pieces[2::4] = [_STATUS_JSON[o] for o in order[picked].tolist()]
+    pieces[2::4] = [_STATUS_JSON[o] for o in codes.tolist()]
     pieces[3::4] = [tails[i] for i in idx]
     pieces[0] = pieces[0][1:]  # no comma before the first
     return b"".join(pieces), counts

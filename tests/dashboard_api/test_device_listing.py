@@ -3,14 +3,14 @@ the same answer, device by device, as :func:`analytics.status.device_status` giv
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.status import device_status
 from citysense.registry import Device
+from dashboard_api.parameters import rfc3339
+from dashboard_api.quality import Flag
 from dashboard_api.routes_devices import _listed_json, _listing
 from timeseries.query import LatestValue
 
@@ -37,8 +37,11 @@ def test_listing_matches_device_status(
     registry = {
         f"r{i}": Device(f"r{i}", "water_meter", "erqi", "s2", 34.7, 113.6, "gw") for i in (0, 1)
     }
-    flag = SimpleNamespace(metric="battery", reason="stuck", since=NOW - 60_000)
-    flags = {f"d{i:02d}": [flag] for i in flagged if i < len(ages)}
+    flags = {
+        f"d{i:02d}": [Flag(f"d{i:02d}", "", "erqi", "s1", "battery", "stuck", NOW - 60_000, None)]
+        for i in flagged
+        if i < len(ages)
+    }
     body, counts = _listed_json(_listing(registry, None, None)(rows), NOW, status, flags)
     got = orjson.loads(b"[" + body + b"]")
     expected = []
@@ -52,4 +55,9 @@ def test_listing_matches_device_status(
     order = {"offline": 0, "stale": 1, "online": 2}
     expected.sort(key=lambda e: order[e[1]])
     assert [(d["device"], d["status"], d["age_s"], len(d["flags"])) for d in got] == expected
+    for d in got:
+        if d["flags"]:
+            assert d["flags"] == [
+                {"metric": "battery", "reason": "stuck", "since": rfc3339(NOW - 60_000)}
+            ]
     assert counts == {s: sum(e[1] == s for e in expected) for s in order}
