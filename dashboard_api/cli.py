@@ -1,7 +1,8 @@
 """``citysense api``: the operator API and dashboard as a foreground process.
 
 SIGTERM and SIGINT cancel the server task, which finishes in-flight requests and exits 0;
-SIGHUP reads the API keys again.
+SIGHUP reads the API keys again. The process keeps its large answers' memory mapped
+(:func:`citysense.compat.glibc.keep_large_blocks`).
 A :class:`~citysense.errors.ConfigError` propagates to the CLI (exit 2).
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import signal
 
+from citysense.compat.glibc import keep_large_blocks
 from citysense.config import Settings
 from citysense.serving import run_until_signalled
 from dashboard_api.app import create_app, reload_keys
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> int:
     app = create_app(settings)  # configuration errors surface before anything starts
+    keep_large_blocks()  # megabyte answers: not faulted in again on every request
 
     async def main(ready: asyncio.Event) -> None:
         await refuse_writable_reader(settings)  # the API reads: it must not hold a writer

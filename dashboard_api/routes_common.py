@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from citysense.catalog import KINDS, METRICS
 from citysense.model import DEVICE_ID_RE, PLACE_ID_RE
@@ -196,6 +198,30 @@ class ResourceRouter(APIRouter):
             return add(endpoint)
 
         return declare
+
+
+class JSONParts(Response):
+    """A JSON answer sent as the pieces it was built from, in order: a city's ``latest`` and
+    ``/devices`` are megabytes around a few bytes that change per request (the time asked),
+    and the megabytes are a rendered answer reused across requests -- not copied into one
+    body on every request."""
+
+    media_type = "application/json"
+
+    def __init__(self, parts: Iterable[bytes]) -> None:
+        self.parts = [p for p in parts if p]
+        super().__init__(b"")
+        self.headers["content-length"] = str(sum(len(p) for p in self.parts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})
 
 
 class PointLimitError(Exception):

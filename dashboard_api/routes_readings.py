@@ -38,6 +38,7 @@ from dashboard_api.routes_common import (
     DeviceQ,
     DistrictQ,
     GroupName,
+    JSONParts,
     KindQ,
     MetricName,
     PointLimitError,
@@ -97,8 +98,8 @@ async def latest(
     # Built as plain data (thousands of values): the shape is LatestResponse, checked by
     # the OpenAPI conformance tests.
     head = orjson.dumps({"domain": domain, "start": rfc3339(start), "end": rfc3339(end)})
-    tail = b'"devices":' + body if operator else b'"devices":[],"districts":' + body
-    return Response(head[:-1] + b"," + tail + b"}", media_type="application/json")
+    key = b',"devices":' if operator else b',"devices":[],"districts":'
+    return JSONParts((head[:-1], key, body, b"}"))
 
 
 def _devices_json(rows: list[LatestValue]) -> bytes:
