@@ -100,6 +100,7 @@ class QualityMonitor:
         self.evaluated_at: int | None = None
         self.evaluations = 0
         self.saw_data = False  #: the last evaluation found any device (else: retry soon)
+        self._open_memo: tuple[int, dict[str, list[Flag]]] | None = None
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ reading the table
@@ -137,11 +138,17 @@ class QualityMonitor:
         ]
 
     def open_by_device(self) -> dict[str, list[Flag]]:
+        """Open flags per device, as of the last evaluation (the table changes only there):
+        ``/devices`` asks on every request, so it is built once per evaluation (not to be
+        changed by the caller)."""
+        if self._open_memo is not None and self._open_memo[0] == self.evaluations:
+            return self._open_memo[1]
         out: dict[str, list[Flag]] = defaultdict(list)
         for f in self.flags.values():
             if f.open:
                 out[f.device].append(f)
-        return out
+        self._open_memo = (self.evaluations, dict(out))
+        return self._open_memo[1]
 
     # ------------------------------------------------------------------ evaluating
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -27,6 +27,7 @@ from dashboard_api.routes_common import (
     AtQ,
     Context,
     DistrictQ,
+    JSONParts,
     KindQ,
     ResourceRouter,
     StatusName,
@@ -104,6 +105,26 @@ class _Listing:
     last_seen: np.ndarray  #: ms, NaN when never seen
     online_age: np.ndarray  #: the oldest age (ms) still online, per device
     stale_age: np.ndarray  #: ... still stale
+    #: the tails with the flags of one flag table, and that table (:meth:`with_flags`)
+    flagged: list[tuple[Mapping[str, list[Flag]], list[bytes]]] = field(default_factory=list)
+
+    def with_flags(self, flagged: Mapping[str, list[Flag]]) -> list[bytes]:
+        """Each device's tail with its open flags: rendered once per flag table (a new one
+        at each quality evaluation), not on every request. The table is kept with its
+        tails, so it is the same table while they are reused."""
+        if self.flagged and self.flagged[0][0] is flagged:
+            return self.flagged[0][1]
+        tails = list(self.unflagged)
+        for dev_id, mine in flagged.items():
+            i = self.index.get(dev_id)
+            if i is not None:
+                flags = [
+                    {"metric": f.metric, "reason": f.reason, "since": rfc3339(f.since)}
+                    for f in mine
+                ]
+                tails[i] = self.tails[i] + orjson.dumps(flags) + b"}"
+        self.flagged[:] = [(flagged, tails)]
+        return tails
 
 
 def _listing(
@@ -177,22 +198,7 @@ def _listed_json(
         return b"", counts
     # orjson writes NaN as null: a device never seen has no age
     age = orjson.dumps((age_ms[picked] / 1000).tolist())[1:-1].split(b",")
-    tails = listing.unflagged
-    if flagged:
-        tails = list(tails)
-        for dev_id, mine in flagged.items():
-            i = listing.index.get(dev_id)
-            if i is not None:
-                tails[i] = (
-                    listing.tails[i]
-                    + orjson.dumps(
-                        [
-                            {"metric": f.metric, "reason": f.reason, "since": rfc3339(f.since)}
-                            for f in mine
-                        ]
-                    )
-                    + b"}"
-                )
+    tails = listing.with_flags(flagged) if flagged else listing.unflagged
     pieces: list[bytes] = [b""] * (4 * len(idx))
     pieces[0::4] = [listing.heads[i] for i in idx]
     pieces[1::4] = age
@@ -223,18 +229,8 @@ async def devices(
     listed, counts = _listed_json(listing, at_ms, status, flagged)
     # Built as JSON text (a city's thousands of devices): the shape is DeviceList, checked by
     # the OpenAPI conformance tests.
-    body = b"".join(
-        (
-            b'{"at":',
-            orjson.dumps(rfc3339(at_ms)),
-            b',"devices":[',
-            listed,
-            b'],"counts":',
-            orjson.dumps(counts),
-            b"}",
-        )
-    )
-    return Response(body, media_type="application/json")
+    head = b'{"at":' + orjson.dumps(rfc3339(at_ms)) + b',"devices":['
+    return JSONParts((head, listed, b'],"counts":' + orjson.dumps(counts) + b"}"))
 
 
 @router.read(

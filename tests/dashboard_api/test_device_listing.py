@@ -61,3 +61,27 @@ def test_listing_matches_device_status(
                 {"metric": "battery", "reason": "stuck", "since": rfc3339(NOW - 60_000)}
             ]
     assert counts == {s: sum(e[1] == s for e in expected) for s in order}
+
+
+def test_a_reused_listing_shows_each_flag_tables_flags() -> None:
+    """The flags' JSON is rendered once per flag table and reused: a new table (the next
+    quality evaluation) is shown on the same listing, and the old one is not kept."""
+    rows = [
+        LatestValue(f"d{i}", "air_station", "erqi", "s1", "pm25", NOW - 1000, 9.0) for i in (0, 1)
+    ]
+    listing = _listing({}, None, None)(rows)
+
+    def flag(dev: str, reason: str) -> dict[str, list[Flag]]:
+        return {dev: [Flag(dev, "", "erqi", "s1", "pm25", reason, NOW - 60_000, None)]}
+
+    def shown(flags: dict[str, list[Flag]]) -> list[list[str]]:
+        body, _ = _listed_json(listing, NOW, None, flags)
+        return [[f["reason"] for f in d["flags"]] for d in orjson.loads(b"[" + body + b"]")]
+
+    first = flag("d0", "stuck")
+    assert shown(first) == [["stuck"], []]
+    assert shown(first) == [["stuck"], []]  # reused
+    assert shown(flag("d1", "spike")) == [[], ["spike"]]  # the next evaluation's table
+    assert shown(flag("d0", "drift")) == [["drift"], []]  # equal in shape, not the same table
+    assert shown({}) == [[], []]
+    assert len(listing.flagged) == 1
