@@ -1,3 +1,4 @@
 from citysense.cli import console
 
-console()
+if __name__ == "__main__":  # not when a child process (multiprocessing's spawn) imports it
+    console()

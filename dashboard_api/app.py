@@ -42,6 +42,7 @@ from dashboard_api.latest_cache import (
 )
 from dashboard_api.metrics import MetricsMiddleware, RequestMetrics
 from dashboard_api.quality import ForecastService, QualityMonitor, start_background
+from dashboard_api.quality_process import QualityProcess
 from dashboard_api.quality_routes import router as quality_router
 from dashboard_api.routes import router
 from dashboard_api.routes_common import STORAGE_RETRY_AFTER, ApiContext, PointLimitError
@@ -239,7 +240,15 @@ def _lifespan(
             latest = await stack.enter_async_context(keep_latest(LatestCache(used, clock, rollups)))
             # the background readers ask days of hourly means: from the rollups where kept
             hourly = used if rollups is None else RollupBackedReader(used, rollups)
-            app.state.quality = QualityMonitor(hourly, clock, settings.quality_interval or 300.0)
+            # opened here from the settings, the checks' reading and arithmetic can run in a
+            # process of their own (seconds of CPU at a city's size: not on the request path)
+            source = None
+            if reader is None:
+                source = QualityProcess(settings)
+                stack.callback(source.close)
+            app.state.quality = QualityMonitor(
+                hourly, clock, settings.quality_interval or 300.0, source
+            )
             app.state.forecast = ForecastService(
                 hourly, clock, settings.forecast_refresh, settings.timezone
             )

@@ -9,10 +9,8 @@ back far enough to find what is still wrong: raw reports 6 h, hourly means 8 day
 never touch stored data; a flag whose condition is gone at the next evaluation is closed
 (``until``) and listed as recent for :data:`RECENT_MS`.
 
-Windows: stuck, spike, out_of_pattern on the last :data:`RAW_WINDOW_MS` of reports (buckets
-of one minute per device: one report each at the catalog's intervals); tamper_suspect and
-drift on hourly means per device over :data:`HOURLY_WINDOW_MS` against the other stations of
-the device's district; silent_channel on each metric's newest time over the last day.
+What an evaluation reads and computes is :mod:`dashboard_api.quality_checks`; at a city's
+size it runs in a process of its own (:mod:`dashboard_api.quality_process`).
 
 The district forecast lives in :mod:`dashboard_api.forecast` (its :class:`ForecastService`
 is re-exported here; :func:`start_background` runs both loops).
@@ -25,38 +23,28 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
+from functools import partial
 
 from analytics import quality as q
-from citysense.catalog import KINDS, METRICS, QUALITY
+from citysense.catalog import QUALITY
 from citysense.errors import RetryableError
 from dashboard_api import models
 from dashboard_api.forecast import ForecastService as ForecastService
 from dashboard_api.parameters import rfc3339
-from timeseries.query import Reader, SeriesGroup, SeriesQuery
+from dashboard_api.quality_checks import (
+    DAY_MS,
+    HOUR_MS,
+    FindingsSource,
+    Tags,
+    read_findings,
+)
+from timeseries.query import Reader, SeriesQuery
 
 log = logging.getLogger(__name__)
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
-RAW_WINDOW_MS = 6 * HOUR_MS
-HOURLY_WINDOW_MS = 8 * DAY_MS
-SILENT_WINDOW_MS = DAY_MS
 RECENT_MS = 7 * DAY_MS
 #: seconds before evaluating again when the store held no data
 EMPTY_RETRY_S = 30.0
-#: metrics checked on raw reports (stuck, spike, counters)
-RAW_METRICS: tuple[str, ...] = tuple(
-    m
-    for m, lim in QUALITY.items()
-    if lim.stuck_reports is not None or lim.spike_step is not None or METRICS[m].cumulative
-)
-#: metrics checked against neighbours (tamper, drift)
-NEIGHBOUR_METRICS: tuple[str, ...] = tuple(
-    m for m, lim in QUALITY.items() if lim.tamper_ratio is not None or lim.drift_per_day is not None
-)
 
 
 @dataclass(slots=True)
@@ -82,18 +70,20 @@ class Flag:
         return self.since < end_ms and (self.until is None or self.until > start_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class _Tags:
-    kind: str
-    district: str
-    site: str
-
-
 class QualityMonitor:
     """The flag table and its evaluation (see the module docstring)."""
 
-    def __init__(self, reader: Reader, clock: Callable[[], float], interval_s: float) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        clock: Callable[[], float],
+        interval_s: float,
+        source: FindingsSource | None = None,
+    ) -> None:
         self.reader = reader
+        #: what an evaluation reads and computes (by default in this process, from
+        #: ``reader``; :mod:`dashboard_api.quality_process` does it in a process of its own)
+        self.source: FindingsSource = source or partial(read_findings, reader)
         self.clock = clock
         self.interval_ms = int(max(interval_s, 1.0) * 1000)
         self.flags: dict[tuple[str, str, str, int], Flag] = {}
@@ -180,11 +170,10 @@ class QualityMonitor:
             await asyncio.sleep(wait if self.saw_data else min(wait, EMPTY_RETRY_S))
 
     async def evaluate(self, now_ms: int) -> None:
-        findings, tags = await self._findings(now_ms)
-        self.saw_data = bool(tags)
+        findings, tags, self.saw_data = await self.source(now_ms)
         seen: set[tuple[str, str, str, int]] = set()
         for device, f in findings:
-            t = tags.get(device, _Tags("", "", ""))
+            t = tags.get(device, Tags("", "", ""))
             evidence = dict(f.evidence)
             evidence["window"] = {
                 "checked_at": now_ms,
@@ -219,138 +208,6 @@ class QualityMonitor:
         self.evaluated_at = now_ms
         self.evaluations += 1
         log.debug("quality: %d flags open", sum(f.open for f in self.flags.values()))
-
-    async def _findings(self, now: int) -> tuple[list[tuple[str, q.Finding]], dict[str, _Tags]]:
-        reader = self.reader
-        raw_start = now - RAW_WINDOW_MS
-        hour_end = now // HOUR_MS * HOUR_MS
-        hour_start = hour_end - HOURLY_WINDOW_MS
-        raw_q = [
-            SeriesQuery(m, raw_start, now, MINUTE_MS, "mean", {}, "device") for m in RAW_METRICS
-        ]
-        hourly_q = [
-            SeriesQuery(m, hour_start, hour_end, HOUR_MS, "mean", {}, "device")
-            for m in NEIGHBOUR_METRICS
-        ]
-        kinds = tuple(KINDS)
-        own_metrics = tuple(dict.fromkeys(m for k in kinds for m in KINDS[k].metrics))
-        answers, latest = await asyncio.gather(
-            reader.series_many([*raw_q, *hourly_q]),
-            reader.latest(own_metrics, {}, now - SILENT_WINDOW_MS, now + 1),
-        )
-        tags: dict[str, _Tags] = {}
-        last_seen: dict[str, dict[str, int]] = defaultdict(dict)
-        for r in latest:
-            tags.setdefault(r.device, _Tags(r.kind, r.district, r.site))
-            last_seen[r.device][r.metric] = r.t
-        found = await asyncio.to_thread(
-            _all_findings, answers, len(raw_q), hour_start, tags, last_seen, now
-        )
-        return found, tags
-
-
-def _all_findings(
-    answers: list[list[SeriesGroup]],
-    n_raw: int,
-    hour_start: int,
-    tags: dict[str, _Tags],
-    last_seen: dict[str, dict[str, int]],
-    now: int,
-) -> list[tuple[str, q.Finding]]:
-    """Every check over what was read: seconds of numpy work at a city's size, so it runs in
-    a worker thread and the API's event loop keeps answering meanwhile."""
-    found = _raw_findings(answers[:n_raw])
-    found += _neighbour_findings(answers[n_raw:], hour_start, tags)
-    found += _silent_findings(last_seen, tags, now)
-    return found
-
-
-def _raw_findings(answers: list[list[SeriesGroup]]) -> list[tuple[str, q.Finding]]:
-    """stuck, spike and out_of_pattern on the one-minute buckets of :data:`RAW_METRICS`."""
-    found: list[tuple[str, q.Finding]] = []
-    for metric, groups in zip(RAW_METRICS, answers, strict=True):
-        lim = QUALITY[metric]
-        for g in groups:
-            device = g.group.get("device", "")
-            if len(g.points) < 2:
-                continue
-            t = np.array([p[0] for p in g.points], dtype=np.int64)
-            v = np.array([p[1] for p in g.points], dtype=np.float64)
-            if METRICS[metric].cumulative:
-                found += [(device, f) for f in q.check_counter(metric, t, v, lim)]
-                continue
-            found += [(device, f) for f in q.check_stuck(metric, t, v, lim)]
-            found += [(device, f) for f in q.check_spike(metric, t, v, lim)]
-    return found
-
-
-def _neighbour_findings(
-    answers: list[list[SeriesGroup]], hour_start: int, tags: dict[str, _Tags]
-) -> list[tuple[str, q.Finding]]:
-    """tamper_suspect and drift: hourly means of :data:`NEIGHBOUR_METRICS` per device
-    against the other stations of its district."""
-    found: list[tuple[str, q.Finding]] = []
-    hours = hour_start + np.arange(HOURLY_WINDOW_MS // HOUR_MS, dtype=np.int64) * HOUR_MS
-    days = hours[::24]
-    for metric, groups in zip(NEIGHBOUR_METRICS, answers, strict=True):
-        lim = QUALITY[metric]
-        series: dict[str, np.ndarray] = {}
-        for g in groups:
-            row = np.full(hours.size, np.nan)
-            for t_ms, value in g.points:
-                k = (t_ms - hour_start) // HOUR_MS
-                if 0 <= k < hours.size:
-                    row[k] = value
-            series[g.group.get("device", "")] = row
-        by_district: dict[str, list[str]] = defaultdict(list)
-        for device in series:
-            if device in tags:
-                by_district[tags[device].district].append(device)
-        for members in by_district.values():
-            if len(members) < q.MIN_NEIGHBOURS + 1:
-                continue
-            matrix = np.stack([series[d] for d in members])
-            dailies = np.stack([q.daily_medians(r) for r in matrix])
-            for i, device in enumerate(members):
-                others = np.delete(matrix, i, axis=0)
-                tail = slice(hours.size - 72, hours.size)
-                found += [
-                    (device, f)
-                    for f in q.check_tamper(
-                        metric, hours[tail], matrix[i, tail], others[:, tail], lim
-                    )
-                ]
-                found += [
-                    (device, f)
-                    for f in q.check_drift(
-                        metric, days, dailies[i], np.delete(dailies, i, axis=0), lim
-                    )
-                ]
-    return found
-
-
-def _silent_findings(
-    last_seen: dict[str, dict[str, int]], tags: dict[str, _Tags], now: int
-) -> list[tuple[str, q.Finding]]:
-    """silent_channel: each device's metrics by their newest time over the last day."""
-    found: list[tuple[str, q.Finding]] = []
-    for device, seen in last_seen.items():
-        kind = tags[device].kind
-        if kind not in KINDS:
-            continue
-        expected = tuple(m for m in KINDS[kind].metrics if METRICS[m].type == "float" or m in seen)
-        interval = KINDS[kind].report_interval_s * 1000
-        found += [
-            (device, f)
-            for f in q.check_silent(
-                dict(seen) | {m: seen.get(m) for m in expected},
-                expected,
-                interval,
-                now,
-                QUALITY,
-            )
-        ]
-    return found
 
 
 def _threshold_text(reason: str, metric: str) -> str:
