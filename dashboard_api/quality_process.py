@@ -9,7 +9,7 @@ settings; the API's process keeps the flag table and gets back only the findings
 tags of the devices found.
 
 * The child is started (``spawn``: no copy of the API's threads or sockets) at the first
-  evaluation and kept for the next ones; it ends when the API closes its end of the pipe,
+  evaluation, at a lower CPU priority than the API, and kept for the next ones; it ends when the API closes its end of the pipe,
   or when the API's process is gone.
 * An evaluation that fails in the child comes back as the error it was: a storage outage
   is a :class:`~citysense.errors.RetryableError` to the monitor, as in process.
@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: the longest an evaluation may take before its process is stopped
 TIMEOUT_S = 600.0
+#: how much nicer than the API the checks' process runs (background work)
+NICE = 10
 
 
 class QualityProcess:
@@ -118,7 +121,10 @@ class QualityProcess:
 
 
 def serve(conn: Connection, settings: Settings) -> None:
-    """The child: answer each evaluation time sent with its findings, until EOF."""
+    """The child: answer each evaluation time sent with its findings, until EOF. It runs
+    at a lower priority (:data:`NICE`): on a machine of few cores, requests come first."""
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     logs.configure(settings.log_level, settings.log_format)
     loop = asyncio.new_event_loop()
     try:

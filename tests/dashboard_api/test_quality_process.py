@@ -17,7 +17,7 @@ from citysense.config import Settings
 from citysense.errors import RetryableError
 from dashboard_api.latest_cache import RollupBackedReader, open_rollup_reads
 from dashboard_api.quality_checks import Findings, read_findings
-from dashboard_api.quality_process import QualityProcess
+from dashboard_api.quality_process import NICE, QualityProcess
 from tests.dashboard_api.test_quality_api import HOUR, T0, covered_city
 from tests.servers import InfluxServer, free_port
 from timeseries.query import Reader, open_reader
@@ -53,6 +53,10 @@ def test_the_child_finds_what_the_api_process_finds(
     try:
         found, tags, saw = asyncio.run(process(NOW))
         assert process.pid is not None and process.pid != os.getpid()
+        # background work: nicer than the API
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == os.getpriority(
+            os.PRIO_PROCESS, 0
+        ) + min(NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
         assert saw is True
         assert any(d == devices[0].device and f.reason == "tamper_suspect" for d, f in found)
         assert set(tags) == {d for d, _ in found}  # only the tags of the devices found
