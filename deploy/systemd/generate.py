@@ -39,6 +39,10 @@ SERVICES: dict[str, dict[str, str]] = {
         "start": "120s",
         "after": " influxdb.service",
         "devices": "PrivateDevices=yes\n",
+        # after the filters of HARDENING, which this adds back to
+        "extra": "# The quality checks' child process lowers its own priority (nice 10); with no\n"
+        "# capabilities a process can lower its priority, never raise it.\n"
+        "SystemCallFilter=setpriority\n",
     },
     "alerts": {
         "desc": "citysense alarms (rules over the store and the gateways' status)",
@@ -124,7 +128,7 @@ ConfigurationDirectoryMode=0755
 MemoryMax={d["mem"]}
 TasksMax=64
 LimitNOFILE=65536
-{d["devices"]}{HARDENING}
+{d["devices"]}{HARDENING}{d.get("extra", "")}
 [Install]
 WantedBy=multi-user.target
 """
