@@ -242,9 +242,9 @@ def _lifespan(
             hourly = used if rollups is None else RollupBackedReader(used, rollups)
             # opened here from the settings, the checks' reading and arithmetic can run in a
             # process of their own (seconds of CPU at a city's size: not on the request path)
-            source = None
+            source = app.state.quality_process = None
             if reader is None:
-                source = QualityProcess(settings)
+                source = app.state.quality_process = QualityProcess(settings)
                 stack.callback(source.close)
             app.state.quality = QualityMonitor(
                 hourly, clock, settings.quality_interval or 300.0, source

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
 from analytics import quality as q
+from citysense import prometheus
 from citysense.catalog import QUALITY
 from citysense.errors import RetryableError
 from dashboard_api import models
@@ -91,6 +93,8 @@ class QualityMonitor:
         self.evaluations = 0
         self.saw_data = False  #: the last evaluation found any device (else: retry soon)
         self._open_memo: tuple[int, dict[str, list[Flag]]] | None = None
+        self.failures = 0  #: scheduled evaluations postponed or failed
+        self.took_s = 0.0  #: how long the last evaluation took (reading and checks)
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ reading the table
@@ -140,6 +144,33 @@ class QualityMonitor:
         self._open_memo = (self.evaluations, dict(out))
         return self._open_memo[1]
 
+    def exposition(self) -> str:
+        """The evaluations' figures for ``/metrics``."""
+        return prometheus.render(
+            [
+                prometheus.counter(
+                    "citysense_api_quality_evaluations_total",
+                    "Data-quality evaluations done.",
+                    self.evaluations,
+                ),
+                prometheus.counter(
+                    "citysense_api_quality_evaluation_failures_total",
+                    "Scheduled data-quality evaluations postponed (storage) or failed.",
+                    self.failures,
+                ),
+                prometheus.gauge(
+                    "citysense_api_quality_evaluation_seconds",
+                    "How long the last data-quality evaluation took.",
+                    self.took_s,
+                ),
+                prometheus.gauge(
+                    "citysense_api_quality_flags_open",
+                    "Data-quality flags open.",
+                    sum(f.open for f in self.flags.values()),
+                ),
+            ]
+        )
+
     # ------------------------------------------------------------------ evaluating
 
     def stale(self, now_ms: int) -> bool:
@@ -162,15 +193,19 @@ class QualityMonitor:
             try:
                 await self.refresh()
             except RetryableError as exc:
+                self.failures += 1
                 log.info("quality evaluation postponed: %s", exc)
             except Exception:  # a bug must not stop the API; it is logged with its trace
+                self.failures += 1
                 log.exception("quality evaluation failed")
             # an empty store (a fresh start, history still being written): look again soon
             wait = self.interval_ms / 1000
             await asyncio.sleep(wait if self.saw_data else min(wait, EMPTY_RETRY_S))
 
     async def evaluate(self, now_ms: int) -> None:
+        started = time.monotonic()
         findings, tags, self.saw_data = await self.source(now_ms)
+        self.took_s = time.monotonic() - started
         seen: set[tuple[str, str, str, int]] = set()
         for device, f in findings:
             t = tags.get(device, Tags("", "", ""))

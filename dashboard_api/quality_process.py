@@ -28,7 +28,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from citysense import logs
+from citysense import logs, prometheus
 from citysense.config import Settings
 from citysense.errors import RetryableError
 from dashboard_api.latest_cache import RollupBackedReader, open_rollup_reads
@@ -111,6 +111,18 @@ class QualityProcess:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+
+    def exposition(self) -> str:
+        """The process's figures for ``/metrics``."""
+        return prometheus.render(
+            [
+                prometheus.counter(
+                    "citysense_api_quality_process_starts_total",
+                    "Processes started for the data-quality checks (more than one: restarts).",
+                    self.started,
+                )
+            ]
+        )
 
     def close(self) -> None:
         """Stop the child (an evaluation still running in it is abandoned)."""

@@ -94,6 +94,11 @@ async def metrics(request: Request, ctx: Context) -> PlainTextResponse:
     text = cast(str, request.app.state.metrics.exposition())
     if ctx.latest is not None:
         text += "\n".join(ctx.latest.exposition()) + "\n"
+    if ctx.quality is not None:
+        text += ctx.quality.exposition()
+    process = getattr(request.app.state, "quality_process", None)
+    if process is not None:
+        text += process.exposition()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

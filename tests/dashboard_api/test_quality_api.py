@@ -153,6 +153,17 @@ def test_covered_inlet_during_haze_is_flagged_left_out_and_cleared(tmp_path: Pat
             aqi = c.get("/api/v1/environment/aqi", params={"district": "zhengdong"}).json()
             # the flagged hours are still left out of the 24 h window, as recent flags
             assert all(x["until"] is not None for x in aqi["districts"][0]["excluded"])
+
+            # two evaluations, in one process of their own, none failed, nothing open now
+            metrics = c.get("/metrics").text
+            for line in (
+                "citysense_api_quality_evaluations_total 2",
+                "citysense_api_quality_evaluation_failures_total 0",
+                "citysense_api_quality_flags_open 0",
+                "citysense_api_quality_process_starts_total 1",
+            ):
+                assert line + "\n" in metrics, line
+            assert "citysense_api_quality_evaluation_seconds " in metrics
     finally:
         server.stop()
 

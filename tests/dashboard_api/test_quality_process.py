@@ -79,6 +79,7 @@ def test_a_child_that_dies_is_started_again(tmp_path: Path) -> None:
             asyncio.run(process(NOW))
         assert asyncio.run(process(NOW)) == first
         assert process.started == 2 and process.pid != pid
+        assert "citysense_api_quality_process_starts_total 2\n" in process.exposition()
     finally:
         process.close()
 
