@@ -44,7 +44,8 @@ NICE = 10
 
 
 class QualityProcess:
-    """A :data:`~dashboard_api.quality.FindingsSource` that evaluates in a child process."""
+    """A :data:`~dashboard_api.quality_checks.FindingsSource` that evaluates in a child
+    process."""
 
     def __init__(self, settings: Settings, timeout_s: float = TIMEOUT_S) -> None:
         self.settings = settings
@@ -64,7 +65,12 @@ class QualityProcess:
     def _evaluate(self, now_ms: int) -> Findings:
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
-                self._start()
+                try:
+                    self._start()
+                except OSError as exc:  # no process to be had (memory, a task limit)
+                    raise RetryableError(
+                        f"could not start the quality checks' process: {exc}"
+                    ) from None
             conn = self._conn
             assert conn is not None
             try:
