@@ -9,7 +9,8 @@ next answer's bytes are faulted in again, page by page: on a virtual machine, co
 
 :func:`keep_large_blocks` sets both thresholds with ``mallopt(3)``: blocks up to
 ``mmap_bytes`` come from the heap, and up to ``trim_bytes`` of free heap stays mapped for the
-next request. The cost is that memory: the process keeps what its largest answers needed.
+next request. The cost is that memory: up to 64 MiB of free heap stays with the process (a
+city's whole answers and their copies fit several times over).
 
 Only on glibc (the constants are glibc's); elsewhere it does nothing and returns False.
 """
@@ -30,7 +31,7 @@ MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
 
 def keep_large_blocks(
-    mmap_bytes: int = MMAP_THRESHOLD_MAX, trim_bytes: int = 256 * 1024 * 1024
+    mmap_bytes: int = MMAP_THRESHOLD_MAX, trim_bytes: int = 64 * 1024 * 1024
 ) -> bool:
     """Raise glibc's mmap and trim thresholds; True when both were set."""
     if platform.libc_ver()[0] != "glibc":
