@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from citysense import logs, prometheus
+from citysense.compat.glibc import release_free_memory
 from citysense.config import Settings
 from citysense.errors import RetryableError
 from dashboard_api.latest_cache import RollupBackedReader, open_rollup_reads
@@ -172,6 +173,8 @@ async def _serve(conn: Connection, settings: Settings) -> None:
                     log.exception("quality evaluation failed")
                     answer = ("error", f"{type(exc).__name__}: {exc}")
                 conn.send(answer)
+                del answer
+                release_free_memory()  # the evaluation's peak, not kept until the next one
         finally:
             if rollups is not None:
                 await rollups.partial.aclose()

@@ -12,7 +12,11 @@ next answer's bytes are faulted in again, page by page: on a virtual machine, co
 next request. The cost is that memory: up to 64 MiB of free heap stays with the process (a
 city's whole answers and their copies fit several times over).
 
-Only on glibc (the constants are glibc's); elsewhere it does nothing and returns False.
+:func:`release_free_memory` is the other way round, for a process whose work comes in bursts
+(the API's quality checks): ``malloc_trim(3)`` gives the free heap back to the kernel after
+each burst, instead of keeping the burst's peak for good.
+
+Only on glibc (the constants are glibc's); elsewhere both do nothing and return False.
 """
 
 from __future__ import annotations
@@ -47,3 +51,16 @@ def keep_large_blocks(
     if not ok:
         log.debug("glibc refused the allocator thresholds")
     return ok
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free memory back to the kernel; True when some was released."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

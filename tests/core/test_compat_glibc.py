@@ -50,3 +50,36 @@ def test_kept_blocks_are_not_faulted_in_again() -> None:
 def test_elsewhere_nothing_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert keep_large_blocks() is False
+
+
+TRIM_PROBE = """
+import sys
+from citysense.compat.glibc import release_free_memory
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+# 300 MB of list arrays from the heap (80 KB each, under the mmap threshold), then all freed
+# but the last one, which pins the top of the heap: glibc cannot shrink it on its own
+blocks = [[0] * 10_000 for _ in range(4_000)]
+pin = blocks[-1]
+del blocks
+before = rss_kb()
+released = release_free_memory() if sys.argv[1] == "trim" else False
+print(before, rss_kb(), released)
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize("mode", ["keep", "trim"])
+def test_released_memory_goes_back_to_the_kernel(mode: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    before, after, released = out.stdout.split()
+    assert int(before) > 250_000  # the freed blocks are still counted
+    if mode == "trim":
+        assert released == "True" and int(after) < int(before) - 200_000
+    else:
+        assert int(after) > int(before) - 50_000
