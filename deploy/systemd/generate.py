@@ -35,7 +35,8 @@ SERVICES: dict[str, dict[str, str]] = {
     },
     "api": {
         "desc": "citysense operator API and dashboard",
-        "mem": "1G",
+        # the API and its quality checks' process: at 10,000 devices 165 MB and a 640 MB peak
+        "mem": "2G",
         "start": "120s",
         "after": " influxdb.service",
         "devices": "PrivateDevices=yes\n",
