@@ -6,9 +6,10 @@ reading history.
   restarted API gives correct answers as soon as it reports healthy.
 * **Refresh** every :data:`REFRESH_S` (longer after a slow refresh: :func:`refresh_pause`).
   Where the store keeps rollups, the table follows the ingestor's dirty marks
-  (:mod:`timeseries.rollup`: every write marks each minute it touched): it reads the newest values of just the minutes written since the last refresh,
-  one range per hour -- the current minute in a live city, older hours when an outbox
-  delivers a backlog -- and nothing when nothing was written. Without rollups it reads the
+  (:mod:`timeseries.rollup`: every write marks each minute it touched): it reads the newest
+  values of just the minutes written since the last refresh, one range per hour -- the
+  current minute in a live city, older hours when an outbox delivers a backlog -- and nothing
+  when nothing was written. Without rollups it reads the
   last :data:`OVERLAP_MS` (readings arriving up to 10 minutes after their time) and, every
   :data:`WIDE_EVERY_S`, the last 2 hours. A value replaces the table's only when it is newer.
 * The same loop refreshes the rollup view's marks (:class:`RollupReads`).

@@ -156,9 +156,6 @@ async def _serve(conn: Connection, settings: Settings) -> None:
     now = [0]
     async with open_reader(settings) as reader:
         rollups = open_rollup_reads(settings, reader, lambda: now[0] / 1000)
-        if rollups is not None:
-            # nothing to reuse minutes apart, and a city's windows are hundreds of MB each
-            rollups.cache_size = 0
         source: Reader = reader if rollups is None else RollupBackedReader(reader, rollups)
         try:
             while True:

@@ -96,9 +96,8 @@ async def metrics(request: Request, ctx: Context) -> PlainTextResponse:
         text += "\n".join(ctx.latest.exposition()) + "\n"
     if ctx.quality is not None:
         text += ctx.quality.exposition()
-    process = getattr(request.app.state, "quality_process", None)
-    if process is not None:
-        text += process.exposition()
+    if request.app.state.quality_process is not None:  # set by the lifespan, None in-process
+        text += request.app.state.quality_process.exposition()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

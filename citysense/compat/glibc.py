@@ -24,6 +24,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
+from collections.abc import Callable
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +36,26 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
 
+def _libc(name: str, *argtypes: type[ctypes._SimpleCData]) -> Callable[..., int] | None:
+    """The C library's function ``name`` returning int, or None when not on glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)  # the C library this process runs on
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return cast(Callable[..., int], fn)
+
+
 def keep_large_blocks(
     mmap_bytes: int = MMAP_THRESHOLD_MAX, trim_bytes: int = 64 * 1024 * 1024
 ) -> bool:
     """Raise glibc's mmap and trim thresholds; True when both were set."""
-    if platform.libc_ver()[0] != "glibc":
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     ok = bool(mallopt(M_MMAP_THRESHOLD, min(mmap_bytes, MMAP_THRESHOLD_MAX)))
     ok = bool(mallopt(M_TRIM_THRESHOLD, trim_bytes)) and ok
     if not ok:
@@ -55,12 +65,5 @@ def keep_large_blocks(
 
 def release_free_memory() -> bool:
     """Give the heap's free memory back to the kernel; True when some was released."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = (ctypes.c_size_t,)
-    trim.restype = ctypes.c_int
-    return bool(trim(0))
+    trim = _libc("malloc_trim", ctypes.c_size_t)
+    return trim is not None and bool(trim(0))

@@ -595,3 +595,39 @@ def test_an_old_minute_once_recomputed_is_not_recomputed_again(
             assert await r.worker.run_once() == 0
 
     asyncio.run(main())
+
+
+def test_the_partials_cache_is_bounded_by_buckets(tmp_path: Path) -> None:
+    """An answer is kept for reuse within the cache's bucket budget; one over an eighth of it
+    is not kept at all, and the least recently used go first when the budget is full."""
+    start = now_hour() - 6 * HOUR
+
+    def q(metric: str, agg: str, group_by: str | None = None) -> SeriesQuery:
+        return SeriesQuery(metric, start, start + 6 * HOUR, HOUR, agg, {}, group_by)
+
+    async def main() -> None:
+        async with rig(Settings(state_dir=str(tmp_path))) as r:
+            await r.write(
+                [(d, m, start + h * HOUR + MINUTE, float(h)) for d in (0, 1, 2) for h in range(6)
+                 for m in ("pm25", "no2")]
+            )  # fmt: skip
+            await r.settle()
+            reads = r.reads
+            reads.cache_buckets = 48  # at most 6 buckets an answer, 8 such answers in all
+            await reads.series(q("pm25", "mean", "device"))  # 3 devices x 6 hours: not kept
+            await reads.series(q("pm25", "mean", "device"))
+            assert reads.cache_hits == 0 and not reads.cache
+            await reads.series(q("pm25", "mean"))  # 6 buckets: kept
+            await reads.series(q("pm25", "mean"))
+            assert reads.cache_hits == 1 and reads.cached_buckets == 6
+            others = [q(m, agg) for m in ("pm25", "no2") for agg in ("min", "max", "sum", "count")]
+            for other in others:
+                await reads.series(other)
+            # 9 answers asked, 8 fit: the least recently used (pm25 mean) went
+            assert reads.cached_buckets == 48 and len(reads.cache) == 8
+            await reads.series(q("pm25", "mean"))
+            assert reads.cache_hits == 1
+            await reads.series(others[-1])
+            assert reads.cache_hits == 2
+
+    asyncio.run(main())
