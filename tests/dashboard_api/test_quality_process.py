@@ -6,9 +6,11 @@ that dies is started again; a storage outage comes back as retryable; nothing ou
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -72,14 +74,25 @@ def test_a_child_that_dies_is_started_again(tmp_path: Path) -> None:
     process = QualityProcess(settings)
     try:
         first = asyncio.run(process(NOW))
+        # dead between evaluations: the next one starts a new child and answers
+        proc = process._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        assert asyncio.run(process(NOW)) == first and process.started == 2
+        # dies during an evaluation: retryable, and the one after starts a new child
         pid = process.pid
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(RetryableError, match="ended"):
-            asyncio.run(process(NOW))
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer what is asked now
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(asyncio.run, process(NOW))
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(RetryableError, match="ended"):
+                asked.result(30)
         assert asyncio.run(process(NOW)) == first
-        assert process.started == 2 and process.pid != pid
-        assert "citysense_api_quality_process_starts_total 2\n" in process.exposition()
+        assert process.started == 3 and process.pid not in (pid, proc.pid)
+        assert "citysense_api_quality_process_starts_total 3\n" in process.exposition()
     finally:
         process.close()
 
